@@ -1,0 +1,11 @@
+"""repro-audit: record training runs into traces, compare them, explain the first divergence.
+
+Nothing in this package imports torch or TensorFlow at import time, so `repro-audit --help` is instant.
+"""
+
+from __future__ import annotations
+
+from audit.recipe import Recipe
+
+__all__ = ["Recipe", "__version__"]
+__version__ = "0.1.0"

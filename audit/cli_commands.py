@@ -1,0 +1,43 @@
+"""The commands of `repro-audit`; each parses options, calls the library, and returns an exit code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from audit.cli import cli
+from audit.cli_progress import Progress
+from audit.config import load_config
+from audit.errors import RunFailed
+from audit.runner import record as record_config
+
+
+@cli.command("record")
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "output", required=True, type=click.Path(), help="Trace folder to write.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config field.")
+@click.option("--steps", type=click.IntRange(min=1), help="Number of steps (overrides the config).")
+@click.option("--values", type=click.Choice(["none", "first", "all"]), help="Keep tensor values.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+def record_command(config_path: str, output: str, overrides: tuple[str, ...], steps: int | None,
+                   values: str | None, quiet: bool) -> int:
+    """Run CONFIG in a fresh subprocess and write its trace.
+
+    \b
+    Example:
+      repro-audit record fixtures/configs/torch/baseline.yaml -o baseline.trace --steps 3
+    """
+    config = load_config(config_path, overrides=overrides, steps=steps, values=values)
+    progress = Progress(quiet=quiet)
+    result = record_config(config, Path(output), progress=progress.update)
+    progress.done()
+    if not result.ok:
+        raise RunFailed(result.failure_line(), trace_path=str(result.trace_path) if result.trace_path else None)
+    from audit.trace import Trace
+
+    trace = Trace(output)
+    if not quiet:
+        click.echo(f"recorded {trace.manifest['steps_recorded']} steps of {config.label!r} "
+                   f"({trace.framework}) into {output}")
+    return 0

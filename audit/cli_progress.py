@@ -1,0 +1,36 @@
+"""Progress lines on stderr while runs go: which run, which step."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import click
+
+
+class Progress:
+    """Thread-safe: two runs report from two reader threads at once."""
+
+    def __init__(self, *, quiet: bool) -> None:
+        self.quiet = quiet
+        self._lock = threading.Lock()
+        self._live = sys.stderr.isatty()
+        self._printed = False
+
+    def update(self, label: str, step: int, steps: int) -> None:
+        if self.quiet:
+            return
+        with self._lock:
+            line = f"  {label}: step {step}/{steps}"
+            if self._live:
+                click.echo("\r" + line.ljust(60), err=True, nl=False)
+            else:
+                click.echo(line, err=True)
+            self._printed = True
+
+    def done(self) -> None:
+        if self.quiet or not self._printed:
+            return
+        with self._lock:
+            if self._live:
+                click.echo("", err=True)

@@ -1,0 +1,168 @@
+"""The result tree of a comparison: divergences with evidence and consequences.
+
+The differ builds it, explanation rules annotate it, presenters only walk it. "First divergence" is a walk
+over this tree in causal order, never a second code path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+# Causal order of categories: a divergence in an earlier category can cause one in a later one, never the
+# reverse. Per-step categories follow execution order within a step.
+RUN_CATEGORIES: tuple[str, ...] = (
+    "environment",
+    "code",
+    "config",
+    "graph",
+    "initialisation",
+)
+STEP_CATEGORIES: tuple[str, ...] = (
+    "data",
+    "random_draws",
+    "graph",
+    "module_outputs",
+    "loss_terms",
+    "nan_provenance",
+    "gradients",
+    "optimizer",
+    "parameters",
+    "health",
+)
+CATEGORIES: tuple[str, ...] = tuple(dict.fromkeys(RUN_CATEGORIES + STEP_CATEGORIES))
+
+# Kinds of divergence. "order" is kept apart from "changed": the same items in another order is its own
+# finding (our seed-offset story), as diffoscope marks "ordering differences only".
+KINDS: tuple[str, ...] = (
+    "changed",  # same item, other content
+    "added",  # only in run B
+    "removed",  # only in run A
+    "renamed",  # matched by shape and position, other name
+    "moved",  # same item, other position (creation order, execution order)
+    "order",  # same set, other order only
+    "nonfinite",  # NaN/Inf in one or both runs
+    "incomplete",  # one run stopped early; what could not be compared
+)
+
+
+@dataclass
+class Divergence:
+    """One difference between run A and run B, with the facts that show it and what it caused."""
+
+    category: str
+    name: str
+    kind: str
+    step: int | None = None
+    explanation: str = ""
+    cause: str | None = None  # id of the explanation rule that named the cause, e.g. "seed_offset_shift"
+    evidence: dict[str, Any] = field(default_factory=dict)
+    children: list[Divergence] = field(default_factory=list)
+    # Position in execution order inside its step/category (op index, module call index, creation index);
+    # used to sort divergences causally within a category.
+    order: int = 0
+
+    def walk(self) -> Iterator[Divergence]:
+        """This divergence, then its consequences, depth first."""
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+    def sort_key(self) -> tuple[int, int, int, str]:
+        step = -1 if self.step is None else self.step
+        category_rank = causal_rank(self.category, self.step)
+        return (step, category_rank, self.order, self.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "category": self.category,
+            "step": self.step,
+            "name": self.name,
+            "kind": self.kind,
+            "explanation": self.explanation,
+            "cause": self.cause,
+            "evidence": self.evidence,
+            "children": [child.to_dict() for child in self.children],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Divergence:
+        return cls(
+            category=data["category"],
+            name=data["name"],
+            kind=data["kind"],
+            step=data.get("step"),
+            explanation=data.get("explanation", ""),
+            cause=data.get("cause"),
+            evidence=dict(data.get("evidence") or {}),
+            children=[cls.from_dict(child) for child in data.get("children") or []],
+        )
+
+
+def causal_rank(category: str, step: int | None) -> int:
+    """Rank of a category in causal order; run-level categories come before every step."""
+    if step is None:
+        return RUN_CATEGORIES.index(category) if category in RUN_CATEGORIES else len(RUN_CATEGORIES)
+    return STEP_CATEGORIES.index(category) if category in STEP_CATEGORIES else len(STEP_CATEGORIES)
+
+
+@dataclass
+class RunInfo:
+    """What the report says about one side of the comparison."""
+
+    label: str
+    trace_path: str
+    framework: str
+    complete: bool
+    steps_recorded: int
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "trace_path": self.trace_path,
+            "framework": self.framework,
+            "complete": self.complete,
+            "steps_recorded": self.steps_recorded,
+            "error": self.error,
+        }
+
+
+@dataclass
+class Comparison:
+    """The whole result: both runs, the divergence tree in causal order, and the tolerance used."""
+
+    run_a: RunInfo
+    run_b: RunInfo
+    divergences: list[Divergence] = field(default_factory=list)
+    tolerance: dict[str, float] = field(default_factory=lambda: {"rtol": 0.0, "atol": 0.0})
+    partial: bool = False  # one run is incomplete: only the steps both recorded were compared
+    notes: list[str] = field(default_factory=list)
+    # Per category: how many items were compared and how many diverged, for the summary table.
+    category_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def identical(self) -> bool:
+        return not self.divergences
+
+    @property
+    def first_divergence(self) -> Divergence | None:
+        return self.divergences[0] if self.divergences else None
+
+    def walk(self) -> Iterator[Divergence]:
+        for root in self.divergences:
+            yield from root.walk()
+
+    def to_dict(self) -> dict[str, Any]:
+        first = self.first_divergence
+        return {
+            "identical": self.identical,
+            "partial": self.partial,
+            "run_a": self.run_a.to_dict(),
+            "run_b": self.run_b.to_dict(),
+            "tolerance": self.tolerance,
+            "first_divergence": first.to_dict() if first else None,
+            "divergences": [d.to_dict() for d in self.divergences],
+            "category_counts": self.category_counts,
+            "notes": list(self.notes),
+        }

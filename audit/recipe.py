@@ -1,0 +1,100 @@
+"""The recipe protocol: the user's code builds the run, repro-audit owns the loop.
+
+A recipe is a function `build(params) -> Recipe` named in the config as `module:function`. The runner
+seeds every generator with the config's `seed` before calling it, so the recipe should not seed itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from audit.errors import ConfigError, RunFailed
+
+
+@dataclass
+class Recipe:
+    """What a recipe returns.
+
+    `loss(model, batch)` returns a mapping of named loss terms (scalars); it may also take `step` as a
+    keyword argument. The runner forms the total as the sum of weight x term, with weights from the
+    config's `loss_weights`, so it can attribute gradients to each term, zero-weighted ones included.
+    `batches` is any iterable; the runner takes one batch per step.
+    """
+
+    model: Any
+    optimizer: Any
+    batches: Iterable[Any]
+    loss: Callable[..., Mapping[str, Any]]
+    lr_scheduler: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+REQUIRED_FIELDS = ("model", "optimizer", "batches", "loss")
+
+
+def resolve_recipe(spec: str, *, config_dir: Path | None) -> Callable[..., Any]:
+    """Import `module:function`, looking in the config file's folder first, then the working directory."""
+    if not isinstance(spec, str) or spec.count(":") != 1:
+        raise ConfigError(f"recipe must be 'module:function', got {spec!r}")
+    module_name, function_name = spec.split(":")
+    search = [str(config_dir)] if config_dir else []
+    search.append(str(Path.cwd()))
+    for folder in reversed(search):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise ConfigError(
+                f"cannot import recipe module {module_name!r} (looked in {', '.join(search)})"
+            ) from exc
+        raise ConfigError(f"recipe module {module_name!r} failed to import: {exc}") from exc
+    except Exception as exc:
+        raise ConfigError(f"recipe module {module_name!r} failed to import: {type(exc).__name__}: {exc}") from exc
+    function = getattr(module, function_name, None)
+    if function is None or not callable(function):
+        raise ConfigError(f"recipe module {module_name!r} has no function {function_name!r}")
+    return function
+
+
+def as_recipe(returned: Any, *, spec: str) -> Recipe:
+    """Accept a Recipe or a mapping with the same keys; anything else is the user's error, said plainly."""
+    if isinstance(returned, Recipe):
+        recipe = returned
+    elif isinstance(returned, Mapping):
+        missing = [key for key in REQUIRED_FIELDS if key not in returned]
+        if missing:
+            raise RunFailed(f"recipe {spec} returned a mapping without {', '.join(missing)}")
+        known = set(REQUIRED_FIELDS) | {"lr_scheduler"}
+        extras = {key: value for key, value in returned.items() if key not in known}
+        recipe = Recipe(
+            model=returned["model"],
+            optimizer=returned["optimizer"],
+            batches=returned["batches"],
+            loss=returned["loss"],
+            lr_scheduler=returned.get("lr_scheduler"),
+            extras=extras,
+        )
+    else:
+        raise RunFailed(
+            f"recipe {spec} returned {type(returned).__name__}; expected audit.Recipe or a mapping with "
+            f"keys {', '.join(REQUIRED_FIELDS)}"
+        )
+    if not callable(recipe.loss):
+        raise RunFailed(f"recipe {spec}: 'loss' is not callable")
+    if not hasattr(recipe.batches, "__iter__") and not hasattr(recipe.batches, "__next__"):
+        raise RunFailed(f"recipe {spec}: 'batches' is not iterable")
+    return recipe
+
+
+def loss_takes_step(loss: Callable[..., Any]) -> bool:
+    try:
+        return "step" in inspect.signature(loss).parameters
+    except (TypeError, ValueError):
+        return False

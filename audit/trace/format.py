@@ -1,0 +1,43 @@
+"""Names and version of the trace layout, shared by writer and reader."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+TRACE_FORMAT = "repro-audit-trace"
+# Bump when a reader of the previous version would misread a new trace. Readers refuse versions they do not
+# know, by name, rather than guessing.
+SCHEMA_VERSION = 1
+
+MANIFEST = "manifest.json"
+ENVIRONMENT = "environment.json"
+STRUCTURE = "structure.json"
+INITIALISATION = "initialisation.json"
+STEPS = "steps.jsonl"
+LOG = "run.log"
+GRAPHS_DIR = "graphs"
+VALUES_DIR = "values"
+PARTIAL_SUFFIX = ".partial"
+
+
+def graph_file(step: int) -> str:
+    return f"{GRAPHS_DIR}/step_{step:05d}.json"
+
+
+def values_file(step: int) -> str:
+    return f"{VALUES_DIR}/step_{step:05d}.safetensors"
+
+
+def dumps(data: Any) -> str:
+    """Deterministic JSON: sorted keys, NaN and Infinity kept as Python's json writes them."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=_default)
+
+
+def _default(value: Any) -> Any:
+    # numpy scalars and tuples-as-lists end up here; anything else is a probe bug.
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"not serialisable in a trace: {type(value).__name__}")

@@ -1,0 +1,108 @@
+"""The child process that records one run: `python -m audit.worker`.
+
+A fresh interpreter per run means no state leaks between runs (imported modules, seeded generators,
+thread pools, cudnn autotuner caches). The parent talks to it over one pipe of JSON lines; the recipe's own
+stdout and stderr go to the trace's run.log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+# Exit codes the runner understands.
+EXIT_OK = 0
+EXIT_CRASH = 1
+EXIT_USER_ERROR = 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m audit.worker")
+    parser.add_argument("--config-json", required=True)
+    parser.add_argument("--trace", required=True)
+    parser.add_argument("--events-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    events = os.fdopen(args.events_fd, "w", buffering=1, encoding="utf-8")
+
+    def emit(event: dict[str, Any]) -> None:
+        events.write(json.dumps(event) + "\n")
+
+    from audit.config import RunConfig
+    from audit.errors import UserError
+    from audit.trace import TraceWriter
+    from audit.trace import format as fmt
+
+    with open(args.config_json, encoding="utf-8") as handle:
+        payload = json.load(handle)
+    config = RunConfig.from_dict(payload["config"], config_dir=payload.get("config_dir"),
+                                 source=payload.get("source"))
+    writer = TraceWriter(args.trace, framework=config.framework, config=config.to_dict(), label=config.label)
+    _redirect_output(writer.staging / fmt.LOG)
+    current_step = {"step": 0}
+
+    def progress(step: int) -> None:
+        current_step["step"] = step
+        emit({"event": "step", "step": step, "steps": config.steps})
+
+    try:
+        random.seed(config.seed)
+        _seed_numpy(config.seed)
+        record_run = _recorder_for(config.framework)
+        record_run(config, writer, progress=progress)
+    except UserError as exc:
+        error = _error("user_error", exc, current_step["step"] + 1)
+        writer.finish(complete=False, error=error)
+        emit({"event": "error", **error})
+        return EXIT_USER_ERROR
+    except BaseException as exc:  # the recipe's own crash, KeyboardInterrupt included: keep what was recorded
+        error = _error("crash", exc, current_step["step"] + 1)
+        writer.finish(complete=False, error=error)
+        emit({"event": "error", **error})
+        return EXIT_CRASH
+    writer.finish(complete=True)
+    emit({"event": "done", "steps": current_step["step"]})
+    return EXIT_OK
+
+
+def _recorder_for(framework: str) -> Callable[..., None]:
+    if framework == "torch":
+        from probes.torch.recorder import record_run
+    else:
+        from probes.tf.recorder import record_run
+    return record_run
+
+
+def _seed_numpy(seed: int) -> None:
+    import numpy as np
+
+    np.random.seed(seed)
+
+
+def _error(kind: str, exc: BaseException, step: int) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "step": step,
+    }
+
+
+def _redirect_output(log_path: Path) -> None:
+    """Point fd 1 and 2 at run.log, so prints from C extensions land there too."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

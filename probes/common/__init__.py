@@ -1,0 +1,1 @@
+"""Framework-neutral parts of recording: environment, hashing and summaries of numpy arrays."""

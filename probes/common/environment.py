@@ -1,0 +1,129 @@
+"""The framework-neutral part of the environment fingerprint.
+
+Python, OS, CPU, installed distributions, a source hash of every imported module and the git state of the
+recipe's repository. Framework probes add their own section (versions, devices, determinism flags).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from probes.common.hashing import hash_bytes
+
+DETERMINISM_ENV_VARS = (
+    "PYTHONHASHSEED",
+    "CUBLAS_WORKSPACE_CONFIG",
+    "CUDA_LAUNCH_BLOCKING",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "TF_DETERMINISTIC_OPS",
+    "TF_CUDNN_DETERMINISTIC",
+    "TF_ENABLE_ONEDNN_OPTS",
+    "TF_INTRA_OP_PARALLELISM_THREADS",
+    "TF_INTER_OP_PARALLELISM_THREADS",
+    "NVIDIA_TF32_OVERRIDE",
+    "TORCH_CUDNN_V8_API_ENABLED",
+)
+
+
+def base_environment(*, recipe_dir: str | None) -> dict[str, Any]:
+    """Everything except the framework section; module hashes are taken at the moment of the call."""
+    return {
+        "python": {"version": platform.python_version(), "implementation": platform.python_implementation(),
+                   "executable_prefix": sys.prefix == sys.base_prefix and "system" or "venv"},
+        "platform": {"system": platform.system(), "release": platform.release(), "machine": platform.machine()},
+        "cpu": {"model": cpu_model(), "count": os.cpu_count()},
+        "env_vars": {name: os.environ.get(name) for name in DETERMINISM_ENV_VARS},
+        "packages": installed_packages(),
+        "modules": imported_module_hashes(recipe_dir=recipe_dir),
+        "git": git_state(recipe_dir),
+    }
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def installed_packages() -> dict[str, str]:
+    packages: dict[str, str] = {}
+    for dist in metadata.distributions():
+        name = dist.metadata.get("Name")
+        if name:
+            packages[name.lower()] = dist.version
+    return dict(sorted(packages.items()))
+
+
+# Module source hashes are cached by (path, mtime, size): hashing torch's ~2,000 imported files costs about
+# a second the first time, which we pay once per run, not per step.
+_HASH_CACHE: dict[tuple[str, float, int], str] = {}
+
+
+def imported_module_hashes(*, recipe_dir: str | None) -> dict[str, dict[str, str]]:
+    """Path and source hash of every imported module that has a source file.
+
+    Paths inside the recipe's folder are stored relative to it, so the same code checked out in two places
+    compares equal; everything else keeps its absolute path.
+    """
+    root = Path(recipe_dir).resolve() if recipe_dir else None
+    modules: dict[str, dict[str, str]] = {}
+    for name, module in sorted(list(sys.modules.items())):
+        file = getattr(module, "__file__", None)
+        if not file or not file.endswith(".py"):
+            continue
+        try:
+            stat = os.stat(file)
+        except OSError:
+            continue
+        key = (file, stat.st_mtime, stat.st_size)
+        digest = _HASH_CACHE.get(key)
+        if digest is None:
+            try:
+                with open(file, "rb") as handle:
+                    digest = hash_bytes(handle.read())
+            except OSError:
+                continue
+            _HASH_CACHE[key] = digest
+        modules[name] = {"path": _display_path(Path(file), root), "hash": digest}
+    return modules
+
+
+def _display_path(path: Path, root: Path | None) -> str:
+    resolved = path.resolve()
+    if root is not None:
+        try:
+            return str(resolved.relative_to(root))
+        except ValueError:
+            pass
+    return str(resolved)
+
+
+def git_state(folder: str | None) -> dict[str, Any] | None:
+    """Commit and dirty state of the repository holding the recipe, or None outside a repository."""
+    if not folder:
+        return None
+    try:
+        top = _git(folder, "rev-parse", "--show-toplevel")
+        commit = _git(folder, "rev-parse", "HEAD")
+        dirty = bool(_git(folder, "status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"root": top, "commit": commit, "dirty": dirty}
+
+
+def _git(folder: str, *args: str) -> str:
+    result = subprocess.run(["git", "-C", folder, *args], capture_output=True, text=True, timeout=10,
+                            check=True)
+    return result.stdout.strip()

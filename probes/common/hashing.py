@@ -1,0 +1,71 @@
+"""Content hashes and statistics of arrays, the same for every framework.
+
+xxh3-128 over the raw bytes: fast enough to hash every gradient and parameter at every step (about 1 ms
+for 5.5M float32 values here), and equal hashes mean bitwise-equal tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import xxhash
+
+
+def hash_bytes(buffer: Any) -> str:
+    return "xxh3:" + xxhash.xxh3_128_hexdigest(buffer)
+
+
+def hash_array(array: np.ndarray) -> str:
+    """Hash of the values, their dtype and shape: the same bytes in another shape are another tensor."""
+    contiguous = np.ascontiguousarray(array)
+    hasher = xxhash.xxh3_128()
+    hasher.update(f"{contiguous.dtype.str}{contiguous.shape}".encode())
+    if contiguous.dtype.kind == "V" or contiguous.dtype.itemsize == 0:
+        hasher.update(contiguous.tobytes())
+    else:
+        hasher.update(contiguous.view(np.uint8).reshape(-1) if contiguous.size else b"")
+    return "xxh3:" + hasher.hexdigest()
+
+
+def hash_text(text: str) -> str:
+    return "xxh3:" + xxhash.xxh3_128_hexdigest(text.encode("utf-8"))
+
+
+def finite_or_none(value: float) -> float | None:
+    return None if value is None else float(value)
+
+
+def summarize_array(array: np.ndarray, *, dtype_name: str | None = None) -> dict[str, Any]:
+    """Tensor summary (docs/trace-format.md) computed with numpy; used by the TF probes and for batches."""
+    contiguous = np.ascontiguousarray(array)
+    summary: dict[str, Any] = {
+        "shape": list(contiguous.shape),
+        "dtype": dtype_name or str(contiguous.dtype),
+        "numel": int(contiguous.size),
+        "hash": hash_array(contiguous),
+    }
+    if contiguous.size == 0 or contiguous.dtype.kind not in "fiub":
+        summary.update(norm=None, min=None, max=None, mean=None, max_abs=None, nan=0, inf=0,
+                       zeros=int(contiguous.size - np.count_nonzero(contiguous)) if contiguous.size else 0)
+        return summary
+    values = contiguous.astype(np.float64, copy=False) if contiguous.dtype.kind in "iub" else contiguous
+    nan = int(np.count_nonzero(np.isnan(values))) if values.dtype.kind == "f" else 0
+    inf = int(np.count_nonzero(np.isinf(values))) if values.dtype.kind == "f" else 0
+    with np.errstate(all="ignore"):
+        summary.update(
+            norm=float(np.sqrt(np.sum(np.square(values, dtype=np.float64)))),
+            min=float(np.min(values)),
+            max=float(np.max(values)),
+            mean=float(np.mean(values, dtype=np.float64)),
+            max_abs=float(np.max(np.abs(values))),
+            nan=nan,
+            inf=inf,
+            zeros=int(contiguous.size - np.count_nonzero(contiguous)),
+        )
+    return summary
+
+
+def is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

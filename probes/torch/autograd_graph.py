@@ -1,0 +1,85 @@
+"""Walks over the autograd graph: its digest, which loss terms reach a node, which module made it.
+
+The autograd graph is built on every step anyway, so walking it is how later steps notice a changed
+computation (a loss term added at step N) without the cost of a dispatch mode.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+
+from probes.common.hashing import hash_text
+
+ACCUMULATE_GRAD = "torch::autograd::AccumulateGrad"
+
+
+def reachable(roots: Iterable[Any], *, stop: set[Any] | None = None) -> set[Any]:
+    """Every node reachable from `roots` through next_functions, not walking past `stop` nodes."""
+    stop = stop or set()
+    seen: set[Any] = set()
+    todo = [node for node in roots if node is not None]
+    while todo:
+        node = todo.pop()
+        if node in seen or node in stop:
+            continue
+        seen.add(node)
+        todo.extend(child for child, _ in node.next_functions if child is not None)
+    return seen
+
+
+def ordered_nodes(root: Any) -> list[Any]:
+    """Nodes in a canonical depth-first order, so equal graphs give equal sequences."""
+    order: list[Any] = []
+    seen: set[Any] = set()
+    todo = [root] if root is not None else []
+    while todo:
+        node = todo.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        order.append(node)
+        children = [child for child, _ in node.next_functions if child is not None]
+        todo.extend(reversed(children))
+    return order
+
+
+def graph_digest(nodes: Sequence[Any]) -> str:
+    return hash_text("\n".join(node.name() for node in nodes))
+
+
+def term_membership(term_tensors: Mapping[str, torch.Tensor]) -> dict[Any, list[str]]:
+    """For each node, the loss terms whose graph contains it."""
+    membership: dict[Any, list[str]] = {}
+    for term, tensor in term_tensors.items():
+        for node in reachable([tensor.grad_fn]):
+            membership.setdefault(node, []).append(term)
+    return membership
+
+
+def term_label(terms: list[str] | None, all_terms: int) -> str | None:
+    """`loss_term` of an op: the one term that uses it, "shared" when several do, None when none."""
+    if not terms:
+        return None
+    return terms[0] if len(terms) == 1 else "shared"
+
+
+def module_of_node(node: Any, calls: Sequence[Any]) -> str | None:
+    """The innermost module call whose forward created `node` (between its inputs and its outputs)."""
+    best: str | None = None
+    for call in calls:
+        if not call.output_nodes:
+            continue
+        region = reachable(call.output_nodes, stop=set(call.input_nodes))
+        if node in region and (best is None or len(call.path) >= len(best)):
+            best = call.path
+    return best
+
+
+def forward_op_name(node_name: str) -> str:
+    """aten-style name of the forward op behind a backward node: MulBackward0 -> aten::mul."""
+    base = re.sub(r"Backward\d*$", "", node_name.split("::")[-1])
+    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", base).lower()
+    return f"aten::{snake}"

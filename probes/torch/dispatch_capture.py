@@ -1,0 +1,138 @@
+"""Dispatch-level capture of aten ops: the op graph of step 1, and creation and initialisation of tensors.
+
+A TorchDispatchMode sees every aten op, including random ops hidden inside C++ kernels, but costs tens of
+microseconds per op; so it is switched on only while the recipe builds the model and during step 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.weak import WeakIdKeyDictionary
+
+from probes.torch.random_ledger import RandomLedger
+
+_COPY_OPS = {"aten::_to_copy", "aten::copy_", "aten::clone", "aten::_copy_from", "aten::lift_fresh_copy"}
+
+
+def storage_key(tensor: torch.Tensor) -> int:
+    try:
+        return int(tensor.untyped_storage().data_ptr())
+    except (RuntimeError, NotImplementedError):
+        return 0
+
+
+class DispatchCapture(TorchDispatchMode):
+    """Records ops (with module, phase and producers) and/or storage events while active."""
+
+    def __init__(self, ledger: RandomLedger, module_of: Callable[[], str | None], *, record_ops: bool,
+                 track_storage: bool) -> None:
+        super().__init__()
+        self.ledger = ledger
+        self.module_of = module_of
+        self.record_ops = record_ops
+        self.track_storage = track_storage
+        self.phase = "forward"
+        self.ops: list[dict[str, Any]] = []
+        self.node_to_op: dict[Any, int] = {}
+        self._producers: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._pending: list[tuple[int, torch.Tensor]] = []
+        # Storage events while building: which op created each storage, and which random op filled it.
+        self.event = 0
+        self.creations: dict[int, dict[str, Any]] = {}
+        self.first_random: dict[int, dict[str, Any]] = {}
+        self.last_write: dict[int, str] = {}
+        self.alias: dict[int, int] = {}
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        self._resolve_pending()
+        name = func._schema.name
+        flat_inputs = [value for value in tree_flatten((args, kwargs))[0] if isinstance(value, torch.Tensor)]
+        is_random = torch.Tag.nondeterministic_seeded in func.tags
+        fingerprint = ""
+        generator = kwargs.get("generator")
+        device = flat_inputs[0].device if flat_inputs else _device_kwarg(kwargs)
+        if is_random:
+            fingerprint = self.ledger.fingerprint(generator, device)
+        out = func(*args, **kwargs)
+        flat_outputs = [value for value in tree_flatten(out)[0] if isinstance(value, torch.Tensor)]
+        self.event += 1
+        entry = None
+        if is_random:
+            filled = flat_inputs[0] if name.endswith("_") and flat_inputs else (flat_outputs or [None])[0]
+            count = filled.numel() if filled is not None else 0
+            entry = self.ledger.record(op=name, count=count, generator=self.ledger.generator_name(generator, device),
+                                       fingerprint=fingerprint,
+                                       target=storage_key(filled) if filled is not None else None)
+        if self.track_storage:
+            self._track_storage(name, flat_inputs, flat_outputs, entry)
+        if self.record_ops:
+            self._record_op(func, name, flat_inputs, flat_outputs)
+        return out
+
+    def finish_forward(self) -> None:
+        self._resolve_pending()
+
+    def _record_op(self, func: Any, name: str, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
+        index = len(self.ops)
+        record: dict[str, Any] = {
+            "index": index,
+            "op": name,
+            "overload": func._overloadname,
+            "phase": self.phase,
+            "module": self.module_of(),
+            "loss_term": None,
+            "shapes": [list(t.shape) for t in outputs],
+            "input_shapes": [list(t.shape) for t in inputs],
+            "inputs_from": [self._producers.get(t, -1) for t in inputs],
+        }
+        if self.phase == "backward":
+            node = torch._C._current_autograd_node()
+            if node is not None:
+                record["node"] = node.name()
+                record["forward_op"] = self.node_to_op.get(node)
+        self.ops.append(record)
+        for tensor in outputs:
+            self._producers[tensor] = index
+            if self.phase == "forward":
+                self._pending.append((index, tensor))
+
+    def _resolve_pending(self) -> None:
+        # Autograd sets grad_fn only after the dispatch call returns, so outputs are looked at one op later.
+        for index, tensor in self._pending:
+            node = tensor.grad_fn
+            if node is not None and node not in self.node_to_op:
+                self.node_to_op[node] = index
+        self._pending = []
+
+    def _track_storage(self, name: str, inputs: list[torch.Tensor], outputs: list[torch.Tensor],
+                       random_entry: dict[str, Any] | None) -> None:
+        input_keys = {storage_key(t) for t in inputs}
+        for tensor in outputs:
+            key = storage_key(tensor)
+            if not key:
+                continue
+            if key not in input_keys:
+                # A new storage (or a reused address): forget what was known about the old one.
+                self.creations[key] = {"event": self.event, "offsets": dict(self.ledger.offsets), "op": name}
+                self.first_random.pop(key, None)
+                self.last_write.pop(key, None)
+                self.alias.pop(key, None)
+                if name in _COPY_OPS and inputs:
+                    self.alias[key] = storage_key(inputs[0])
+            else:
+                self.last_write[key] = name
+                if name in _COPY_OPS and len(inputs) > 1:
+                    self.alias[key] = storage_key(inputs[1])
+        if random_entry is not None and random_entry.get("target_storage"):
+            self.first_random.setdefault(random_entry["target_storage"], random_entry)
+
+
+def _device_kwarg(kwargs: dict[str, Any]) -> torch.device | None:
+    device = kwargs.get("device")
+    return torch.device(device) if device is not None else None

@@ -1,0 +1,81 @@
+"""Creation order, seed offsets and initial values of every parameter and buffer.
+
+While the recipe builds the model, the dispatch capture saw which op created each storage and which random
+op first filled it. Here those storage events are matched to the model's named tensors, following copies
+(`model.to(...)`) back to the storage that was initialised.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from probes.torch.dispatch_capture import DispatchCapture, storage_key
+from probes.torch.tensors import dtype_name, summarize
+
+
+def named_tensors(model: torch.nn.Module) -> list[tuple[str, str, torch.Tensor]]:
+    """(name, kind, tensor) for parameters then buffers, shared tensors once, in registration order."""
+    seen: set[int] = set()
+    found: list[tuple[str, str, torch.Tensor]] = []
+    for kind, items in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, tensor in items:
+            if id(tensor) in seen:
+                continue
+            seen.add(id(tensor))
+            found.append((name, kind, tensor))
+    return found
+
+
+def initialisation_record(model: torch.nn.Module, capture: DispatchCapture, draws: list[dict[str, Any]],
+                          *, seed: int) -> dict[str, Any]:
+    tensors = named_tensors(model)
+    origins = {name: _origin(storage_key(tensor), capture) for name, _, tensor in tensors}
+    owner_of_storage = {origin: name for name, origin in origins.items() if origin}
+    summaries = summarize([tensor for _, _, tensor in tensors])
+    events = {name: capture.creations.get(origins[name], {}).get("event") for name, _, _ in tensors}
+    ranked = sorted((event, position) for position, (name, _, _) in enumerate(tensors)
+                    if (event := events[name]) is not None)
+    creation_index = {tensors[position][0]: index for index, (_, position) in enumerate(ranked)}
+    records = []
+    for (name, kind, tensor), summary in zip(tensors, summaries):
+        origin = origins[name]
+        creation = capture.creations.get(origin)
+        random_fill = capture.first_random.get(origin)
+        record: dict[str, Any] = {
+            "name": name,
+            "kind": kind,
+            "module": name.rsplit(".", 1)[0] if "." in name else "",
+            "creation_index": creation_index.get(name),
+            "shape": list(tensor.shape),
+            "dtype": dtype_name(tensor.dtype),
+            "summary": summary,
+        }
+        if random_fill is not None:
+            record.update(initialiser=random_fill["op"], generator=random_fill["generator"],
+                          seed_offset=random_fill["offset_before"], rng_fingerprint=random_fill["rng_fingerprint"])
+        elif creation is not None:
+            record.update(initialiser=capture.last_write.get(origin, creation["op"]), generator="cpu",
+                          seed_offset=creation["offsets"].get("cpu", 0), rng_fingerprint=None)
+        else:
+            record.update(initialiser=None, generator=None, seed_offset=None, rng_fingerprint=None,
+                          note="created outside the recipe's build; creation order not observed")
+        records.append(record)
+    ledger = []
+    for draw in draws:
+        entry = {key: value for key, value in draw.items() if key != "target_storage"}
+        target = owner_of_storage.get(_origin(draw.get("target_storage") or 0, capture))
+        entry["target"] = target
+        entry["module"] = entry.get("module") or (target.rsplit(".", 1)[0] if target and "." in target else None)
+        ledger.append(entry)
+    return {"generators": {"cpu": {"seed": seed}}, "tensors": records, "draws": ledger}
+
+
+def _origin(key: int, capture: DispatchCapture) -> int:
+    """Follow copies back to the storage that was created and initialised."""
+    seen = set()
+    while key and key in capture.alias and key not in capture.first_random and key not in seen:
+        seen.add(key)
+        key = capture.alias[key]
+    return key

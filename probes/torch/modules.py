@@ -1,0 +1,128 @@
+"""Module tree and per-call module tracking: which module is running, and what each module returned.
+
+Global forward hooks keep a stack of module paths (so ops and random draws can name their module) and
+summarise every module output. Each call's input and output autograd nodes are kept for the step, so NaN
+provenance can later say which module a backward node belongs to without tracing every op.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.hooks import RemovableHandle
+
+from probes.torch.tensors import dtype_name, flatten_tensors, summarize
+
+
+def module_tree(model: torch.nn.Module) -> list[dict[str, Any]]:
+    """Every module in registration order with its own parameters and buffers (structure.json)."""
+    modules = []
+    for path, module in model.named_modules():
+        prefix = f"{path}." if path else ""
+        modules.append({
+            "path": path,
+            "type": type(module).__name__,
+            "parameters": [{"name": prefix + name, "shape": list(p.shape), "dtype": dtype_name(p.dtype),
+                            "requires_grad": p.requires_grad}
+                           for name, p in module.named_parameters(recurse=False)],
+            "buffers": [{"name": prefix + name, "shape": list(b.shape), "dtype": dtype_name(b.dtype)}
+                        for name, b in module.named_buffers(recurse=False)],
+        })
+    return modules
+
+
+@dataclass
+class ModuleCall:
+    """One call of one module during a step, in execution order."""
+
+    path: str
+    call: int
+    module_type: str
+    input_nodes: list[Any] = field(default_factory=list)
+    output_nodes: list[Any] = field(default_factory=list)
+    outputs: list[torch.Tensor] = field(default_factory=list)
+
+
+class ModuleTracker:
+    """Forward hooks on every module of the model: the module stack and the calls of the current step."""
+
+    def __init__(self, model: torch.nn.Module, *, keep_outputs: bool) -> None:
+        self.paths = {module: path for path, module in model.named_modules()}
+        self.keep_outputs = keep_outputs
+        self.stack: list[str] = []
+        self.calls: list[ModuleCall] = []
+        self._open: list[ModuleCall | None] = []
+        self._counts: dict[str, int] = {}
+        self._handles: list[RemovableHandle] = []
+        self.active = False
+        for module in self.paths:
+            self._handles.append(module.register_forward_pre_hook(self._before, with_kwargs=True))
+            self._handles.append(module.register_forward_hook(self._after, with_kwargs=True, always_call=True))
+
+    @property
+    def current(self) -> str | None:
+        return self.stack[-1] if self.stack else None
+
+    def start_step(self) -> None:
+        self.calls = []
+        self._counts = {}
+        self.stack = []
+        self._open = []
+        self.active = True
+
+    def stop(self) -> None:
+        self.active = False
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """Summaries of every module output of the step, in execution order."""
+        tensors: list[torch.Tensor] = []
+        owners: list[tuple[ModuleCall, int]] = []
+        for call in self.calls:
+            for index, tensor in enumerate(call.outputs):
+                tensors.append(tensor)
+                owners.append((call, index))
+        summaries = summarize(tensors) if tensors else []
+        records = []
+        for (call, index), summary in zip(owners, summaries):
+            name = call.path if len(call.outputs) == 1 else f"{call.path}[{index}]"
+            records.append({"module": name, "call": call.call, "summary": summary})
+        return records
+
+    def output_tensors(self) -> dict[str, torch.Tensor]:
+        named = {}
+        for call in self.calls:
+            for index, tensor in enumerate(call.outputs):
+                name = call.path if len(call.outputs) == 1 else f"{call.path}[{index}]"
+                named[f"{name}#{call.call}"] = tensor
+        return named
+
+    def _before(self, module: torch.nn.Module, args: Any, kwargs: Any) -> None:
+        path = self.paths.get(module, f"<{type(module).__name__}>")
+        self.stack.append(path)
+        if not self.active:
+            self._open.append(None)
+            return
+        count = self._counts.get(path, 0)
+        self._counts[path] = count + 1
+        call = ModuleCall(path=path, call=count, module_type=type(module).__name__)
+        call.input_nodes = [t.grad_fn for _, t in flatten_tensors((args, kwargs)) if t.grad_fn is not None]
+        self.calls.append(call)
+        self._open.append(call)
+
+    def _after(self, module: torch.nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+        if self.stack:
+            self.stack.pop()
+        call = self._open.pop() if self._open else None
+        if call is None:
+            return
+        tensors = [t for _, t in flatten_tensors(output)]
+        call.output_nodes = [t.grad_fn for t in tensors if t.grad_fn is not None]
+        if self.keep_outputs:
+            call.outputs = [t.detach() for t in tensors]

@@ -1,0 +1,139 @@
+"""The ledger of random draws: every random op, with its module, generator, count and RNG position.
+
+`offset_before` counts values drawn from a generator since the run started: the CPU Mersenne Twister has
+no readable offset, so we count what each random op draws. The dispatch-level capture (build and step 1)
+sees every random aten op; later steps use light wrappers around the Python-level random functions, which
+cost a few microseconds per draw instead of a dispatch mode's tens of microseconds per op.
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import torch
+
+from probes.common.hashing import hash_bytes
+
+
+class RandomLedger:
+    """Counts draws per generator and keeps the entries of the current phase."""
+
+    def __init__(self, module_of: Callable[[], str | None]) -> None:
+        self.module_of = module_of
+        self.offsets: dict[str, int] = {}
+        self.entries: list[dict[str, Any]] = []
+        self.phase = "build"
+        self.inside_wrapper = False
+        self._custom_names: dict[int, str] = {}
+
+    def take_entries(self) -> list[dict[str, Any]]:
+        entries, self.entries = self.entries, []
+        return entries
+
+    def generator_name(self, generator: torch.Generator | None, device: torch.device | None) -> str:
+        if generator is None:
+            if device is None or device.type == "cpu":
+                return "cpu"
+            return f"{device.type}:{device.index or 0}"
+        if generator is torch.default_generator:
+            return "cpu"
+        key = id(generator)
+        if key not in self._custom_names:
+            self._custom_names[key] = f"generator{len(self._custom_names) + 1}:{generator.device}"
+        return self._custom_names[key]
+
+    def fingerprint(self, generator: torch.Generator | None, device: torch.device | None) -> str:
+        try:
+            if generator is not None:
+                state = generator.get_state()
+            elif device is None or device.type == "cpu":
+                state = torch.default_generator.get_state()
+            elif device.type == "cuda":
+                state = torch.cuda.get_rng_state(device)
+            else:
+                return "unavailable"
+        except RuntimeError:
+            return "unavailable"
+        return hash_bytes(state.numpy())
+
+    def record(self, *, op: str, count: int, generator: str, fingerprint: str,
+               target: int | None = None) -> dict[str, Any]:
+        offset = self.offsets.get(generator, 0)
+        entry = {
+            "index": len(self.entries),
+            "op": op,
+            "module": self.module_of(),
+            "phase": self.phase,
+            "generator": generator,
+            "count": int(count),
+            "offset_before": offset,
+            "rng_fingerprint": fingerprint,
+        }
+        if target is not None:
+            entry["target_storage"] = target
+        self.offsets[generator] = offset + int(count)
+        self.entries.append(entry)
+        return entry
+
+
+# Python-level random functions wrapped on steps without a dispatch mode. Module-level functions are
+# looked up at call time by nn.Dropout and friends, so replacing the attribute is enough.
+_FUNCTIONAL = ("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
+               "gumbel_softmax", "rrelu")
+_TORCH = ("rand", "randn", "randint", "randperm", "bernoulli", "multinomial", "normal", "poisson",
+          "rand_like", "randn_like", "randint_like", "dropout", "alpha_dropout", "feature_dropout")
+_TENSOR = ("uniform_", "normal_", "bernoulli_", "random_", "exponential_", "geometric_", "log_normal_",
+           "cauchy_", "bernoulli", "multinomial")
+
+
+@contextmanager
+def python_random_wrappers(ledger: RandomLedger) -> Iterator[None]:
+    """Record draws made through torch's Python-level random functions while the context is open."""
+    originals: list[tuple[Any, str, Any]] = []
+    targets = ([(torch.nn.functional, name, f"F.{name}") for name in _FUNCTIONAL]
+               + [(torch, name, f"torch.{name}") for name in _TORCH]
+               + [(torch.Tensor, name, f"Tensor.{name}") for name in _TENSOR])
+    for owner, name, label in targets:
+        original = getattr(owner, name, None)
+        if original is None:
+            continue
+        originals.append((owner, name, original))
+        setattr(owner, name, _wrap(original, label, ledger))
+    try:
+        yield
+    finally:
+        for owner, name, original in reversed(originals):
+            setattr(owner, name, original)
+
+
+def _wrap(function: Callable[..., Any], label: str, ledger: RandomLedger) -> Callable[..., Any]:
+    @functools.wraps(function)
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        if ledger.inside_wrapper:  # gumbel_softmax calls Tensor.exponential_: count the outer call only
+            return function(*args, **kwargs)
+        generator = kwargs.get("generator")
+        device = _device_of(args, kwargs)
+        before = ledger.fingerprint(generator, device)
+        ledger.inside_wrapper = True
+        try:
+            result = function(*args, **kwargs)
+        finally:
+            ledger.inside_wrapper = False
+        # Dropout in eval mode or with p=0 draws nothing: only a moved generator is a draw.
+        if ledger.fingerprint(generator, device) != before:
+            count = result.numel() if isinstance(result, torch.Tensor) else 0
+            ledger.record(op=label, count=count, generator=ledger.generator_name(generator, device),
+                          fingerprint=before)
+        return result
+
+    return recorded
+
+
+def _device_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.device | None:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            return value.device
+    device = kwargs.get("device")
+    return torch.device(device) if device is not None else None

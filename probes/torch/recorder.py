@@ -1,0 +1,95 @@
+"""Record a config's run with torch: seed, build under capture, run the steps, write the trace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from audit.config import RunConfig
+from audit.errors import RunFailed
+from audit.recipe import as_recipe, loss_takes_step, resolve_recipe
+from audit.trace import TraceWriter
+from audit.trace import format as fmt
+from probes.torch import require_torch
+
+
+def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[[int], None]) -> None:
+    """The runner's loop: the recipe builds, repro-audit trains and records."""
+    require_torch()
+    import torch
+
+    from probes.torch.dispatch_capture import DispatchCapture
+    from probes.torch.environment import torch_environment
+    from probes.torch.initialisation import initialisation_record
+    from probes.torch.modules import module_tree
+    from probes.torch.random_ledger import RandomLedger
+    from probes.torch.step_recorder import TorchStepRecorder
+    from probes.torch.tensors import values_for_file
+
+    torch.manual_seed(config.seed)
+    build = resolve_recipe(config.recipe, config_dir=Path(config.config_dir) if config.config_dir else None)
+    ledger = RandomLedger(module_of=lambda: None)
+    capture = DispatchCapture(ledger, lambda: None, record_ops=False, track_storage=True)
+    with capture:
+        returned = build(dict(config.params))
+    recipe = as_recipe(returned, spec=config.recipe)
+    model, optimizer = recipe.model, recipe.optimizer
+    if not isinstance(model, torch.nn.Module):
+        raise RunFailed(f"recipe {config.recipe}: 'model' must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise RunFailed(f"recipe {config.recipe}: 'optimizer' must be a torch.optim.Optimizer, got "
+                        f"{type(optimizer).__name__}")
+    writer.write_json(fmt.ENVIRONMENT, torch_environment(recipe_dir=config.config_dir))
+    writer.write_json(fmt.INITIALISATION, initialisation_record(model, capture, ledger.take_entries(),
+                                                                 seed=config.seed))
+    structure: dict[str, Any] = {"modules": module_tree(model), "graph_steps": []}
+    writer.write_json(fmt.STRUCTURE, structure)
+    if config.capture.get("values", "none") != "none":
+        writer.write_values(0, {f"initial/{name}": values_for_file(t) for name, t in model.state_dict().items()})
+
+    recorder = TorchStepRecorder(model, optimizer, capture=config.capture, weight_of=config.weight_for,
+                                 ledger=ledger)
+    pass_step = loss_takes_step(recipe.loss)
+    batches = _batches(recipe.batches, config)
+    model.train()
+    try:
+        for step in range(1, config.steps + 1):
+            batch = next(batches)
+            optimizer.zero_grad(set_to_none=True)
+            recorder.begin_step(step, batch)
+            terms = recipe.loss(model, batch, step=step) if pass_step else recipe.loss(model, batch)
+            try:
+                total = recorder.combine_loss(terms)
+            except TypeError as exc:
+                raise RunFailed(f"recipe {config.recipe}: {exc}") from exc
+            recorder.backward(total)
+            recorder.after_backward()
+            optimizer.step()
+            graph = recorder.finish_graph()
+            record = recorder.end_step()
+            if recipe.lr_scheduler is not None:
+                recipe.lr_scheduler.step()
+            if graph is not None:
+                writer.write_graph(step, graph)
+                structure["graph_steps"].append(step)
+                writer.write_json(fmt.STRUCTURE, structure)
+            if recorder.values:
+                record["values"] = writer.write_values(step, recorder.values)
+            else:
+                record["values"] = None
+            writer.append_step(record)
+            progress(step)
+    finally:
+        recorder.close()
+    # Modules imported lazily during training belong to the code fingerprint too.
+    writer.write_json(fmt.ENVIRONMENT, torch_environment(recipe_dir=config.config_dir))
+
+
+def _batches(batches: Any, config: RunConfig) -> Iterator[Any]:
+    iterator = iter(batches)
+    for step in range(1, config.steps + 1):
+        try:
+            yield next(iterator)
+        except StopIteration:
+            raise RunFailed(f"recipe {config.recipe}: batches ran out after {step - 1} steps "
+                            f"(config asks for {config.steps})") from None

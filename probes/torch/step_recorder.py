@@ -1,0 +1,246 @@
+"""One training step, recorded: the lifecycle shared by the runner's loop and attach mode.
+
+begin_step -> combine_loss -> backward -> after_backward -> (optimizer.step) -> end_step. The runner owns
+the loop and calls these in order; attach mode calls them around the user's own loop.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, nullcontext
+from typing import Any, Callable, Mapping
+
+import torch
+from torch.utils._python_dispatch import _disable_current_modes
+
+from probes.common.hashing import hash_array, hash_text
+from probes.torch.autograd_graph import (
+    graph_digest,
+    module_of_node,
+    ordered_nodes,
+    term_label,
+    term_membership,
+)
+from probes.torch.dispatch_capture import DispatchCapture
+from probes.torch.initialisation import named_tensors
+from probes.torch.modules import ModuleTracker
+from probes.torch.nan_provenance import attribute_terms, find_origins
+from probes.torch.optimizer_state import param_groups, state_hashes
+from probes.torch.random_ledger import RandomLedger, python_random_wrappers
+from probes.torch.tensors import as_numpy, flatten_tensors, summarize, values_for_file
+
+WeightOf = Callable[[str], float]
+
+
+class TorchStepRecorder:
+    """Records steps of one model and optimizer into step records (docs/trace-format.md)."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, capture: Mapping[str, Any],
+                 weight_of: WeightOf, ledger: RandomLedger) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.capture = dict(capture)
+        self.weight_of = weight_of
+        self.ledger = ledger
+        self.tracker = ModuleTracker(model, keep_outputs=bool(capture.get("module_outputs", True)))
+        ledger.module_of = lambda: self.tracker.current
+        self.parameters = [(name, t) for name, kind, t in named_tensors(model) if kind == "parameter"]
+        self.names = {id(t): name for name, t in self.parameters}
+        self.graphs: dict[int, dict[str, Any]] = {}
+        self._previous_digest: str | None = None
+        self._nonfinite_before = False
+        self._reset()
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def begin_step(self, step: int, batch: Any) -> None:
+        self._reset()
+        self.step = step
+        self.record = {"step": step, "batch": self._batch_record(batch), "notes": []}
+        self.values: dict[str, Any] = {}
+        if self._keep_values():
+            for name, tensor in flatten_tensors(batch):
+                self.values[f"batch/{name}"] = values_for_file(tensor)
+        self.ledger.phase = "forward"
+        self.tracker.start_step()
+        if step == 1 and (self.capture.get("graph", True) or self.capture.get("random_draws", True)):
+            self.dispatch = DispatchCapture(self.ledger, lambda: self.tracker.current,
+                                            record_ops=bool(self.capture.get("graph", True)), track_storage=False)
+            self._contexts.enter_context(self.dispatch)
+        elif self.capture.get("random_draws", True):
+            self._contexts.enter_context(python_random_wrappers(self.ledger))
+
+    def combine_loss(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Total = sum(weight x term); records every term, and which ops each term's graph holds."""
+        if not isinstance(terms, Mapping) or not terms:
+            raise TypeError(f"the loss function must return a non-empty mapping of named terms, got "
+                            f"{type(terms).__name__}")
+        weighted: dict[str, torch.Tensor] = {}
+        records: dict[str, Any] = {}
+        for name, value in terms.items():
+            if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                raise TypeError(f"loss term {name!r} must be a scalar tensor, got "
+                                f"{getattr(value, 'shape', type(value).__name__)}")
+            weight = self.weight_of(str(name))
+            weighted[str(name)] = value * weight
+            with self._probe_only():
+                records[str(name)] = {"weight": weight, "value": float(value.detach()),
+                                      "hash": hash_array(as_numpy(value.reshape(()).detach()))}
+                if self._keep_values():
+                    self.values[f"loss_terms/{name}"] = values_for_file(value.reshape(1))
+        total = torch.stack([w.reshape(()) for w in weighted.values()]).sum()
+        self.record["loss_terms"] = records
+        with self._probe_only():
+            self.record["total_loss"] = float(total.detach())
+        self.weighted = weighted
+        self.weights = {name: record["weight"] for name, record in records.items()}
+        self.total = total
+        self._finish_forward()
+        return total
+
+    def backward(self, total: torch.Tensor) -> None:
+        # The graph is kept through the step where provenance or attribution may need a second look.
+        retain = bool(self.capture.get("nan_provenance", True)) or (
+            self.step == 1 and bool(self.capture.get("term_attribution", True)))
+        total.backward(retain_graph=retain)
+        self._retained = retain
+
+    def after_backward(self) -> None:
+        """Gradients, and where they turned non-finite; call before optimizer.step()."""
+        if self.dispatch is not None:
+            self.dispatch.phase = "optimizer"
+        self.ledger.phase = "optimizer"
+        with self._probe_only():
+            self._record_gradients()
+
+    def _record_gradients(self) -> None:
+        grads = [(name, p.grad) for name, p in self.parameters]
+        present = [(name, g) for name, g in grads if g is not None]
+        summaries = dict(zip([n for n, _ in present], summarize([g for _, g in present])))
+        self.record["gradients"] = {name: summaries.get(name) for name, _ in grads}
+        nonfinite = [name for name, s in summaries.items() if s["nan"] or s["inf"]]
+        outbreak = bool(nonfinite) and not self._nonfinite_before
+        self._nonfinite_before = bool(nonfinite)
+        can_replay = self._retained and self.total is not None and self.total.grad_fn is not None
+        self.record["nan_provenance"] = None
+        if outbreak and self.capture.get("nan_provenance", True) and can_replay:
+            origins = find_origins(self.total, [t for _, t in self.parameters], weighted=self.weighted,
+                                   weights=self.weights, calls=self.tracker.calls,
+                                   node_to_op=self.dispatch.node_to_op if self.dispatch else None,
+                                   ops=self.dispatch.ops if self.dispatch else None)
+            self.record["nan_provenance"] = {"origins": origins, "nonfinite_parameters": nonfinite}
+        elif outbreak:
+            self.record["notes"].append("gradients turned non-finite; NaN provenance was not captured "
+                                        "(capture.nan_provenance is off or the graph was not kept)")
+        attribute = self.capture.get("term_attribution", True) and can_replay and (self.step == 1 or outbreak)
+        self.record["term_attribution"] = (attribute_terms(self.weighted, self.weights, self.parameters)
+                                           if attribute else None)
+        self.record["optimizer"] = {"type": type(self.optimizer).__name__,
+                                    "param_groups": param_groups(self.optimizer, self.names)}
+        if self._keep_values():
+            for name, g in present:
+                self.values[f"gradients/{name}"] = values_for_file(g)
+
+    def end_step(self) -> dict[str, Any]:
+        """Parameters and optimizer state after the update; returns the finished step record."""
+        self._contexts.close()
+        self.tracker.stop()
+        self.record["parameters"] = dict(zip([n for n, _ in self.parameters],
+                                             summarize([t.detach() for _, t in self.parameters])))
+        self.record.setdefault("optimizer", {"type": type(self.optimizer).__name__,
+                                             "param_groups": param_groups(self.optimizer, self.names)})
+        self.record["optimizer"]["state"] = state_hashes(self.optimizer, self.names)
+        self.record["random_draws"] = [{k: v for k, v in entry.items() if k != "target_storage"}
+                                       for entry in self.ledger.take_entries()]
+        if self.capture.get("module_outputs", True):
+            self.record["module_outputs"] = self.tracker.summaries()
+            if self._keep_values():
+                for key, tensor in self.tracker.output_tensors().items():
+                    self.values[f"module_outputs/{key}"] = values_for_file(tensor)
+        if self._keep_values():
+            for name, tensor in self.parameters:
+                self.values[f"parameters/{name}"] = values_for_file(tensor)
+        record = self.record
+        self._reset()
+        return record
+
+    def close(self) -> None:
+        self._contexts.close()
+        self.tracker.remove()
+
+    # -- parts -----------------------------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        self._contexts = ExitStack()
+        self.dispatch: DispatchCapture | None = None
+        self.total: torch.Tensor | None = None
+        self.weighted: dict[str, torch.Tensor] = {}
+        self.weights: dict[str, float] = {}
+        self._retained = False
+        self.step = 0
+
+    def _probe_only(self) -> Any:
+        """Our own tensor work must not show up in the op graph or the random ledger."""
+        return _disable_current_modes() if self.dispatch is not None else nullcontext()
+
+    def _keep_values(self) -> bool:
+        mode = self.capture.get("values", "none")
+        return mode == "all" or (mode == "first" and self.step == 1)
+
+    def _batch_record(self, batch: Any) -> dict[str, Any]:
+        tensors = flatten_tensors(batch)
+        if not tensors:
+            return {"hash": hash_text(repr(batch)), "tensors": {}}
+        summaries = summarize([t for _, t in tensors])
+        combined = hash_text("|".join(f"{name}={s['hash']}" for (name, _), s in zip(tensors, summaries)))
+        return {"hash": combined, "tensors": {name: s for (name, _), s in zip(tensors, summaries)}}
+
+    def _finish_forward(self) -> None:
+        """End of the forward pass: label ops with loss terms, fingerprint the graph, store it if new."""
+        nodes = ordered_nodes(self.total.grad_fn) if self.total is not None else []
+        digest = graph_digest(nodes)
+        membership = term_membership(self.weighted)
+        graph: dict[str, Any] = {"digest": digest, "nodes": len(nodes), "stored": False}
+        store = self.capture.get("graph", True) and (self.step == 1 or digest != self._previous_digest)
+        if self.dispatch is not None:
+            self.dispatch.finish_forward()
+            for node, index in self.dispatch.node_to_op.items():
+                terms = membership.get(node)
+                self.dispatch.ops[index]["loss_term"] = term_label(terms, len(self.weighted))
+                if terms and len(terms) > 1:
+                    self.dispatch.ops[index]["loss_terms"] = terms
+            self.dispatch.phase = "backward"
+        if store:
+            self.graphs[self.step] = {
+                "step": self.step,
+                "autograd_digest": digest,
+                "autograd_nodes": [{"index": i, "op": node.name(), "module": module_of_node(node, self.tracker.calls)
+                                    if self.step > 1 else None,
+                                    "loss_term": term_label(membership.get(node), len(self.weighted))}
+                                   for i, node in enumerate(nodes)],
+            }
+            graph["stored"] = True
+        self._previous_digest = digest
+        self.record["graph"] = graph
+        self.ledger.phase = "backward"
+
+    def finish_graph(self) -> dict[str, Any] | None:
+        """The full graph of this step for graphs/, completed with the backward and optimizer ops."""
+        graph = self.graphs.pop(self.step, None)
+        if graph is None:
+            return None
+        if self.dispatch is not None:
+            ops = self.dispatch.ops
+            for op in ops:
+                forward = op.get("forward_op")
+                if op["phase"] == "backward" and forward is not None:
+                    op["module"] = ops[forward]["module"]
+                    op["loss_term"] = ops[forward]["loss_term"]
+            graph["level"] = "aten"
+            graph["ops"] = ops
+            graph["digest"] = hash_text("\n".join(f"{op['phase']}:{op['op']}" for op in ops))
+            self.record["graph"]["ops"] = len(ops)
+        else:
+            graph["level"] = "autograd"
+            graph["ops"] = []
+            graph["digest"] = graph["autograd_digest"]
+        return graph
