@@ -11,7 +11,7 @@ Peak memory is compared in separate processes (ru_maxrss), against the size of t
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import resource
 import statistics
@@ -34,9 +34,7 @@ SMALL = {"num_batches": 400}
 
 def load_recipe(params: dict[str, Any]) -> Any:
     sys.path.insert(0, str(RECIPE.parent))
-    spec = importlib.util.spec_from_file_location("nmt_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    module = importlib.import_module("nmt_recipe")
     torch.manual_seed(0)
     return module.build(dict(params))
 
@@ -45,14 +43,20 @@ def make_steps(recipe: Any, capture: dict[str, Any]) -> dict[str, Callable[[int]
     from probes.torch.random_ledger import RandomLedger
     from probes.torch.step_recorder import TorchStepRecorder
 
+    from audit.recipe import loss_takes_step
+
     model, optimizer = recipe.model, recipe.optimizer
     batches = iter(recipe.batches)
+    with_step = loss_takes_step(recipe.loss)
+
+    def loss(batch: Any, step: int) -> Any:
+        return recipe.loss(model, batch, step=step) if with_step else recipe.loss(model, batch)
     sink = open(tempfile.mktemp(suffix=".jsonl"), "w")
 
     def plain(step: int) -> None:
         batch = next(batches)
         optimizer.zero_grad(set_to_none=True)
-        terms = recipe.loss(model, batch)
+        terms = loss(batch, step)
         total = sum(value * 1.0 for value in terms.values())
         total.backward()
         optimizer.step()
@@ -71,7 +75,7 @@ def make_steps(recipe: Any, capture: dict[str, Any]) -> dict[str, Callable[[int]
             batch = next(batches)
             optimizer.zero_grad(set_to_none=True)
             recorder.begin_step(step, batch)
-            total = recorder.combine_loss(recipe.loss(model, batch))
+            total = recorder.combine_loss(loss(batch, step))
             recorder.backward(total)
             recorder.after_backward()
             optimizer.step()

@@ -34,7 +34,7 @@ def find_origins(total: torch.Tensor, leaves: Sequence[torch.Tensor], *, weighte
 
     def watch(node: Any) -> Any:
         def hook(grad_inputs: tuple[Any, ...], grad_outputs: tuple[Any, ...]) -> None:
-            if len(fired) >= MAX_ORIGINS:
+            if len(fired) >= 4 * MAX_ORIGINS:
                 return
             if all(g is None or bool(torch.isfinite(g).all()) for g in grad_outputs):
                 if any(g is not None and not bool(torch.isfinite(g).all()) for g in grad_inputs):
@@ -47,9 +47,18 @@ def find_origins(total: torch.Tensor, leaves: Sequence[torch.Tensor], *, weighte
     finally:
         for handle in handles:
             handle.remove()
+    # Backward runs last-created first; report origins in forward order, so layer 0 comes before layer 1.
+    fired.sort(key=lambda item: _sequence_number(item[0]))
     membership = term_membership(weighted)
     return [_describe(node, grad_inputs, membership, weights, calls, node_to_op, ops)
-            for node, grad_inputs, _ in fired]
+            for node, grad_inputs, _ in fired[:MAX_ORIGINS]]
+
+
+def _sequence_number(node: Any) -> int:
+    try:
+        return int(node._sequence_nr())
+    except (AttributeError, RuntimeError):
+        return 0
 
 
 def _describe(node: Any, grad_inputs: tuple[Any, ...], membership: Mapping[Any, list[str]],
