@@ -38,6 +38,23 @@ def record_command(config_path: str, output: str, overrides: tuple[str, ...], st
 
     trace = Trace(output)
     if not quiet:
-        click.echo(f"recorded {trace.manifest['steps_recorded']} steps of {config.label!r} "
-                   f"({trace.framework}) into {output}")
+        from reports.trace_summary import render_trace_summary
+
+        click.echo(render_trace_summary(trace))
+    return 0
+
+
+@cli.command("show")
+@click.argument("trace_path", metavar="TRACE", type=click.Path())
+def show_command(trace_path: str) -> int:
+    """Summarise one recorded trace: steps, loss terms, and where NaN entered the gradients.
+
+    \b
+    Example:
+      repro-audit show baseline.trace
+    """
+    from audit.trace import Trace
+    from reports.trace_summary import render_trace_summary
+
+    click.echo(render_trace_summary(Trace(trace_path)))
     return 0

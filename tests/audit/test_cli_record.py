@@ -56,3 +56,13 @@ def test_real_process_help_and_error(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "audit.cli_main", "record", str(bad), "-o", str(tmp_path / "t")],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "malformed config" in run.stderr
+
+
+def test_record_then_show_names_where_nan_enters(write_config, tmp_path: Path) -> None:
+    config = write_config("nan", recipe="tiny_mlp:build_masked_entropy", steps=2, loss_weights={"entropy": 0.0})
+    code, output = run_cli("record", str(config), "-o", str(tmp_path / "nan.trace"), "-q")
+    assert code == 0, output
+    code, output = run_cli("show", str(tmp_path / "nan.trace"))
+    assert code == 0
+    assert "NaN enters at step 1 in MulBackward0 (aten::mul of aten::_softmax and aten::_log_softmax)" in output
+    assert "loss term entropy (weight 0)" in output
