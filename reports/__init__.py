@@ -1,0 +1,1 @@
+"""Presenters: render a comparison or a trace as text, JSON or HTML. They walk results; they never decide."""
