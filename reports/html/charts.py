@@ -1,0 +1,163 @@
+"""Charts as inline SVG drawn by matplotlib: loss terms over steps, gradient flow, NaN map.
+
+Deterministic output: the Agg canvas, no pyplot state, a fixed `svg.hashsalt` per chart (so ids of two
+inline SVGs never clash), text kept as text, and no date in the metadata. matplotlib is imported here,
+lazily, so importing the report package stays cheap.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+MAX_LOSS_PANELS = 12
+MAX_LABELLED_ROWS = 40  # parameter names written on an axis; beyond this the axis shows positions
+COLORS = ("#1f5fa8", "#d9480f")  # run A, run B
+
+_RC: Any = {  # Any: matplotlib types rc keys as Literals
+    "svg.fonttype": "none",
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "path.simplify": True,
+}
+
+
+def _figure(width: float, height: float) -> Any:
+    # Fixed margins rather than constrained layout: a layout engine draws every figure twice, which doubled
+    # the time to render a report.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _svg(figure: Any, salt: str) -> str:
+    import matplotlib
+
+    buffer = io.StringIO()
+    settings: Any = {**_RC, "svg.hashsalt": f"repro-audit-{salt}"}
+    with matplotlib.rc_context(settings):
+        figure.savefig(buffer, format="svg", metadata={"Date": None})
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]
+
+
+def loss_chart(view: dict[str, Any], labels: Sequence[str]) -> tuple[str, int]:
+    """One panel per loss term (and the total): run A solid, run B dashed. Returns the SVG and terms cut."""
+    import matplotlib
+    from matplotlib.ticker import MaxNLocator
+
+    terms = list(view["series"])
+    shown = terms[:MAX_LOSS_PANELS]
+    if "total_loss" not in shown:
+        shown[-1:] = ["total_loss"]
+    columns = min(3, len(shown))
+    rows = math.ceil(len(shown) / columns)
+    with matplotlib.rc_context(_RC):
+        figure = _figure(9.0, 2.0 * rows + 0.4)
+        axes = figure.subplots(rows, columns, squeeze=False)
+        figure.subplots_adjust(left=0.07, right=0.98, top=1 - 0.3 / figure.get_figheight(),
+                               bottom=0.45 / figure.get_figheight(), wspace=0.25, hspace=0.6)
+        for position, term in enumerate(shown):
+            ax = axes[position // columns][position % columns]
+            series = view["series"][term]
+            for side, color, style, label in zip("ab", COLORS, ("-", "--"), labels):
+                ax.plot(view["steps"], series[side], style, color=color, marker="o", markersize=2.5,
+                        linewidth=1.2, label=label)
+            nonfinite = view["nonfinite_steps"][term]
+            title = term if not nonfinite else f"{term}  (non-finite from step {nonfinite[0]})"
+            ax.set_title(title, loc="left", color="#b00020" if nonfinite else "black")
+            ax.set_xlabel("step")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlim(view["steps"][0] - 0.5, view["steps"][-1] + 0.5)
+        for position in range(len(shown), rows * columns):
+            axes[position // columns][position % columns].set_visible(False)
+        axes[0][0].legend(loc="best", frameon=False)
+        return _svg(figure, "loss"), len(terms) - len(shown)
+
+
+def gradient_flow_chart(names: Sequence[str], panels: Sequence[tuple[int, list[float] | None, list[float] | None]],
+                        labels: Sequence[str]) -> str:
+    """Gradient norm of each parameter in registration order, both runs, one panel per chosen step."""
+    import matplotlib
+
+    with matplotlib.rc_context(_RC):
+        labelled_names = len(names) <= MAX_LABELLED_ROWS
+        figure = _figure(9.0, (3.4 if labelled_names else 2.2) * len(panels) + 0.6)
+        axes = figure.subplots(len(panels), 1, squeeze=False)
+        labelled = len(names) <= MAX_LABELLED_ROWS
+        figure.subplots_adjust(left=0.08, right=0.98, top=1 - 0.3 / figure.get_figheight(),
+                               bottom=(1.6 if labelled else 0.5) / figure.get_figheight(),
+                               hspace=0.9 if labelled else 0.45)
+        positions = list(range(len(names)))
+        for (step, norms_a, norms_b), row in zip(panels, axes):
+            ax = row[0]
+            missing = []
+            for norms, color, style, label in zip((norms_a, norms_b), COLORS, ("-", "--"), labels):
+                if norms is None:
+                    missing.append(f"{label}: step not recorded")
+                    continue
+                ax.plot(positions, norms, style, color=color, linewidth=1.0, label=label,
+                        marker="." if len(names) <= MAX_LABELLED_ROWS else "", markersize=3)
+                gaps = sum(1 for value in norms if not math.isfinite(value))
+                if gaps:
+                    missing.append(f"{label}: {gaps} not drawn (none or non-finite)")
+            if any(value > 0 for norms in (norms_a, norms_b) if norms for value in norms if math.isfinite(value)):
+                ax.set_yscale("log")
+            title = f"step {step}: gradient norm per parameter" + (f"  [{'; '.join(missing)}]" if missing else "")
+            ax.set_title(title, loc="left", color="#b00020" if missing else "black")
+            ax.set_ylabel("L2 norm")
+            _name_axis(ax, names, "x")
+        axes[0][0].legend(loc="best", frameon=False)
+        return _svg(figure, "gradflow")
+
+
+def nan_map_chart(names: Sequence[str], steps: Sequence[int], matrices: Sequence[list[list[int]]],
+                  labels: Sequence[str]) -> str:
+    """Heat strip of NaN+Inf gradient counts: parameters (rows) x steps (columns), one panel per run."""
+    import matplotlib
+    import numpy as np
+    from matplotlib.colors import LogNorm
+    from matplotlib.ticker import MaxNLocator
+
+    labelled = len(names) <= MAX_LABELLED_ROWS
+    height = 1.0 + 0.16 * len(names) if labelled else 4.0
+    with matplotlib.rc_context(_RC):
+        figure = _figure(9.0, height)
+        axes = figure.subplots(1, 2, squeeze=False, sharey=True)[0]
+        left = 0.35 if labelled else 0.08
+        figure.subplots_adjust(left=left, right=0.9, top=1 - 0.3 / height, bottom=0.5 / height, wspace=0.08)
+        peak = max([1] + [value for matrix in matrices for row in matrix for value in row])
+        cmap = matplotlib.colormaps["Reds"].with_extremes(bad="#f4f4f4")
+        image = None
+        for ax, matrix, label in zip(axes, matrices, labels):
+            data = np.ma.masked_equal(np.asarray(matrix, dtype=float).reshape(len(names), len(steps)), 0)
+            image = ax.imshow(data, aspect="auto", interpolation="nearest", cmap=cmap,
+                              norm=LogNorm(vmin=1, vmax=max(peak, 2)),
+                              extent=(steps[0] - 0.5, steps[-1] + 0.5, len(names) - 0.5, -0.5))
+            ax.set_title(f"{label}: non-finite gradient values", loc="left")
+            ax.set_xlabel("step")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _name_axis(axes[0], names, "y")
+        if image is not None:
+            bar = figure.add_axes((0.92, 0.5 / height, 0.015, 1 - 0.8 / height))
+            figure.colorbar(image, cax=bar, label="NaN + Inf count")
+        return _svg(figure, "nanmap")
+
+
+def _name_axis(ax: Any, names: Sequence[str], axis: str) -> None:
+    if len(names) <= MAX_LABELLED_ROWS:
+        ticks = list(range(len(names)))
+        if axis == "x":
+            ax.set_xticks(ticks, list(names), rotation=60, ha="right", fontsize=6)
+        else:
+            ax.set_yticks(ticks, list(names), fontsize=6)
+    else:
+        label = f"parameter position (registration order, {len(names)} parameters)"
+        (ax.set_xlabel if axis == "x" else ax.set_ylabel)(label)

@@ -1,0 +1,154 @@
+"""Render a Comparison (and, when given, both traces) into one self-contained HTML file.
+
+No network at any point: CSS, JS and SVG charts are inlined; nothing is fetched. Jinja2 autoescapes every
+value, so names from the user's model are text, never markup. Output is deterministic for the same input.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from functools import cache, lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from audit.divergence import Comparison
+from audit.trace import Trace
+from reports.html import charts, steps, structure, tree
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("reports.html", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    # Compact, sorted JSON for the data the inline JS reads; tojson also escapes <, >, & and '.
+    environment.policies["json.dumps_kwargs"] = {"sort_keys": True, "separators": (",", ":")}
+    return environment
+
+
+@cache
+def _asset(name: str) -> str:
+    return resources.files("reports.html").joinpath(name).read_text(encoding="utf-8")
+
+
+def render_html(comparison: Comparison, *, trace_a: Trace | None = None, trace_b: Trace | None = None,
+                check: Sequence[Comparison] | None = None) -> str:
+    """The report as one HTML document; traces add the per-step detail the comparison does not carry."""
+    context = build_context(comparison, trace_a=trace_a, trace_b=trace_b, check=check)
+    template = _environment().get_template("report.html.j2")
+    return template.render(**context)
+
+
+def write_html(path: str | os.PathLike[str], comparison: Comparison, *, trace_a: Trace | None = None,
+               trace_b: Trace | None = None, check: Sequence[Comparison] | None = None) -> Path:
+    """Write the report atomically: a reader never sees half a file."""
+    target = Path(path)
+    html = render_html(comparison, trace_a=trace_a, trace_b=trace_b, check=check)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(html)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def build_context(comparison: Comparison, *, trace_a: Trace | None, trace_b: Trace | None,
+                  check: Sequence[Comparison] | None) -> dict[str, Any]:
+    labels = (f"A · {comparison.run_a.label}", f"B · {comparison.run_b.label}")
+    divergence_tree = tree.build_tree(comparison)
+    names = steps.parameter_order(trace_a, trace_b)
+    gradient_data = steps.gradient_data(comparison, trace_a, trace_b, names)
+    loss = steps.loss_view(trace_a, trace_b)
+    script = _asset("report.js")
+    return {
+        "css": Markup(_asset("report.css")),
+        "js": Markup(script),
+        # The Content-Security-Policy allows this one inline script and no other.
+        "script_hash": "sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode(),
+        "labels": labels,
+        "runs": [_run(comparison.run_a.to_dict()), _run(comparison.run_b.to_dict())],
+        "has_traces": [trace_a is not None, trace_b is not None],
+        "verdict": tree.verdict(comparison, divergence_tree),
+        "timeline": tree.timeline(comparison, divergence_tree),
+        "tree": divergence_tree,
+        "environment": tree.category_rows(comparison, ("environment", "code"), divergence_tree),
+        "config": tree.category_rows(comparison, ("config",), divergence_tree),
+        "graph_rows": tree.category_rows(comparison, ("graph",), divergence_tree),
+        "graphs": structure.graph_views(comparison, trace_a, trace_b),
+        "graph_steps": [trace.graph_steps() if trace is not None else None for trace in (trace_a, trace_b)],
+        "init_rows": tree.category_rows(comparison, ("initialisation",), divergence_tree),
+        "init": structure.init_view(comparison, trace_a, trace_b),
+        "gradient_rows": tree.category_rows(comparison, ("gradients", "nan_provenance"), divergence_tree),
+        "gradient_data": gradient_data,
+        "provenance": [steps.provenance_view(trace) for trace in (trace_a, trace_b)],
+        "attribution": [steps.attribution_view(trace) for trace in (trace_a, trace_b)],
+        "nan_map": _nan_map(trace_a, trace_b, names, labels),
+        "loss": loss,
+        "loss_rows": tree.category_rows(comparison, ("loss_terms",), divergence_tree),
+        "loss_chart": _loss_chart(loss, labels),
+        "gradient_flow": _gradient_flow(trace_a, trace_b, names, gradient_data, labels),
+        "check": tree.check_view(comparison, check),
+    }
+
+
+def _run(run: dict[str, Any]) -> dict[str, Any]:
+    """A run for the header; a failed run's error is cut to one line's worth (the text report has it whole)."""
+    error = run.get("error")
+    return {**run, "error": tree.format_value(error, limit=200) if error else None}
+
+
+def _loss_chart(loss: dict[str, Any] | None, labels: Sequence[str]) -> dict[str, Any] | None:
+    if loss is None:
+        return None
+    svg, cut = charts.loss_chart(loss, labels)
+    return {"svg": Markup(svg), "cut": cut}
+
+
+def _nan_map(trace_a: Trace | None, trace_b: Trace | None, names: list[str],
+             labels: Sequence[str]) -> dict[str, Any] | None:
+    """Parameters whose gradients held NaN/Inf in either run, against steps; None when no trace has steps."""
+    step_numbers = sorted(set(steps.step_records(trace_a)) | set(steps.step_records(trace_b)))
+    if not step_numbers or not names:
+        return None
+    matrices = [steps.nonfinite_matrix(trace, step_numbers, names) for trace in (trace_a, trace_b)]
+    rows = [index for index in range(len(names)) if any(matrices[0][index]) or any(matrices[1][index])]
+    if not rows:
+        return {"svg": None, "rows": [], "parameters": len(names), "steps": step_numbers}
+    table = []
+    for index in rows:
+        firsts = []
+        for matrix in matrices:
+            hits = [(step, count) for step, count in zip(step_numbers, matrix[index]) if count]
+            firsts.append(f"step {hits[0][0]} ({hits[0][1]} values), {len(hits)} steps" if hits else "none")
+        table.append({"name": names[index], "a": firsts[0], "b": firsts[1]})
+    svg = charts.nan_map_chart([names[index] for index in rows], step_numbers,
+                               [[matrix[index] for index in rows] for matrix in matrices], labels)
+    return {"svg": Markup(svg), "rows": table, "parameters": len(names), "steps": step_numbers}
+
+
+def _gradient_flow(trace_a: Trace | None, trace_b: Trace | None, names: list[str],
+                   gradient_data: dict[str, Any] | None, labels: Sequence[str]) -> Markup | None:
+    """Gradient flow at step 1, at the first step with a gradient divergence, and at the last step."""
+    if gradient_data is None:
+        return None
+    available = gradient_data["steps"]
+    chosen = list(dict.fromkeys([available[0], gradient_data["default_step"], available[-1]]))
+    panels = [(step, steps.gradient_norms(trace_a, step, names), steps.gradient_norms(trace_b, step, names))
+              for step in chosen]
+    return Markup(charts.gradient_flow_chart(names, panels, labels))

@@ -1,0 +1,91 @@
+"""The HTML report in real headless Chromium: nothing fetched, nothing executed that should not be,
+the first divergence on the first screen, filters that work, and a 1,000-parameter report that stays
+small and loads fast."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+
+def _sibling(name: str) -> ModuleType:
+    """Import a helper beside this file by path: tests run with --import-mode=importlib."""
+    key = f"_repro_audit_tests_reports_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, Path(__file__).with_name(f"{name}.py"))
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+browser = _sibling("browser")
+cases = _sibling("test_html")
+
+pytestmark = [pytest.mark.browser, browser.requires_chromium]
+
+
+def write_report(case: dict[str, Any], path: Path) -> Path:
+    from reports.html import write_html
+
+    return write_html(path, case["comparison"], trace_a=case["trace_a"], trace_b=case["trace_b"],
+                      check=case["check"])
+
+
+def test_report_in_chromium(tmp_path: Path) -> None:
+    report = write_report(cases.build_case(tmp_path), tmp_path / "report.html")
+    with browser.open_report(report) as opened:
+        page = opened.page
+        assert opened.console_errors == [] and opened.page_errors == []
+        assert opened.requests == [opened.url], "the report fetches nothing but itself"
+        # Above the fold: the first divergence with its explanation, and the NaN cause's explanation.
+        assert opened.in_viewport("#first-divergence")
+        assert opened.in_viewport(page.get_by_text(cases.CONFIG_EXPLANATION, exact=True))
+        assert opened.in_viewport(page.locator("#verdict").get_by_text(cases.NAN_EXPLANATION, exact=True))
+        page.screenshot(path=str(tmp_path / "report.png"))
+
+        # Hostile names are text: shown literally, never run, never handlers.
+        assert page.locator("#gradient-table td.name", has_text=cases.EVIL_PARAM).count() == 1
+        page.locator("#gradient-table td.name", has_text=cases.EVIL_ATTR).hover()
+        assert page.locator("img").count() == 0
+
+        # Name filters hide rows that do not match, and open the collapsed table they filter.
+        assert opened.shown_rows("init-table") == len(cases.parameter_names(None))
+        page.fill("input[data-filter='init-table']", "decoder.out")
+        assert opened.shown_rows("init-table") == 2
+        assert page.locator("#init-table").is_visible()
+        page.fill("input[data-filter='gradient-table']", "attn")
+        assert opened.shown_rows("gradient-table") == 3
+        page.select_option("#gradient-step", str(cases.NAN_STEP))
+        assert opened.shown_rows("gradient-table") == 3, "the filter survives a change of step"
+        # Run B: norm, max|g| and mean are NaN and the NaN count is non-zero, in each of the 3 rows shown.
+        assert page.locator("#gradient-table tr:not([hidden]) td.hot").count() == 3 * 4
+        page.fill("input[data-filter='tree']", "decoder.out.bias")
+        assert page.locator("#tree > .node:visible").count() == 2  # the shifted tensor's node and the NaN node
+
+        # A timeline cell leads to its divergence, unfolding the tree down to it.
+        page.fill("input[data-filter='tree']", "")
+        page.locator("table.timeline tr", has=page.locator("th", has_text="gradients")).locator("td.hit a").nth(1).click()
+        assert page.url.endswith("#d3-0") and page.locator("#d3-0").is_visible()
+        assert opened.dialogs == [], "no script from a name ever ran"
+        assert opened.console_errors == [] and opened.page_errors == []
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_thousand_parameters_load_fast(tmp_path: Path) -> None:
+    report = write_report(cases.build_case(tmp_path, parameters=1000, steps=20), tmp_path / "big.html")
+    assert report.stat().st_size < 5_000_000
+    with browser.open_report(report) as opened:
+        assert opened.load_ms < 2000, f"load event after {opened.load_ms:.0f} ms"
+        assert opened.console_errors == [] and opened.page_errors == [] and opened.requests == [opened.url]
+        assert opened.in_viewport("#first-divergence")
+        assert opened.shown_rows("gradient-table") == 1000
+        opened.page.fill("input[data-filter='gradient-table']", "ffn.w0.")
+        assert opened.shown_rows("gradient-table") == 250
