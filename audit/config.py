@@ -48,13 +48,7 @@ class RunConfig:
     source: str | None = None
 
     def weight_for(self, term: str) -> float:
-        """Weight of a loss term: exact name first, then the first matching glob pattern, else 1.0."""
-        if term in self.loss_weights:
-            return float(self.loss_weights[term])
-        for pattern, weight in self.loss_weights.items():
-            if fnmatch.fnmatchcase(term, pattern):
-                return float(weight)
-        return 1.0
+        return term_weight(self.loss_weights, term)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain data: stored in the trace and compared by the differ."""
@@ -74,6 +68,16 @@ class RunConfig:
     def from_dict(cls, data: Mapping[str, Any], *, config_dir: str | None = None,
                   source: str | None = None) -> RunConfig:
         return validate(dict(data), config_dir=config_dir, source=source, default_label=str(data.get("label", "run")))
+
+
+def term_weight(weights: Mapping[str, float], term: str) -> float:
+    """Weight of a loss term: exact name first, then the first matching glob pattern, else 1.0."""
+    if term in weights:
+        return float(weights[term])
+    for pattern, weight in weights.items():
+        if fnmatch.fnmatchcase(term, pattern):
+            return float(weight)
+    return 1.0
 
 
 def load_config(path: str | Path, *, overrides: Sequence[str] = (), steps: int | None = None,

@@ -6,7 +6,6 @@ The same step recorder as the runner's loop does the recording, so both produce 
 
 from __future__ import annotations
 
-import fnmatch
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -60,12 +59,9 @@ class AttachedRun:
         self.steps = 0
 
     def weight_for(self, term: str) -> float:
-        if term in self.loss_weights:
-            return float(self.loss_weights[term])
-        for pattern, weight in self.loss_weights.items():
-            if fnmatch.fnmatchcase(term, pattern):
-                return float(weight)
-        return 1.0
+        from audit.config import term_weight
+
+        return term_weight(self.loss_weights, term)
 
     def step(self, batch: Any = None) -> AttachedStep:
         return AttachedStep(self, batch)
