@@ -20,7 +20,7 @@ class AuditGroup(click.Group):
     """Turns our user errors and click's usage errors into one line and exit code 2."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("standalone_mode", False)
+        kwargs["standalone_mode"] = False  # we map results and errors to exit codes ourselves
         try:
             result = super().main(*args, **kwargs)
         except click.exceptions.Exit as exc:
@@ -47,4 +47,4 @@ def main() -> None:
     cli()
 
 
-from audit import cli_commands  # noqa: E402,F401  (registers the commands on `cli`)
+from audit import cli_commands, cli_compare, cli_health  # noqa: E402,F401  (registers the commands on `cli`)

@@ -139,27 +139,33 @@ class Trace:
 
 
 class StepValues:
-    """Tensor values of one step, read one tensor at a time from safetensors."""
+    """Tensor values of one step, read one tensor at a time from safetensors (the header is parsed once)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._handle: Any = None
+        self._keys: set[str] | None = None
+
+    def _open(self) -> Any:
+        if self._handle is None:
+            from safetensors import safe_open
+
+            try:
+                self._handle = safe_open(str(self.path), framework="numpy")
+                self._keys = set(self._handle.keys())
+            except Exception as exc:  # safetensors raises its own error types for corrupt headers
+                raise TraceError(f"cannot read tensor values {self.path}: {exc}") from exc
+        return self._handle
 
     def keys(self) -> list[str]:
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(self.path), framework="numpy") as handle:
-                return sorted(handle.keys())
-        except Exception as exc:  # safetensors raises its own error types for corrupt headers
-            raise TraceError(f"cannot read tensor values {self.path}: {exc}") from exc
+        self._open()
+        return sorted(self._keys or ())
 
     def get(self, key: str) -> np.ndarray | None:
-        from safetensors import safe_open
-
+        handle = self._open()
+        if key not in (self._keys or ()):
+            return None
         try:
-            with safe_open(str(self.path), framework="numpy") as handle:
-                if key not in handle.keys():
-                    return None
-                return handle.get_tensor(key)
+            return handle.get_tensor(key)
         except Exception as exc:
-            raise TraceError(f"cannot read tensor values {self.path}: {exc}") from exc
+            raise TraceError(f"cannot read tensor values {self.path}: {key}: {exc}") from exc

@@ -46,6 +46,7 @@ class DispatchCapture(TorchDispatchMode):
         self.first_random: dict[int, dict[str, Any]] = {}
         self.last_write: dict[int, str] = {}
         self.alias: dict[int, int] = {}
+        self.alias_event: dict[int, Any] = {}
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
                            kwargs: dict[str, Any] | None = None) -> Any:
@@ -110,6 +111,23 @@ class DispatchCapture(TorchDispatchMode):
                 self.node_to_op[node] = index
         self._pending = []
 
+    def _alias(self, key: int, source: int) -> None:
+        # The source's creation event is kept so that a freed source whose address a later tensor reuses is
+        # not mistaken for the origin (see `origin_of`).
+        self.alias[key] = source
+        self.alias_event[key] = self.creations.get(source, {}).get("event")
+
+    def origin_of(self, key: int) -> int:
+        """Follow whole-tensor copies back to the storage that was created and initialised."""
+        seen = set()
+        while key and key in self.alias and key not in self.first_random and key not in seen:
+            seen.add(key)
+            source = self.alias[key]
+            if self.creations.get(source, {}).get("event") != self.alias_event.get(key):
+                break  # the source was freed and its address reused by another tensor
+            key = source
+        return key
+
     def _track_storage(self, name: str, inputs: list[torch.Tensor], outputs: list[torch.Tensor],
                        random_entry: dict[str, Any] | None) -> None:
         input_keys = {storage_key(t) for t in inputs}
@@ -123,14 +141,20 @@ class DispatchCapture(TorchDispatchMode):
                 self.first_random.pop(key, None)
                 self.last_write.pop(key, None)
                 self.alias.pop(key, None)
-                if name in _COPY_OPS and inputs:
-                    self.alias[key] = storage_key(inputs[0])
+                if name in _COPY_OPS and inputs and _whole_copy(tensor, inputs[0]):
+                    self._alias(key, storage_key(inputs[0]))
             else:
                 self.last_write[key] = name
-                if name in _COPY_OPS and len(inputs) > 1:
-                    self.alias[key] = storage_key(inputs[1])
+                # Only a copy of a whole tensor makes this storage "the same values as" the source; a copy
+                # into a slice (`table[:, 0::2] = ...`) writes part of it from a temporary that is soon freed.
+                if name in _COPY_OPS and len(inputs) > 1 and _whole_copy(tensor, inputs[1]):
+                    self._alias(key, storage_key(inputs[1]))
         if random_entry is not None and random_entry.get("target_storage"):
             self.first_random.setdefault(random_entry["target_storage"], random_entry)
+
+
+def _whole_copy(target: torch.Tensor, source: torch.Tensor) -> bool:
+    return target.numel() == source.numel() == target.untyped_storage().nbytes() // max(target.element_size(), 1)
 
 
 def _device_kwarg(kwargs: dict[str, Any]) -> torch.device | None:

@@ -73,9 +73,4 @@ def initialisation_record(model: torch.nn.Module, capture: DispatchCapture, draw
 
 
 def _origin(key: int, capture: DispatchCapture) -> int:
-    """Follow copies back to the storage that was created and initialised."""
-    seen = set()
-    while key and key in capture.alias and key not in capture.first_random and key not in seen:
-        seen.add(key)
-        key = capture.alias[key]
-    return key
+    return capture.origin_of(key)

@@ -48,7 +48,7 @@ def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[[in
         writer.write_values(0, {f"initial/{name}": values_for_file(t) for name, t in model.state_dict().items()})
 
     recorder = TorchStepRecorder(model, optimizer, capture=config.capture, weight_of=config.weight_for,
-                                 ledger=ledger)
+                                 ledger=ledger, num_classes=recipe.extras.get("num_classes"))
     pass_step = loss_takes_step(recipe.loss)
     batches = _batches(recipe.batches, config)
     model.train()

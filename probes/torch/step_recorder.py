@@ -21,6 +21,7 @@ from probes.torch.autograd_graph import (
     term_membership,
 )
 from probes.torch.dispatch_capture import DispatchCapture
+from probes.torch.health import step_health
 from probes.torch.initialisation import named_tensors
 from probes.torch.modules import ModuleTracker
 from probes.torch.nan_provenance import attribute_terms, find_origins
@@ -35,11 +36,12 @@ class TorchStepRecorder:
     """Records steps of one model and optimizer into step records (docs/trace-format.md)."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, capture: Mapping[str, Any],
-                 weight_of: WeightOf, ledger: RandomLedger) -> None:
+                 weight_of: WeightOf, ledger: RandomLedger, num_classes: Any = None) -> None:
         self.model = model
         self.optimizer = optimizer
         self.capture = dict(capture)
         self.weight_of = weight_of
+        self.num_classes = num_classes
         self.ledger = ledger
         self.tracker = ModuleTracker(model, keep_outputs=bool(capture.get("module_outputs", True)))
         ledger.module_of = lambda: self.tracker.current
@@ -159,6 +161,13 @@ class TorchStepRecorder:
         if self._keep_values():
             for name, tensor in self.parameters:
                 self.values[f"parameters/{name}"] = values_for_file(tensor)
+        if self.capture.get("health", True):
+            self.record["health"] = step_health(
+                self.tracker.calls, self.parameters, step=self.step,
+                loss_terms={name: term["value"] for name, term in self.record.get("loss_terms", {}).items()},
+                num_classes=self.num_classes, gradient_summaries=self.record.get("gradients"),
+                parameter_summaries=self.record.get("parameters"),
+                output_summaries=self.record.get("module_outputs"))
         record = self.record
         self._reset()
         return record

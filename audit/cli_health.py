@@ -1,0 +1,151 @@
+"""`repro-audit health`: record a config (or open a trace) and flag training-health anomalies.
+
+The rules in `audit.health` decide; `render_text` only prints their findings. Exit 0 healthy, 1 flagged,
+2 bad input (the CLI group turns our UserErrors into one line).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from audit.cli import EXIT_DIFFERENT, EXIT_SAME, cli
+from audit.cli_progress import Progress
+from audit.config import load_config
+from audit.errors import ConfigError, RunFailed
+from audit.health import HealthReport, Thresholds, check_trace
+from audit.runner import record as record_config
+from audit.trace import Trace
+from audit.trace import format as fmt
+
+RULE_TITLES = {
+    "exploding_gradients": "exploding gradients",
+    "vanishing_gradients": "vanishing gradients",
+    "saturation": "saturated activations",
+    "dead_units": "dead units",
+    "initial_loss": "initial loss far from -log(1/C)",
+    "memory_growth": "memory growing every step",
+}
+SHOWN_PER_RULE = 8
+DEFAULTS = Thresholds()
+
+
+@cli.command("health")
+@click.argument("source", metavar="CONFIG", type=click.Path())
+@click.option("--steps", type=click.IntRange(min=1), help="Number of steps (overrides the config).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config field.")
+@click.option("--max-grad-norm", type=float, default=DEFAULTS.max_grad_norm, show_default=True,
+              help="Exploding: a layer's gradient norm above this (or NaN/Inf).")
+@click.option("--min-grad-norm", type=float, default=DEFAULTS.min_grad_norm, show_default=True,
+              help="Vanishing: a layer's gradient norm below this...")
+@click.option("--min-grad-ratio", type=float, default=DEFAULTS.min_grad_ratio, show_default=True,
+              help="...or below this fraction of the largest layer's gradient norm in the same step.")
+@click.option("--saturation", type=click.FloatRange(0, 1), default=DEFAULTS.saturation, show_default=True,
+              help="Share of a tanh/sigmoid output that is saturated.")
+@click.option("--dead-units", type=click.FloatRange(0, 1), default=DEFAULTS.dead_units, show_default=True,
+              help="Share of a ReLU-like output's units never positive in the batch.")
+@click.option("--initial-loss-tolerance", type=click.FloatRange(min=0), default=DEFAULTS.initial_loss_tolerance,
+              show_default=True, help="Step-1 loss off -log(1/C) by more than this fraction of it.")
+@click.option("--memory-growth-mb", type=click.FloatRange(min=0), default=DEFAULTS.memory_growth_mb,
+              show_default=True, help="Growth (MiB) that memory must show at every step from step 2 on.")
+@click.option("--memory-min-steps", type=click.IntRange(min=1), default=DEFAULTS.memory_min_steps,
+              show_default=True, help="Growths in a row, from step 2 on, before memory counts as growing.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the findings as JSON.")
+@click.option("--keep", type=click.Path(file_okay=False), help="Keep the recorded trace in this folder.")
+@click.option("--all", "show_all", is_flag=True, help=f"Show every finding (default: {SHOWN_PER_RULE} per anomaly).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+def health_command(source: str, steps: int | None, overrides: tuple[str, ...], json_path: str | None,
+                   keep: str | None, show_all: bool, quiet: bool, **limits: Any) -> int:
+    """Record CONFIG and flag vanishing or exploding gradients, saturation, dead units, an initial loss far
+    from -log(1/C) and memory that grows every step. CONFIG may also be a recorded trace folder.
+
+    \b
+    Examples:
+      repro-audit health fixtures/configs/torch/baseline.yaml --steps 6
+      repro-audit health fixtures/configs/torch/health/dead_relu.yaml --dead-units 0.5
+    """
+    thresholds = Thresholds(**limits)
+    with _opened_trace(source, steps=steps, overrides=overrides, keep=keep, quiet=quiet) as trace:
+        report = check_trace(trace, thresholds=thresholds)
+    if json_path:
+        Path(json_path).write_text(json.dumps(report.as_dict(), sort_keys=True, indent=1, default=str) + "\n",
+                                   encoding="utf-8")
+    click.echo(render_text(report, limit=None if show_all else SHOWN_PER_RULE))
+    return EXIT_SAME if report.healthy else EXIT_DIFFERENT
+
+
+@contextmanager
+def _opened_trace(source: str, *, steps: int | None, overrides: tuple[str, ...], keep: str | None,
+                  quiet: bool) -> Iterator[Trace]:
+    """A given trace folder as it is, or CONFIG recorded into `keep` (or a folder deleted afterwards)."""
+    path = Path(source)
+    if path.is_dir() and (path / fmt.MANIFEST).is_file():
+        if steps is not None or overrides:
+            raise ConfigError(f"{source} is a recorded trace: --steps and --set apply to a config only")
+        yield Trace(path)
+        return
+    config = load_config(source, overrides=overrides, steps=steps)
+    # The rules need these, whatever the config says.
+    config.capture["health"] = True
+    config.capture["module_outputs"] = True
+    with tempfile.TemporaryDirectory(prefix="repro-audit-health-") as scratch:
+        trace_path = Path(keep or scratch) / f"{config.label}.trace"
+        progress = Progress(quiet=quiet)
+        result = record_config(config, trace_path, progress=progress.update)
+        progress.done()
+        if not result.ok:
+            kept = str(result.trace_path) if keep and result.trace_path else None
+            message = result.failure_line() if keep else result.failure_line().split("; partial trace kept")[0]
+            raise RunFailed(message, trace_path=kept)
+        yield Trace(trace_path)
+
+
+def render_text(report: HealthReport, *, limit: int | None = SHOWN_PER_RULE) -> str:
+    """The terminal summary: one block per anomaly, one line per layer, capped at `limit` lines a block."""
+    count = len(report.findings)
+    verdict = "healthy" if report.healthy else f"{count} anomal{'y' if count == 1 else 'ies'} flagged"
+    lines = [f"health of {report.label!r} ({report.steps} steps): {verdict}"]
+    by_rule: dict[str, list[Any]] = {}
+    for finding in report.findings:
+        by_rule.setdefault(finding.rule, []).append(finding)
+    for rule, findings in by_rule.items():
+        lines.append(f"  {RULE_TITLES.get(rule, rule)}:")
+        shown = findings if limit is None else findings[:limit]
+        for finding in shown:
+            lines.append(f"    {_layer(finding)}  step {finding.step}: {finding.message}{_extent(finding)}")
+        if len(shown) < len(findings):
+            lines.append(f"    ... and {len(findings) - len(shown)} more (--all shows them)")
+    if report.not_checked:
+        lines.append("  not checked:")
+        lines.extend(f"    {reason}" for reason in report.not_checked)
+    return "\n".join(lines)
+
+
+def _layer(finding: Any) -> str:
+    name = finding.layer if finding.layer else "(root)"
+    kind = finding.evidence.get("type")
+    return f"{name} ({kind})" if kind else name
+
+
+def _extent(finding: Any) -> str:
+    parts = []
+    if len(finding.steps) > 1 and finding.rule != "memory_growth":
+        parts.append(f"at {len(finding.steps)} steps")
+    if finding.worst:
+        value = finding.worst["value"]
+        shown = f"{value * 100:.0f}%" if finding.rule in ("saturation", "dead_units") else _num(value)
+        parts.append(f"worst {shown} at step {finding.worst['step']}")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+def _num(value: float) -> str:
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.3g}" if 1e-3 <= abs(value) < 1e4 or value == 0 else f"{value:.2e}"

@@ -1,0 +1,100 @@
+"""Compare two traces: run every comparator, explain, arrange causally.
+
+Framework-agnostic: this reads traces only, never torch or TensorFlow. A run that stopped early is
+compared over the steps both recorded and the result says it is partial, instead of failing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+from audit.diff.causal_tree import build_tree
+from audit.diff.context import CompareContext
+from audit.diff.registry import comparators
+from audit.diff.values import Tolerance
+from audit.divergence import CATEGORIES, Comparison, Divergence, RunInfo
+from audit.errors import UserError
+from audit.explain import explain
+from audit.trace import Trace
+
+
+def compare_traces(trace_a: Trace, trace_b: Trace, *, rtol: float = 0.0, atol: float = 0.0,
+                   ignore: Iterable[str] = ()) -> Comparison:
+    """The divergence tree of run B against run A, bitwise unless a tolerance is given."""
+    if rtol < 0 or atol < 0 or math.isnan(rtol) or math.isnan(atol):
+        raise UserError(f"tolerances must be >= 0 (rtol={rtol}, atol={atol})")
+    ignored = set(ignore)
+    unknown = ignored - set(CATEGORIES)
+    if unknown:
+        raise UserError(f"unknown category to ignore: {min(unknown)} (known: {', '.join(CATEGORIES)})")
+    context = CompareContext(trace_a, trace_b, Tolerance(rtol=rtol, atol=atol))
+    registered = comparators()
+    divergences: list[Divergence] = []
+    counts: dict[str, dict[str, int]] = {}
+    for category in CATEGORIES:
+        if category in ignored or category not in registered:
+            continue
+        result = registered[category](context)
+        divergences.extend(result.divergences)
+        counts[category] = {"compared": result.compared, "diverged": len(result.divergences)}
+    findings = explain(divergences, context)
+    comparison = Comparison(
+        run_a=_run_info(trace_a), run_b=_run_info(trace_b), divergences=build_tree(divergences, findings),
+        tolerance=context.tolerance.to_dict(), category_counts=counts)
+    comparison.partial = not (trace_a.complete and trace_b.complete)
+    comparison.notes.extend(_notes(context, ignored))
+    return comparison
+
+
+def compare_check(traces: Sequence[Trace], *, rtol: float = 0.0, atol: float = 0.0,
+                  ignore: Iterable[str] = ()) -> list[Comparison]:
+    """Run 1 against each other run of the same config: what `repro-audit check` reports."""
+    if len(traces) < 2:
+        raise UserError("check needs at least two runs")
+    return [compare_traces(traces[0], other, rtol=rtol, atol=atol, ignore=ignore) for other in traces[1:]]
+
+
+def _run_info(trace: Trace) -> RunInfo:
+    error = trace.error or {}
+    message = f"{error.get('kind')} at step {error.get('step')}: {error.get('message')}" if error else None
+    return RunInfo(label=trace.label, trace_path=str(trace.path), framework=trace.framework,
+                   complete=trace.complete, steps_recorded=len(trace.steps), error=message)
+
+
+def _notes(context: CompareContext, ignored: set[str]) -> list[str]:
+    notes = []
+    for side, trace in (("A", context.trace_a), ("B", context.trace_b)):
+        if not trace.complete:
+            error = trace.error or {}
+            notes.append(f"run {side} ({trace.label}) is incomplete: {error.get('kind', 'stopped')} at step "
+                         f"{error.get('step')}: {error.get('message')}; only steps both runs recorded are compared")
+    steps_a, steps_b = set(context.steps_a), set(context.steps_b)
+    if steps_a != steps_b:
+        notes.append(f"run A recorded {len(steps_a)} steps and run B {len(steps_b)}; steps "
+                     f"{_span(context.common_steps)} were compared")
+    if context.trace_a.framework != context.trace_b.framework:
+        notes.append(f"run A is {context.trace_a.framework} and run B {context.trace_b.framework}: items are "
+                     "matched by name and shape")
+    capture_a, capture_b = context.trace_a.config.get("capture"), context.trace_b.config.get("capture")
+    if capture_a != capture_b:
+        notes.append(f"the runs captured different things (capture {capture_a} vs {capture_b}); what only one "
+                     "run recorded is not compared")
+    if ignored:
+        notes.append(f"not compared (--ignore): {', '.join(sorted(ignored))}")
+    nan_steps = [step for step, a, b in context.step_pairs() if _nonfinite(a) and _nonfinite(b)]
+    if nan_steps:
+        notes.append(f"both runs have NaN/Inf gradients at steps {_span(nan_steps)}: equal runs can be equally "
+                     "broken")
+    return notes
+
+
+def _nonfinite(record: dict) -> bool:
+    return any((summary or {}).get("nan") or (summary or {}).get("inf")
+               for summary in (record.get("gradients") or {}).values())
+
+
+def _span(steps: Sequence[int]) -> str:
+    if not steps:
+        return "none"
+    return f"{steps[0]}" if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"

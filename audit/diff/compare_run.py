@@ -1,0 +1,158 @@
+"""Run-level comparators: environment, code fingerprint and config, the inputs of a run.
+
+A difference here is a candidate root cause: nothing recorded later can change them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from deepdiff import DeepDiff
+
+from audit.diff.context import CompareContext
+from audit.diff.registry import CategoryResult, comparator
+from audit.divergence import Divergence
+
+ENVIRONMENT_SECTIONS = ("python", "platform", "cpu", "framework", "threads", "determinism", "env_vars")
+# Config keys that name the run, bound it, or say what the probes keep: none changes what it computes.
+CONFIG_IGNORED = ("label", "timeout", "capture")
+# repro-audit's own packages: they observe the run and never change what it computes.
+OWN_PACKAGES = ("audit", "probes", "reports", "__main__")
+
+
+@comparator("environment")
+def compare_environment(context: CompareContext) -> CategoryResult:
+    env_a, env_b = context.trace_a.environment, context.trace_b.environment
+    result = CategoryResult()
+    for section in ENVIRONMENT_SECTIONS:
+        leaves_a, leaves_b = _leaves(env_a.get(section), section), _leaves(env_b.get(section), section)
+        for path in sorted(set(leaves_a) | set(leaves_b)):
+            result.compared += 1
+            a, b = leaves_a.get(path), leaves_b.get(path)
+            if a != b and not _both_nan(a, b):
+                result.divergences.append(Divergence(
+                    "environment", path, "changed", order=ENVIRONMENT_SECTIONS.index(section),
+                    explanation=f"{path} is {a!r} in run A and {b!r} in run B.", evidence={"a": a, "b": b}))
+    return result
+
+
+@comparator("code")
+def compare_code(context: CompareContext) -> CategoryResult:
+    env_a, env_b = context.trace_a.environment, context.trace_b.environment
+    result = CategoryResult()
+    packages_a, packages_b = env_a.get("packages") or {}, env_b.get("packages") or {}
+    for name in sorted(set(packages_a) | set(packages_b)):
+        result.compared += 1
+        a, b = packages_a.get(name), packages_b.get(name)
+        if a != b:
+            kind = "changed" if a and b else ("added" if b else "removed")
+            result.divergences.append(Divergence(
+                "code", f"package {name}", kind, order=0,
+                explanation=f"package {name} is {a or 'not installed'} in run A and {b or 'not installed'} in run B.",
+                evidence={"package": name, "a": a, "b": b}))
+    result.compared += _compare_modules(env_a.get("modules") or {}, env_b.get("modules") or {},
+                                        packages_a, packages_b, result.divergences)
+    git_a, git_b = env_a.get("git") or {}, env_b.get("git") or {}
+    for key in ("commit", "dirty"):
+        result.compared += 1
+        if git_a.get(key) != git_b.get(key):
+            result.divergences.append(Divergence(
+                "code", f"git {key}", "changed", order=2,
+                explanation=f"the recipe's repository has git {key} {git_a.get(key)!r} in run A and "
+                            f"{git_b.get(key)!r} in run B.",
+                evidence={"a": git_a.get(key), "b": git_b.get(key), "root": git_b.get("root") or git_a.get("root")}))
+    return result
+
+
+def _compare_modules(modules_a: dict[str, Any], modules_b: dict[str, Any], packages_a: dict[str, Any],
+                     packages_b: dict[str, Any], found: list[Divergence]) -> int:
+    """Imported modules whose source differs; modules only one run imported matter only if they are the user's."""
+    compared = 0
+    for name in sorted(set(modules_a) | set(modules_b)):
+        if name.split(".")[0] in OWN_PACKAGES:
+            continue
+        a, b = modules_a.get(name), modules_b.get(name)
+        if a and b:
+            compared += 1
+            if a.get("hash") != b.get("hash"):
+                found.append(_module_changed(name, a, b, packages_a, packages_b))
+        elif _is_user_module(a or b):
+            compared += 1
+            kind = "added" if b else "removed"
+            where = "run B" if b else "run A"
+            found.append(Divergence(
+                "code", f"module {name}", kind, order=1,
+                explanation=f"only {where} imported module {name} ({(a or b or {}).get('path')}).",
+                evidence={"module": name, "path": (a or b or {}).get("path")}))
+    return compared
+
+
+def _module_changed(name: str, a: dict[str, Any], b: dict[str, Any], packages_a: dict[str, Any],
+                    packages_b: dict[str, Any]) -> Divergence:
+    top = name.split(".")[0]
+    version_a, version_b = _package_version(top, packages_a), _package_version(top, packages_b)
+    evidence = {"module": name, "path": {"a": a.get("path"), "b": b.get("path")},
+                "hash": {"a": a.get("hash"), "b": b.get("hash")}}
+    if version_a and version_a == version_b:
+        evidence["package_version"] = version_a
+        detail = f" although {top} is version {version_a} in both runs (local source changes)"
+    else:
+        detail = ""
+    return Divergence("code", f"module {name}", "changed", order=1, evidence=evidence,
+                      explanation=f"module {name} ({b.get('path')}) has other source in run B{detail}.")
+
+
+def _package_version(top_module: str, packages: dict[str, Any]) -> str | None:
+    for candidate in (top_module, top_module.replace("_", "-"), top_module.replace("_", "-") + "-cpu"):
+        if candidate in packages:
+            return str(packages[candidate])
+    return None
+
+
+def _is_user_module(entry: dict[str, Any] | None) -> bool:
+    """The probes store paths under the recipe's folder relative to it; library modules keep absolute paths."""
+    path = str((entry or {}).get("path") or "")
+    return bool(path) and not path.startswith("/") and ":" not in path[:3]
+
+
+@comparator("config")
+def compare_config(context: CompareContext) -> CategoryResult:
+    config_a = {k: v for k, v in context.trace_a.config.items() if k not in CONFIG_IGNORED}
+    config_b = {k: v for k, v in context.trace_b.config.items() if k not in CONFIG_IGNORED}
+    result = CategoryResult(compared=len(_leaves(config_a, "")) or 1)
+    tree = DeepDiff(config_a, config_b, view="tree", ignore_nan_inequality=True)
+    for report_type, levels in sorted(tree.items()):
+        for level in levels:
+            path = ".".join(str(part) for part in level.path(output_format="list"))
+            a = None if _absent(level.t1) else level.t1
+            b = None if _absent(level.t2) else level.t2
+            kind = "added" if "added" in report_type else "removed" if "removed" in report_type else "changed"
+            result.divergences.append(Divergence(
+                "config", path, kind, evidence={"a": a, "b": b, "key": path},
+                explanation=f"config key {path} is {_shown(a, level.t1)} in run A and {_shown(b, level.t2)} in run B."))
+    result.divergences.sort(key=lambda divergence: divergence.name)
+    for index, divergence in enumerate(result.divergences):
+        divergence.order = index
+    return result
+
+
+def _leaves(value: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(value, dict):
+        leaves: dict[str, Any] = {}
+        for key, item in value.items():
+            leaves.update(_leaves(item, f"{prefix}.{key}" if prefix else str(key)))
+        return leaves
+    return {prefix: value}
+
+
+def _absent(value: Any) -> bool:
+    return type(value).__name__ == "NotPresent"
+
+
+def _shown(value: Any, raw: Any) -> str:
+    return "not set" if _absent(raw) else repr(value)
+
+
+def _both_nan(a: Any, b: Any) -> bool:
+    return isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)

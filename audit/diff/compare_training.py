@@ -1,0 +1,145 @@
+"""Per-step comparators of the update: NaN provenance, gradients, optimizer, parameters after the step.
+
+Parameters are matched once (context.parameters), so a renamed parameter is compared with its
+counterpart at every step instead of being reported as one removed and one added tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from audit.diff.compare_steps import _value_kind
+from audit.diff.context import CompareContext
+from audit.diff.registry import CategoryResult, comparator
+from audit.divergence import Divergence
+
+OPTIMIZER_STATE_ORDER = 1000  # optimizer state sorts after the hyper-parameters of the same step
+# Param-group keys that schedulers add for their own bookkeeping; the optimizer never reads them.
+SCHEDULER_KEYS = frozenset({"initial_lr"})
+
+
+@comparator("nan_provenance")
+def compare_nan_provenance(context: CompareContext) -> CategoryResult:
+    """Where NaN/Inf entered the gradients in one run and not (or elsewhere) in the other."""
+    result = CategoryResult()
+    for step, record_a, record_b in context.step_pairs():
+        origins_a = _origins(record_a)
+        origins_b = _origins(record_b)
+        result.compared += len(set(origins_a) | set(origins_b))
+        for order, key in enumerate(list(origins_b) + [k for k in origins_a if k not in origins_b]):
+            if key in origins_a and key in origins_b:
+                continue
+            side, record = ("b", record_b) if key in origins_b else ("a", record_a)
+            origin = (origins_b if side == "b" else origins_a)[key]
+            result.divergences.append(_origin_divergence(step, origin, side, record, order))
+    return result
+
+
+def _origins(record: dict[str, Any]) -> dict[tuple[Any, ...], dict[str, Any]]:
+    provenance = record.get("nan_provenance") or {}
+    return {(o.get("node"), o.get("module"), o.get("loss_term")): o for o in provenance.get("origins") or []}
+
+
+def _origin_divergence(step: int, origin: dict[str, Any], side: str, record: dict[str, Any],
+                       order: int) -> Divergence:
+    term = origin.get("loss_term")
+    attribution = ((record.get("term_attribution") or {}).get(term) or {}) if term else {}
+    reached = sorted((attribution.get("nonfinite") or {}).items())
+    nonfinite_parameters = (record.get("nan_provenance") or {}).get("nonfinite_parameters") or []
+    evidence = {key: origin.get(key) for key in ("node", "forward_op", "module", "loss_term", "loss_weight",
+                                                 "inputs_from", "saved_nonfinite", "grad_out")}
+    evidence.update(run=side, parameters=len(reached) if reached else len(nonfinite_parameters),
+                    parameters_named=[name for name, _ in reached[:10]] or nonfinite_parameters[:10])
+    where = "run B" if side == "b" else "run A"
+    return Divergence(
+        "nan_provenance", f"{origin.get('node')} in {origin.get('module')}", "nonfinite", step=step, order=order,
+        evidence=evidence,
+        explanation=f"in {where} only, NaN/Inf enters the gradients at step {step} in {origin.get('node')} "
+                    f"({origin.get('forward_op')}) of module {origin.get('module')}, loss term {term}.")
+
+
+@comparator("gradients")
+def compare_gradients(context: CompareContext) -> CategoryResult:
+    return _compare_tensors(context, "gradients", "gradient")
+
+
+@comparator("parameters")
+def compare_parameters(context: CompareContext) -> CategoryResult:
+    return _compare_tensors(context, "parameters", "value after the optimizer step")
+
+
+def _compare_tensors(context: CompareContext, key: str, noun: str) -> CategoryResult:
+    result = CategoryResult()
+    pairs = context.parameters.pairs
+    for step, record_a, record_b in context.step_pairs():
+        tensors_a, tensors_b = record_a.get(key) or {}, record_b.get(key) or {}
+        present = [(order, name_a, name_b) for order, (name_a, name_b) in enumerate(pairs)
+                   if name_a in tensors_a or name_b in tensors_b]
+        result.compared += len(present)
+        evidences = context.tensor_divergences([(f"{key}/{name_a}", step, tensors_a.get(name_a), tensors_b.get(name_b))
+                                                for _, name_a, name_b in present])
+        for (order, name_a, name_b), evidence in zip(present, evidences):
+            if evidence is None:
+                continue
+            kind = _value_kind(evidence)
+            what = _difference_text(evidence)
+            result.divergences.append(Divergence(
+                key, name_b, kind, step=step, order=order, evidence=evidence,
+                explanation=f"the {noun} of {name_b} differs at step {step}{what}."))
+    return result
+
+
+def _difference_text(evidence: dict[str, Any]) -> str:
+    if evidence.get("nan_a") != evidence.get("nan_b") or evidence.get("inf_a") != evidence.get("inf_b"):
+        return (f" (NaN {evidence.get('nan_a')} vs {evidence.get('nan_b')}, Inf {evidence.get('inf_a')} vs "
+                f"{evidence.get('inf_b')})")
+    if "max_abs_error" in evidence:
+        return (f" ({evidence.get('mismatched')} of {evidence.get('numel')} values, max abs error "
+                f"{evidence['max_abs_error']:.3g}, {evidence.get('max_ulp')} ULP)")
+    return ""
+
+
+@comparator("optimizer")
+def compare_optimizer(context: CompareContext) -> CategoryResult:
+    result = CategoryResult()
+    to_a = context.parameters.b_to_a
+    for step, record_a, record_b in context.step_pairs():
+        optimizer_a, optimizer_b = record_a.get("optimizer") or {}, record_b.get("optimizer") or {}
+        result.compared += 1
+        if optimizer_a.get("type") != optimizer_b.get("type"):
+            result.divergences.append(Divergence(
+                "optimizer", "optimizer type", "changed", step=step, order=0,
+                evidence={"a": optimizer_a.get("type"), "b": optimizer_b.get("type")},
+                explanation=f"the optimizer is {optimizer_a.get('type')} in run A and {optimizer_b.get('type')} "
+                            f"in run B."))
+        result.divergences.extend(_hyperparameters(step, optimizer_a, optimizer_b))
+        state_a, state_b = optimizer_a.get("state") or {}, optimizer_b.get("state") or {}
+        for order, name_b in enumerate(sorted(state_b)):
+            result.compared += 1
+            entry_a = state_a.get(to_a.get(name_b, name_b)) or {}
+            entry_b = state_b[name_b] or {}
+            differing = sorted(k for k in set(entry_a) | set(entry_b) if entry_a.get(k) != entry_b.get(k))
+            if differing:
+                result.divergences.append(Divergence(
+                    "optimizer", f"state of {name_b}", "changed", step=step, order=OPTIMIZER_STATE_ORDER + order,
+                    evidence={"keys": differing, "a": {k: entry_a.get(k) for k in differing},
+                              "b": {k: entry_b.get(k) for k in differing}},
+                    explanation=f"optimizer state {', '.join(differing)} of {name_b} differs after step {step}."))
+    return result
+
+
+def _hyperparameters(step: int, optimizer_a: dict[str, Any], optimizer_b: dict[str, Any]) -> list[Divergence]:
+    found = []
+    groups_a, groups_b = optimizer_a.get("param_groups") or [], optimizer_b.get("param_groups") or []
+    for index in range(max(len(groups_a), len(groups_b))):
+        group_a = groups_a[index] if index < len(groups_a) else {}
+        group_b = groups_b[index] if index < len(groups_b) else {}
+        for key in sorted((set(group_a) | set(group_b)) - {"params"} - SCHEDULER_KEYS):
+            a, b = group_a.get(key), group_b.get(key)
+            if a != b:
+                found.append(Divergence(
+                    "optimizer", f"{key} (param group {index})", "changed", step=step, order=index,
+                    evidence={"a": a, "b": b, "hyperparameter": key, "param_group": index},
+                    explanation=f"optimizer hyper-parameter {key} of param group {index} is {a!r} in run A and "
+                                f"{b!r} in run B at step {step}."))
+    return found

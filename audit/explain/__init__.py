@@ -1,0 +1,46 @@
+"""Explanation rules: small functions that name a cause from the divergences and the evidence they hold.
+
+Rules run in causal order and each divergence is claimed by at most one cause, so a NaN gradient caused by a
+zero-weighted term is not also listed as a consequence of a learning-rate change. Adding a cause means
+adding one function to RULES.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from audit.diff.context import CompareContext
+from audit.divergence import Divergence
+from audit.explain.finding import Claims, Finding
+from audit.explain.inputs import code_change, config_change, environment_change
+from audit.explain.nondeterminism import fp_reordering, nondeterminism
+from audit.explain.structure import graph_change, seed_offset_shift
+from audit.explain.training import hyperparameter_change, nan_through_term, random_stream_shift
+
+Rule = Callable[[list[Divergence], CompareContext, Claims], list[Finding]]
+
+RULES: tuple[Rule, ...] = (
+    environment_change,
+    code_change,
+    config_change,
+    nondeterminism,
+    graph_change,
+    seed_offset_shift,
+    random_stream_shift,
+    nan_through_term,
+    hyperparameter_change,
+    fp_reordering,
+)
+
+
+def explain(divergences: list[Divergence], context: CompareContext) -> list[Finding]:
+    """Findings of every rule, in rule order; each divergence is claimed at most once."""
+    claims = Claims()
+    findings: list[Finding] = []
+    for rule in RULES:
+        for finding in rule(divergences, context, claims):
+            findings.append(claims.take(finding))
+    return findings
+
+
+__all__ = ["RULES", "Finding", "explain"]

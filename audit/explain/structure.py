@@ -1,0 +1,112 @@
+"""Causes 3 and 4: another graph, and parameters initialised from another position of the random stream."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from audit.diff.context import CompareContext
+from audit.divergence import Divergence
+from audit.explain.finding import Claims, Finding
+from audit.explain.inputs import _named
+
+
+def graph_change(divergences: list[Divergence], context: CompareContext, claims: Claims) -> list[Finding]:
+    findings = []
+    modules = claims.free(d for d in divergences if d.category == "graph" and d.step is None)
+    if modules:
+        added = [d for d in modules if d.kind == "added"]
+        removed = [d for d in modules if d.kind == "removed"]
+        text = []
+        if added:
+            text.append(f"run B has {len(added)} modules run A lacks ({_named(d.evidence.get('module') for d in added)})")
+        if removed:
+            text.append(f"run A has {len(removed)} modules run B lacks "
+                        f"({_named(d.evidence.get('module') for d in removed)})")
+        others = [d for d in modules if d.kind not in ("added", "removed")]
+        if others:
+            text.append(f"{len(others)} modules are renamed or of another type")
+        root = Divergence("graph", "module tree", "changed", cause="graph_change", order=-1,
+                          explanation=f"The model is built differently: {'; '.join(text)}.",
+                          evidence={"added": [d.evidence.get("module") for d in added],
+                                    "removed": [d.evidence.get("module") for d in removed]})
+        findings.append(Finding(root, modules))
+    for divergence in claims.free(d for d in divergences if d.category == "graph" and d.step is not None):
+        step = divergence.step or 0
+        divergence.cause = "graph_change"
+        weights = _term_weights(context, step)
+        zero_terms = sorted({g["loss_term"] for g in divergence.evidence.get("by_group") or []
+                             if weights.get(g["loss_term"]) == 0.0})
+        if zero_terms:
+            divergence.explanation = (divergence.explanation.rstrip(".") + f"; loss terms {', '.join(zero_terms)} "
+                                      "have weight 0.0, yet their ops run: a no-op by weight is still another "
+                                      "computation.")
+        consequences = [d for d in divergences if d.step == step and d.kind in ("added", "removed")
+                        and d.category in ("module_outputs", "loss_terms")]
+        findings.append(Finding(divergence, consequences))
+    return findings
+
+
+def seed_offset_shift(divergences: list[Divergence], context: CompareContext, claims: Claims) -> list[Finding]:
+    shifted = [d for d in claims.free(divergences) if d.category == "initialisation" and d.kind == "changed"
+               and _shift(d) not in (None, 0)]
+    if not shifted:
+        return []
+    first = min(shifted, key=lambda d: d.order)
+    offset = first.evidence["seed_offset"]
+    shift = _shift(first) or 0
+    longer = "b" if shift > 0 else "a"
+    culprits = _draws_before(context, longer, first.name, offset[longer])
+    run = "run B" if longer == "b" else "run A"
+    if culprits:
+        by = "by " + _named(f"{c['module']} ({c['count']} values{', only in ' + run if c['only_here'] else ''})"
+                            for c in culprits)
+    else:
+        by = "by modules created earlier"
+    first.cause = "seed_offset_shift"
+    first.explanation = (
+        f"Parameter {first.name} got other initial values because {abs(shift)} more random values were drawn "
+        f"before it in {run} ({offset['a']} vs {offset['b']}), {by}; {len(shifted) - 1} tensors created after it "
+        f"are shifted as well.")
+    first.evidence.update(shift=shift, drawn_by=culprits, shifted_tensors=len(shifted))
+    moved = [d for d in divergences if d.category == "initialisation" and d.kind in ("moved", "renamed")]
+    others = [d for d in shifted if d is not first]
+    return [Finding(first, others + moved)]
+
+
+def _shift(divergence: Divergence) -> int | None:
+    offset = divergence.evidence.get("seed_offset")
+    if not isinstance(offset, dict) or not isinstance(offset.get("a"), int) or not isinstance(offset.get("b"), int):
+        return None
+    return offset["b"] - offset["a"]
+
+
+def _draws_before(context: CompareContext, side: str, tensor: str, limit: int) -> list[dict[str, Any]]:
+    """Build-time draws before `tensor` in run `side` that the other run did not make, summed per module."""
+    trace, other = (context.trace_b, context.trace_a) if side == "b" else (context.trace_a, context.trace_b)
+    rename = context.parameters.a_to_b if side == "b" else context.parameters.b_to_a
+    other_draws = other.initialisation.get("draws") or []
+    other_modules = {d.get("module") for d in other_draws}
+    unmatched = Counter((d.get("module"), d.get("op"), d.get("count"), rename.get(d.get("target"), d.get("target")))
+                        for d in other_draws)
+    counts: dict[str, dict[str, Any]] = {}
+    for draw in trace.initialisation.get("draws") or []:
+        if int(draw.get("offset_before") or 0) >= limit:
+            break
+        key = (draw.get("module"), draw.get("op"), draw.get("count"), draw.get("target"))
+        if unmatched[key] > 0:
+            unmatched[key] -= 1  # the other run made the same draw
+            continue
+        module = str(draw.get("module"))
+        entry = counts.setdefault(module, {"module": module, "count": 0,
+                                           "only_here": module not in other_modules})
+        entry["count"] += int(draw.get("count") or 0)
+    return sorted(counts.values(), key=lambda entry: -entry["count"])
+
+
+def _term_weights(context: CompareContext, step: int) -> dict[str, Any]:
+    weights: dict[str, Any] = {}
+    for records in (context.steps_a, context.steps_b):
+        for name, term in ((records.get(step) or {}).get("loss_terms") or {}).items():
+            weights.setdefault(name, (term or {}).get("weight"))
+    return weights

@@ -1,0 +1,127 @@
+"""Causes 5, 6 and 7: the random stream moved during training, NaN entered through a loss term, or a
+hyper-parameter differs at some step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from audit.diff.context import CompareContext
+from audit.divergence import Divergence
+from audit.explain.finding import Claims, Finding
+from audit.explain.inputs import _named
+from audit.explain.structure import _term_weights
+
+VALUE_CATEGORIES = ("module_outputs", "loss_terms", "gradients", "parameters", "optimizer")
+
+
+def random_stream_shift(divergences: list[Divergence], context: CompareContext, claims: Claims) -> list[Finding]:
+    one_sided = [d for d in claims.free(divergences) if d.category == "random_draws" and d.kind in ("added", "removed")]
+    if not one_sided:
+        return []
+    first = min(one_sided, key=lambda d: d.sort_key())
+    step = first.step or 0
+    shifted = [d for d in divergences if d.category == "random_draws" and d.kind == "changed"
+               and (d.step or 0) >= step and d.evidence.get("shift")]
+    shared = [d for d in shifted if d.step == step and d.order > first.order] or shifted
+    term, weight = _loss_term_of(context, step, first.evidence.get("module"))
+    branch = f" (loss term {term}, weight {weight})" if term else ""
+    run = "run B" if first.kind == "added" else "run A"
+    if shared:
+        victim = shared[0]
+        after = (f"so later draws on the shared path start {abs(victim.evidence['shift'])} values "
+                 f"{'later' if victim.evidence['shift'] > 0 else 'earlier'} in {'run B' if victim.evidence['shift'] > 0 else 'run A'}"
+                 f" (first: {victim.evidence.get('op')} in {victim.evidence.get('module')} at step {victim.step}), "
+                 f"and their dropout masks differ from step {victim.step}")
+    else:
+        after = "but no later draw on the shared path moved"
+    first.cause = "random_stream_shift"
+    first.explanation = (f"At step {step}, {first.evidence.get('op')} in {first.evidence.get('module')}{branch} "
+                         f"draws {first.evidence.get('count')} random values in {run} only, {after}.")
+    first.evidence.update(loss_term=term, loss_weight=weight, shifted_draws=len(shifted),
+                          first_shifted=shared[0].name if shared else None)
+    same_module = [d for d in one_sided if d is not first]
+    return [Finding(first, same_module + shifted)]
+
+
+def nan_through_term(divergences: list[Divergence], context: CompareContext, claims: Claims) -> list[Finding]:
+    origins = [d for d in claims.free(divergences) if d.category == "nan_provenance"]
+    nonfinite = [d for d in divergences if d.kind == "nonfinite" and d.category in VALUE_CATEGORIES]
+    findings: list[Finding] = []
+    for origin in origins:
+        evidence = origin.evidence
+        weight, term = evidence.get("loss_weight"), evidence.get("loss_term")
+        zero = weight == 0.0
+        origin.cause = "nan_zero_weight_term" if zero else "nan_weighted_term"
+        operands = " and ".join(str(op) for op in evidence.get("inputs_from") or [])
+        saved = _saved_nonfinite_text(evidence.get("saved_nonfinite"))
+        why = (" A zero weight does not stop it: 0.0 x NaN is NaN, so the total loss carries it into every shared "
+               "parameter." if zero else "")
+        origin.explanation = (
+            f"Loss term {term} with weight {weight} sends NaN/Inf to {evidence.get('parameters')} parameters "
+            f"through {evidence.get('node')} ({evidence.get('forward_op')}"
+            f"{' of ' + operands if operands else ''}{saved}) in module {evidence.get('module')} at step "
+            f"{origin.step}, in {'run B' if evidence.get('run') == 'b' else 'run A'} only.{why}")
+        claimed = [d for d in nonfinite if (d.step or 0) >= (origin.step or 0)] if not findings else []
+        findings.append(Finding(origin, claimed))
+    if not origins:
+        unexplained = claims.free(d for d in nonfinite if d.category == "gradients")
+        if unexplained:
+            first = min(unexplained, key=lambda d: d.sort_key())
+            first.cause = "nan_weighted_term"
+            first.explanation = (f"Gradients become NaN/Inf in one run only from step {first.step} (first: "
+                                 f"{first.name}); NaN provenance was not recorded, record with "
+                                 f"capture.nan_provenance: true to see where it enters.")
+            findings.append(Finding(first, [d for d in nonfinite if d is not first]))
+    return findings
+
+
+def hyperparameter_change(divergences: list[Divergence], context: CompareContext, claims: Claims) -> list[Finding]:
+    changes = [d for d in claims.free(divergences) if d.category == "optimizer" and "hyperparameter" in d.evidence]
+    by_key: dict[tuple[Any, Any], list[Divergence]] = {}
+    for divergence in sorted(changes, key=lambda d: d.sort_key()):
+        by_key.setdefault((divergence.evidence["hyperparameter"], divergence.evidence["param_group"]), []).append(divergence)
+    findings = []
+    for (key, group), steps in by_key.items():
+        first = steps[0]
+        label = "Learning rate" if key == "lr" else f"Optimizer hyper-parameter {key}"
+        others = [d.step for d in steps[1:]]
+        later = f" (and at steps {_named(str(s) for s in others)})" if others else ""
+        first.cause = "hyperparameter_change"
+        first.explanation = (f"{label} of param group {group} differs from step {first.step}: "
+                             f"{first.evidence.get('a')!r} in run A, {first.evidence.get('b')!r} in run B{later}; "
+                             f"the same gradients then give other updates.")
+        first.evidence["steps"] = [d.step for d in steps]
+        findings.append(Finding(first, steps[1:]))
+    return findings
+
+
+def _loss_term_of(context: CompareContext, step: int, module: Any) -> tuple[Any, Any]:
+    """The loss term the probes attributed `module`'s ops (else its parent's) to, and its weight at `step`."""
+    if not module:
+        return None, None
+    candidates = [str(module), str(module).rsplit(".", 1)[0]]
+    for trace in (context.trace_b, context.trace_a):
+        ops = (trace.graph(1) or {}).get("ops") or []
+        for candidate in candidates:
+            terms = {op.get("loss_term") for op in ops if str(op.get("module") or "").startswith(candidate)
+                     and op.get("loss_term") not in (None, "shared")}
+            if len(terms) == 1:
+                term = terms.pop()
+                return term, _term_weights(context, step).get(term)
+    return None, None
+
+
+def _saved_nonfinite_text(saved: Any) -> str:
+    if not isinstance(saved, dict):
+        return ""
+    counts = {"-inf": 0, "+inf": 0, "nan": 0}
+    for entry in saved.values():
+        if isinstance(entry, dict):
+            counts["-inf"] += int(entry.get("neginf") or 0)
+            counts["+inf"] += int(entry.get("posinf") or 0)
+            counts["nan"] += int(entry.get("nan") or 0)
+    if counts["-inf"]:
+        return f": 0 x -inf where a mask wrote -inf ({counts['-inf']} values)"
+    if counts["+inf"] or counts["nan"]:
+        return f": its saved inputs hold {counts['+inf']} +inf and {counts['nan']} NaN"
+    return ""

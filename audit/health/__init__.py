@@ -1,0 +1,15 @@
+"""Training health: anomaly rules over the `health` statistics of a recorded run (docs/health.md).
+
+Rules decide (one function per anomaly in `rules`), presenters only print. Nothing here imports a
+framework: the rules read plain step records.
+"""
+
+from __future__ import annotations
+
+from audit.health.check import check_steps, check_trace, not_checked
+from audit.health.classes import ClassCount, infer_num_classes
+from audit.health.findings import Finding, HealthReport, Thresholds
+from audit.health.rules import RULES, RunHealth
+
+__all__ = ["RULES", "ClassCount", "Finding", "HealthReport", "RunHealth", "Thresholds", "check_steps",
+           "check_trace", "infer_num_classes", "not_checked"]

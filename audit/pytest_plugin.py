@@ -1,0 +1,154 @@
+"""pytest plugin: assert in a test that training runs are identical (registered through `pytest11`).
+
+- fixture `repro_audit`: an `audit.assertions.Auditor` for the test, with `assert_deterministic`,
+  `assert_identical` and `assert_recipes_identical`;
+- marker `repro_deterministic(config=None, *, runs=2, steps=None, ...)`: the test's training is deterministic;
+  the config comes from `config=` or is what the test returns;
+- option `--repro-audit-report DIR`: the HTML report of every failing comparison goes into DIR.
+
+Traces go under pytest's temporary folder (tmp_path_factory), never into the working directory; a passing
+assertion removes its traces, a failing one keeps them and says where.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from audit.assertions import Auditor, RunsDiverged
+from audit.errors import UserError
+
+MARKER = "repro_deterministic"
+FIXTURE = "repro_audit"
+REPORT_PROPERTY = "repro_audit_report"
+MARKER_OPTIONS = ("runs", "steps", "overrides", "rtol", "atol", "ignore")
+
+_auditor_key = pytest.StashKey[Auditor]()
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("repro-audit", "repro-audit: assert that training runs are identical")
+    group.addoption("--repro-audit-report", dest="repro_audit_report", metavar="DIR", default=None,
+                    help="write the HTML report of every failing repro-audit comparison into DIR")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER}(config=None, *, runs=2, steps=None, overrides=(), rtol=0.0, atol=0.0, ignore=()): "
+        "the test's training is deterministic across `runs` runs; the config is `config=` (relative to the "
+        "rootdir) or what the test returns",
+    )
+    if config.getoption("repro_audit_report"):
+        config.pluginmanager.register(ReportSummary(), "repro-audit-report-summary")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A marked test gets the fixture as if it had asked for it, so the marker and the fixture share one
+    # Auditor (and its temporary folder) without the test naming it.
+    for item in items:
+        if not isinstance(item, pytest.Function) or item.get_closest_marker(MARKER) is None:
+            continue
+        if FIXTURE not in item.fixturenames:
+            item.fixturenames.append(FIXTURE)
+
+
+@pytest.fixture
+def repro_audit(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Auditor:
+    """Assert that runs are identical: `repro_audit.assert_deterministic("configs/run.yaml", steps=2)`."""
+    node = request.node
+    report_dir = request.config.getoption("repro_audit_report")
+    auditor = Auditor(
+        workdir=tmp_path_factory.mktemp(f"repro-audit-{_slug(node.name)[:30]}", numbered=True),
+        report_dir=Path(request.config.invocation_params.dir, report_dir) if report_dir else None,
+        report_name=report_name(node.nodeid),
+        base_dir=request.config.rootpath,
+    )
+    node.stash[_auditor_key] = auditor
+    return auditor
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run a marked test, then check that the config it names (or returns) trains deterministically."""
+    marker = pyfuncitem.get_closest_marker(MARKER)
+    if marker is None:
+        return None
+    function = pyfuncitem.obj
+    if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function) \
+            or inspect.isgeneratorfunction(function):
+        pytest.fail(f"@pytest.mark.{MARKER} needs a plain test function (not async, not a generator)",
+                    pytrace=False)
+    accepted = inspect.signature(function).parameters
+    returned = function(**{name: value for name, value in pyfuncitem.funcargs.items() if name in accepted})
+    config, options = _marker_arguments(marker, pyfuncitem.nodeid)
+    if config is not None and returned is not None:
+        pytest.fail(f"@pytest.mark.{MARKER} got config= and the test returned a config too; keep one",
+                    pytrace=False)
+    if config is None and returned is None:
+        pytest.fail(f"@pytest.mark.{MARKER} has no config: give config= or return the config (a path, a "
+                    "RunConfig or a mapping) from the test", pytrace=False)
+    try:
+        pyfuncitem.stash[_auditor_key].assert_deterministic(returned if config is None else config, **options)
+    except (RunsDiverged, UserError, ValueError, TypeError) as exc:
+        # No line of the test to point at: the message is the whole story, without our frames around it.
+        pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)
+    return True
+
+
+def _marker_arguments(marker: pytest.Mark, nodeid: str) -> tuple[Any, dict[str, Any]]:
+    if len(marker.args) > 1:
+        pytest.fail(f"{nodeid}: @pytest.mark.{MARKER} takes one positional argument (config), got "
+                    f"{len(marker.args)}", pytrace=False)
+    options = dict(marker.kwargs)
+    config = options.pop("config", marker.args[0] if marker.args else None)
+    unknown = sorted(set(options) - set(MARKER_OPTIONS))
+    if unknown:
+        pytest.fail(f"{nodeid}: @pytest.mark.{MARKER} has no option {unknown[0]!r} (known: config, "
+                    f"{', '.join(MARKER_OPTIONS)})", pytrace=False)
+    return config, options
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    # Report paths travel on the report itself, so under pytest-xdist the controller can list them.
+    outcome = yield
+    report = outcome.get_result()
+    auditor = item.stash.get(_auditor_key, None)
+    if auditor is not None and report.when == "call":
+        for path in auditor.reports:
+            report.user_properties.append((REPORT_PROPERTY, str(path)))
+
+
+class ReportSummary:
+    """Collects the HTML reports of failing comparisons and lists them at the end of the session."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[str, str]] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.reports += [(report.nodeid, str(value)) for name, value in report.user_properties
+                         if name == REPORT_PROPERTY]
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.reports:
+            return
+        terminalreporter.write_sep("-", "repro-audit HTML reports")
+        for nodeid, path in self.reports:
+            terminalreporter.write_line(f"{nodeid}: {path}")
+
+
+def report_name(nodeid: str) -> str:
+    """A file name from a test's node id: readable, safe on every file system, unique per test."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", nodeid).strip("._") or "test"
+    if len(name) > 120:
+        name = f"{name[:100]}-{hashlib.sha1(nodeid.encode()).hexdigest()[:10]}"
+    return name
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "test"

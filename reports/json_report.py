@@ -1,0 +1,111 @@
+"""The comparison as strict JSON, and back: for machines, CI artefacts and the pytest plugin.
+
+Strict JSON has no NaN or Infinity, and a determinism tool meets them all the time, so non-finite floats
+are written as the strings "NaN", "Infinity" and "-Infinity" and read back as floats (in evidence and
+tolerance, where numbers live). Keys are sorted and nothing depends on time: the same comparison gives the
+same bytes. docs/json-schema.md describes every field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from audit.divergence import Comparison, Divergence, RunInfo
+from audit.errors import TraceError
+
+SCHEMA = "repro-audit-comparison"
+SCHEMA_VERSION = 1
+NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+REQUIRED_KEYS = ("run_a", "run_b", "divergences")
+
+
+def render_json(comparison: Comparison) -> str:
+    """The comparison's dict with its schema name and version: sorted keys, indent 2, strict JSON."""
+    data = comparison.to_dict()
+    data.update(schema=SCHEMA, schema_version=SCHEMA_VERSION)
+    return json.dumps(to_json_value(data), sort_keys=True, indent=2, allow_nan=False) + "\n"
+
+
+def to_json_value(value: Any) -> Any:
+    """Plain JSON data: numpy scalars and arrays as Python, non-finite floats as strings, keys as strings."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if hasattr(value, "dtype") and hasattr(value, "tolist"):  # numpy scalar or array, without importing numpy
+        return to_json_value(value.tolist())
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, dict):
+        return {str(key): to_json_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_value(item) for item in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((to_json_value(item) for item in value), key=repr)  # a set has no order of its own
+    return str(value)  # paths, enums: what they print as
+
+
+def comparison_from_json(text: str) -> Comparison:
+    """Read what `render_json` wrote; another schema, a newer version or a malformed document is a TraceError."""
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except ValueError as error:
+        raise TraceError(f"not a repro-audit comparison: invalid JSON ({error})") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise TraceError(f"not a repro-audit comparison: schema is {found!r}, expected {SCHEMA!r}")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise TraceError(f"repro-audit comparison schema version {version!r} is not one this version reads "
+                         f"({SCHEMA_VERSION}); read it with the repro-audit that wrote it")
+    missing = [key for key in REQUIRED_KEYS if key not in data]
+    if missing:
+        raise TraceError(f"repro-audit comparison is missing {', '.join(missing)}")
+    try:
+        return Comparison(
+            run_a=_run_info(data["run_a"]),
+            run_b=_run_info(data["run_b"]),
+            divergences=[_divergence(item) for item in data["divergences"]],
+            tolerance={str(key): _from_json_value(item) for key, item in (data.get("tolerance") or {}).items()},
+            partial=bool(data.get("partial", False)),
+            notes=[str(note) for note in data.get("notes") or []],
+            category_counts={str(category): dict(counts)
+                             for category, counts in (data.get("category_counts") or {}).items()},
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise TraceError(f"repro-audit comparison is malformed: {type(error).__name__}: {error}") from None
+
+
+def _run_info(data: dict[str, Any]) -> RunInfo:
+    return RunInfo(label=str(data["label"]), trace_path=str(data["trace_path"]), framework=str(data["framework"]),
+                   complete=bool(data["complete"]), steps_recorded=int(data["steps_recorded"]),
+                   error=data.get("error"))
+
+
+def _divergence(data: dict[str, Any]) -> Divergence:
+    # `order` is not written: the tree is already in causal order, and it only sorted that.
+    divergence = Divergence.from_dict(data)
+    for node in divergence.walk():
+        node.evidence = _from_json_value(node.evidence)
+    return divergence
+
+
+def _from_json_value(value: Any) -> Any:
+    """The inverse of to_json_value for numbers: "NaN", "Infinity" and "-Infinity" are floats again."""
+    if isinstance(value, str):
+        return NONFINITE.get(value, value)
+    if isinstance(value, dict):
+        return {key: _from_json_value(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_from_json_value(item) for item in value]
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON; this format writes it as the string {name!r}")

@@ -1,0 +1,291 @@
+"""The pytest plugin through `pytester`: real inner pytest sessions that record real fixture runs.
+
+Every inner run spawns recording subprocesses, so the forms are grouped into few inner sessions: one under
+pytest-xdist with the report option (every form, passing and failing), one plain session rerun with
+`--lf` (cache plugin, no stray files), one TensorFlow session.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+from audit.assertions import Auditor, recipe_spec
+from audit.errors import ConfigError
+from audit.pytest_plugin import report_name
+
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parents[2]
+TORCH = ROOT / "fixtures" / "configs" / "torch"
+TF = ROOT / "fixtures" / "configs" / "tf"
+INNER_TIMEOUT_S = 400
+
+# A helper module inside the inner session's folder: the recipes the inner tests pass as callables.
+RECIPES = '''
+import torch
+
+from audit import Recipe
+
+
+def _batches():
+    generator = torch.Generator().manual_seed(1)
+    return [(torch.randn(16, 4, generator=generator), torch.randint(0, 3, (16,), generator=generator))
+            for _ in range(4)]
+
+
+def _mlp(activation):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), activation, torch.nn.Linear(8, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def loss(model, batch):
+        x, y = batch
+        return {"ce": torch.nn.functional.cross_entropy(model(x), y)}
+
+    return Recipe(model=model, optimizer=optimizer, batches=_batches(), loss=loss)
+
+
+def build(params):
+    return _mlp(torch.nn.Tanh())
+
+
+def build_refactored(params):
+    return _mlp(torch.nn.Tanh())
+
+
+def build_relu(params):
+    return _mlp(torch.nn.ReLU())
+'''
+
+FORMS = '''
+import pytest
+
+import pp_recipes
+from audit.config import load_config
+
+TORCH = {torch!r}
+
+
+def test_deterministic_passes(repro_audit):
+    repro_audit.assert_deterministic(TORCH + "/baseline.yaml", steps=2)
+
+
+def test_deterministic_fails(repro_audit):
+    repro_audit.assert_deterministic(TORCH + "/cases/unseeded_shuffle.yaml", steps=2)
+
+
+def test_identical_passes_when_only_timeout_differs(repro_audit):
+    repro_audit.assert_identical(TORCH + "/baseline.yaml", overrides_b=["timeout=300"], steps=2,
+                                 ignore=["config"])
+
+
+def test_identical_fails_on_nan(repro_audit):
+    repro_audit.assert_identical(TORCH + "/baseline.yaml", TORCH + "/zero_entropy_loss.yaml", steps=2)
+
+
+def test_identical_fails_on_seed(repro_audit):
+    repro_audit.assert_identical(TORCH + "/baseline.yaml", overrides_b=["seed=2"], steps=2)
+
+
+def test_recipes_identical_passes(repro_audit):
+    repro_audit.assert_recipes_identical(pp_recipes.build, pp_recipes.build_refactored, steps=2)
+
+
+def test_recipes_identical_fails(repro_audit):
+    repro_audit.assert_recipes_identical(pp_recipes.build, "pp_recipes:build_relu", steps=2)
+
+
+def test_recipe_lambda_is_refused(repro_audit):
+    repro_audit.assert_recipes_identical(lambda params: None, pp_recipes.build, steps=2)
+
+
+def test_crashing_run_is_an_error(repro_audit):
+    repro_audit.assert_deterministic(TORCH + "/cases/crash.yaml", steps=2)
+
+
+@pytest.mark.repro_deterministic(config=TORCH + "/baseline.yaml", steps=2)
+def test_marker_config_passes():
+    pass
+
+
+@pytest.mark.repro_deterministic(steps=2)
+def test_marker_returned_config_fails():
+    return load_config(TORCH + "/cases/unseeded_shuffle.yaml")
+
+
+@pytest.mark.repro_deterministic(steps=2)
+def test_marker_without_config():
+    pass
+'''
+
+LAST_FAILED = '''
+import pp_recipes
+
+
+def test_plain():
+    pass
+
+
+def test_recipes_differ(repro_audit):
+    repro_audit.assert_recipes_identical(pp_recipes.build, pp_recipes.build_relu, steps=2)
+'''
+
+TF_DETERMINISTIC = '''
+import pytest
+
+
+@pytest.mark.repro_deterministic(config={config!r}, steps=2)
+def test_tf_baseline():
+    pass
+'''
+
+
+def plugin_args() -> list[str]:
+    """Load the plugin by name until the `pytest11` entry point is installed (twice would be an error)."""
+    installed = any(ep.value == "audit.pytest_plugin" for ep in entry_points(group="pytest11"))
+    return [] if installed else ["-p", "audit.pytest_plugin"]
+
+
+@pytest.fixture
+def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+          tmp_path_factory: pytest.TempPathFactory) -> pytest.Pytester:
+    """An inner session folder with the helper recipes; runs use one intra-op thread each."""
+    # Two runs at a time per session, two sessions under xdist: more threads only spin on two cores.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # pytester points HOME at the session folder; keep matplotlib's cache (HTML charts) out of it.
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path_factory.mktemp("mpl")))
+    pytester.makepyfile(pp_recipes=RECIPES)
+    return pytester
+
+
+def failure_sections(output: str) -> dict[str, str]:
+    """The failure text of each test, keyed by test name, from a session's output."""
+    parts = re.split(r"^_{3,} (test_\w+) _{3,}$", output, flags=re.M)
+    return {name: text for name, text in zip(parts[1::2], parts[2::2])}
+
+
+def error_lines(section: str) -> list[str]:
+    return [line for line in section.splitlines() if line.startswith("E ")]
+
+
+def test_every_form_under_xdist_writes_reports_of_failures(inner: pytest.Pytester) -> None:
+    inner.makepyfile(test_forms=FORMS.format(torch=str(TORCH)))
+    result = inner.runpytest_subprocess(*plugin_args(), "-n", "2", "--repro-audit-report", "reports",
+                                        timeout=INNER_TIMEOUT_S)
+    output = result.stdout.str()
+    outcomes = result.parseoutcomes()
+    assert (outcomes.get("passed"), outcomes.get("failed")) == (4, 8), output
+    sections = failure_sections(output)
+    assert set(sections) == {
+        "test_deterministic_fails", "test_identical_fails_on_nan", "test_identical_fails_on_seed",
+        "test_recipes_identical_fails", "test_recipe_lambda_is_refused", "test_crashing_run_is_an_error",
+        "test_marker_returned_config_fails", "test_marker_without_config",
+    }, output
+
+    nan = sections["test_identical_fails_on_nan"]
+    assert "RunsDiverged" in nan and "att_entropy" in nan and "NaN" in nan, nan
+    assert len(error_lines(nan)) <= 50, "the failure message is a summary, not a dump"
+    seed = "\n".join(error_lines(sections["test_identical_fails_on_seed"]))
+    assert "config" in seed and "seed" in seed, seed
+    assert "not deterministic" in sections["test_deterministic_fails"]
+    assert "not deterministic" in sections["test_marker_returned_config_fails"]
+    assert "build_relu" in sections["test_recipes_identical_fails"]
+
+    lam = sections["test_recipe_lambda_is_refused"]
+    assert "ConfigError" in lam and "is a lambda" in lam and "RunsDiverged" not in lam, lam
+    crash = sections["test_crashing_run_is_an_error"]
+    assert "RunFailed" in crash and "synthetic failure at step 2" in crash and "RunsDiverged" not in crash, crash
+    assert "give config= or return the config" in sections["test_marker_without_config"]
+
+    reports = inner.path / "reports"
+    diverging = ["test_deterministic_fails", "test_identical_fails_on_nan", "test_identical_fails_on_seed",
+                 "test_recipes_identical_fails", "test_marker_returned_config_fails"]
+    assert sorted(path.name for path in reports.iterdir()) == sorted(
+        f"test_forms.py_{name}.html" for name in diverging)
+    for name in diverging:
+        path = reports / f"test_forms.py_{name}.html"
+        assert f"HTML report: {path}" in sections[name]
+        assert path.read_text(encoding="utf-8").lstrip().lower().startswith("<!doctype html")
+    assert "repro-audit HTML reports" in output
+    assert f"test_forms.py::test_identical_fails_on_nan: {reports / 'test_forms.py_test_identical_fails_on_nan.html'}" \
+        in output
+
+
+def test_last_failed_reruns_the_divergence_and_leaves_no_stray_files(inner: pytest.Pytester) -> None:
+    inner.makepyfile(test_last_failed=LAST_FAILED)
+    before = _files(inner.path)
+    first = inner.runpytest_subprocess(*plugin_args(), timeout=INNER_TIMEOUT_S)
+    first.assert_outcomes(passed=1, failed=1)
+    section = failure_sections(first.stdout.str())["test_recipes_differ"]
+    assert "build_relu" in section and "traces kept in" in section and "HTML report" not in section
+    assert _files(inner.path) == before, "runs write only under pytest's temporary folder"
+
+    again = inner.runpytest_subprocess(*plugin_args(), "--lf", timeout=INNER_TIMEOUT_S)
+    again.assert_outcomes(passed=0, failed=1)
+    again.stdout.fnmatch_lines(["run-last-failure: rerun previous 1 failure*",
+                                "*FAILED test_last_failed.py::test_recipes_differ*"])
+
+
+@pytest.mark.tensorflow
+def test_tensorflow_baseline_is_deterministic(inner: pytest.Pytester) -> None:
+    pytest.importorskip("tensorflow")
+    if not (TF / "baseline.yaml").exists():
+        pytest.skip("no TensorFlow fixtures")
+    inner.makepyfile(test_tf=TF_DETERMINISTIC.format(config=str(TF / "baseline.yaml")))
+    result = inner.runpytest_subprocess(*plugin_args(), timeout=INNER_TIMEOUT_S)
+    result.assert_outcomes(passed=1)
+
+
+# The parts that need no run: refusals that must come before any subprocess starts.
+
+def module_level_recipe(params: dict) -> None:
+    return None
+
+
+def test_recipe_spec_names_a_module_level_function() -> None:
+    spec, root = recipe_spec(module_level_recipe)
+    assert spec.endswith(":module_level_recipe")
+    module = spec.split(":")[0]
+    assert root is not None and (Path(root) / (module.replace(".", "/") + ".py")).exists()
+
+
+@pytest.mark.parametrize("recipe, words", [
+    (lambda params: None, "is a lambda"),
+    (Auditor.assert_identical, "is a method"),
+    (functools.partial(module_level_recipe), "has no module-level name"),
+    ("no_colon", "recipe must be 'module:function'"),
+])
+def test_recipe_spec_refuses_what_a_fresh_process_cannot_import(recipe: object, words: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        recipe_spec(recipe)  # type: ignore[arg-type]
+
+
+def test_recipe_spec_refuses_a_nested_function() -> None:
+    def nested(params: dict) -> None:
+        return None
+
+    with pytest.raises(ConfigError, match="defined inside another function"):
+        recipe_spec(nested)
+
+
+def test_ignore_names_must_be_categories() -> None:
+    with pytest.raises(ValueError, match="unknown category 'graphs'"):
+        Auditor().assert_deterministic(TORCH / "baseline.yaml", ignore=["graphs"])
+
+
+def test_report_name_is_a_safe_file_name() -> None:
+    assert report_name("tests/test_a.py::test_b[x-1/2]") == "tests_test_a.py_test_b_x-1_2"
+    long = report_name("t.py::test_" + "x" * 300)
+    assert len(long) <= 120 and long.startswith("t.py_test_xxx")
+
+
+def _files(folder: Path) -> set[str]:
+    """Files outside caches and what pytester itself writes (its `runpytest-N` basetemp, stdout, stderr)."""
+    ignored = {"__pycache__", ".pytest_cache", "stdout", "stderr"}
+    return {str(path.relative_to(folder)) for path in folder.rglob("*")
+            if not ignored.intersection(path.relative_to(folder).parts)
+            and not path.relative_to(folder).parts[0].startswith("runpytest-")}
