@@ -46,6 +46,23 @@ KINDS: tuple[str, ...] = (
 )
 
 
+# Named causes from the most to the least telling, for what a report puts above the fold: a NaN that a
+# zero-weighted term lets through matters more than the config key that added the term.
+CAUSE_SEVERITY: tuple[str, ...] = (
+    "nan_zero_weight_term",
+    "nan_weighted_term",
+    "code_change",
+    "nondeterminism",
+    "random_stream_shift",
+    "seed_offset_shift",
+    "hyperparameter_change",
+    "environment_change",
+    "graph_change",
+    "fp_reordering",
+    "config_change",
+)
+
+
 @dataclass
 class Divergence:
     """One difference between run A and run B, with the facts that show it and what it caused."""
@@ -152,6 +169,13 @@ class Comparison:
     def walk(self) -> Iterator[Divergence]:
         for root in self.divergences:
             yield from root.walk()
+
+    @property
+    def causes(self) -> list[Divergence]:
+        """Every divergence an explanation rule named a cause for, most telling first (CAUSE_SEVERITY)."""
+        named = [divergence for divergence in self.walk() if divergence.cause]
+        rank = {cause: index for index, cause in enumerate(CAUSE_SEVERITY)}
+        return sorted(named, key=lambda d: (rank.get(d.cause or "", len(rank)), d.sort_key()))
 
     def to_dict(self) -> dict[str, Any]:
         first = self.first_divergence

@@ -120,8 +120,9 @@ def _evidence_rank(key: Any, evidence: dict[Any, Any]) -> tuple[int, str]:
 
 def _other_causes(comparison: Comparison, first: Divergence, max_rows: int, color: bool) -> list[str]:
     """Other roots of the tree, and divergences anywhere below a root that an explanation rule named a cause for."""
-    roots = {id(root) for root in comparison.divergences}
-    others = [d for d in comparison.walk() if d is not first and (id(d) in roots or d.cause)]
+    # Named causes, most telling first as the differ ranks them, then the other roots.
+    others = [d for d in comparison.causes if d is not first]
+    others += [root for root in comparison.divergences if root is not first and not root.cause]
     if not others:
         return []
     lines = ["", _style("Other causes:", "bold", color)]

@@ -18,9 +18,10 @@ def build_tree(divergences: list[Divergence], findings: list[Finding]) -> list[D
     """Roots of the tree in causal order; every divergence appears exactly once."""
     claimed: set[int] = set()
     for finding in findings:
-        finding.root.children = sorted(finding.claims, key=_key) + [
-            child for child in finding.root.children if id(child) not in {id(c) for c in finding.claims}]
-        claimed.update(id(d) for d in finding.claims)
+        claims = {id(d) for d in finding.claims}
+        own = [child for child in finding.root.children if id(child) not in claims]
+        finding.root.children = sorted(finding.claims, key=_key) + own
+        claimed.update(claims)
     roots = {id(f.root): f.root for f in findings}
     pool = [d for d in divergences if id(d) not in claimed and id(d) not in roots]
     pool += [root for root in roots.values() if id(root) not in claimed]

@@ -88,7 +88,7 @@ class ModuleTracker:
             for index, tensor in enumerate(call.outputs):
                 tensors.append(tensor)
                 owners.append((call, index))
-        summaries = summarize(tensors) if tensors else []
+        summaries = summarize(tensors, count_zeros=False) if tensors else []
         records = []
         for (call, index), summary in zip(owners, summaries):
             name = call.path if len(call.outputs) == 1 else f"{call.path}[{index}]"

@@ -101,8 +101,8 @@ def _node(divergence: Divergence, anchor: str, budget: list[int], view: TreeView
 def verdict(comparison: Comparison, tree: TreeView) -> dict[str, Any]:
     """Above the fold: identical or not, the first divergence, and the other explained causes."""
     first = comparison.first_divergence
-    # Roots an explanation rule named a cause for come first, then other explained roots, each in tree order.
-    explained = [root for root in comparison.divergences[1:] if root.cause] + \
+    # The named causes anywhere in the tree, most telling first (the differ ranks them), then other roots.
+    explained = [d for d in comparison.causes if d is not first] + \
         [root for root in comparison.divergences[1:] if root.explanation and not root.cause]
     others = [{**node_fields(root), "anchor": tree.anchors.get(id(root))} for root in explained[:MAX_OTHER_CAUSES]]
     return {

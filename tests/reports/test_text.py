@@ -120,12 +120,13 @@ def test_verdict_leads_then_first_divergence_and_its_explanation() -> None:
     assert all(len(line) <= 100 for line in block[:10])
 
 
-def test_other_causes_are_explained_nodes_below_and_beside_the_first() -> None:
+def test_other_causes_are_explained_nodes_below_and_beside_the_first_most_telling_first() -> None:
     lines = render_text(config_comparison()).splitlines()
     start = lines.index("Other causes:")
-    assert lines[start + 1] == (f"  [before training] graph module tree: The model is built differently: run B has 1 "
+    # The differ's ranking (CAUSE_SEVERITY): the seed-offset shift before the graph changes.
+    assert lines[start + 1] == f"  [before training] initialisation decoder.out.weight: {SHIFT_EXPLANATION}"
+    assert lines[start + 2] == (f"  [before training] graph module tree: The model is built differently: run B has 1 "
                                 f"modules run A lacks ({ENTROPY}).")
-    assert lines[start + 2] == f"  [before training] initialisation decoder.out.weight: {SHIFT_EXPLANATION}"
     assert lines[start + 3] == f"  [step 1] graph op graph at step 1: {GRAPH_EXPLANATION}"
     assert lines[start + 4] == ""
 
