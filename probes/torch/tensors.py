@@ -67,17 +67,19 @@ def _float_summaries(tensors: list[torch.Tensor], *, count_zeros: bool) -> list[
     with torch.no_grad():
         norms = torch._foreach_norm([t.float() if t.dtype != torch.float32 and t.dtype != torch.float64 else t
                                      for t in tensors])
-        rows = []
+        rows, nonzeros = [], []
         for tensor, norm in zip(tensors, norms):
             low, high = torch.aminmax(tensor)
-            rows.append(torch.stack([
-                # A float32 sum is five times cheaper than a float64 one here and exact enough for a mean.
-                norm.double(), low.double(), high.double(), tensor.sum().double(),
-                torch.count_nonzero(tensor).double() if count_zeros else norm.double(),
-            ]))
-        stats = torch.stack(rows).tolist()
+            # A float32 sum (float64 for float64 tensors) is five times cheaper than always summing in
+            # float64 and exact enough for a mean; half types are summed in float32 so they cannot overflow.
+            total = tensor.sum(dtype=torch.float64 if tensor.dtype == torch.float64 else torch.float32)
+            rows.append(torch.stack([norm, low, high, total]))  # promoted to the widest float of the four
+            if count_zeros:
+                nonzeros.append(torch.count_nonzero(tensor))
+        stats = torch.stack(rows).double().tolist()
+        counts = torch.stack(nonzeros).tolist() if nonzeros else [None] * len(tensors)
     summaries = []
-    for tensor, (norm, low, high, total, nonzero) in zip(tensors, stats):
+    for tensor, (norm, low, high, total), nonzero in zip(tensors, stats, counts):
         numel = tensor.numel()
         nan = inf = 0
         if not np.isfinite(norm):
@@ -95,7 +97,7 @@ def _float_summaries(tensors: list[torch.Tensor], *, count_zeros: bool) -> list[
             "max_abs": float("nan") if nan else max(abs(low), abs(high)),
             "nan": nan,
             "inf": inf,
-            "zeros": numel - int(nonzero) if count_zeros else None,
+            "zeros": None if nonzero is None else numel - int(nonzero),
         })
     return summaries
 
