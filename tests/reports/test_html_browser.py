@@ -11,6 +11,9 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
+
+from audit.cli import cli
 
 
 def _sibling(name: str) -> ModuleType:
@@ -25,6 +28,7 @@ def _sibling(name: str) -> ModuleType:
     return sys.modules[key]
 
 
+TORCH = Path(__file__).resolve().parents[2] / "fixtures" / "configs" / "torch"
 browser = _sibling("browser")
 cases = _sibling("test_html")
 
@@ -89,3 +93,26 @@ def test_thousand_parameters_load_fast(tmp_path: Path) -> None:
         assert opened.shown_rows("gradient-table") == 1000
         opened.page.fill("input[data-filter='gradient-table']", "ffn.w0.")
         assert opened.shown_rows("gradient-table") == 250
+
+
+def test_report_of_real_runs_baseline_against_zero_entropy_loss(tmp_path: Path) -> None:
+    """`repro-audit diff baseline zero_entropy_loss --html` on real runs, opened in Chromium."""
+    report = tmp_path / "report.html"
+    result = CliRunner().invoke(cli, ["diff", str(TORCH / "baseline.yaml"), str(TORCH / "zero_entropy_loss.yaml"),
+                                      "--steps", "2", "-q", "--html", str(report)])
+    assert result.exit_code == 1, result.output
+    with browser.open_report(report) as opened:
+        page = opened.page
+        assert opened.console_errors == [] and opened.page_errors == []
+        assert opened.requests == [opened.url], "the report fetches nothing but itself"
+        assert opened.in_viewport("#first-divergence")
+        assert opened.in_viewport(page.locator("#first-divergence").get_by_text("The configs differ in 3 keys",
+                                                                                exact=False))
+        nan = page.locator("#verdict").get_by_text("Loss term att_entropy_l0 with weight 0.0 sends NaN/Inf",
+                                                   exact=False)
+        assert opened.in_viewport(nan), "the NaN explanation is on the first screen"
+        page.fill("input[data-filter='init-table']", "att_loss.head_gate")
+        assert opened.shown_rows("init-table") == 4
+        page.screenshot(path=str(tmp_path / "report.png"))
+        assert opened.dialogs == []
+    assert (tmp_path / "report.png").stat().st_size > 10_000
