@@ -7,7 +7,6 @@ The rules in `audit.health` decide; `render_text` only prints their findings. Ex
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,19 +19,12 @@ from audit.cli import EXIT_DIFFERENT, EXIT_SAME, cli
 from audit.cli_progress import Progress
 from audit.config import load_config
 from audit.errors import ConfigError, RunFailed
-from audit.health import HealthReport, Thresholds, check_trace
+from audit.health import RULE_TITLES, HealthReport, Thresholds, check_trace
+from audit.health.findings import format_extent
 from audit.runner import record as record_config
 from audit.trace import Trace
 from audit.trace import format as fmt
 
-RULE_TITLES = {
-    "exploding_gradients": "exploding gradients",
-    "vanishing_gradients": "vanishing gradients",
-    "saturation": "saturated activations",
-    "dead_units": "dead units",
-    "initial_loss": "initial loss far from -log(1/C)",
-    "memory_growth": "memory growing every step",
-}
 SHOWN_PER_RULE = 8
 DEFAULTS = Thresholds()
 
@@ -58,26 +50,34 @@ DEFAULTS = Thresholds()
 @click.option("--memory-min-steps", type=click.IntRange(min=1), default=DEFAULTS.memory_min_steps,
               show_default=True, help="Growths in a row, from step 2 on, before memory counts as growing.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the findings as JSON.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False),
+              help="Write a self-contained HTML page: findings and charts over steps.")
 @click.option("--keep", type=click.Path(file_okay=False), help="Keep the recorded trace in this folder.")
 @click.option("--all", "show_all", is_flag=True, help=f"Show every finding (default: {SHOWN_PER_RULE} per anomaly).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def health_command(source: str, steps: int | None, overrides: tuple[str, ...], json_path: str | None,
-                   keep: str | None, show_all: bool, quiet: bool, **limits: Any) -> int:
+                   html_path: str | None, keep: str | None, show_all: bool, quiet: bool, **limits: Any) -> int:
     """Record CONFIG and flag vanishing or exploding gradients, saturation, dead units, an initial loss far
     from -log(1/C) and memory that grows every step. CONFIG may also be a recorded trace folder.
 
     \b
     Examples:
       repro-audit health fixtures/configs/torch/baseline.yaml --steps 6
-      repro-audit health fixtures/configs/torch/health/dead_relu.yaml --dead-units 0.5
+      repro-audit health fixtures/configs/torch/health/dead_relu.yaml --dead-units 0.5 --html health.html
     """
     thresholds = Thresholds(**limits)
     with _opened_trace(source, steps=steps, overrides=overrides, keep=keep, quiet=quiet) as trace:
         report = check_trace(trace, thresholds=thresholds)
+        if html_path:  # while the trace exists: its step records draw the charts
+            from reports.html.health_page import write_health_html
+
+            write_health_html(html_path, report, trace=trace)
     if json_path:
         Path(json_path).write_text(json.dumps(report.as_dict(), sort_keys=True, indent=1, default=str) + "\n",
                                    encoding="utf-8")
     click.echo(render_text(report, limit=None if show_all else SHOWN_PER_RULE))
+    if html_path and not quiet:
+        click.echo(f"HTML report: {html_path}")
     return EXIT_SAME if report.healthy else EXIT_DIFFERENT
 
 
@@ -135,17 +135,5 @@ def _layer(finding: Any) -> str:
 
 
 def _extent(finding: Any) -> str:
-    parts = []
-    if len(finding.steps) > 1 and finding.rule != "memory_growth":
-        parts.append(f"at {len(finding.steps)} steps")
-    if finding.worst:
-        value = finding.worst["value"]
-        shown = f"{value * 100:.0f}%" if finding.rule in ("saturation", "dead_units") else _num(value)
-        parts.append(f"worst {shown} at step {finding.worst['step']}")
-    return f" ({'; '.join(parts)})" if parts else ""
-
-
-def _num(value: float) -> str:
-    if not math.isfinite(value):
-        return str(value)
-    return f"{value:.3g}" if 1e-3 <= abs(value) < 1e4 or value == 0 else f"{value:.2e}"
+    text = format_extent(finding.rule, finding.steps, finding.worst)
+    return f" ({text})" if text else ""

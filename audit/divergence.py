@@ -157,6 +157,10 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
     # Per category: how many items were compared and how many diverged, for the summary table.
     category_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Training health of both runs, {"a": ..., "b": ...}, each `HealthReport.as_dict()` or None where that
+    # trace recorded no health statistics; None when neither did. Kept apart from the divergence tree: two
+    # runs can be identical and equally unhealthy.
+    health: dict[str, Any] | None = None
 
     @property
     def identical(self) -> bool:
@@ -189,4 +193,6 @@ class Comparison:
             "divergences": [d.to_dict() for d in self.divergences],
             "category_counts": self.category_counts,
             "notes": list(self.notes),
+            # Written only when there is something to say, so documents without health read as before.
+            **({"health": self.health} if self.health is not None else {}),
         }

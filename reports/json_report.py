@@ -77,6 +77,7 @@ def comparison_from_json(text: str) -> Comparison:
             notes=[str(note) for note in data.get("notes") or []],
             category_counts={str(category): dict(counts)
                              for category, counts in (data.get("category_counts") or {}).items()},
+            health=_health(data.get("health")),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise TraceError(f"repro-audit comparison is malformed: {type(error).__name__}: {error}") from None
@@ -86,6 +87,24 @@ def _run_info(data: dict[str, Any]) -> RunInfo:
     return RunInfo(label=str(data["label"]), trace_path=str(data["trace_path"]), framework=str(data["framework"]),
                    complete=bool(data["complete"]), steps_recorded=int(data["steps_recorded"]),
                    error=data.get("error"))
+
+
+def _health(data: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Both runs' health reports; only their numbers are read back as floats (a layer may be named "NaN")."""
+    if data is None:
+        return None
+    return {str(side): _health_report(report) for side, report in data.items()}
+
+
+def _health_report(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    findings = []
+    for finding in report.get("findings") or []:
+        numbers = {key: _from_json_value(finding[key]) for key in ("value", "threshold", "worst", "evidence")
+                   if key in finding}
+        findings.append({**finding, **numbers})
+    return {**report, "findings": findings, "thresholds": _from_json_value(report.get("thresholds") or {})}
 
 
 def _divergence(data: dict[str, Any]) -> Divergence:

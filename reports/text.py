@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Any
 
 from audit.divergence import CATEGORIES, Comparison, Divergence
+from audit.health import RULE_TITLES
 
 WIDTH = 100  # columns the explanation is wrapped to
 CAUSE_LINE_LIMIT = 300  # characters of one line under "Other causes": the sentence is the point
@@ -30,6 +31,8 @@ EVIDENCE_ORDER = (
 )
 NONFINITE_COUNTS = ("nan_a", "nan_b", "inf_a", "inf_b")  # zero counts say little: shown after the rest
 LABEL_WIDTH = 13
+HEALTH_NAMED = 3  # findings named on a run's health line; `repro-audit health` lists them all
+HEALTH_LINE_LIMIT = 240  # characters of one run's health line
 
 _ANSI = {"red": "\x1b[1;31m", "green": "\x1b[1;32m", "yellow": "\x1b[1;33m", "bold": "\x1b[1m"}
 _RESET = "\x1b[0m"
@@ -45,6 +48,7 @@ def render_text(comparison: Comparison, *, max_consequences: int = 5, max_rows: 
         lines += _other_causes(comparison, first, max_rows, color)
         lines += _consequences(first, max_consequences, color)
     lines += _category_table(comparison, max_rows, color)
+    lines += _health(comparison, color)
     if comparison.notes and not comparison.partial:  # a partial comparison lists them under its verdict
         lines += ["", _style("Notes:", "bold", color)] + [f"  - {_clean(note)}" for note in comparison.notes]
     return "\n".join(lines)  # no trailing newline: click.echo and the pytest message add their own
@@ -175,6 +179,32 @@ def _category_table(comparison: Comparison, max_rows: int, color: bool) -> list[
     if hidden_identical:
         lines.append(f"  ({hidden_identical} categories without divergences not shown)")
     return lines
+
+
+def _health(comparison: Comparison, color: bool) -> list[str]:
+    """One line per run: healthy, or how many anomalies and the first few, as the health rules found them."""
+    if comparison.health is None:
+        return []
+    lines = ["", _style("Health:", "bold", color)]
+    for side, run in (("a", comparison.run_a), ("b", comparison.run_b)):
+        head = f"run {side.upper()} ({_cut(_clean(run.label), MAX_LABEL_CHARS)}): "
+        lines.append("  " + _cut(head + _clean(_health_line(comparison.health.get(side))), HEALTH_LINE_LIMIT))
+    return lines
+
+
+def _health_line(report: dict[str, Any] | None) -> str:
+    if report is None:
+        return "not recorded"
+    skipped = [str(reason).split(":", 1)[0] for reason in report.get("not_checked") or []]
+    unchecked = f"; not checked: {', '.join(skipped)}" if skipped else ""
+    findings = report.get("findings") or []
+    if not findings:
+        return f"healthy ({report.get('steps')} steps{unchecked})"
+    named = [f"{RULE_TITLES.get(f['rule'], f['rule'])} at {f['layer'] or '(root)'} (step {f['step']})"
+             for f in findings[:HEALTH_NAMED]]
+    more = [f"{len(findings) - HEALTH_NAMED} more"] if len(findings) > HEALTH_NAMED else []
+    count = len(findings)
+    return f"{count} anomal{'y' if count == 1 else 'ies'}: {'; '.join(named + more)}"
 
 
 def _one_line(divergence: Divergence, *, limit: int = CONSEQUENCE_LINE_LIMIT) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from audit.diff.causal_tree import build_tree
 from audit.diff.context import CompareContext
@@ -16,6 +17,7 @@ from audit.diff.values import Tolerance
 from audit.divergence import CATEGORIES, Comparison, Divergence, RunInfo
 from audit.errors import UserError
 from audit.explain import explain
+from audit.health import check_trace
 from audit.trace import Trace
 
 
@@ -43,6 +45,7 @@ def compare_traces(trace_a: Trace, trace_b: Trace, *, rtol: float = 0.0, atol: f
         run_a=_run_info(trace_a), run_b=_run_info(trace_b), divergences=build_tree(divergences, findings),
         tolerance=context.tolerance.to_dict(), category_counts=counts)
     comparison.partial = not (trace_a.complete and trace_b.complete)
+    comparison.health = None if "health" in ignored else run_health(trace_a, trace_b)
     comparison.notes.extend(_notes(context, ignored))
     return comparison
 
@@ -53,6 +56,18 @@ def compare_check(traces: Sequence[Trace], *, rtol: float = 0.0, atol: float = 0
     if len(traces) < 2:
         raise UserError("check needs at least two runs")
     return [compare_traces(traces[0], other, rtol=rtol, atol=atol, ignore=ignore) for other in traces[1:]]
+
+
+def run_health(trace_a: Trace, trace_b: Trace) -> dict[str, Any] | None:
+    """Both runs' health by the rules of `repro-audit health` (default thresholds), None where not recorded."""
+    reports = {side: _health_of(trace) for side, trace in (("a", trace_a), ("b", trace_b))}
+    return reports if any(report is not None for report in reports.values()) else None
+
+
+def _health_of(trace: Trace) -> dict[str, Any] | None:
+    if not any(isinstance(record.get("health"), dict) for record in trace.steps):
+        return None
+    return check_trace(trace).as_dict()
 
 
 def _run_info(trace: Trace) -> RunInfo:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from audit.health.check import check_steps, check_trace, not_checked
 from audit.health.classes import ClassCount, infer_num_classes
-from audit.health.findings import Finding, HealthReport, Thresholds
+from audit.health.findings import RULE_TITLES, Finding, HealthReport, Thresholds, format_value
 from audit.health.rules import RULES, RunHealth
 
-__all__ = ["RULES", "ClassCount", "Finding", "HealthReport", "RunHealth", "Thresholds", "check_steps",
-           "check_trace", "infer_num_classes", "not_checked"]
+__all__ = ["RULES", "RULE_TITLES", "ClassCount", "Finding", "HealthReport", "RunHealth", "Thresholds",
+           "check_steps", "check_trace", "format_value", "infer_num_classes", "not_checked"]

@@ -6,8 +6,21 @@ threshold, so a presenter can print it without deciding anything.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+# What each rule is called in a report, in the order the rules run.
+RULE_TITLES = {
+    "exploding_gradients": "exploding gradients",
+    "vanishing_gradients": "vanishing gradients",
+    "saturation": "saturated activations",
+    "dead_units": "dead units",
+    "initial_loss": "initial loss far from -log(1/C)",
+    "memory_growth": "memory growing every step",
+}
+SHARE_RULES = frozenset({"saturation", "dead_units"})  # rules whose value and threshold are shares of 1
 
 
 @dataclass(frozen=True)
@@ -64,3 +77,29 @@ class HealthReport:
         return {"label": self.label, "steps": self.steps, "healthy": self.healthy,
                 "findings": [finding.as_dict() for finding in self.findings],
                 "not_checked": list(self.not_checked), "thresholds": self.thresholds.as_dict()}
+
+
+def format_number(value: float) -> str:
+    """A measured number in a sentence: 3 significant digits, scientific outside [1e-3, 1e4)."""
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.3g}" if 1e-3 <= abs(value) < 1e4 or value == 0 else f"{value:.2e}"
+
+
+def format_share(share: float) -> str:
+    return f"{share * 100:.0f}%" if math.isfinite(share) else str(share)
+
+
+def format_value(rule: str, value: float) -> str:
+    """A finding's value or threshold as every report prints it: shares in percent, the rest as numbers."""
+    return format_share(value) if rule in SHARE_RULES else format_number(value)
+
+
+def format_extent(rule: str, steps: Sequence[int], worst: Mapping[str, Any] | None) -> str:
+    """How far a finding reaches past its first step ("at 3 steps; worst 52% at step 2"), "" when it does not."""
+    parts = []
+    if len(steps) > 1 and rule != "memory_growth":  # memory growth is at every step by definition
+        parts.append(f"at {len(steps)} steps")
+    if worst:
+        parts.append(f"worst {format_value(rule, worst['value'])} at step {worst['step']}")
+    return "; ".join(parts)

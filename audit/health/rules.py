@@ -14,7 +14,7 @@ from itertools import pairwise
 from typing import Any
 
 from audit.health.classes import ClassCount, infer_num_classes
-from audit.health.findings import Finding, Thresholds
+from audit.health.findings import Finding, Thresholds, format_number, format_share
 
 MIB = 2**20
 
@@ -63,7 +63,7 @@ def exploding_gradients(run: RunHealth, limits: Thresholds) -> list[Finding]:
             hits.setdefault(layer, []).append((step, norm, {"grad_max_abs": stats.get("grad_max_abs"),
                                                             "type": stats.get("type")}))
     return [_finding("exploding_gradients", layer, found, measure="gradient norm", threshold=limits.max_grad_norm,
-                     worse=max, message=f"gradient norm {_num(found[0][1])} > {_num(limits.max_grad_norm)}")
+                     worse=max, message=f"gradient norm {format_number(found[0][1])} > {format_number(limits.max_grad_norm)}")
             for layer, found in hits.items()]
 
 
@@ -96,11 +96,11 @@ def saturation(run: RunHealth, limits: Thresholds) -> list[Finding]:
     for step, entry in _activations(run):
         share = entry.get("saturated_share")
         if share is not None and share > limits.saturation:
-            hits.setdefault(_output_name(entry), []).append((step, share, {"kind": entry.get("kind"),
+            hits.setdefault(output_name(entry), []).append((step, share, {"kind": entry.get("kind"),
                                                                            "type": entry.get("type")}))
     return [_finding("saturation", layer, found, measure="saturated share", threshold=limits.saturation, worse=max,
-                     message=f"{_pct(found[0][1])} of the {found[0][2]['kind']} output is saturated "
-                             f"(> {_pct(limits.saturation)})")
+                     message=f"{format_share(found[0][1])} of the {found[0][2]['kind']} output is saturated "
+                             f"(> {format_share(limits.saturation)})")
             for layer, found in hits.items()]
 
 
@@ -110,12 +110,12 @@ def dead_units(run: RunHealth, limits: Thresholds) -> list[Finding]:
     for step, entry in _activations(run):
         share = entry.get("dead_share")
         if share is not None and share > limits.dead_units:
-            hits.setdefault(_output_name(entry), []).append(
+            hits.setdefault(output_name(entry), []).append(
                 (step, share, {"dead_units": entry.get("dead_units"), "units": entry.get("units"),
                                "type": entry.get("type")}))
     return [_finding("dead_units", layer, found, measure="dead unit share", threshold=limits.dead_units, worse=max,
-                     message=f"{found[0][2]['dead_units']} of {found[0][2]['units']} units ({_pct(found[0][1])}) "
-                             f"never positive in the batch (> {_pct(limits.dead_units)})")
+                     message=f"{found[0][2]['dead_units']} of {found[0][2]['units']} units ({format_share(found[0][1])}) "
+                             f"never positive in the batch (> {format_share(limits.dead_units)})")
             for layer, found in hits.items()]
 
 
@@ -134,8 +134,8 @@ def initial_loss(run: RunHealth, limits: Thresholds) -> list[Finding]:
             findings.append(Finding(
                 rule="initial_loss", layer=term, step=1, measure="initial loss", value=value,
                 threshold=limits.initial_loss_tolerance, steps=[1],
-                message=(f"step-1 loss {_num(value)} vs -log(1/{count.classes}) = {_num(expected)} "
-                         f"({_pct(deviation)} off, > {_pct(limits.initial_loss_tolerance)}); "
+                message=(f"step-1 loss {format_number(value)} vs -log(1/{count.classes}) = {format_number(expected)} "
+                         f"({format_share(deviation)} off, > {format_share(limits.initial_loss_tolerance)}); "
                          f"classes {count.source}"),
                 evidence={"expected": expected, "num_classes": count.classes, "source": count.source,
                           "deviation": deviation}))
@@ -208,7 +208,8 @@ def _activations(run: RunHealth) -> Iterator[tuple[int, dict[str, Any]]]:
             yield step, entry
 
 
-def _output_name(entry: Mapping[str, Any]) -> str:
+def output_name(entry: Mapping[str, Any]) -> str:
+    """A module output as findings name it: the module path, `#k` for its k-th call after the first."""
     call = entry.get("call", 0)
     return f"{entry['module']}#{call}" if call else str(entry["module"])
 
@@ -238,21 +239,11 @@ def _vanishing_sentence(value: float, evidence: Mapping[str, Any], limits: Thres
     if value == 0:
         return "every gradient is exactly 0"
     if value < limits.min_grad_norm:
-        return f"gradient norm {_num(value)} < {_num(limits.min_grad_norm)}"
-    return (f"gradient norm {_num(value)} is {_num(evidence['ratio_to_largest'])} of the largest layer's "
-            f"({_num(evidence['largest'])} at {_layer_name(evidence['largest_layer'])}) "
-            f"< {_num(limits.min_grad_ratio)}")
+        return f"gradient norm {format_number(value)} < {format_number(limits.min_grad_norm)}"
+    return (f"gradient norm {format_number(value)} is {format_number(evidence['ratio_to_largest'])} of the largest layer's "
+            f"({format_number(evidence['largest'])} at {_layer_name(evidence['largest_layer'])}) "
+            f"< {format_number(limits.min_grad_ratio)}")
 
 
 def _layer_name(layer: str) -> str:
     return layer if layer else "(root)"
-
-
-def _num(value: float) -> str:
-    if not math.isfinite(value):
-        return str(value)
-    return f"{value:.3g}" if 1e-3 <= abs(value) < 1e4 or value == 0 else f"{value:.2e}"
-
-
-def _pct(share: float) -> str:
-    return f"{share * 100:.0f}%" if math.isfinite(share) else str(share)

@@ -1,4 +1,4 @@
-"""Charts as inline SVG drawn by matplotlib: loss terms over steps, gradient flow, NaN map.
+"""Charts as inline SVG drawn by matplotlib: loss terms over steps, gradient flow, NaN map, health series.
 
 Deterministic output: the Agg canvas, no pyplot state, a fixed `svg.hashsalt` per chart (so ids of two
 inline SVGs never clash), text kept as text, and no date in the metadata. matplotlib is imported here,
@@ -10,11 +10,16 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 MAX_LOSS_PANELS = 12
 MAX_LABELLED_ROWS = 40  # parameter names written on an axis; beyond this the axis shows positions
 COLORS = ("#1f5fa8", "#d9480f")  # run A, run B
+# Lines of one panel of a series chart: ten colours, then the same colours dashed, then dotted.
+LINE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+               "#bcbd22", "#17becf")
+LINE_STYLES = ("-", "--", ":")
 
 _RC: Any = {  # Any: matplotlib types rc keys as Literals
     "svg.fonttype": "none",
@@ -149,6 +154,72 @@ def nan_map_chart(names: Sequence[str], steps: Sequence[int], matrices: Sequence
             bar = figure.add_axes((0.92, 0.5 / height, 0.015, 1 - 0.8 / height))
             figure.colorbar(image, cax=bar, label="NaN + Inf count")
         return _svg(figure, "nanmap")
+
+
+@dataclass
+class SeriesPanel:
+    """One panel of values over steps: named lines, dashed threshold lines, what was not drawn in its title."""
+
+    title: str
+    ylabel: str
+    steps: list[int]
+    lines: list[tuple[str, list[float]]]
+    log: bool = False
+    limits: list[tuple[str, float]] = field(default_factory=list)  # (legend label, y) of a horizontal line
+    emphasis: str | None = None  # the name of a line drawn thick and black, e.g. the whole network's
+    note: str = ""  # said after the title, in red: lines cut, values a log axis cannot show
+    ylim: tuple[float, float] | None = None
+
+
+def series_chart(panels: Sequence[SeriesPanel], *, salt: str) -> str:
+    """Panels stacked vertically, each with its own legend on the right; `salt` keeps SVG ids unique."""
+    import matplotlib
+    from matplotlib.ticker import MaxNLocator
+
+    with matplotlib.rc_context(_RC):
+        figure = _figure(9.0, 2.6 * len(panels) + 0.5)
+        axes = figure.subplots(len(panels), 1, squeeze=False)
+        figure.subplots_adjust(left=0.08, right=0.7, top=1 - 0.3 / figure.get_figheight(),
+                               bottom=0.45 / figure.get_figheight(), hspace=0.55)
+        for panel, row in zip(panels, axes):
+            ax = row[0]
+            for index, (name, values) in enumerate(panel.lines):
+                emphasised = name == panel.emphasis
+                ax.plot(panel.steps, values, color="black" if emphasised else LINE_COLORS[index % len(LINE_COLORS)],
+                        linestyle=LINE_STYLES[(index // len(LINE_COLORS)) % len(LINE_STYLES)],
+                        linewidth=2.0 if emphasised else 1.1, marker="o", markersize=2.5, label=_plain_text(name))
+            for label, value in panel.limits:
+                ax.axhline(value, color="#b00020", linestyle=(0, (4, 3)), linewidth=0.9, label=_plain_text(label))
+            drawn = [value for _, values in panel.lines for value in values if math.isfinite(value)]
+            if panel.log and any(value > 0 for value in drawn):
+                ax.set_yscale("log")
+                _mark_zeros(ax, panel)
+            if panel.ylim:
+                ax.set_ylim(*panel.ylim)
+            title = _plain_text(panel.title + (f"  [{panel.note}]" if panel.note else ""))
+            ax.set_title(title, loc="left", color="#b00020" if panel.note else "black")
+            ax.set_xlabel("step")
+            ax.set_ylabel(panel.ylabel)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if panel.steps:
+                ax.set_xlim(panel.steps[0] - 0.5, panel.steps[-1] + 0.5)
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=6)
+        return _svg(figure, salt)
+
+
+def _mark_zeros(ax: Any, panel: SeriesPanel) -> None:
+    """Values of exactly 0, which a log axis cannot place, as ▼ on the step axis in their line's colour."""
+    for index, (name, values) in enumerate(panel.lines):
+        zeros = [step for step, value in zip(panel.steps, values) if value == 0]
+        if zeros:
+            color = "black" if name == panel.emphasis else LINE_COLORS[index % len(LINE_COLORS)]
+            ax.plot(zeros, [0.0] * len(zeros), linestyle="none", marker="v", markersize=6, color=color,
+                    transform=ax.get_xaxis_transform(), clip_on=False)
+
+
+def _plain_text(text: str) -> str:
+    """A user's name as literal text: matplotlib would read `$...$` in it as mathtext (and fail on bad TeX)."""
+    return text.replace("$", r"\$")
 
 
 def _name_axis(ax: Any, names: Sequence[str], axis: str) -> None:

@@ -6,66 +6,31 @@ value, so names from the user's model are text, never markup. Output is determin
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
-import tempfile
 from collections.abc import Sequence
-from functools import cache, lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jinja2
 from markupsafe import Markup
 
 from audit.divergence import Comparison
 from audit.trace import Trace
-from reports.html import charts, steps, structure, tree
-
-
-@lru_cache(maxsize=1)
-def _environment() -> jinja2.Environment:
-    environment = jinja2.Environment(
-        loader=jinja2.PackageLoader("reports.html", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    # Compact, sorted JSON for the data the inline JS reads; tojson also escapes <, >, & and '.
-    environment.policies["json.dumps_kwargs"] = {"sort_keys": True, "separators": (",", ":")}
-    return environment
-
-
-@cache
-def _asset(name: str) -> str:
-    return resources.files("reports.html").joinpath(name).read_text(encoding="utf-8")
+from reports.html import charts, health_page, steps, structure, tree
+from reports.html.page import environment, page_assets, write_atomically
 
 
 def render_html(comparison: Comparison, *, trace_a: Trace | None = None, trace_b: Trace | None = None,
                 check: Sequence[Comparison] | None = None) -> str:
     """The report as one HTML document; traces add the per-step detail the comparison does not carry."""
     context = build_context(comparison, trace_a=trace_a, trace_b=trace_b, check=check)
-    template = _environment().get_template("report.html.j2")
+    template = environment().get_template("report.html.j2")
     return template.render(**context)
 
 
 def write_html(path: str | os.PathLike[str], comparison: Comparison, *, trace_a: Trace | None = None,
                trace_b: Trace | None = None, check: Sequence[Comparison] | None = None) -> Path:
     """Write the report atomically: a reader never sees half a file."""
-    target = Path(path)
-    html = render_html(comparison, trace_a=trace_a, trace_b=trace_b, check=check)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(html)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return write_atomically(path, render_html(comparison, trace_a=trace_a, trace_b=trace_b, check=check))
 
 
 def build_context(comparison: Comparison, *, trace_a: Trace | None, trace_b: Trace | None,
@@ -75,12 +40,9 @@ def build_context(comparison: Comparison, *, trace_a: Trace | None, trace_b: Tra
     names = steps.parameter_order(trace_a, trace_b)
     gradient_data = steps.gradient_data(comparison, trace_a, trace_b, names)
     loss = steps.loss_view(trace_a, trace_b)
-    script = _asset("report.js")
     return {
-        "css": Markup(_asset("report.css")),
-        "js": Markup(script),
-        # The Content-Security-Policy allows this one inline script and no other.
-        "script_hash": "sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode(),
+        # The Content-Security-Policy allows the one inline script and no other.
+        **page_assets(),
         "labels": labels,
         "runs": [_run(comparison.run_a.to_dict()), _run(comparison.run_b.to_dict())],
         "has_traces": [trace_a is not None, trace_b is not None],
@@ -104,6 +66,7 @@ def build_context(comparison: Comparison, *, trace_a: Trace | None, trace_b: Tra
         "loss_chart": _loss_chart(loss, labels),
         "gradient_flow": _gradient_flow(trace_a, trace_b, names, gradient_data, labels),
         "check": tree.check_view(comparison, check),
+        "health": health_page.comparison_view(comparison),
     }
 
 

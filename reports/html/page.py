@@ -1,0 +1,64 @@
+"""What every self-contained page of ours shares: the Jinja2 environment, the inlined assets, the atomic write.
+
+The divergence report (`render`) and the health page (`health_page`) use the same stylesheet, the same
+small script and the same Content-Security-Policy, which pins that script by its hash.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import tempfile
+from functools import cache, lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+
+@lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    """Autoescape on: every name from the user's model is text, never markup."""
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("reports.html", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    # Compact, sorted JSON for the data the inline JS reads; tojson also escapes <, >, & and '.
+    env.policies["json.dumps_kwargs"] = {"sort_keys": True, "separators": (",", ":")}
+    return env
+
+
+@cache
+def asset(name: str) -> str:
+    return resources.files("reports.html").joinpath(name).read_text(encoding="utf-8")
+
+
+def page_assets() -> dict[str, Any]:
+    """The inline stylesheet and script, and the hash the Content-Security-Policy allows that script by."""
+    script = asset("report.js")
+    return {
+        "css": Markup(asset("report.css")),
+        "js": Markup(script),
+        "script_hash": "sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode(),
+    }
+
+
+def write_atomically(path: str | os.PathLike[str], text: str) -> Path:
+    """Write a page so that a reader never sees half a file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
