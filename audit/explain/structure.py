@@ -56,22 +56,37 @@ def seed_offset_shift(divergences: list[Divergence], context: CompareContext, cl
     offset = first.evidence["seed_offset"]
     shift = _shift(first) or 0
     longer = "b" if shift > 0 else "a"
+    units = OFFSET_UNITS.get(str(first.evidence.get("generator")))
     culprits = _draws_before(context, longer, first.name, offset[longer])
     run = "run B" if longer == "b" else "run A"
     if culprits:
-        by = "by " + _named(f"{c['module']} ({c['count']} values{', only in ' + run if c['only_here'] else ''})"
-                            for c in culprits)
+        by = "by " + _named(_culprit_text(c, run, units) for c in culprits)
     else:
         by = "by modules created earlier"
     first.cause = "seed_offset_shift"
     first.explanation = (
-        f"Parameter {first.name} got other initial values because {abs(shift)} more random values were drawn "
-        f"before it in {run} ({offset['a']} vs {offset['b']}), {by}; {len(shifted) - 1} tensors created after it "
-        f"are shifted as well.")
+        f"Parameter {first.name} got other initial values because {abs(shift)} more "
+        f"{units[0] if units else 'random values were drawn'} before it in {run} ({offset['a']} vs {offset['b']}), "
+        f"{by}; {len(shifted) - 1} tensors created after it are shifted as well.")
     first.evidence.update(shift=shift, drawn_by=culprits, shifted_tensors=len(shifted))
     moved = [d for d in divergences if d.category == "initialisation" and d.kind in ("moved", "renamed")]
     others = [d for d in shifted if d is not first]
     return [Finding(first, others + moved)]
+
+
+# What a seed offset counts, by the generator the tensor drew from (docs/tensorflow.md): torch counts random
+# values; a TF graph's op seed counts the random ops seeded before it; Keras 3 counts the seeds it drew from
+# Python's random. For these, a ledger entry is one unit, and the culprits are named by op.
+OFFSET_UNITS = {"tf-op-seed": ("random ops were seeded", "random op"),
+                "keras-seed-generator": ("Keras seeds were drawn", "seed")}
+
+
+def _culprit_text(culprit: dict[str, Any], run: str, units: tuple[str, str] | None) -> str:
+    only = f", only in {run}" if culprit["only_here"] else ""
+    if units is None:
+        return f"{culprit['module']} ({culprit['count']} values{only})"
+    draws = culprit["draws"]
+    return f"{culprit['module']} ({draws} {units[1]}{'s' if draws != 1 else ''}: {_named(culprit['ops'])}{only})"
 
 
 def _shift(divergence: Divergence) -> int | None:
@@ -98,9 +113,11 @@ def _draws_before(context: CompareContext, side: str, tensor: str, limit: int) -
             unmatched[key] -= 1  # the other run made the same draw
             continue
         module = str(draw.get("module"))
-        entry = counts.setdefault(module, {"module": module, "count": 0,
+        entry = counts.setdefault(module, {"module": module, "count": 0, "draws": 0, "ops": [],
                                            "only_here": module not in other_modules})
         entry["count"] += int(draw.get("count") or 0)
+        entry["draws"] += 1
+        entry["ops"].append(str(draw.get("name") or draw.get("target") or draw.get("op")))
     return sorted(counts.values(), key=lambda entry: -entry["count"])
 
 

@@ -1,0 +1,113 @@
+"""The step loop of tf.compat.v1 graph runs: one session.run per step, everything fetched with it."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from audit.config import RunConfig
+from audit.recipe import Recipe
+from audit.trace import TraceWriter
+from audit.trace import format as fmt
+from probes.tf.capture import Capture
+from probes.tf.environment import tf_environment
+from probes.tf.graph_mode import GraphProgram
+from probes.tf.nan_provenance import origins_from
+from probes.tf.random_draws import DrawLedger
+from probes.tf.recorder import keep_values
+from probes.tf.step_record import assemble, batch_record, kept_values, nonfinite_parameters
+
+
+class GraphRecording:
+    """A tf.compat.v1 graph run being recorded: one session.run per `step`, everything fetched with it."""
+
+    def __init__(self, config: RunConfig, writer: TraceWriter, recipe: Recipe, capture: Capture) -> None:
+        self.config, self.writer, self.recipe = config, writer, recipe
+        self.program = program = GraphProgram(recipe, capture, weight_of=config.weight_for, spec=config.recipe)
+        self._context = program.graph.as_default()
+        self._context.__enter__()
+        writer.write_json(fmt.ENVIRONMENT, tf_environment(recipe_dir=config.config_dir))
+        writer.write_json(fmt.INITIALISATION, program.initialise())
+        self.structure: dict[str, Any] = {"modules": program.tree.structure(), "graph_steps": [], "mode": "graph"}
+        writer.write_json(fmt.STRUCTURE, self.structure)
+        self.notes_once = []
+        if program.graph.seed is None:
+            self.notes_once.append("the graph has no graph-level seed: its random ops are seeded nondeterministically")
+        if not recipe.extras.get("module_outputs"):
+            self.notes_once.append("graph mode: layer outputs are recorded only for extras['module_outputs']")
+        if config.capture.get("values", "none") != "none":
+            writer.write_values(0, {f"initial/{key.split('/', 1)[1]}": value for key, value in program.initial.items()
+                                    if key.startswith(("parameters/", "buffers/"))})
+        self.before = dict(program.initial)
+        self.params = [t.name for t in program.tree.parameters()]
+        self.draws = DrawLedger()
+        self.labels = program.labels()
+        self.nonfinite_before = False
+
+    def step(self, step: int, batch: Any) -> None:
+        config, program, writer = self.config, self.program, self.writer
+        batch_summary, batch_values = batch_record(batch)
+        result = program.run(batch)
+        after = program.state_values(result.values)
+        record = assemble(step, batch=batch_summary, summaries=result.summaries, values=result.values,
+                          term_names=program.term_names, weights=program.weights, parameter_names=self.params,
+                          optimizer=program.optimizer_view)
+        record["notes"].extend(self.notes_once)
+        record["random_draws"] = []
+        if config.capture.get("random_draws", True):
+            ops = [(op, self.labels.module.get(op._id), self.labels.phase.get(op._id, "forward"), count)
+                   for op, count in zip(program.random_ops, result.random_counts)]
+            record["random_draws"] = self.draws.stateful_entries(ops, start_index=0)
+        record["graph"] = None
+        if config.capture.get("graph", True):
+            graph = program.graph_record(step)
+            record["graph"] = {"digest": graph["digest"], "ops": len(graph["ops"]), "stored": step == 1}
+            if step == 1:
+                writer.write_graph(step, graph)
+                self.structure["graph_steps"].append(step)
+                writer.write_json(fmt.STRUCTURE, self.structure)
+        nonfinite = nonfinite_parameters(result.summaries, "gradients/")
+        outbreak = bool(nonfinite) and not self.nonfinite_before
+        self.nonfinite_before = bool(nonfinite)
+        replay = {"batch": batch, "random_values": result.random_values, "before": self.before, "after": after}
+        record["nan_provenance"] = None
+        if outbreak and config.capture.get("nan_provenance", True):
+            keys, matrices = program.nonfinite_fetches()
+            stats = {}
+            for group, matrix in zip(keys, program.replay(matrices, **replay)):
+                stats.update({key: tuple(int(n) for n in row) for key, row in zip(group, matrix.tolist())})
+            record["nan_provenance"] = {
+                "origins": origins_from(self.labels, stats, program.weights),
+                "nonfinite_parameters": nonfinite_parameters(result.summaries, "parameters/"),
+                "nonfinite_gradients": nonfinite}
+        record["term_attribution"] = None
+        if config.capture.get("term_attribution", True) and (step == 1 or outbreak):
+            matrix = program.replay(program.attribution_fetch(), **replay)
+            record["term_attribution"] = _attribution(matrix, program, self.params)
+        record["values"] = None
+        if keep_values(config, step):
+            record["values"] = writer.write_values(step, kept_values(step, result.values, batch_values))
+        writer.append_step(record)
+        self.before = after
+
+    def close(self) -> None:
+        self._context.__exit__(None, None, None)
+        self.program.close()
+
+
+def _attribution(matrix: Any, program: GraphProgram, params: list[str]) -> dict[str, Any]:
+    attribution = {}
+    for term, rows in zip(program.term_names, matrix.tolist()):
+        entry: dict[str, Any] = {"weight": program.weights[term], "nonfinite": {}, "nonzero": {}, "norm": {}}
+        for name, (nonfinite, nonzero, norm) in zip(params, rows):
+            if nonfinite < 0:  # no gradient from this term
+                continue
+            if nonfinite:
+                entry["nonfinite"][name] = int(nonfinite)
+            if nonzero:
+                entry["nonzero"][name] = int(nonzero)
+            entry["norm"][name] = norm if math.isfinite(norm) else None
+        entry["params_nonfinite"] = len(entry["nonfinite"])
+        entry["params_nonzero"] = len(entry["nonzero"])
+        attribution[term] = entry
+    return attribution

@@ -1,0 +1,340 @@
+"""One TF2 training step (eager or tf.function) that returns what the trace needs as its own outputs.
+
+The step body is the same Python code in both modes: forward under a GradientTape, the weighted total,
+gradients, the optimizer update, then the statistics of gradients, parameters after the update, optimizer
+state and layer outputs, packed by `probes.tf.tensors.pack`. In `function` mode that body is one
+tf.function, so recording keeps it a graph step: the statistics are extra graph outputs, nothing runs
+eagerly in between. In `eager` mode the body runs op by op and the op graph is traced once for the record
+(not executed) at step 1 and whenever the trace key or the loss terms change.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from audit.errors import RunFailed
+from audit.recipe import Recipe, loss_takes_step
+from probes.tf.capture import Capture, LayerCall, RandomCall, graph_mark
+from probes.tf.graph_record import STATEFUL_RANDOM_OPS, TracedStep, graph_record, label_ops, trainable_sources
+from probes.tf.model_tree import ModelTree
+from probes.tf.optimizer_state import KerasOptimizerView
+from probes.tf.tensors import FLOAT_NAMES, LARGE_NUMEL, Layout, hash_only, pack, plan_layout, to_numpy, unpack
+
+GLOBAL_GENERATOR = "keras-global-seed-generator"
+
+
+@dataclass
+class TraceMeta:
+    """What one trace of the body looked like: the layout of its outputs and what the capture saw."""
+
+    trace_id: int
+    layout: Layout
+    term_names: list[str]
+    weights: dict[str, float]
+    missing_gradients: list[str]
+    layer_calls: list[LayerCall]
+    random_calls: list[RandomCall]
+    dynamic_counts: dict[int, str] = field(default_factory=dict)  # random call index -> output key
+    traced: TracedStep | None = None
+    _graph: dict[str, Any] | None = None
+    _stateful: list[str] | None = None
+
+    def graph(self, step: int) -> dict[str, Any] | None:
+        if self.traced is None:
+            return None
+        if self._graph is None:
+            self._graph = graph_record(step, label_ops(self.traced))
+        return {**self._graph, "step": step}
+
+    def stateful_random_ops(self) -> list[str]:
+        if self.traced is None:
+            return []
+        if self._stateful is None:
+            self._stateful = [op.name for op in self.traced.graph.get_operations()
+                              if self.traced.start < op._id <= self.traced.end and op.type in STATEFUL_RANDOM_OPS]
+        return self._stateful
+
+
+@dataclass
+class StepResult:
+    meta: TraceMeta
+    summaries: dict[str, dict[str, Any]]
+    values: dict[str, np.ndarray]
+
+
+class StepProgram:
+    """The recorded step of one recipe in eager or function mode."""
+
+    def __init__(self, recipe: Recipe, tree: ModelTree, capture: Capture, *, mode: str,
+                 weight_of: Callable[[str], float], keep_module_outputs: bool, spec: str,
+                 keep_pre_step_state: bool = True) -> None:
+        import tensorflow as tf
+
+        self.tf = tf
+        self.recipe = recipe
+        self.model = recipe.model
+        self.optimizer = recipe.optimizer
+        self.tree = tree
+        self.capture = capture
+        self.mode = mode
+        self.weight_of = weight_of
+        self.keep_module_outputs = keep_module_outputs
+        self.spec = spec
+        self.pass_step = loss_takes_step(recipe.loss)
+        self.params = tree.parameters()
+        self.buffers = [v for v in tree.variables if v.kind == "buffer"]
+        self.train_vars = [p.variable for p in self.params]
+        names = {}
+        for tracked in tree.variables:
+            names[id(tracked.variable)] = tracked.name
+            names[id(tracked.tf_variable)] = tracked.name
+        self.optimizer_view = KerasOptimizerView(self.optimizer, names)
+        self.metas: dict[int, TraceMeta] = {}
+        self._functions: dict[Any, Any] = {}
+        self._eager_packers: dict[tuple[str, ...], Any] = {}
+        self._trace_counter = 0
+        self._converted_loss: Callable[..., Any] | None = None
+        self._state: tuple[Any, list[tuple[str, Any]]] | None = None
+        self._shadows = self._make_shadows() if keep_pre_step_state else []
+        self.keeps_pre_step_state = keep_pre_step_state
+
+    # -- state that the step changes, for snapshots and rewinds ----------------------------------------
+
+    def state_variables(self) -> list[tuple[str, Any]]:
+        """Every variable a step changes, under the key its value has in the step's outputs."""
+        generator = _global_generator()
+        if self._state is None or self._state[0] is not generator:
+            self._state = (generator, self._find_state_variables(generator))
+        return self._state[1]
+
+    def _find_state_variables(self, generator: Any) -> list[tuple[str, Any]]:
+        found = [(f"parameters/{p.name}", p.variable) for p in self.params]
+        found += [(f"buffers/{b.name}", b.variable) for b in self.buffers]
+        found += [(f"optimizer/{param}/{key}", slot) for param, key, slot in self.optimizer_view.slots()]
+        found += [(f"optimizer/{key}", variable) for key, variable in self.optimizer_view.scalars()]
+        if generator is not None:
+            found.append((f"rng/{GLOBAL_GENERATOR}", generator.state))
+        return found
+
+    def generator_keys(self) -> dict[str, str]:
+        """Generator name -> key of its state among the state variables (see model_tree)."""
+        keys = {GLOBAL_GENERATOR: f"rng/{GLOBAL_GENERATOR}"}
+        for path in self.tree.seed_generators.values():
+            keys[path] = f"buffers/{path}.state"
+        return keys
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        return {key: np.array(to_numpy(variable)) for key, variable in self.state_variables()}
+
+    def _make_shadows(self) -> list[tuple[str, Any, Any]]:
+        """(key, variable, shadow) for the large float state. Each step first copies such a variable into
+        its shadow, into the same buffer every time: the state a replay starts from, kept without a fresh
+        allocation per step. Small state comes back with the step's outputs instead."""
+        tf = self.tf
+        shadows = []
+        with tf.init_scope():
+            for key, variable in self.state_variables():
+                inner = _tf_variable(variable)
+                if inner.dtype.name in FLOAT_NAMES and (inner.shape.num_elements() or 0) >= LARGE_NUMEL:
+                    shadows.append((key, inner, tf.Variable(tf.zeros(inner.shape, inner.dtype), trainable=False,
+                                                            name="repro_audit_pre_step")))
+        return shadows
+
+    def shadowed(self) -> set[str]:
+        return {key for key, _, _ in self._shadows}
+
+    def pre_step_state(self, small: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The state the last step started from: `small` (kept from the step before) and the shadows."""
+        return {**small, **{key: np.array(to_numpy(shadow)) for key, _, shadow in self._shadows}}
+
+    @contextmanager
+    def rewound(self, before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray]) -> Iterator[None]:
+        """Run something on the state the step started from, then put the step's result back."""
+        variables = self.state_variables()
+        missing = [key for key, _ in variables if key not in before or key not in after]
+        if missing:
+            raise LookupError(f"no saved value for {missing[0]}")
+        for key, variable in variables:
+            variable.assign(before[key])
+        try:
+            yield
+        finally:
+            for key, variable in variables:
+                variable.assign(after[key])
+
+    # -- running ---------------------------------------------------------------------------------------
+
+    def run(self, step: int, batch: Any, *, keep_values: bool) -> StepResult:
+        if self.mode == "function":
+            function, step_argument = self._function_for(step)
+            outputs = function(batch) if step_argument is None else function(batch, step_argument)
+            meta = self.metas[int(outputs["trace_id"])]
+            summaries, values = unpack(meta.layout, outputs["packed"], keep_values=True)
+        else:
+            meta, named = self._body(batch, step, eager=True)
+            layout, packed = self._pack_eagerly(named)
+            meta.layout = layout
+            summaries, values = unpack(layout, packed, keep_values=True)
+        return StepResult(meta, summaries, values)
+
+    def trace_for_record(self, step: int, batch: Any) -> TraceMeta:
+        """Eager mode: trace the step (without running it) to see its op graph."""
+        tf = self.tf
+        holder: dict[str, TraceMeta] = {}
+
+        def traced(batch: Any) -> Any:
+            meta, named = self._body(batch, step, eager=False)
+            holder["meta"] = meta
+            return [tensor for _, tensor in named[:1]]
+
+        tf.function(traced, autograph=False).get_concrete_function(batch)
+        return holder["meta"]
+
+    def call_loss(self, batch: Any, step: Any) -> Mapping[str, Any]:
+        loss = self._graph_loss() if not self.tf.executing_eagerly() else self.recipe.loss
+        terms = loss(self.model, batch, step=step) if self.pass_step else loss(self.model, batch)
+        if not isinstance(terms, Mapping) or not terms:
+            raise RunFailed(f"recipe {self.spec}: the loss function must return a non-empty mapping of named "
+                            f"terms, got {type(terms).__name__}")
+        for name, value in terms.items():
+            shape = getattr(value, "shape", None)
+            if shape is None or (shape.rank is not None and shape.num_elements() not in (None, 1)):
+                raise RunFailed(f"recipe {self.spec}: loss term {name!r} must be a scalar tensor, got "
+                                f"{shape if shape is not None else type(value).__name__}")
+        return terms
+
+    def _graph_loss(self) -> Callable[..., Any]:
+        """The loss as traced: as written (Keras's own train step does not convert either), or converted by
+        AutoGraph when the recipe sets `extras["autograph"]` (Python control flow on tensors)."""
+        if not self.recipe.extras.get("autograph"):
+            return self.recipe.loss
+        if self._converted_loss is None:
+            try:
+                self._converted_loss = self.tf.autograph.to_graph(self.recipe.loss)
+            except Exception:  # not convertible (a callable object): trace it as it is
+                self._converted_loss = self.recipe.loss
+        return self._converted_loss
+
+    def _function_for(self, step: int) -> tuple[Any, Any]:
+        """The tf.function for this step: one per trace key (see probes.tf.recorder for the rules)."""
+        tf = self.tf
+        if not self.pass_step:
+            key: Any = None
+        elif self.recipe.extras.get("step_as_tensor"):
+            key = "tensor"
+        else:
+            key = self.recipe.extras.get("trace_key", lambda s: s)(step)
+        function = self._functions.get(key)
+        if function is None:
+            if key == "tensor":
+                function = tf.function(lambda batch, step: self._traced_body(batch, step), autograph=False)
+            else:
+                function = tf.function(functools.partial(self._traced_body, step=step), autograph=False)
+            self._functions[key] = function
+        if key == "tensor":
+            return function, tf.constant(step, dtype=tf.int64)
+        return function, None
+
+    def _traced_body(self, batch: Any, step: Any) -> dict[str, Any]:
+        meta, named = self._body(batch, step, eager=False)
+        meta.layout, packed = pack(named, hash_only=hash_only, separate_state=True)
+        return {"trace_id": self.tf.constant(meta.trace_id), "packed": packed}
+
+    def _body(self, batch: Any, step: Any, *, eager: bool) -> tuple[TraceMeta, list[tuple[str, Any]]]:
+        tf = self.tf
+        capture = self.capture
+        for _, variable, shadow in self._shadows:
+            shadow.assign(variable)
+        capture.reset()
+        capture.keep_outputs = self.keep_module_outputs
+        capture.phase = "forward"
+        capture.active = True
+        try:
+            start = graph_mark()
+            with tf.GradientTape() as tape:
+                terms = self.call_loss(batch, step)
+                names = [str(name) for name in terms]
+                weights = {name: self.weight_of(name) for name in names}
+                values = [tf.reshape(tf.convert_to_tensor(terms[name]), []) for name in names]
+                total = tf.add_n([tf.cast(value, values[0].dtype) * weights[name]
+                                  for name, value in zip(names, values)])
+            forward_end = graph_mark()
+            capture.phase = "backward"
+            grads = tape.gradient(total, self.train_vars)
+            backward_end = graph_mark()
+            capture.phase = "optimizer"
+            pairs = [(g, v) for g, v in zip(grads, self.train_vars) if g is not None]
+            self.optimizer.apply_gradients(pairs)
+            end = graph_mark()
+        finally:
+            capture.active = False
+        self._trace_counter += 1
+        meta = TraceMeta(self._trace_counter, Layout([], [], [], {}, []), names, weights,
+                         [p.name for p, g in zip(self.params, grads) if g is None],
+                         list(capture.layer_calls), list(capture.random_calls))
+        if not eager:
+            graph = tf.compat.v1.get_default_graph()
+            meta.traced = TracedStep(graph, start, forward_end, backward_end, end, dict(zip(names, values)),
+                                     weights, trainable_sources(graph, [p.tf_variable for p in self.params]),
+                                     meta.layer_calls, list(capture.gradient_calls))
+        self.metas[meta.trace_id] = meta
+        return meta, self._named_outputs(meta, names, values, total, grads)
+
+    def _named_outputs(self, meta: TraceMeta, names: list[str], values: list[Any], total: Any,
+                       grads: list[Any]) -> list[tuple[str, Any]]:
+        tf = self.tf
+        named: list[tuple[str, Any]] = [(f"loss_terms/{n}", v) for n, v in zip(names, values)]
+        named.append(("total", total))
+        named += [(f"gradients/{p.name}", tf.convert_to_tensor(g)) for p, g in zip(self.params, grads)
+                  if g is not None]
+        named += [(key, tf.identity(_tf_variable(variable))) for key, variable in self.state_variables()]
+        named.append(("optimizer_lr", tf.convert_to_tensor(self.optimizer_view.learning_rate())))
+        for call in meta.layer_calls:
+            for suffix, tensor in call.outputs:
+                named.append((f"module_outputs/{call.path}{suffix}#{call.call}", tensor))
+        for index, call in enumerate(meta.random_calls):
+            if not isinstance(call.count, int):
+                meta.dynamic_counts[index] = f"random_counts/{index}"
+                named.append((meta.dynamic_counts[index], call.count))
+        return named
+
+    def _pack_eagerly(self, named: list[tuple[str, Any]]) -> tuple[Layout, dict[str, Any]]:
+        """Eager steps pack through a tf.function too: a thousand eager reshapes cost more than the step."""
+        tf = self.tf
+        keys = tuple(key for key, _ in named)
+        tensors = [tf.convert_to_tensor(tensor) for _, tensor in named]
+        layout, _ = _layout_only(keys, tensors)
+        packer = self._eager_packers.get(keys)
+        if packer is None:
+            packer = tf.function(lambda tensors: pack(list(zip(keys, tensors)), hash_only=hash_only,
+                                                      separate_state=True)[1],
+                                 autograph=False)
+            self._eager_packers[keys] = packer
+        return layout, packer(tensors)
+
+
+def _layout_only(keys: tuple[str, ...], tensors: list[Any]) -> tuple[Layout, None]:
+    shapes = [tuple(int(n) for n in t.shape) for t in tensors]
+    return plan_layout(keys, [t.dtype.name for t in tensors], shapes, hash_only=hash_only, separate_state=True), None
+
+
+def _tf_variable(variable: Any) -> Any:
+    inner = getattr(variable, "_value", None)
+    import tensorflow as tf
+
+    return variable if isinstance(variable, tf.Variable) or inner is None else inner
+
+
+def _global_generator() -> Any:
+    try:
+        from keras.src.backend.common import global_state
+        from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR
+    except ImportError:
+        return None
+    return global_state.get_global_attribute(GLOBAL_SEED_GENERATOR)
