@@ -106,16 +106,18 @@ class Auditor:
 
     def assert_recipes_identical(self, recipe_a: RecipeSource, recipe_b: RecipeSource, *,
                                  params: Mapping[str, Any] | None = None, seed: int = 0, steps: int = 3,
-                                 framework: str = "torch", loss_weights: Mapping[str, float] | None = None,
+                                 framework: str | None = None, loss_weights: Mapping[str, float] | None = None,
                                  capture: Mapping[str, Any] | None = None, timeout: float | None = None,
                                  rtol: float = 0.0, atol: float = 0.0, ignore: Sequence[str] = ()) -> Comparison:
         """Train two recipes (callables or 'module:function') with the same settings; no config file needed.
 
         The `config` category is always left out: both configs are built from the same arguments here, so
         the recipe's name is their only difference, and that difference is the point of the assertion.
+        `framework` defaults to the one the recipes' modules import (a Keras recipe needs no argument).
         """
         __tracebackhide__ = True
         ignore = tuple(dict.fromkeys(_categories(ignore) + ("config",)))
+        framework = framework or recipe_framework((recipe_a, recipe_b))
         configs = []
         for recipe in (recipe_a, recipe_b):
             spec, import_root = recipe_spec(recipe)
@@ -259,6 +261,28 @@ def recipe_spec(recipe: RecipeSource) -> tuple[str, str | None]:
         raise ConfigError(f"recipe {where} cannot be imported by that name in a fresh process: define it "
                           "at the top level of an importable module (not __main__, not redefined or wrapped)")
     return f"{module_name}:{qualname}", _import_root(module_name, getattr(module, "__file__", None))
+
+
+def recipe_framework(recipes: Sequence[RecipeSource]) -> str:
+    """'tensorflow' when the first recipe module we can see imports TensorFlow or Keras and not torch, else
+    'torch': what the module imports says which framework builds its model, without building it here."""
+    for recipe in recipes:
+        module_name = recipe.split(":")[0] if isinstance(recipe, str) else getattr(recipe, "__module__", None)
+        module = sys.modules.get(str(module_name))
+        if module is None:
+            continue
+        roots = {_root_package(value) for value in vars(module).values()}
+        if "torch" in roots:
+            return "torch"
+        if roots & {"tensorflow", "keras", "tf_keras"}:
+            return "tensorflow"
+    return "torch"
+
+
+def _root_package(value: Any) -> str:
+    """The top-level package a module, class or function of a module's namespace comes from."""
+    name = value.__name__ if isinstance(value, type(sys)) else getattr(value, "__module__", None)
+    return name.split(".")[0] if isinstance(name, str) else ""
 
 
 def _import_root(module_name: str, module_file: str | None) -> str | None:

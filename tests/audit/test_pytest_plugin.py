@@ -2,7 +2,7 @@
 
 Every inner run spawns recording subprocesses, so the forms are grouped into few inner sessions: one under
 pytest-xdist with the report option (every form, passing and failing), one plain session rerun with
-`--lf` (cache plugin, no stray files), one TensorFlow session.
+`--lf` (cache plugin, no stray files), one TensorFlow session with every form.
 """
 
 from __future__ import annotations
@@ -134,13 +134,75 @@ def test_recipes_differ(repro_audit):
     repro_audit.assert_recipes_identical(pp_recipes.build, pp_recipes.build_relu, steps=2)
 '''
 
-TF_DETERMINISTIC = '''
+# The TensorFlow session: each form passing and failing on the TF fixtures and on Keras recipe callables.
+TF_RECIPES = '''
+import itertools
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from audit import Recipe
+
+BATCH = (np.linspace(-1.0, 1.0, 32, dtype=np.float32).reshape(8, 4), np.arange(8, dtype=np.int64) % 3)
+
+
+def _mlp(activation):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation=activation), keras.layers.Dense(3)])
+
+    def loss(model, batch):
+        x, y = batch
+        logits = model(x)
+        return {"ce": tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))}
+
+    return Recipe(model=model, optimizer=keras.optimizers.SGD(0.1), batches=itertools.repeat(BATCH), loss=loss,
+                  extras={"mode": "function"})
+
+
+def build(params):
+    return _mlp("tanh")
+
+
+def build_refactored(params):
+    return _mlp("tanh")
+
+
+def build_relu(params):
+    return _mlp("relu")
+'''
+
+TF_FORMS = '''
 import pytest
 
+import tf_recipes
 
-@pytest.mark.repro_deterministic(config={config!r}, steps=2)
-def test_tf_baseline():
+TF = {tf!r}
+
+
+@pytest.mark.repro_deterministic(config=TF + "/baseline.yaml", steps=2)
+def test_marker_tf_baseline_passes():
     pass
+
+
+def test_deterministic_graph_mode_passes(repro_audit):
+    repro_audit.assert_deterministic(TF + "/graph_baseline.yaml", steps=2)
+
+
+def test_identical_fails_on_nan(repro_audit):
+    repro_audit.assert_identical(TF + "/baseline.yaml", TF + "/zero_entropy_loss.yaml", steps=1)
+
+
+def test_identical_values_only_passes_for_a_zero_weighted_term(repro_audit):
+    repro_audit.assert_identical(TF + "/pretrain.yaml", TF + "/baseline.yaml", steps=2,
+                                 ignore=["config", "graph"])
+
+
+def test_recipes_identical_passes(repro_audit):
+    repro_audit.assert_recipes_identical(tf_recipes.build, tf_recipes.build_refactored, steps=2)
+
+
+def test_recipes_identical_fails(repro_audit):
+    repro_audit.assert_recipes_identical(tf_recipes.build, "tf_recipes:build_relu", steps=2)
 '''
 
 
@@ -231,13 +293,20 @@ def test_last_failed_reruns_the_divergence_and_leaves_no_stray_files(inner: pyte
 
 
 @pytest.mark.tensorflow
-def test_tensorflow_baseline_is_deterministic(inner: pytest.Pytester) -> None:
+def test_every_form_on_tensorflow_runs(inner: pytest.Pytester) -> None:
     pytest.importorskip("tensorflow")
-    if not (TF / "baseline.yaml").exists():
-        pytest.skip("no TensorFlow fixtures")
-    inner.makepyfile(test_tf=TF_DETERMINISTIC.format(config=str(TF / "baseline.yaml")))
-    result = inner.runpytest_subprocess(*plugin_args(), timeout=INNER_TIMEOUT_S)
-    result.assert_outcomes(passed=1)
+    inner.makepyfile(tf_recipes=TF_RECIPES, test_tf=TF_FORMS.format(tf=str(TF)))
+    result = inner.runpytest_subprocess(*plugin_args(), "--repro-audit-report", "reports", timeout=INNER_TIMEOUT_S)
+    output = result.stdout.str()
+    assert (result.parseoutcomes().get("passed"), result.parseoutcomes().get("failed")) == (4, 2), output
+    sections = failure_sections(output)
+    assert set(sections) == {"test_identical_fails_on_nan", "test_recipes_identical_fails"}, output
+    nan = sections["test_identical_fails_on_nan"]
+    assert "RunsDiverged" in nan and "att_entropy_l0 with weight 0.0" in nan and "NaN" in nan, nan
+    assert len(error_lines(nan)) <= 50, "the failure message is a summary, not a dump"
+    assert "build_relu" in sections["test_recipes_identical_fails"]
+    reports = sorted(path.name for path in (inner.path / "reports").iterdir())
+    assert reports == ["test_tf.py_test_identical_fails_on_nan.html", "test_tf.py_test_recipes_identical_fails.html"]
 
 
 # The parts that need no run: refusals that must come before any subprocess starts.

@@ -28,7 +28,8 @@ def _sibling(name: str) -> ModuleType:
     return sys.modules[key]
 
 
-TORCH = Path(__file__).resolve().parents[2] / "fixtures" / "configs" / "torch"
+CONFIGS = Path(__file__).resolve().parents[2] / "fixtures" / "configs"
+TORCH = CONFIGS / "torch"
 browser = _sibling("browser")
 cases = _sibling("test_html")
 
@@ -95,10 +96,14 @@ def test_thousand_parameters_stay_small_and_usable(tmp_path: Path) -> None:
         assert opened.shown_rows("gradient-table") == 250
 
 
-def test_report_of_real_runs_baseline_against_zero_entropy_loss(tmp_path: Path) -> None:
-    """`repro-audit diff baseline zero_entropy_loss --html` on real runs, opened in Chromium."""
+@pytest.mark.parametrize("framework", ["torch", pytest.param("tf", marks=pytest.mark.tensorflow)])
+def test_report_of_real_runs_baseline_against_zero_entropy_loss(tmp_path: Path, framework: str) -> None:
+    """`repro-audit diff baseline zero_entropy_loss --html` on real runs of either framework, in Chromium."""
+    if framework == "tf":
+        pytest.importorskip("tensorflow")
+    configs = CONFIGS / framework
     report = tmp_path / "report.html"
-    result = CliRunner().invoke(cli, ["diff", str(TORCH / "baseline.yaml"), str(TORCH / "zero_entropy_loss.yaml"),
+    result = CliRunner().invoke(cli, ["diff", str(configs / "baseline.yaml"), str(configs / "zero_entropy_loss.yaml"),
                                       "--steps", "2", "-q", "--html", str(report)])
     assert result.exit_code == 1, result.output
     with browser.open_report(report) as opened:
@@ -111,8 +116,11 @@ def test_report_of_real_runs_baseline_against_zero_entropy_loss(tmp_path: Path) 
         nan = page.locator("#verdict").get_by_text("Loss term att_entropy_l0 with weight 0.0 sends NaN/Inf",
                                                    exact=False)
         assert opened.in_viewport(nan), "the NaN explanation is on the first screen"
-        page.fill("input[data-filter='init-table']", "att_loss.head_gate")
-        assert opened.shown_rows("init-table") == 4
+        # torch: the head gate's weight and bias, at both layers; TF (whose gate is never built): the 11
+        # tensors of a layer created after the gate, shifted by the Keras seed the gate drew.
+        name, rows = {"torch": ("att_loss.head_gate", 4), "tf": ("decoder.layers.1.self_attn", 11)}[framework]
+        page.fill("input[data-filter='init-table']", name)
+        assert opened.shown_rows("init-table") == rows
         page.screenshot(path=str(tmp_path / "report.png"))
         assert opened.dialogs == []
     assert (tmp_path / "report.png").stat().st_size > 10_000
