@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from audit.diff.compare_run import CONFIG_IGNORED
 from audit.diff.context import CompareContext
 from audit.divergence import Divergence
 from audit.explain.finding import Claims, Finding
@@ -54,7 +55,7 @@ def fp_reordering(divergences: list[Divergence], context: CompareContext, claims
 
 
 def nondeterminism(divergences: list[Divergence], context: CompareContext, claims: Claims) -> list[Finding]:
-    if not divergences or any(d.category in INPUT_CATEGORIES for d in divergences):
+    if not divergences or any(d.category in INPUT_CATEGORIES for d in divergences) or not _same_config(context):
         return []
     first = min(divergences, key=lambda d: d.sort_key())
     if first.cause is not None or not claims.is_free(first):
@@ -76,6 +77,15 @@ def nondeterminism(divergences: list[Divergence], context: CompareContext, claim
         f"{in_use}. {_suggestion(first, environment)}")
     first.evidence.update(determinism_settings=settings, nondeterministic_ops=ops, devices=devices)
     return [Finding(first, [])]
+
+
+def _same_config(context: CompareContext) -> bool:
+    """Read from the traces, not from the divergences: `--ignore config` hides a config change, it does not
+    make two configs the same."""
+    def relevant(config: dict[str, Any]) -> dict[str, Any]:
+        return {key: value for key, value in config.items() if key not in CONFIG_IGNORED}
+
+    return relevant(context.trace_a.config or {}) == relevant(context.trace_b.config or {})
 
 
 def _suggestion(first: Divergence, environment: dict[str, Any]) -> str:

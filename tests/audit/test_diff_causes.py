@@ -125,6 +125,13 @@ def test_unseeded_shuffle_is_nondeterminism_in_the_data_of_step_1(traces: dict[s
     assert len(comparison.divergences) == 1, "everything later is a consequence of the first divergence"
 
 
+def test_ignoring_a_config_change_does_not_make_it_nondeterminism(traces: dict[str, Trace]) -> None:
+    comparison = compare_traces(traces["baseline"], traces["zero_att_loss_simplified"], ignore=("config",))
+    assert not any(d.category == "config" for d in comparison.walk())
+    assert not _with_cause(comparison, "nondeterminism"), "the configs differ: that is not 'same config'"
+    assert comparison.first_divergence is not None and comparison.first_divergence.cause == "graph_change"
+
+
 def test_learning_rate_change_at_step_2(traces: dict[str, Trace]) -> None:
     comparison = compare_traces(traces["baseline"], traces["lr_change"])
     lr = [d for d in _with_cause(comparison, "hyperparameter_change") if d.evidence["hyperparameter"] == "lr"]

@@ -22,12 +22,16 @@ ROOT = Path(__file__).resolve().parents[2]
 TF = ROOT / "fixtures" / "configs" / "tf"
 RECIPES = ROOT / "tests" / "probes" / "tf" / "recipes"
 STEPS = 2  # NaN shows at step 1, seed offsets before it; the second step shows what a step changes
+STEPS_OF = {"pretrain": 3, "baseline": 3, "baseline_again": 3}  # pretrain's losses join at step 3
 
 FIXTURE_RUNS: dict[str, str] = {
     "baseline": "baseline",
     "baseline_again": "baseline",
     "zero_entropy_loss": "zero_entropy_loss",
     "zero_att_loss_simplified": "zero_att_loss_simplified",
+    "zero_att_loss_per_head": "zero_att_loss_per_head",
+    "zero_att_loss_per_layer": "zero_att_loss_per_layer",
+    "pretrain": "pretrain",
     "graph_baseline": "graph_baseline",
     "graph_zero_att_loss_simplified": "graph_zero_att_loss_simplified",
 }
@@ -44,7 +48,7 @@ RECIPE_RUNS: dict[str, tuple[str, dict[str, Any]]] = {
 @pytest.fixture(scope="module")
 def traces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Trace]:
     folder = tmp_path_factory.mktemp("tf-diff-traces")
-    jobs = [(load_config(TF / f"{config}.yaml", steps=STEPS), folder / f"{name}.trace")
+    jobs = [(load_config(TF / f"{config}.yaml", steps=STEPS_OF.get(name, STEPS)), folder / f"{name}.trace")
             for name, config in FIXTURE_RUNS.items()]
     for name, (recipe, fields) in RECIPE_RUNS.items():
         config = RunConfig.from_dict({"recipe": recipe, "framework": "tensorflow", "label": name, "steps": 1,
@@ -66,7 +70,7 @@ def _causes(comparison: Comparison) -> set[str]:
 def test_check_on_baseline_is_identical_run_to_run(traces: dict[str, Trace]) -> None:
     [comparison] = compare_check([traces["baseline"], traces["baseline_again"]])
     assert comparison.identical, [d.explanation for d in comparison.walk()][:5]
-    assert comparison.category_counts["gradients"]["compared"] == 2 * 92
+    assert comparison.category_counts["gradients"]["compared"] == 3 * 92
     assert comparison.category_counts["random_draws"]["compared"] > 0
     assert all(counts["diverged"] == 0 for counts in comparison.category_counts.values())
 
@@ -102,6 +106,30 @@ def test_zero_weighted_attention_losses_change_graph_and_seed_offsets_without_na
     assert "1 more Keras seeds were drawn before it in run B" in shift.explanation
     assert "decoder.layers.0.att_loss.head_gate (1 seed: GlorotUniform, only in run B)" in shift.explanation
     assert shift.evidence["shifted_tensors"] > 10
+
+
+@pytest.mark.parametrize("variant", ["zero_att_loss_per_head", "zero_att_loss_per_layer"])
+def test_zero_weighted_attention_loss_variants_get_the_verdicts_torch_gets(traces: dict[str, Trace],
+                                                                         variant: str) -> None:
+    comparison = compare_traces(traces["baseline"], traces[variant])
+    assert comparison.first_divergence is not None and comparison.first_divergence.cause == "config_change"
+    causes = _causes(comparison)
+    assert {"graph_change", "seed_offset_shift"} <= causes
+    assert not {"nan_zero_weight_term", "nan_weighted_term", "nondeterminism"} & causes
+    graph = next(d for d in _with_cause(comparison, "graph_change") if d.step == 1)
+    assert "weight 0.0" in graph.explanation
+
+
+def test_pretrain_matches_baseline_until_its_losses_join(traces: dict[str, Trace]) -> None:
+    comparison = compare_traces(traces["baseline"], traces["pretrain"], ignore=("config",))
+    assert "nondeterminism" not in _causes(comparison)
+    values = [d for d in comparison.walk() if d.category in ("gradients", "parameters", "loss_terms",
+                                                              "module_outputs")]
+    assert values and min(d.step for d in values) == 3, "steps 1 and 2 train identically"
+    graph = [d for d in _with_cause(comparison, "graph_change") if d.step is not None]
+    assert [d.step for d in graph] == [3] and "weight 0.0" in graph[0].explanation
+    # The losses are added without parameters, so no value of any parameter differs, even at step 3.
+    assert not [d for d in values if d.category in ("gradients", "parameters")]
 
 
 def test_graph_mode_names_the_random_op_added_before_the_shifted_variable(traces: dict[str, Trace]) -> None:
