@@ -13,6 +13,7 @@ import click
 
 from audit.cli import EXIT_DIFFERENT, EXIT_SAME, EXIT_TROUBLE, cli
 from audit.cli_progress import Progress
+from audit.cli_thresholds import health_threshold_options, thresholds_from
 from audit.config import RunConfig, load_config
 from audit.divergence import CATEGORIES, Comparison
 from audit.errors import RunFailed
@@ -30,7 +31,7 @@ def _tolerance_options(function: Any) -> Any:
     function = click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the JSON result.")(function)
     function = click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write the HTML report.")(function)
     function = click.option("-q", "--quiet", is_flag=True, help="No progress, only the verdict.")(function)
-    return function
+    return health_threshold_options(function)
 
 
 @cli.command("diff")
@@ -107,7 +108,8 @@ def _check_and_report(traces: list[Trace], name: str, options: dict[str, Any]) -
     from reports.text import render_text
 
     runs = len(traces)
-    comparisons = compare_check(traces, rtol=options["rtol"], atol=options["atol"], ignore=tuple(options["ignore"]))
+    comparisons = compare_check(traces, rtol=options["rtol"], atol=options["atol"], ignore=tuple(options["ignore"]),
+                                health_thresholds=thresholds_from(options))
     diverged = [c for c in comparisons if not c.identical]
     if diverged:
         click.echo(render_text(diverged[0]))
@@ -156,7 +158,7 @@ def _compare_and_report(trace_a: Trace, trace_b: Trace, **options: Any) -> int:
     from reports.text import render_text
 
     comparison = compare_traces(trace_a, trace_b, rtol=options["rtol"], atol=options["atol"],
-                                ignore=tuple(options["ignore"]))
+                                ignore=tuple(options["ignore"]), health_thresholds=thresholds_from(options))
     click.echo(render_text(comparison))
     _write_outputs(comparison, trace_a, trace_b, options)
     if comparison.identical and comparison.partial:

@@ -17,6 +17,7 @@ import click
 
 from audit.cli import EXIT_DIFFERENT, EXIT_SAME, cli
 from audit.cli_progress import Progress
+from audit.cli_thresholds import health_threshold_options
 from audit.config import load_config
 from audit.errors import ConfigError, RunFailed
 from audit.health import RULE_TITLES, HealthReport, Thresholds, check_trace
@@ -26,29 +27,11 @@ from audit.trace import Trace
 from audit.trace import format as fmt
 
 SHOWN_PER_RULE = 8
-DEFAULTS = Thresholds()
-
-
 @cli.command("health")
 @click.argument("source", metavar="CONFIG", type=click.Path())
 @click.option("--steps", type=click.IntRange(min=1), help="Number of steps (overrides the config).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config field.")
-@click.option("--max-grad-norm", type=float, default=DEFAULTS.max_grad_norm, show_default=True,
-              help="Exploding: a layer's gradient norm above this (or NaN/Inf).")
-@click.option("--min-grad-norm", type=float, default=DEFAULTS.min_grad_norm, show_default=True,
-              help="Vanishing: a layer's gradient norm below this...")
-@click.option("--min-grad-ratio", type=float, default=DEFAULTS.min_grad_ratio, show_default=True,
-              help="...or below this fraction of the largest layer's gradient norm in the same step.")
-@click.option("--saturation", type=click.FloatRange(0, 1), default=DEFAULTS.saturation, show_default=True,
-              help="Share of a tanh/sigmoid output that is saturated.")
-@click.option("--dead-units", type=click.FloatRange(0, 1), default=DEFAULTS.dead_units, show_default=True,
-              help="Share of a ReLU-like output's units never positive in the batch.")
-@click.option("--initial-loss-tolerance", type=click.FloatRange(min=0), default=DEFAULTS.initial_loss_tolerance,
-              show_default=True, help="Step-1 loss off -log(1/C) by more than this fraction of it.")
-@click.option("--memory-growth-mb", type=click.FloatRange(min=0), default=DEFAULTS.memory_growth_mb,
-              show_default=True, help="Growth (MiB) that memory must show at every step from step 2 on.")
-@click.option("--memory-min-steps", type=click.IntRange(min=1), default=DEFAULTS.memory_min_steps,
-              show_default=True, help="Growths in a row, from step 2 on, before memory counts as growing.")
+@health_threshold_options
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the findings as JSON.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False),
               help="Write a self-contained HTML page: findings and charts over steps.")

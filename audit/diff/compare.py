@@ -17,13 +17,14 @@ from audit.diff.values import Tolerance
 from audit.divergence import CATEGORIES, Comparison, Divergence, RunInfo
 from audit.errors import UserError
 from audit.explain import explain
-from audit.health import check_trace
+from audit.health import Thresholds, check_trace
 from audit.trace import Trace
 
 
 def compare_traces(trace_a: Trace, trace_b: Trace, *, rtol: float = 0.0, atol: float = 0.0,
-                   ignore: Iterable[str] = ()) -> Comparison:
-    """The divergence tree of run B against run A, bitwise unless a tolerance is given."""
+                   ignore: Iterable[str] = (), health_thresholds: Thresholds | None = None) -> Comparison:
+    """The divergence tree of run B against run A, bitwise unless a tolerance is given; both runs' health
+    by `health_thresholds` (the defaults of `repro-audit health` when None)."""
     if rtol < 0 or atol < 0 or math.isnan(rtol) or math.isnan(atol):
         raise UserError(f"tolerances must be >= 0 (rtol={rtol}, atol={atol})")
     ignored = set(ignore)
@@ -45,29 +46,30 @@ def compare_traces(trace_a: Trace, trace_b: Trace, *, rtol: float = 0.0, atol: f
         run_a=_run_info(trace_a), run_b=_run_info(trace_b), divergences=build_tree(divergences, findings),
         tolerance=context.tolerance.to_dict(), category_counts=counts)
     comparison.partial = not (trace_a.complete and trace_b.complete)
-    comparison.health = None if "health" in ignored else run_health(trace_a, trace_b)
+    comparison.health = None if "health" in ignored else run_health(trace_a, trace_b, thresholds=health_thresholds)
     comparison.notes.extend(_notes(context, ignored))
     return comparison
 
 
 def compare_check(traces: Sequence[Trace], *, rtol: float = 0.0, atol: float = 0.0,
-                  ignore: Iterable[str] = ()) -> list[Comparison]:
+                  ignore: Iterable[str] = (), health_thresholds: Thresholds | None = None) -> list[Comparison]:
     """Run 1 against each other run of the same config: what `repro-audit check` reports."""
     if len(traces) < 2:
         raise UserError("check needs at least two runs")
-    return [compare_traces(traces[0], other, rtol=rtol, atol=atol, ignore=ignore) for other in traces[1:]]
+    return [compare_traces(traces[0], other, rtol=rtol, atol=atol, ignore=ignore, health_thresholds=health_thresholds)
+            for other in traces[1:]]
 
 
-def run_health(trace_a: Trace, trace_b: Trace) -> dict[str, Any] | None:
-    """Both runs' health by the rules of `repro-audit health` (default thresholds), None where not recorded."""
-    reports = {side: _health_of(trace) for side, trace in (("a", trace_a), ("b", trace_b))}
+def run_health(trace_a: Trace, trace_b: Trace, *, thresholds: Thresholds | None = None) -> dict[str, Any] | None:
+    """Both runs' health by the rules of `repro-audit health`, None where not recorded."""
+    reports = {side: _health_of(trace, thresholds) for side, trace in (("a", trace_a), ("b", trace_b))}
     return reports if any(report is not None for report in reports.values()) else None
 
 
-def _health_of(trace: Trace) -> dict[str, Any] | None:
+def _health_of(trace: Trace, thresholds: Thresholds | None) -> dict[str, Any] | None:
     if not any(isinstance(record.get("health"), dict) for record in trace.steps):
         return None
-    return check_trace(trace).as_dict()
+    return check_trace(trace, thresholds=thresholds or Thresholds()).as_dict()
 
 
 def _run_info(trace: Trace) -> RunInfo:

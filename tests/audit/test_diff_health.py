@@ -52,3 +52,23 @@ def test_a_run_without_health_is_none_and_neither_is_no_health(tmp_path: Path) -
     assert compare_traces(plain, recorded).health == {"a": None, "b": health["a"]}
     neither = compare_traces(plain, plain)
     assert neither.health is None and "health" not in neither.to_dict()
+
+
+def test_compare_takes_the_health_thresholds_of_repro_audit_health(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from audit.cli import cli
+
+    write_trace(tmp_path / "a.trace", label="a", grad_norm=0.4)
+    write_trace(tmp_path / "b.trace", label="b", grad_norm=5e4)
+    verdicts = {}
+    for name, options in (("default", []), ("raised", ["--max-grad-norm", "1e5"])):
+        out = tmp_path / f"{name}.json"
+        result = CliRunner().invoke(cli, ["compare", str(tmp_path / "a.trace"), str(tmp_path / "b.trace"), "-q",
+                                          "--json", str(out), *options])
+        assert result.exit_code == 0, result.output  # health is beside the verdict, not part of it
+        health = json.loads(out.read_text())["health"]
+        verdicts[name] = (health["b"]["healthy"], health["b"]["thresholds"]["max_grad_norm"])
+    assert verdicts == {"default": (False, 1e3), "raised": (True, 1e5)}
