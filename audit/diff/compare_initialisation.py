@@ -60,6 +60,7 @@ def _compare_tensor(context: CompareContext, name_a: str, name_b: str, tensor_a:
         initialiser={"a": tensor_a.get("initialiser"), "b": tensor_b.get("initialiser")},
         generator=tensor_b.get("generator"),
         module=tensor_b.get("module"),
+        tensor_kind=tensor_b.get("kind"),
     )
     shifted = tensor_a.get("seed_offset") != tensor_b.get("seed_offset")
     detail = (f"drawn from seed offset {tensor_a.get('seed_offset')} in run A and {tensor_b.get('seed_offset')}"

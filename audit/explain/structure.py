@@ -65,7 +65,7 @@ def seed_offset_shift(divergences: list[Divergence], context: CompareContext, cl
         by = "by modules created earlier"
     first.cause = "seed_offset_shift"
     first.explanation = (
-        f"Parameter {first.name} got other initial values because {abs(shift)} more "
+        f"{_tensor_word(first)} {first.name} got other initial values because {abs(shift)} more "
         f"{units[0] if units else 'random values were drawn'} before it in {run} ({offset['a']} vs {offset['b']}), "
         f"{by}; {len(shifted) - 1} tensors created after it are shifted as well.")
     first.evidence.update(shift=shift, drawn_by=culprits, shifted_tensors=len(shifted))
@@ -79,6 +79,11 @@ def seed_offset_shift(divergences: list[Divergence], context: CompareContext, cl
 # Python's random. For these, a ledger entry is one unit, and the culprits are named by op.
 OFFSET_UNITS = {"tf-op-seed": ("random ops were seeded", "random op"),
                 "keras-seed-generator": ("Keras seeds were drawn", "seed")}
+
+
+def _tensor_word(divergence: Divergence) -> str:
+    """A buffer (a Keras SeedGenerator's state, batch-norm statistics) is not called a parameter."""
+    return "Buffer" if divergence.evidence.get("tensor_kind") == "buffer" else "Parameter"
 
 
 def _culprit_text(culprit: dict[str, Any], run: str, units: tuple[str, str] | None) -> str:

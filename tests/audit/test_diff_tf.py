@@ -118,6 +118,10 @@ def test_zero_weighted_attention_loss_variants_get_the_verdicts_torch_gets(trace
     assert not {"nan_zero_weight_term", "nan_weighted_term", "nondeterminism"} & causes
     graph = next(d for d in _with_cause(comparison, "graph_change") if d.step == 1)
     assert "weight 0.0" in graph.explanation
+    # The first tensor the gate's seed shifted is a dropout's SeedGenerator state: a buffer, named so.
+    [shift] = _with_cause(comparison, "seed_offset_shift")
+    assert shift.explanation.startswith("Buffer decoder.layers.0.ff.dropout.seed_generator.state got other "
+                                        "initial values because 1 more Keras seeds were drawn"), shift.explanation
 
 
 def test_pretrain_matches_baseline_until_its_losses_join(traces: dict[str, Trace]) -> None:
