@@ -12,8 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+# Classification ops whose first input is the [N, C] logits (or log-probabilities): torch's aten ops and
+# TensorFlow's fused softmax cross entropies.
 NLL_OPS = frozenset({"aten::nll_loss_forward", "aten::nll_loss2d_forward", "aten::nll_loss",
-                     "aten::nll_loss_nd", "aten::nll_loss2d", "aten::cross_entropy_loss"})
+                     "aten::nll_loss_nd", "aten::nll_loss2d", "aten::cross_entropy_loss",
+                     "SparseSoftmaxCrossEntropyWithLogits", "SoftmaxCrossEntropyWithLogits"})
 BINARY_OPS = frozenset({"aten::binary_cross_entropy", "aten::binary_cross_entropy_with_logits"})
 
 

@@ -34,6 +34,9 @@ class LayerCall:
     start: int  # graph op ids in (start, end] were created by this call (0, 0 when eager)
     end: int = 0
     outputs: list[tuple[str, Any]] = field(default_factory=list)
+    activation: str | None = None  # `__name__` of the layer's activation function (Dense(activation="relu"))
+    input_ids: tuple[int, ...] = ()  # id() of the tensors of the first argument: what a Dropout passes on
+    input_ops: tuple[str | None, ...] = ()  # type of the op behind each of them (None when eager)
 
 
 @dataclass
@@ -234,6 +237,11 @@ class Capture:
         call.end = graph_mark()
         if self.keep_outputs:
             call.outputs = _flatten_outputs(output)
+            call.activation = getattr(getattr(layer, "activation", None), "__name__", None)
+            first = args[0] if args else kwargs.get("inputs")
+            inputs = [tensor for _, tensor in _flatten_outputs(first)]
+            call.input_ids = tuple(id(tensor) for tensor in inputs)
+            call.input_ops = tuple(_op_type(tensor) for tensor in inputs)
         return output
 
     def _random_wrapper(self, original: Callable[..., Any], label: str) -> Callable[..., Any]:
@@ -342,6 +350,13 @@ def _count(result: Any) -> Any:
     if result.shape.is_fully_defined():
         return int(np.prod(result.shape.as_list()))
     return tf.size(result)
+
+
+def _op_type(tensor: Any) -> str | None:
+    try:
+        return str(tensor.op.type)
+    except (AttributeError, ValueError):  # an EagerTensor has no op
+        return None
 
 
 def _flatten_outputs(output: Any, prefix: str = "") -> list[tuple[str, Any]]:

@@ -12,10 +12,13 @@ from audit.trace import format as fmt
 from probes.tf.capture import Capture
 from probes.tf.environment import tf_environment
 from probes.tf.graph_mode import GraphProgram
+from probes.tf.health import step_health
 from probes.tf.nan_provenance import origins_from
 from probes.tf.random_draws import DrawLedger
 from probes.tf.recorder import keep_values
 from probes.tf.step_record import assemble, batch_record, kept_values, nonfinite_parameters
+
+GRAPH_ACTIVATIONS_NOTE = "graph mode: activation statistics only for the float tensors extras['module_outputs'] names"
 
 
 class GraphRecording:
@@ -23,7 +26,8 @@ class GraphRecording:
 
     def __init__(self, config: RunConfig, writer: TraceWriter, recipe: Recipe, capture: Capture) -> None:
         self.config, self.writer, self.recipe = config, writer, recipe
-        self.program = program = GraphProgram(recipe, capture, weight_of=config.weight_for, spec=config.recipe)
+        self.program = program = GraphProgram(recipe, capture, weight_of=config.weight_for, spec=config.recipe,
+                                              health=bool(config.capture.get("health", True)))
         self._context = program.graph.as_default()
         self._context.__enter__()
         writer.write_json(fmt.ENVIRONMENT, tf_environment(recipe_dir=config.config_dir))
@@ -87,6 +91,14 @@ class GraphRecording:
         record["values"] = None
         if keep_values(config, step):
             record["values"] = writer.write_values(step, kept_values(step, result.values, batch_values))
+        if config.capture.get("health", True):
+            tree = program.tree
+            record["health"] = step_health(
+                step=step, parameters=tree.parameters(), module_types={e.path: e.type for e in tree.modules},
+                summaries=result.summaries, outputs=program.activations, counts=result.activation_counts,
+                num_classes=self.recipe.extras.get("num_classes"),
+                loss_terms={name: term["value"] for name, term in record["loss_terms"].items()},
+                notes=[] if program.activations else [GRAPH_ACTIVATIONS_NOTE])
         writer.append_step(record)
         self.before = after
 

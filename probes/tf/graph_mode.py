@@ -30,6 +30,7 @@ from probes.tf.graph_record import (
     graph_record,
     label_ops,
 )
+from probes.tf.health import ActivationOutput, activation_counts, graph_activation_outputs
 from probes.tf.nan_provenance import group_by_dtype, nonfinite_matrix
 from probes.tf.optimizer_state import V1OptimizerView, is_v1_optimizer
 from probes.tf.tensors import hash_only, pack, unpack
@@ -51,12 +52,13 @@ class GraphStep:
     values: dict[str, np.ndarray]
     random_values: list[np.ndarray]
     random_counts: list[int]
+    activation_counts: np.ndarray | None = None
 
 
 class GraphProgram:
     """Builds the total, gradients, update and probe fetches into the recipe's graph; runs one step."""
 
-    def __init__(self, recipe: Recipe, capture: Capture, *, weight_of: Any, spec: str) -> None:
+    def __init__(self, recipe: Recipe, capture: Capture, *, weight_of: Any, spec: str, health: bool = False) -> None:
         import tensorflow as tf
 
         self.tf = tf
@@ -69,6 +71,7 @@ class GraphProgram:
         self.graph, self.recipe, self.capture, self.spec = graph, recipe, capture, spec
         self.optimizer = recipe.optimizer
         self.inputs: dict[str, Any] = dict(recipe.extras.get("inputs") or {})
+        self.health = health
         with graph.as_default():
             self._build(weight_of)
         self.session = tf.compat.v1.Session(graph=graph, config=recipe.extras.get("session_config"))
@@ -142,6 +145,10 @@ class GraphProgram:
         named += [(f"module_outputs/{path}#0", tf.convert_to_tensor(t)) for path, t in module_outputs.items()]
         named += [(f"random_counts/{i}", tf.size(op.outputs[0])) for i, op in enumerate(self.random_ops)]
         self.layout, self.packed = pack(named, hash_only=hash_only)
+        # Health: the named outputs' kinds come from the ops that made them (Relu, Tanh, Sigmoid...).
+        self.activations: list[ActivationOutput] = graph_activation_outputs(
+            {path: tf.convert_to_tensor(t) for path, t in module_outputs.items()}) if self.health else []
+        self.activation_counts = activation_counts(self.activations) if self.activations else None
 
     # -- running ---------------------------------------------------------------------------------------
 
@@ -177,10 +184,12 @@ class GraphProgram:
     def run(self, batch: Any) -> GraphStep:
         fetches = {"train": self.train_op, "packed": self.packed,
                    "random": [op.outputs[0] for op in self.random_ops]}
+        if self.activation_counts is not None:
+            fetches["activation_counts"] = self.activation_counts
         out = self.session.run(fetches, feed_dict=self.feed(batch))
         summaries, values = unpack(self.layout, out["packed"], keep_values=True)
         counts = [int(values[f"random_counts/{i}"]) for i in range(len(self.random_ops))]
-        return GraphStep(summaries, values, list(out["random"]), counts)
+        return GraphStep(summaries, values, list(out["random"]), counts, out.get("activation_counts"))
 
     def state_values(self, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {key: values[key] for key, _ in self.state}

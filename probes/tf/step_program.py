@@ -22,6 +22,7 @@ from audit.errors import RunFailed
 from audit.recipe import Recipe, loss_takes_step
 from probes.tf.capture import Capture, LayerCall, RandomCall, graph_mark
 from probes.tf.graph_record import STATEFUL_RANDOM_OPS, TracedStep, graph_record, label_ops, trainable_sources
+from probes.tf.health import ActivationOutput, activation_counts, activation_outputs
 from probes.tf.model_tree import ModelTree
 from probes.tf.optimizer_state import KerasOptimizerView
 from probes.tf.tensors import FLOAT_NAMES, LARGE_NUMEL, Layout, hash_only, pack, plan_layout, to_numpy, unpack
@@ -41,6 +42,7 @@ class TraceMeta:
     layer_calls: list[LayerCall]
     random_calls: list[RandomCall]
     dynamic_counts: dict[int, str] = field(default_factory=dict)  # random call index -> output key
+    activations: list[ActivationOutput] | None = None  # layer outputs the health record describes
     traced: TracedStep | None = None
     _graph: dict[str, Any] | None = None
     _stateful: list[str] | None = None
@@ -66,6 +68,7 @@ class StepResult:
     meta: TraceMeta
     summaries: dict[str, dict[str, Any]]
     values: dict[str, np.ndarray]
+    activation_counts: np.ndarray | None = None  # probes.tf.health.activation_counts of the step
 
 
 class StepProgram:
@@ -73,7 +76,7 @@ class StepProgram:
 
     def __init__(self, recipe: Recipe, tree: ModelTree, capture: Capture, *, mode: str,
                  weight_of: Callable[[str], float], keep_module_outputs: bool, spec: str,
-                 keep_pre_step_state: bool = True) -> None:
+                 keep_pre_step_state: bool = True, health: bool = False) -> None:
         import tensorflow as tf
 
         self.tf = tf
@@ -85,6 +88,7 @@ class StepProgram:
         self.mode = mode
         self.weight_of = weight_of
         self.keep_module_outputs = keep_module_outputs
+        self.health = health
         self.spec = spec
         self.pass_step = loss_takes_step(recipe.loss)
         self.params = tree.parameters()
@@ -97,7 +101,7 @@ class StepProgram:
         self.optimizer_view = KerasOptimizerView(self.optimizer, names)
         self.metas: dict[int, TraceMeta] = {}
         self._functions: dict[Any, Any] = {}
-        self._eager_packers: dict[tuple[str, ...], Any] = {}
+        self._eager_packers: dict[Any, Any] = {}
         self._trace_counter = 0
         self._converted_loss: Callable[..., Any] | None = None
         self._state: tuple[Any, list[tuple[str, Any]]] | None = None
@@ -175,13 +179,14 @@ class StepProgram:
             function, step_argument = self._function_for(step)
             outputs = function(batch) if step_argument is None else function(batch, step_argument)
             meta = self.metas[int(outputs["trace_id"])]
-            summaries, values = unpack(meta.layout, outputs["packed"], keep_values=True)
+            packed = outputs["packed"]
         else:
             meta, named = self._body(batch, step, eager=True)
-            layout, packed = self._pack_eagerly(named)
-            meta.layout = layout
-            summaries, values = unpack(layout, packed, keep_values=True)
-        return StepResult(meta, summaries, values)
+            meta.layout, outputs = self._pack_eagerly(named, meta.activations)
+            packed = outputs["packed"]
+        summaries, values = unpack(meta.layout, packed, keep_values=True)
+        counts = outputs.get("activation_counts")
+        return StepResult(meta, summaries, values, to_numpy(counts) if counts is not None else None)
 
     def trace_for_record(self, step: int, batch: Any) -> TraceMeta:
         """Eager mode: trace the step (without running it) to see its op graph."""
@@ -244,7 +249,12 @@ class StepProgram:
     def _traced_body(self, batch: Any, step: Any) -> dict[str, Any]:
         meta, named = self._body(batch, step, eager=False)
         meta.layout, packed = pack(named, hash_only=hash_only, separate_state=True)
-        return {"trace_id": self.tf.constant(meta.trace_id), "packed": packed}
+        outputs = {"trace_id": self.tf.constant(meta.trace_id), "packed": packed}
+        # Saturation and dead-unit counts: a reduction or two per activation output, in the same graph.
+        counts = activation_counts(meta.activations) if meta.activations else None
+        if counts is not None:
+            outputs["activation_counts"] = counts
+        return outputs
 
     def _body(self, batch: Any, step: Any, *, eager: bool) -> tuple[TraceMeta, list[tuple[str, Any]]]:
         tf = self.tf
@@ -278,12 +288,16 @@ class StepProgram:
         meta = TraceMeta(self._trace_counter, Layout([], [], [], {}, []), names, weights,
                          [p.name for p, g in zip(self.params, grads) if g is None],
                          list(capture.layer_calls), list(capture.random_calls))
+        if self.health and self.keep_module_outputs:
+            meta.activations = activation_outputs(meta.layer_calls)
         if not eager:
             graph = tf.compat.v1.get_default_graph()
             meta.traced = TracedStep(graph, start, forward_end, backward_end, end, dict(zip(names, values)),
                                      weights, trainable_sources(graph, [p.tf_variable for p in self.params]),
                                      meta.layer_calls, list(capture.gradient_calls))
-        self.metas[meta.trace_id] = meta
+            # Only traces are looked up again (by the trace id a tf.function returns); an eager step's
+            # meta holds that step's layer outputs and must not outlive it.
+            self.metas[meta.trace_id] = meta
         return meta, self._named_outputs(meta, names, values, total, grads)
 
     def _named_outputs(self, meta: TraceMeta, names: list[str], values: list[Any], total: Any,
@@ -304,19 +318,29 @@ class StepProgram:
                 named.append((meta.dynamic_counts[index], call.count))
         return named
 
-    def _pack_eagerly(self, named: list[tuple[str, Any]]) -> tuple[Layout, dict[str, Any]]:
-        """Eager steps pack through a tf.function too: a thousand eager reshapes cost more than the step."""
+    def _pack_eagerly(self, named: list[tuple[str, Any]], activations: list[ActivationOutput] | None
+                      ) -> tuple[Layout, dict[str, Any]]:
+        """Eager steps pack through a tf.function too: a thousand eager reshapes cost more than the step.
+        The health counts of the activation outputs are reduced in the same function."""
         tf = self.tf
         keys = tuple(key for key, _ in named)
         tensors = [tf.convert_to_tensor(tensor) for _, tensor in named]
         layout, _ = _layout_only(keys, tensors)
-        packer = self._eager_packers.get(keys)
+        kinds = tuple((output.key, output.kind) for output in activations or [] if output.kind is not None)
+        packer = self._eager_packers.get((keys, kinds))
         if packer is None:
-            packer = tf.function(lambda tensors: pack(list(zip(keys, tensors)), hash_only=hash_only,
-                                                      separate_state=True)[1],
-                                 autograph=False)
-            self._eager_packers[keys] = packer
+            packer = tf.function(functools.partial(_eager_pack, keys, kinds), autograph=False)
+            self._eager_packers[(keys, kinds)] = packer
         return layout, packer(tensors)
+
+
+def _eager_pack(keys: tuple[str, ...], kinds: tuple[tuple[str, str], ...], tensors: list[Any]) -> dict[str, Any]:
+    outputs = {"packed": pack(list(zip(keys, tensors)), hash_only=hash_only, separate_state=True)[1]}
+    if kinds:
+        position = {key: index for index, key in enumerate(keys)}
+        outputs["activation_counts"] = activation_counts(
+            [ActivationOutput(key, key, 0, None, kind, tensors[position[key]]) for key, kind in kinds])
+    return outputs
 
 
 def _layout_only(keys: tuple[str, ...], tensors: list[Any]) -> tuple[Layout, None]:

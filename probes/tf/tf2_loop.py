@@ -14,6 +14,7 @@ from audit.trace import TraceWriter
 from audit.trace import format as fmt
 from probes.tf.capture import Capture
 from probes.tf.environment import tf_environment
+from probes.tf.health import step_health
 from probes.tf.initialisation import CreationLedger, initialisation_record
 from probes.tf.model_tree import ModelTree
 from probes.tf.nan_provenance import attribute_terms, find_origins
@@ -50,7 +51,8 @@ class Tf2Recording:
         replays = bool(config.capture.get("nan_provenance", True) or config.capture.get("term_attribution", True))
         self.program = StepProgram(recipe, tree, capture, mode=mode, weight_of=config.weight_for,
                                    keep_module_outputs=bool(config.capture.get("module_outputs", True)), spec=spec,
-                                   keep_pre_step_state=replays)
+                                   keep_pre_step_state=replays, health=bool(config.capture.get("health", True)))
+        self.module_types = {entry.path: entry.type for entry in tree.modules}
         initial = self.program.snapshot()
         if config.capture.get("values", "none") != "none":
             writer.write_values(0, {f"initial/{t.name}": initial[_state_key(t)] for t in tree.variables})
@@ -112,6 +114,12 @@ class Tf2Recording:
             record["values"] = None
         if meta.missing_gradients:
             record["notes"].append(f"{len(meta.missing_gradients)} parameters got no gradient")
+        if capture.get("health", True):
+            record["health"] = step_health(
+                step=step, parameters=program.params, module_types=self.module_types, summaries=result.summaries,
+                outputs=meta.activations if program.keep_module_outputs else None,
+                counts=result.activation_counts, num_classes=self.recipe.extras.get("num_classes"),
+                loss_terms={name: term["value"] for name, term in record["loss_terms"].items()})
         self.writer.append_step(record)
         return after
 
