@@ -37,7 +37,8 @@ def not_checked(run: RunHealth, limits: Thresholds) -> list[str]:
     """What the rules could not look at, and why: a healthy verdict covers only the rest."""
     missing = []
     if not any(health.get("activations") for _, health in run.records):
-        missing.append("saturation and dead units: no activation statistics (capture.module_outputs is off)")
+        missing.append("saturation and dead units: no activation statistics (capture.module_outputs is off, or "
+                       "a TF graph-mode recipe names no extras['module_outputs'])")
     terms = sorted(set(run.loss_terms) | set(run.initial_loss()))
     counts = run.class_counts()
     unknown = [term for term in terms if term not in counts]

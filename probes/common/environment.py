@@ -60,7 +60,7 @@ def cpu_model() -> str:
 def installed_packages() -> dict[str, str]:
     packages: dict[str, str] = {}
     for dist in metadata.distributions():
-        name = dist.metadata.get("Name")
+        name = (dist.metadata.get_all("Name") or [None])[0]  # a broken install may have none
         if name:
             packages[name.lower()] = dist.version
     return dict(sorted(packages.items()))
