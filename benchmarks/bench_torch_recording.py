@@ -1,19 +1,27 @@
 """Recording overhead on the fixture Transformer, as ratios against a plain step in the same process.
 
-    python benchmarks/bench_torch_recording.py [--rounds 12] [--small]
+    python benchmarks/bench_torch_recording.py [--rounds 12] [--small] [--threads N] [--no-memory]
 
 Plain step, default recording (hashes and statistics of every gradient, parameter and module output, random
 ledger, graph digest, NaN provenance armed), recording without NaN provenance, and torch's anomaly mode for
-comparison. Steps are interleaved and the median ratio reported, so machine noise hits all variants alike.
-Peak memory is compared in separate processes (ru_maxrss), against the size of the largest tensor.
+comparison. Steps are interleaved and the median ratio reported, so machine noise hits all variants alike;
+each variant's hooks are attached only while its own step runs. `cpu_ratios` divide process CPU time
+instead of wall time: steadier on a busy machine, though they hide idle cores.
+
+Peak memory is measured during the steps only, in a fresh process per variant: after warm-up steps the
+resident peak (VmHWM) is reset through /proc/self/clear_refs, a few steps run, and the peak above the
+resident size before them is that variant's step peak. Recording's extra peak is compared with the largest
+tensor of a step (parameter, gradient or module output). Linux only; elsewhere memory is left out.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import importlib
 import json
-import resource
+import os
 import statistics
 import subprocess
 import sys
@@ -68,11 +76,13 @@ def make_steps(recipe: Any, capture: dict[str, Any]) -> dict[str, Callable[[int]
     def recorder_step(options: dict[str, Any]) -> Callable[[int], None]:
         recorder = TorchStepRecorder(model, optimizer, capture={**capture, **options}, weight_of=lambda _: 1.0,
                                      ledger=RandomLedger(module_of=lambda: None))
+        recorder.tracker.remove()  # attached only while this variant's step runs
 
         def step_fn(step: int) -> None:
             from audit.trace import format as fmt
 
             batch = next(batches)
+            recorder.tracker.attach()
             optimizer.zero_grad(set_to_none=True)
             recorder.begin_step(step, batch)
             total = recorder.combine_loss(loss(batch, step))
@@ -81,6 +91,7 @@ def make_steps(recipe: Any, capture: dict[str, Any]) -> dict[str, Callable[[int]
             optimizer.step()
             recorder.finish_graph()
             sink.write(fmt.dumps(recorder.end_step()) + "\n")
+            recorder.tracker.remove()
 
         return step_fn
 
@@ -94,47 +105,118 @@ def measure(params: dict[str, Any], rounds: int) -> dict[str, Any]:
     recipe = load_recipe(params)
     steps = make_steps(recipe, dict(CAPTURE_DEFAULTS))
     n_params = sum(p.numel() for p in recipe.model.parameters())
-    times: dict[str, list[float]] = {name: [] for name in steps}
+    wall: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
     step_number = 2  # steady state: step 1 also captures the op graph, once per run
     for name, fn in steps.items():  # warm-up
         fn(step_number)
         step_number += 1
     for _ in range(rounds):
         for name, fn in steps.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn(step_number)
-            times[name].append(time.perf_counter() - start)
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
             step_number += 1
-    plain = statistics.median(times["plain"])
-    return {"parameters": n_params, "plain_step_s": round(plain, 4),
-            "ratios": {name: round(statistics.median(t) / plain, 3) for name, t in times.items()}}
+    plain, plain_cpu = statistics.median(wall["plain"]), statistics.median(cpu["plain"])
+    return {"parameters": n_params, "threads": torch.get_num_threads(), "plain_step_s": round(plain, 4),
+            "ratios": {name: round(statistics.median(t) / plain, 3) for name, t in wall.items()},
+            "cpu_ratios": {name: round(statistics.median(t) / plain_cpu, 3) for name, t in cpu.items()}}
 
 
-def peak_memory(params: dict[str, Any], mode: str) -> int:
-    code = (f"import sys; sys.argv=['x']; sys.path.insert(0, {str(ROOT)!r});"
-            f"import benchmarks.bench_torch_recording as b, resource, json;"
-            f"r=b.load_recipe(json.loads({json.dumps(json.dumps(params))}));"
-            f"from audit.config import CAPTURE_DEFAULTS; s=b.make_steps(r, dict(CAPTURE_DEFAULTS))[{mode!r}];"
-            f"[s(i) for i in range(2, 8)];"
-            f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
-    return int(out.stdout.strip().splitlines()[-1]) * 1024
+def largest_tensor_bytes(params: dict[str, Any]) -> dict[str, int]:
+    """Bytes of the largest parameter (= gradient) and of the largest module output of one step."""
+    from probes.torch.modules import ModuleTracker
+
+    recipe = load_recipe(params)
+    tracker = ModuleTracker(recipe.model, keep_outputs=True)
+    tracker.start_step()
+    with torch.no_grad():
+        recipe.loss(recipe.model, next(iter(recipe.batches)))
+    tracker.stop()
+    tracker.remove()
+    outputs = [t for call in tracker.calls for t in call.outputs]
+    return {"parameter": max(p.numel() * p.element_size() for p in recipe.model.parameters()),
+            "module_output": max((t.numel() * t.element_size() for t in outputs), default=0)}
+
+
+def step_peak(params: dict[str, Any], mode: str, steps: int) -> dict[str, int]:
+    """In this process: resident size before `steps` steps of `mode` and the peak while they ran."""
+    from audit.config import CAPTURE_DEFAULTS
+
+    fn = make_steps(load_recipe(params), dict(CAPTURE_DEFAULTS))[mode]
+    for step in range(2, 4):  # warm-up: optimizer state exists, the allocator has its pools
+        fn(step)
+    gc.collect()
+    _malloc_trim()  # hand freed heap back, so the resident size is what is live and the peak is this step's
+    resting = _status_bytes("VmRSS")
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")  # resets VmHWM to the current resident size
+    for step in range(4, 4 + steps):
+        fn(step)
+    return {"resting": resting, "peak": _status_bytes("VmHWM")}
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # glibc
+    except (OSError, AttributeError):
+        pass
+
+
+def _status_bytes(key: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {key}")
+
+
+def peak_memory(params: dict[str, Any], mode: str, steps: int = 4) -> dict[str, int]:
+    code = (f"import sys, json; sys.argv=['x']; sys.path.insert(0, {str(ROOT)!r});"
+            f"import benchmarks.bench_torch_recording as b;"
+            f"print(json.dumps(b.step_peak(json.loads({json.dumps(json.dumps(params))}), {mode!r}, {steps})))")
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
+                         env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def memory_report(params: dict[str, Any]) -> dict[str, Any]:
+    """Peaks of each variant's steps; recording's extra is its peak above the plain step's peak.
+
+    Peaks are compared, not peaks above the resting size: between steps a recorder still holds the last
+    step's module outputs (and, through their autograd nodes, a retained graph) until the next step
+    begins, so its resting size is larger while its steps start from the same live set.
+    """
+    largest = largest_tensor_bytes(params)
+    biggest = max(largest.values())
+    peaks = {mode: peak_memory(params, mode) for mode in ("plain", "recorded", "recorded_no_provenance")}
+    mib = 2 ** 20
+    return {
+        "largest_tensor_mib": {kind: round(size / mib, 2) for kind, size in largest.items()},
+        "step_peak_mib": {mode: round(peak["peak"] / mib, 1) for mode, peak in peaks.items()},
+        "resting_mib": {mode: round(peak["resting"] / mib, 1) for mode, peak in peaks.items()},
+        "extra_peak_mib": {mode: round((peaks[mode]["peak"] - peaks["plain"]["peak"]) / mib, 1)
+                           for mode in ("recorded", "recorded_no_provenance")},
+        "extra_peak_in_largest_tensors": {mode: round((peaks[mode]["peak"] - peaks["plain"]["peak"]) / biggest, 2)
+                                          for mode in ("recorded", "recorded_no_provenance")},
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=12)
-    parser.add_argument("--small", action="store_true", help="the test-sized fixture instead of ~5M parameters")
+    parser.add_argument("--small", action="store_true", help="the test-sized fixture instead of ~6M parameters")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--no-memory", action="store_true")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     params = SMALL if args.small else LARGE
     result = measure(params, args.rounds)
-    if not args.no_memory:
-        recipe = load_recipe(params)
-        largest = max(p.numel() * p.element_size() for p in recipe.model.parameters())
-        plain, recorded = peak_memory(params, "plain"), peak_memory(params, "recorded")
-        result["peak_rss_mb"] = {"plain": round(plain / 2**20, 1), "recorded": round(recorded / 2**20, 1),
-                                 "extra_over_largest_tensor": round((recorded - plain) / largest, 2)}
+    if not args.no_memory and os.path.exists("/proc/self/clear_refs"):
+        result["memory"] = memory_report(params)
     print(json.dumps(result, indent=2))
 
 

@@ -18,14 +18,29 @@ def hash_bytes(buffer: Any) -> str:
 
 
 def hash_array(array: np.ndarray) -> str:
-    """Hash of the values, their dtype and shape: the same bytes in another shape are another tensor."""
+    """Hash of the values, their dtype and shape: the same bytes in another shape are another tensor.
+
+    The shape is that of `np.ascontiguousarray`, which makes a 0-d array 1-d: a scalar and a one-element
+    vector hash alike, as they always have.
+    """
     contiguous = np.ascontiguousarray(array)
-    hasher = xxhash.xxh3_128()
-    hasher.update(f"{contiguous.dtype.str}{contiguous.shape}".encode())
+    hasher = xxhash.xxh3_128(f"{contiguous.dtype.str}{contiguous.shape}".encode())
     if contiguous.dtype.kind == "V" or contiguous.dtype.itemsize == 0:
         hasher.update(contiguous.tobytes())
-    else:
-        hasher.update(contiguous.view(np.uint8).reshape(-1) if contiguous.size else b"")
+    elif contiguous.size and contiguous.dtype.kind in "fiucb":
+        hasher.update(contiguous)  # type: ignore[arg-type]  # C-order bytes by the buffer protocol
+    elif contiguous.size:
+        hasher.update(contiguous.view(np.uint8).reshape(-1))  # type: ignore[arg-type]
+    return "xxh3:" + hasher.hexdigest()
+
+
+def hash_numeric(array: np.ndarray) -> str:
+    """`hash_array` of a C-contiguous, non-empty numeric array, without its checks and conversions.
+
+    The tensor probes hash hundreds of arrays per step; the checks cost more than hashing a small one.
+    """
+    hasher = xxhash.xxh3_128(f"{array.dtype.str}{array.shape or (1,)}".encode())
+    hasher.update(array)  # type: ignore[arg-type]
     return "xxh3:" + hasher.hexdigest()
 
 

@@ -35,19 +35,21 @@ def ordered_nodes(root: Any) -> list[Any]:
     order: list[Any] = []
     seen: set[Any] = set()
     todo = [root] if root is not None else []
+    # Walked at every step (the graph digest): children already seen are not pushed at all, which
+    # leaves the order unchanged, since a seen node popped later would have been skipped.
     while todo:
         node = todo.pop()
         if node in seen:
             continue
         seen.add(node)
         order.append(node)
-        children = [child for child, _ in node.next_functions if child is not None]
-        todo.extend(reversed(children))
+        todo.extend([child for child, _ in reversed(node.next_functions)
+                     if child is not None and child not in seen])
     return order
 
 
 def graph_digest(nodes: Sequence[Any]) -> str:
-    return hash_text("\n".join(node.name() for node in nodes))
+    return hash_text("\n".join([node.name() for node in nodes]))
 
 
 def term_membership(term_tensors: Mapping[str, torch.Tensor]) -> dict[Any, list[str]]:

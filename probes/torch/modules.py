@@ -33,7 +33,7 @@ def module_tree(model: torch.nn.Module) -> list[dict[str, Any]]:
     return modules
 
 
-@dataclass
+@dataclass(slots=True)
 class ModuleCall:
     """One call of one module during a step, in execution order."""
 
@@ -57,6 +57,12 @@ class ModuleTracker:
         self._counts: dict[str, int] = {}
         self._handles: list[RemovableHandle] = []
         self.active = False
+        self.attach()
+
+    def attach(self) -> None:
+        """Register the hooks (done on creation; again after `remove`)."""
+        if self._handles:
+            return
         for module in self.paths:
             self._handles.append(module.register_forward_pre_hook(self._before, with_kwargs=True))
             self._handles.append(module.register_forward_hook(self._after, with_kwargs=True, always_call=True))
@@ -81,18 +87,26 @@ class ModuleTracker:
         self._handles = []
 
     def summaries(self) -> list[dict[str, Any]]:
-        """Summaries of every module output of the step, in execution order."""
+        """Summaries of every module output of the step, in execution order.
+
+        A tensor that several calls return (a block handing on its last layer's output) is summarised
+        once: same storage, shape, strides and dtype mean the same values.
+        """
         tensors: list[torch.Tensor] = []
-        owners: list[tuple[ModuleCall, int]] = []
+        first: dict[tuple[Any, ...], int] = {}
+        owners: list[tuple[ModuleCall, int, int]] = []
         for call in self.calls:
             for index, tensor in enumerate(call.outputs):
-                tensors.append(tensor)
-                owners.append((call, index))
+                key = _layout_key(tensor)
+                if key not in first:
+                    first[key] = len(tensors)
+                    tensors.append(tensor)
+                owners.append((call, index, first[key]))
         summaries = summarize(tensors, count_zeros=False) if tensors else []
         records = []
-        for (call, index), summary in zip(owners, summaries):
+        for call, index, position in owners:
             name = call.path if len(call.outputs) == 1 else f"{call.path}[{index}]"
-            records.append({"module": name, "call": call.call, "summary": summary})
+            records.append({"module": name, "call": call.call, "summary": dict(summaries[position])})
         return records
 
     def output_tensors(self) -> dict[str, torch.Tensor]:
@@ -104,15 +118,16 @@ class ModuleTracker:
         return named
 
     def _before(self, module: torch.nn.Module, args: Any, kwargs: Any) -> None:
-        path = self.paths.get(module, f"<{type(module).__name__}>")
+        path = self.paths.get(module)
+        if path is None:
+            path = f"<{type(module).__name__}>"
         self.stack.append(path)
         if not self.active:
             self._open.append(None)
             return
         count = self._counts.get(path, 0)
         self._counts[path] = count + 1
-        call = ModuleCall(path=path, call=count, module_type=type(module).__name__)
-        call.input_nodes = [t.grad_fn for _, t in flatten_tensors((args, kwargs)) if t.grad_fn is not None]
+        call = ModuleCall(path, count, type(module).__name__, _grad_fns(args, kwargs))
         self.calls.append(call)
         self._open.append(call)
 
@@ -122,7 +137,22 @@ class ModuleTracker:
         call = self._open.pop() if self._open else None
         if call is None:
             return
-        tensors = [t for _, t in flatten_tensors(output)]
+        # Hooks run for every module call: the common single-tensor output skips the generic walk.
+        tensors = [output] if type(output) is torch.Tensor else [t for _, t in flatten_tensors(output)]
         call.output_nodes = [t.grad_fn for t in tensors if t.grad_fn is not None]
         if self.keep_outputs:
             call.outputs = [t.detach() for t in tensors]
+
+
+def _layout_key(tensor: torch.Tensor) -> tuple[Any, ...]:
+    if tensor.layout != torch.strided or tensor.numel() == 0:
+        return (id(tensor),)  # no storage to compare: never merged
+    return (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype,
+            tensor.is_conj(), tensor.is_neg())
+
+
+def _grad_fns(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+    """Autograd nodes of a call's tensor inputs; plain tensor arguments skip the generic walk."""
+    if not kwargs and all(type(arg) is torch.Tensor for arg in args):
+        return [arg.grad_fn for arg in args if arg.grad_fn is not None]
+    return [t.grad_fn for _, t in flatten_tensors((args, kwargs)) if t.grad_fn is not None]

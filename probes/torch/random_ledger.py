@@ -12,6 +12,7 @@ import functools
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 
 from probes.common.hashing import hash_bytes
@@ -45,6 +46,11 @@ class RandomLedger:
         return self._custom_names[key]
 
     def fingerprint(self, generator: torch.Generator | None, device: torch.device | None) -> str:
+        state = self.state(generator, device)
+        return "unavailable" if state is None else hash_bytes(state)
+
+    def state(self, generator: torch.Generator | None, device: torch.device | None) -> np.ndarray | None:
+        """The generator's raw state, or None where it cannot be read."""
         try:
             if generator is not None:
                 state = generator.get_state()
@@ -53,10 +59,10 @@ class RandomLedger:
             elif device.type == "cuda":
                 state = torch.cuda.get_rng_state(device)
             else:
-                return "unavailable"
+                return None
         except RuntimeError:
-            return "unavailable"
-        return hash_bytes(state.numpy())
+            return None
+        return state.numpy()
 
     def record(self, *, op: str, count: int, generator: str, fingerprint: str,
                target: int | None = None) -> dict[str, Any]:
@@ -115,17 +121,23 @@ def _wrap(function: Callable[..., Any], label: str, ledger: RandomLedger) -> Cal
             return function(*args, **kwargs)
         generator = kwargs.get("generator")
         device = _device_of(args, kwargs)
-        before = ledger.fingerprint(generator, device)
+        before = ledger.state(generator, device)
         ledger.inside_wrapper = True
         try:
             result = function(*args, **kwargs)
         finally:
             ledger.inside_wrapper = False
-        # Dropout in eval mode or with p=0 draws nothing: only a moved generator is a draw.
-        if ledger.fingerprint(generator, device) != before:
+        # Dropout in eval mode or with p=0 draws nothing: only a moved generator is a draw. The states are
+        # compared raw; only the one before the draw is hashed, for the entry.
+        after = ledger.state(generator, device)
+        if before is None or after is None:
+            moved = (before is None) != (after is None)
+        else:
+            moved = not np.array_equal(before, after)
+        if moved:
             count = result.numel() if isinstance(result, torch.Tensor) else 0
             ledger.record(op=label, count=count, generator=ledger.generator_name(generator, device),
-                          fingerprint=before)
+                          fingerprint="unavailable" if before is None else hash_bytes(before))
         return result
 
     return recorded

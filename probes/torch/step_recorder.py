@@ -207,9 +207,10 @@ class TorchStepRecorder:
         """End of the forward pass: label ops with loss terms, fingerprint the graph, store it if new."""
         nodes = ordered_nodes(self.total.grad_fn) if self.total is not None else []
         digest = graph_digest(nodes)
-        membership = term_membership(self.weighted)
         graph: dict[str, Any] = {"digest": digest, "nodes": len(nodes), "stored": False}
         store = self.capture.get("graph", True) and (self.step == 1 or digest != self._previous_digest)
+        # Which terms reach which node matters only where ops are labelled: step 1 and stored graphs.
+        membership = term_membership(self.weighted) if store or self.dispatch is not None else {}
         if self.dispatch is not None:
             self.dispatch.finish_forward()
             for node, index in self.dispatch.node_to_op.items():

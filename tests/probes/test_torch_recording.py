@@ -125,3 +125,36 @@ def test_values_are_the_tensors(write_config, tmp_path: Path) -> None:
     param = values.get("parameters/out.weight")
     summary = trace.steps[0]["parameters"]["out.weight"]
     assert float(np.linalg.norm(param)) == pytest.approx(summary["norm"], rel=1e-6)
+
+
+def test_summaries_match_numpy_on_every_path() -> None:
+    """Large tensors (hashed and reduced one by one), small ones (stacked by size), views, half types."""
+    import torch
+
+    from probes.common.hashing import summarize_array
+    from probes.torch.tensors import SMALL_NUMEL, as_numpy, summarize
+
+    generator = torch.Generator().manual_seed(0)
+    large = torch.randn(SMALL_NUMEL + 77, generator=generator)
+    large[::5] = 0.0
+    large[1::7] = -0.0  # counted as a zero, like +0.0
+    tensors = [large, torch.randn(64, 300, generator=generator).t(),  # a view that is not contiguous
+               torch.randn(3, 5, generator=generator), torch.zeros(3, 5), torch.randn(15, generator=generator),
+               torch.tensor([0.0, -0.0, 2.0]), torch.tensor(4.0),
+               torch.randn(SMALL_NUMEL * 2, dtype=torch.float64),
+               torch.tensor([float("nan"), 1.0, float("inf"), 0.0]),
+               torch.randn(SMALL_NUMEL + 1, generator=generator).half()]
+    for tensor, summary in zip(tensors, summarize(tensors), strict=True):
+        expected = summarize_array(as_numpy(tensor).astype(np.float64) if tensor.dtype == torch.float16
+                                   else as_numpy(tensor))
+        assert summary["hash"] == summarize_array(as_numpy(tensor))["hash"]
+        assert summary["shape"] == list(tensor.shape) and summary["numel"] == tensor.numel()
+        for key in ("min", "max", "max_abs", "nan", "inf", "zeros"):
+            both_nan = summary[key] != summary[key] and expected[key] != expected[key]
+            assert summary[key] == expected[key] or both_nan, key
+        for key in ("norm", "mean"):
+            if np.isfinite(expected[key]):
+                assert summary[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
+            else:
+                assert not np.isfinite(summary[key]), key
+    assert summarize(tensors[:3], count_zeros=False)[0]["zeros"] is None
