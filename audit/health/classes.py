@@ -40,7 +40,10 @@ def infer_num_classes(graph: Mapping[str, Any]) -> dict[str, ClassCount]:
             shape = shapes[0] if shapes and isinstance(shapes[0], list) else None
             if not shape:
                 continue
-            count = int(shape[1] if len(shape) >= 2 else shape[0])
+            dim = shape[1] if len(shape) >= 2 else shape[0]
+            if not isinstance(dim, int):
+                continue  # a graph-mode placeholder with an unknown class dimension says nothing
+            count = dim
             seen.setdefault(op["loss_term"], set()).add((count, f"{name} input {shape}"))
         elif name in BINARY_OPS:
             seen.setdefault(op["loss_term"], set()).add((2, name))

@@ -216,6 +216,13 @@ def test_class_count_inference_reads_cross_entropy_ops(dead_relu_records: Any) -
     inferred = infer_num_classes({"ops": ops})
     assert "lm" not in inferred  # two cross entropies that disagree: no guess
     assert inferred["bce"].classes == 2 and inferred["shared"].classes == 3
+    graph_mode = [{"phase": "forward", "op": "SparseSoftmaxCrossEntropyWithLogits", "loss_term": "lm",
+                   "input_shapes": [[None, None], [None]]},
+                  {"phase": "forward", "op": "SparseSoftmaxCrossEntropyWithLogits", "loss_term": "ce",
+                   "input_shapes": [[None, 16], [None]]}]
+    inferred = infer_num_classes({"ops": graph_mode})
+    assert "lm" not in inferred  # an unknown class dimension is no count
+    assert inferred["ce"].classes == 16
 
 
 def test_records_without_health_are_a_trace_error() -> None:
