@@ -3,7 +3,7 @@
     python benchmarks/bench_torch_recording.py [--rounds 12] [--small] [--threads N] [--no-memory]
 
 Plain step, default recording (hashes and statistics of every gradient, parameter and module output, random
-ledger, graph digest, NaN provenance armed), recording without NaN provenance, and torch's anomaly mode for
+ledger, graph digest, NaN provenance armed: an outbreak step would be replayed, no graph is kept), recording without NaN provenance, and torch's anomaly mode for
 comparison. Steps are interleaved and the median ratio reported, so machine noise hits all variants alike;
 each variant's hooks are attached only while its own step runs. `cpu_ratios` divide process CPU time
 instead of wall time: steadier on a busy machine, though they hide idle cores.
@@ -84,7 +84,7 @@ def make_steps(recipe: Any, capture: dict[str, Any]) -> dict[str, Callable[[int]
             batch = next(batches)
             recorder.tracker.attach()
             optimizer.zero_grad(set_to_none=True)
-            recorder.begin_step(step, batch)
+            recorder.begin_step(step, batch, replay=lambda: loss(batch, step))  # as the runner's loop does
             total = recorder.combine_loss(loss(batch, step))
             recorder.backward(total)
             recorder.after_backward()

@@ -7,8 +7,9 @@ provenance can later say which module a backward node belongs to without tracing
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch.utils.hooks import RemovableHandle
@@ -80,6 +81,18 @@ class ModuleTracker:
 
     def stop(self) -> None:
         self.active = False
+
+    @contextmanager
+    def separate_calls(self) -> Iterator[list[ModuleCall]]:
+        """Calls made inside the block go to the yielded list, outputs not kept; the step's own calls,
+        counts and stack are as before afterwards (a replayed forward pass must not count twice)."""
+        saved = (self.calls, self._counts, self.stack, self._open, self.active, self.keep_outputs)
+        self.calls, self._counts, self.stack, self._open = [], {}, [], []
+        self.active, self.keep_outputs = True, False
+        try:
+            yield self.calls
+        finally:
+            self.calls, self._counts, self.stack, self._open, self.active, self.keep_outputs = saved
 
     def remove(self) -> None:
         for handle in self._handles:

@@ -28,6 +28,7 @@ class RandomLedger:
         self.phase = "build"
         self.inside_wrapper = False
         self._custom_names: dict[int, str] = {}
+        self.custom_generators: list[torch.Generator] = []  # kept so a replayed step can rewind them too
 
     def take_entries(self) -> list[dict[str, Any]]:
         entries, self.entries = self.entries, []
@@ -43,6 +44,7 @@ class RandomLedger:
         key = id(generator)
         if key not in self._custom_names:
             self._custom_names[key] = f"generator{len(self._custom_names) + 1}:{generator.device}"
+            self.custom_generators.append(generator)
         return self._custom_names[key]
 
     def fingerprint(self, generator: torch.Generator | None, device: torch.device | None) -> str:
@@ -63,6 +65,16 @@ class RandomLedger:
         except RuntimeError:
             return None
         return state.numpy()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Draws made inside the block (a replayed forward pass) leave no entry and move no offset."""
+        offsets, count = dict(self.offsets), len(self.entries)
+        try:
+            yield
+        finally:
+            self.offsets = offsets
+            del self.entries[count:]
 
     def record(self, *, op: str, count: int, generator: str, fingerprint: str,
                target: int | None = None) -> dict[str, Any]:

@@ -56,8 +56,11 @@ def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[[in
         for step in range(1, config.steps + 1):
             batch = next(batches)
             optimizer.zero_grad(set_to_none=True)
-            recorder.begin_step(step, batch)
-            terms = recipe.loss(model, batch, step=step) if pass_step else recipe.loss(model, batch)
+            def forward(batch: Any = batch, step: int = step) -> Any:
+                return recipe.loss(model, batch, step=step) if pass_step else recipe.loss(model, batch)
+
+            recorder.begin_step(step, batch, replay=forward)
+            terms = forward()
             try:
                 total = recorder.combine_loss(terms)
             except TypeError as exc:

@@ -27,6 +27,7 @@ from probes.torch.modules import ModuleTracker
 from probes.torch.nan_provenance import attribute_terms, find_origins
 from probes.torch.optimizer_state import param_groups, state_hashes
 from probes.torch.random_ledger import RandomLedger, python_random_wrappers
+from probes.torch.step_replay import RandomState, replay_forward
 from probes.torch.tensors import as_numpy, flatten_tensors, summarize, values_for_file
 
 WeightOf = Callable[[str], float]
@@ -54,9 +55,14 @@ class TorchStepRecorder:
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
-    def begin_step(self, step: int, batch: Any) -> None:
+    def begin_step(self, step: int, batch: Any, *, replay: Callable[[], Any] | None = None) -> None:
+        """`replay`, where the caller owns the loss call (the runner's loop), runs the step's loss function
+        again: NaN provenance then replays an outbreak step instead of keeping every step's graph."""
         self._reset()
         self.step = step
+        if replay is not None and step > 1 and self.capture.get("nan_provenance", True):
+            self._replay = replay
+            self._step_start = RandomState(self.ledger.custom_generators)
         self.record = {"step": step, "batch": self._batch_record(batch), "notes": []}
         self.values: dict[str, Any] = {}
         if self._keep_values():
@@ -76,20 +82,14 @@ class TorchStepRecorder:
         if not isinstance(terms, Mapping) or not terms:
             raise TypeError(f"the loss function must return a non-empty mapping of named terms, got "
                             f"{type(terms).__name__}")
-        weighted: dict[str, torch.Tensor] = {}
+        weighted, total = self._weighted_total(terms)
         records: dict[str, Any] = {}
         for name, value in terms.items():
-            if not isinstance(value, torch.Tensor) or value.numel() != 1:
-                raise TypeError(f"loss term {name!r} must be a scalar tensor, got "
-                                f"{getattr(value, 'shape', type(value).__name__)}")
-            weight = self.weight_of(str(name))
-            weighted[str(name)] = value * weight
             with self._probe_only():
-                records[str(name)] = {"weight": weight, "value": float(value.detach()),
+                records[str(name)] = {"weight": self.weight_of(str(name)), "value": float(value.detach()),
                                       "hash": hash_array(as_numpy(value.reshape(()).detach()))}
                 if self._keep_values():
                     self.values[f"loss_terms/{name}"] = values_for_file(value.reshape(1))
-        total = torch.stack([w.reshape(()) for w in weighted.values()]).sum()
         self.record["loss_terms"] = records
         with self._probe_only():
             self.record["total_loss"] = float(total.detach())
@@ -100,11 +100,21 @@ class TorchStepRecorder:
         return total
 
     def backward(self, total: torch.Tensor) -> None:
-        # The graph is kept through the step where provenance or attribution may need a second look.
-        retain = bool(self.capture.get("nan_provenance", True)) or (
-            self.step == 1 and bool(self.capture.get("term_attribution", True)))
+        retain = self._keeps_graph()
         total.backward(retain_graph=retain)
         self._retained = retain
+
+    def _keeps_graph(self) -> bool:
+        """Whether this step's graph is kept through backward for a second look.
+
+        Step 1 keeps it for term attribution and for provenance with exact op names (its op graph is
+        captured). Later steps keep it only where provenance is armed and the step cannot be replayed
+        (attach mode, where the user owns the loss call).
+        """
+        provenance = bool(self.capture.get("nan_provenance", True))
+        if self.step == 1:
+            return provenance or bool(self.capture.get("term_attribution", True))
+        return provenance and self._replay is None
 
     def after_backward(self) -> None:
         """Gradients, and where they turned non-finite; call before optimizer.step()."""
@@ -122,25 +132,75 @@ class TorchStepRecorder:
         nonfinite = [name for name, s in summaries.items() if s["nan"] or s["inf"]]
         outbreak = bool(nonfinite) and not self._nonfinite_before
         self._nonfinite_before = bool(nonfinite)
-        can_replay = self._retained and self.total is not None and self.total.grad_fn is not None
+        retained = self._retained and self.total is not None and self.total.grad_fn is not None
+        provenance = outbreak and bool(self.capture.get("nan_provenance", True))
+        attribute = bool(self.capture.get("term_attribution", True)) and (self.step == 1 or outbreak)
         self.record["nan_provenance"] = None
-        if outbreak and self.capture.get("nan_provenance", True) and can_replay:
-            origins = find_origins(self.total, [t for _, t in self.parameters], weighted=self.weighted,
-                                   weights=self.weights, calls=self.tracker.calls,
-                                   node_to_op=self.dispatch.node_to_op if self.dispatch else None,
-                                   ops=self.dispatch.ops if self.dispatch else None)
-            self.record["nan_provenance"] = {"origins": origins, "nonfinite_parameters": nonfinite}
+        self.record["term_attribution"] = None
+        if (provenance or attribute) and retained:
+            self._look_again(self.total, self.weighted, self.tracker.calls, nonfinite, provenance=provenance,
+                             attribute=attribute, exact_ops=True)
+        elif (provenance or attribute) and self._replay is not None:
+            self._replay_step(nonfinite, provenance=provenance, attribute=attribute)
         elif outbreak:
             self.record["notes"].append("gradients turned non-finite; NaN provenance was not captured "
                                         "(capture.nan_provenance is off or the graph was not kept)")
-        attribute = self.capture.get("term_attribution", True) and can_replay and (self.step == 1 or outbreak)
-        self.record["term_attribution"] = (attribute_terms(self.weighted, self.weights, self.parameters)
-                                           if attribute else None)
         self.record["optimizer"] = {"type": type(self.optimizer).__name__,
                                     "param_groups": param_groups(self.optimizer, self.names)}
         if self._keep_values():
             for name, g in present:
                 self.values[f"gradients/{name}"] = values_for_file(g)
+
+    def _look_again(self, total: torch.Tensor, weighted: Mapping[str, torch.Tensor], calls: list[Any],
+                    nonfinite: list[str], *, provenance: bool, attribute: bool, exact_ops: bool) -> None:
+        """Provenance and attribution from a graph that is still there: the step's own or a replay's."""
+        if provenance:
+            dispatch = self.dispatch if exact_ops else None
+            origins = find_origins(total, [t for _, t in self.parameters], weighted=weighted,
+                                   weights=self.weights, calls=calls,
+                                   node_to_op=dispatch.node_to_op if dispatch else None,
+                                   ops=dispatch.ops if dispatch else None)
+            self.record["nan_provenance"] = {"origins": origins, "nonfinite_parameters": nonfinite,
+                                             "replayed": not exact_ops, "replay_matches": None}
+        if attribute:
+            self.record["term_attribution"] = attribute_terms(weighted, self.weights, self.parameters)
+
+    def _replay_step(self, nonfinite: list[str], *, provenance: bool, attribute: bool) -> None:
+        """The outbreak step's forward pass once more, for a graph to look into (see step_replay)."""
+        assert self._replay is not None and self._step_start is not None
+        replay = self._replay
+        with self.tracker.separate_calls() as calls, self.ledger.paused():
+            terms = replay_forward(replay, step_start=self._step_start, model=self.model)
+            weighted, total = self._weighted_total(terms)
+            if total.grad_fn is None:
+                self.record["notes"].append("gradients turned non-finite; the replayed loss has no graph, so "
+                                            "NaN provenance was not captured")
+                return
+            self._look_again(total, weighted, calls, nonfinite, provenance=provenance, attribute=attribute,
+                             exact_ops=False)
+            # The replay is only evidence if it computed what the step computed: same loss, bit for bit.
+            replayed = {str(name): value for name, value in terms.items()}
+            recorded = self.record["loss_terms"]
+            matches = set(replayed) == set(recorded) and all(
+                hash_array(as_numpy(replayed[name].reshape(()).detach())) == record["hash"]
+                for name, record in recorded.items())
+        found = self.record["nan_provenance"]
+        if found is not None:
+            found["replay_matches"] = matches
+        if not matches:
+            self.record["notes"].append("the replayed step computed other loss values than the step itself "
+                                        "(nondeterministic ops, or a random generator the recorder does not "
+                                        "know): NaN provenance and attribution describe the replay")
+
+    def _weighted_total(self, terms: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """{term: weight x term} and their sum, the total the runner trains on."""
+        weighted: dict[str, torch.Tensor] = {}
+        for name, value in terms.items():
+            if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                raise TypeError(f"loss term {name!r} must be a scalar tensor, got "
+                                f"{getattr(value, 'shape', type(value).__name__)}")
+            weighted[str(name)] = value * self.weight_of(str(name))
+        return weighted, torch.stack([w.reshape(()) for w in weighted.values()]).sum()
 
     def end_step(self) -> dict[str, Any]:
         """Parameters and optimizer state after the update; returns the finished step record."""
@@ -185,6 +245,8 @@ class TorchStepRecorder:
         self.weighted: dict[str, torch.Tensor] = {}
         self.weights: dict[str, float] = {}
         self._retained = False
+        self._replay: Callable[[], Any] | None = None
+        self._step_start: RandomState | None = None
         self.step = 0
 
     def _probe_only(self) -> Any:
