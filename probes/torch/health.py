@@ -49,25 +49,22 @@ Summary = Mapping[str, Any]  # a tensor summary of the trace format (norm, min, 
 
 def step_health(calls: Sequence[Any], parameters: Sequence[tuple[str, torch.Tensor]], *, step: int,
                 loss_terms: Mapping[str, float] | None = None, num_classes: Any = None,
-                activation_types: Mapping[str, str] | None = None,
                 gradient_summaries: Mapping[str, Summary | None] | None = None,
-                parameter_summaries: Mapping[str, Summary] | None = None,
-                output_summaries: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+                parameter_summaries: Mapping[str, Summary] | None = None) -> dict[str, Any]:
     """The `health` record of one step.
 
-    `calls` are the tracker's `ModuleCall`s (their `outputs` are empty when module_outputs capture is off);
-    `parameters` are `(name, tensor)` pairs with `.grad` still set. `loss_terms` ({term: value}) and
-    `num_classes` (an int for every term, or {term: int}, from `Recipe.extras["num_classes"]`) are used at
-    step 1 only. `activation_types` maps extra module type names to "tanh", "sigmoid" or "relu".
-    The step recorder passes the summaries it already made (its `gradients`, `parameters` and
-    `module_outputs`): norms, minima and maxima are then reused, not computed a second time.
+    `calls` are the tracker's `ModuleCall`s, their outputs described by an OutputProbe with health on (no
+    probe: no activations, and a note); `parameters` are `(name, tensor)` pairs with `.grad` still set.
+    `loss_terms` ({term: value}) and `num_classes` (an int for every term, or {term: int}, from
+    `Recipe.extras["num_classes"]`) are used at step 1 only. The step recorder passes the summaries it
+    already made (its `gradients` and `parameters`): norms, minima and maxima are then reused, not computed
+    a second time.
     """
     notes: list[str] = []
     with torch.no_grad():
         layers, total = layer_statistics(parameters, gradient_summaries=gradient_summaries,
                                          parameter_summaries=parameter_summaries)
-        activations = activation_statistics(calls, activation_types=activation_types,
-                                            output_summaries=output_summaries, notes=notes)
+    activations = activation_statistics(calls, notes=notes)
     types = {call.path: call.module_type for call in calls}
     for layer, stats in layers.items():
         stats["type"] = types.get(layer)
@@ -113,55 +110,35 @@ def layer_statistics(parameters: Sequence[tuple[str, torch.Tensor]], *,
     return {path: _finish_layer(entry) for path, entry in per_layer.items()}, _finish_layer(network)
 
 
-def activation_statistics(calls: Sequence[Any], *, activation_types: Mapping[str, str] | None = None,
-                          output_summaries: Sequence[Mapping[str, Any]] | None = None,
-                          notes: list[str] | None = None) -> list[dict[str, Any]]:
+def activation_statistics(calls: Sequence[Any], *, notes: list[str] | None = None) -> list[dict[str, Any]]:
     """Min, max, mean, std of every module output; saturation share and dead-unit share where they apply.
 
-    A tensor returned unchanged by nested modules (a Sequential ending in its Tanh) is described once,
-    under the innermost module, which is the last call in execution order to hold it. The std is the
-    population std from the L2 norm and the mean (sqrt(E[y^2] - mean^2)): a fused reduction that is
-    10-50x cheaper than Welford on CPU, and precise enough to judge health.
+    The output probe summarised each output and counted saturated and dead units as the module returned
+    (output_probe); a tensor returned unchanged by nested modules (a Sequential ending in its Tanh) is
+    described once, under the innermost module. The std is the population std from the L2 norm and the
+    mean (sqrt(E[y^2] - mean^2)): no extra pass, and precise enough to judge health.
     """
-    types = {**ACTIVATION_TYPES, **(activation_types or {})}
-    owners: dict[tuple[Any, ...], tuple[Any, int]] = {}
-    for call in calls:
-        for index, tensor in enumerate(call.outputs):
-            if tensor.dtype in FLOAT_DTYPES and tensor.numel() > 0:
-                owners[_tensor_key(tensor)] = (call, index)
-    if notes is not None and calls and not any(call.outputs for call in calls):
+    if notes is not None and calls and not any(call.summaries for call in calls):
         notes.append("activation statistics need module outputs (capture.module_outputs is off)")
-    known = {(entry["module"], entry["call"]): entry["summary"] for entry in output_summaries or []}
-    position = {id(call): i for i, call in enumerate(calls)}
-    entries, rows, devices = [], [], []
-    for call, index in sorted(owners.values(), key=lambda owner: (position[id(owner[0])], owner[1])):
-        tensor = call.outputs[index]
-        name = call.path if len(call.outputs) == 1 else f"{call.path}[{index}]"
-        entry = {"module": name, "call": call.call, "type": call.module_type, "kind": _kind(call, index, types),
-                 "numel": tensor.numel()}
-        summary = known.get((name, call.call))
-        if summary is not None and summary.get("norm") is not None:
-            entry.update(_moments(summary["min"], summary["max"], summary["mean"] * tensor.numel(),
-                                  summary["norm"], tensor.numel()))
-        elif entry["kind"] is None:
-            entry["pending"] = True
-        if entry["kind"] is not None or entry.get("pending"):
-            rows.append(_activation_row(tensor, entry["kind"], moments="min" not in entry))
-            devices.append(tensor.device)
-        entries.append(entry)
-    measured = iter(_fetch(rows, devices))
-    for entry in entries:
-        if entry["kind"] is None and not entry.pop("pending", False):
-            continue
-        low, high, total, norm, saturated, dead, units = next(measured)
-        if "min" not in entry:
-            entry.update(_moments(low, high, total, norm, entry["numel"]))
-        if entry["kind"] in (TANH, SIGMOID):
-            entry["saturated_share"] = saturated / entry["numel"]
-        elif entry["kind"] == RELU and units > 0:
-            entry["units"] = int(units)
-            entry["dead_units"] = int(dead)
-            entry["dead_share"] = dead / units
+    entries = []
+    for call in calls:
+        for index in sorted(call.activation_kinds):
+            kind = call.activation_kinds[index]
+            summary = call.summaries[index]
+            numel = int(summary["numel"])
+            entry = {"module": call.output_name(index), "call": call.call, "type": call.module_type,
+                     "kind": kind, "numel": numel}
+            entry.update(_moments(summary["min"], summary["max"], summary["mean"] * numel, summary["norm"], numel))
+            counts = call.activation_counts.get(index)
+            if counts is not None:
+                saturated, dead, units = counts
+                if kind in (TANH, SIGMOID):
+                    entry["saturated_share"] = saturated / numel
+                elif kind == RELU and units > 0:
+                    entry["units"] = int(units)
+                    entry["dead_units"] = int(dead)
+                    entry["dead_share"] = dead / units
+            entries.append(entry)
     return entries
 
 
@@ -218,15 +195,10 @@ def _fetch(rows: list[torch.Tensor], devices: list[torch.device]) -> list[list[f
     return values
 
 
-def _activation_row(tensor: torch.Tensor, kind: str | None, *, moments: bool) -> torch.Tensor:
-    """[min, max, sum, L2 norm, saturated count, dead units, units] of one output, on its device; the
-    first four are zeros when `moments` is false (the recorder's summary already has them)."""
+def activation_counts(tensor: torch.Tensor, kind: str) -> torch.Tensor:
+    """[saturated count, dead units, units] of one output of a tanh, sigmoid or relu kind, on its device."""
     y = tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
     nothing = torch.zeros((), dtype=torch.float64, device=y.device)
-    low = high = total = norm = nothing
-    if moments:
-        low, high = torch.aminmax(y)
-        total, norm = y.sum(), torch.linalg.vector_norm(y)
     saturated, dead, units = nothing, nothing, nothing
     if kind == TANH:
         saturated = torch.count_nonzero(y.abs() > TANH_SATURATION).double()
@@ -238,7 +210,7 @@ def _activation_row(tensor: torch.Tensor, kind: str | None, *, moments: bool) ->
         peaks = y.reshape(-1, y.shape[-1]).amax(dim=0)
         dead = torch.count_nonzero(peaks <= 0).double()
         units = torch.full((), float(peaks.numel()), dtype=torch.float64, device=y.device)
-    return torch.stack([low.double(), high.double(), total.double(), norm.double(), saturated, dead, units])
+    return torch.stack([saturated, dead, units])
 
 
 def _moments(low: float, high: float, total: float, norm: float, numel: int) -> dict[str, float]:
@@ -269,19 +241,19 @@ def _computed_grad_stats(floats: Sequence[tuple[str, torch.Tensor]]) -> dict[str
     return dict(zip([name for name, _ in with_grad], _fetch(rows, [g.device for _, g in with_grad])))
 
 
-def _kind(call: Any, index: int, types: Mapping[str, str]) -> str | None:
+def output_kind(call: Any, index: int, types: Mapping[str, str]) -> str | None:
     """tanh, sigmoid or relu: by module type, else by the autograd node that produced the output."""
     kind = types.get(call.module_type)
     if kind is not None:
         return kind
     nodes = getattr(call, "output_nodes", [])
     # output_nodes lists only outputs with a grad_fn; it lines up with outputs only when all have one.
-    if len(nodes) == len(call.outputs):
+    if len(nodes) == call.n_outputs:
         kind = _node_kind(nodes[index])
         if kind is not None:
             return kind
     inputs = getattr(call, "input_nodes", [])
-    if call.module_type in PASS_THROUGH_TYPES and len(inputs) == 1 and len(call.outputs) == 1:
+    if call.module_type in PASS_THROUGH_TYPES and len(inputs) == 1 and call.n_outputs == 1:
         inherited = _node_kind(inputs[0])
         # Dropout scales kept values by 1/(1-p): a saturation share would be wrong, a dead unit is not.
         if inherited == RELU or call.module_type == "Identity":
@@ -293,10 +265,6 @@ def _node_kind(node: Any) -> str | None:
     if node is None:
         return None
     return ACTIVATION_NODES.get(type(node).__name__) or ACTIVATION_NODES.get(node.name())
-
-
-def _tensor_key(tensor: torch.Tensor) -> tuple[Any, ...]:
-    return (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
 
 
 def _empty_layer() -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Module tree and per-call module tracking: which module is running, and what each module returned.
 
-Global forward hooks keep a stack of module paths (so ops and random draws can name their module) and
-summarise every module output. Each call's input and output autograd nodes are kept for the step, so NaN
-provenance can later say which module a backward node belongs to without tracing every op.
+Global forward hooks keep a stack of module paths (so ops and random draws can name their module) and hand
+every module output to an output probe the moment the module returns (see output_probe). Each call's input
+and output autograd nodes are kept for the step, so NaN provenance can later say which module a backward
+node belongs to without tracing every op.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
+from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils.hooks import RemovableHandle
 
-from probes.torch.tensors import dtype_name, flatten_tensors, summarize
+from probes.torch.tensors import dtype_name, flatten_tensors
 
 
 def module_tree(model: torch.nn.Module) -> list[dict[str, Any]]:
@@ -41,16 +43,28 @@ class ModuleCall:
     path: str
     call: int
     module_type: str
+    position: int  # among the step's calls, in the order they started
     input_nodes: list[Any] = field(default_factory=list)
     output_nodes: list[Any] = field(default_factory=list)
-    outputs: list[torch.Tensor] = field(default_factory=list)
+    n_outputs: int = 0
+    outputs: list[torch.Tensor] = field(default_factory=list)  # kept only where values are written
+    summary_positions: list[int] = field(default_factory=list)
+    summaries: list[dict[str, Any]] = field(default_factory=list)  # one per output, once the step stops
+    activation_kinds: dict[int, str | None] = field(default_factory=dict)  # outputs health describes here
+    activation_counts: dict[int, Any] = field(default_factory=dict)  # [saturated, dead, units] per kind
+
+    def output_name(self, index: int) -> str:
+        return self.path if self.n_outputs == 1 else f"{self.path}[{index}]"
 
 
 class ModuleTracker:
     """Forward hooks on every module of the model: the module stack and the calls of the current step."""
 
-    def __init__(self, model: torch.nn.Module, *, keep_outputs: bool) -> None:
+    def __init__(self, model: torch.nn.Module, *, probe: Any = None, keep_outputs: bool = False) -> None:
+        """`probe` (an OutputProbe, or None for no output summaries) sees every output as it is returned;
+        `keep_outputs` keeps the tensors too, for values files."""
         self.paths = {module: path for path, module in model.named_modules()}
+        self.probe = probe
         self.keep_outputs = keep_outputs
         self.stack: list[str] = []
         self.calls: list[ModuleCall] = []
@@ -78,21 +92,27 @@ class ModuleTracker:
         self.stack = []
         self._open = []
         self.active = True
+        if self.probe is not None:
+            self.probe.start()
 
     def stop(self) -> None:
+        """End of the step's recording: every call gets its output summaries."""
+        if self.active and self.probe is not None:
+            self.probe.finish()
         self.active = False
 
     @contextmanager
     def separate_calls(self) -> Iterator[list[ModuleCall]]:
         """Calls made inside the block go to the yielded list, outputs not kept; the step's own calls,
         counts and stack are as before afterwards (a replayed forward pass must not count twice)."""
-        saved = (self.calls, self._counts, self.stack, self._open, self.active, self.keep_outputs)
+        saved = (self.calls, self._counts, self.stack, self._open, self.active, self.keep_outputs, self.probe)
         self.calls, self._counts, self.stack, self._open = [], {}, [], []
-        self.active, self.keep_outputs = True, False
+        self.active, self.keep_outputs, self.probe = True, False, None
         try:
             yield self.calls
         finally:
-            self.calls, self._counts, self.stack, self._open, self.active, self.keep_outputs = saved
+            (self.calls, self._counts, self.stack, self._open, self.active, self.keep_outputs,
+             self.probe) = saved
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -100,35 +120,13 @@ class ModuleTracker:
         self._handles = []
 
     def summaries(self) -> list[dict[str, Any]]:
-        """Summaries of every module output of the step, in execution order.
-
-        A tensor that several calls return (a block handing on its last layer's output) is summarised
-        once: same storage, shape, strides and dtype mean the same values.
-        """
-        tensors: list[torch.Tensor] = []
-        first: dict[tuple[Any, ...], int] = {}
-        owners: list[tuple[ModuleCall, int, int]] = []
-        for call in self.calls:
-            for index, tensor in enumerate(call.outputs):
-                key = _layout_key(tensor)
-                if key not in first:
-                    first[key] = len(tensors)
-                    tensors.append(tensor)
-                owners.append((call, index, first[key]))
-        summaries = summarize(tensors, count_zeros=False) if tensors else []
-        records = []
-        for call, index, position in owners:
-            name = call.path if len(call.outputs) == 1 else f"{call.path}[{index}]"
-            records.append({"module": name, "call": call.call, "summary": dict(summaries[position])})
-        return records
+        """Summaries of every module output of the step, in execution order (after `stop`)."""
+        return [{"module": call.output_name(index), "call": call.call, "summary": dict(summary)}
+                for call in self.calls for index, summary in enumerate(call.summaries)]
 
     def output_tensors(self) -> dict[str, torch.Tensor]:
-        named = {}
-        for call in self.calls:
-            for index, tensor in enumerate(call.outputs):
-                name = call.path if len(call.outputs) == 1 else f"{call.path}[{index}]"
-                named[f"{name}#{call.call}"] = tensor
-        return named
+        return {f"{call.output_name(index)}#{call.call}": tensor
+                for call in self.calls for index, tensor in enumerate(call.outputs)}
 
     def _before(self, module: torch.nn.Module, args: Any, kwargs: Any) -> None:
         path = self.paths.get(module)
@@ -140,7 +138,7 @@ class ModuleTracker:
             return
         count = self._counts.get(path, 0)
         self._counts[path] = count + 1
-        call = ModuleCall(path, count, type(module).__name__, _grad_fns(args, kwargs))
+        call = ModuleCall(path, count, type(module).__name__, len(self.calls), _grad_fns(args, kwargs))
         self.calls.append(call)
         self._open.append(call)
 
@@ -153,15 +151,12 @@ class ModuleTracker:
         # Hooks run for every module call: the common single-tensor output skips the generic walk.
         tensors = [output] if type(output) is torch.Tensor else [t for _, t in flatten_tensors(output)]
         call.output_nodes = [t.grad_fn for t in tensors if t.grad_fn is not None]
+        call.n_outputs = len(tensors)
         if self.keep_outputs:
-            call.outputs = [t.detach() for t in tensors]
-
-
-def _layout_key(tensor: torch.Tensor) -> tuple[Any, ...]:
-    if tensor.layout != torch.strided or tensor.numel() == 0:
-        return (id(tensor),)  # no storage to compare: never merged
-    return (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype,
-            tensor.is_conj(), tensor.is_neg())
+            with _disable_current_modes():  # our detach is no op of the user's graph
+                call.outputs = [t.detach() for t in tensors]
+        if self.probe is not None:
+            self.probe.observe(call, tensors)
 
 
 def _grad_fns(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:

@@ -26,6 +26,7 @@ from probes.torch.initialisation import named_tensors
 from probes.torch.modules import ModuleTracker
 from probes.torch.nan_provenance import attribute_terms, find_origins
 from probes.torch.optimizer_state import param_groups, state_hashes
+from probes.torch.output_probe import OutputProbe
 from probes.torch.random_ledger import RandomLedger, python_random_wrappers
 from probes.torch.step_replay import RandomState, replay_forward
 from probes.torch.tensors import as_numpy, flatten_tensors, summarize, values_for_file
@@ -44,7 +45,9 @@ class TorchStepRecorder:
         self.weight_of = weight_of
         self.num_classes = num_classes
         self.ledger = ledger
-        self.tracker = ModuleTracker(model, keep_outputs=bool(capture.get("module_outputs", True)))
+        probe = (OutputProbe(health=bool(capture.get("health", True)), probe_only=self._probe_only)
+                 if capture.get("module_outputs", True) else None)
+        self.tracker = ModuleTracker(model, probe=probe)
         ledger.module_of = lambda: self.tracker.current
         self.parameters = [(name, t) for name, kind, t in named_tensors(model) if kind == "parameter"]
         self.names = {id(t): name for name, t in self.parameters}
@@ -69,6 +72,7 @@ class TorchStepRecorder:
             for name, tensor in flatten_tensors(batch):
                 self.values[f"batch/{name}"] = values_for_file(tensor)
         self.ledger.phase = "forward"
+        self.tracker.keep_outputs = self._keep_values() and bool(self.capture.get("module_outputs", True))
         self.tracker.start_step()
         if step == 1 and (self.capture.get("graph", True) or self.capture.get("random_draws", True)):
             self.dispatch = DispatchCapture(self.ledger, lambda: self.tracker.current,
@@ -226,8 +230,7 @@ class TorchStepRecorder:
                 self.tracker.calls, self.parameters, step=self.step,
                 loss_terms={name: term["value"] for name, term in self.record.get("loss_terms", {}).items()},
                 num_classes=self.num_classes, gradient_summaries=self.record.get("gradients"),
-                parameter_summaries=self.record.get("parameters"),
-                output_summaries=self.record.get("module_outputs"))
+                parameter_summaries=self.record.get("parameters"))
         record = self.record
         self._reset()
         return record

@@ -81,6 +81,39 @@ def summarize(tensors: Sequence[torch.Tensor], *, count_zeros: bool = True) -> l
     return summaries
 
 
+class SummaryBatch:
+    """Summaries of tensors handed in one at a time, so none has to be kept until all are in.
+
+    A large tensor is summarised when it is added, while it is likely still in the CPU cache; a small one
+    (at most SMALL_NUMEL elements) is copied and summarised with the others of its size at `finish`, where
+    stacking saves the per-op overhead. The copy keeps an in-place change after `add` out of its summary.
+    """
+
+    def __init__(self, *, count_zeros: bool = True) -> None:
+        self.count_zeros = count_zeros
+        self._done: list[dict[str, Any] | None] = []
+        self._small: list[tuple[int, torch.Tensor]] = []
+
+    def add(self, tensor: torch.Tensor) -> int:
+        """Position of the tensor's summary in the list `finish` returns."""
+        position = len(self._done)
+        tensor = tensor.detach()
+        if tensor.dtype in FLOAT_DTYPES and 0 < tensor.numel() <= SMALL_NUMEL:
+            self._small.append((position, tensor.clone()))
+            self._done.append(None)
+        else:
+            self._done.append(summarize([tensor], count_zeros=self.count_zeros)[0])
+        return position
+
+    def finish(self) -> list[dict[str, Any]]:
+        if self._small:
+            held = summarize([t for _, t in self._small], count_zeros=self.count_zeros)
+            for (position, _), summary in zip(self._small, held):
+                self._done[position] = summary
+        done, self._done, self._small = self._done, [], []
+        return done  # type: ignore[return-value]
+
+
 def _float_summaries(tensors: list[torch.Tensor], *, count_zeros: bool) -> list[dict[str, Any]]:
     with torch.no_grad():
         tensors = [t.detach() for t in tensors]

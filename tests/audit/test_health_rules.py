@@ -53,7 +53,7 @@ def record_in_process(config_path: Path, *, steps: int | None = None,
                 recorder.tracker.calls, recorder.parameters, step=step,
                 loss_terms={name: term["value"] for name, term in record["loss_terms"].items()},
                 num_classes=recipe.extras.get("num_classes"), gradient_summaries=record["gradients"],
-                parameter_summaries=record["parameters"], output_summaries=record["module_outputs"])
+                parameter_summaries=record["parameters"])
             records.append(json.loads(json.dumps({key: record[key] for key in ("step", "loss_terms", "health")})))
     finally:
         recorder.close()

@@ -10,14 +10,15 @@ from torch import nn
 
 from probes.torch.health import layer_of, memory_usage, step_health
 from probes.torch.modules import ModuleTracker
+from probes.torch.output_probe import OutputProbe
 from probes.torch.random_ledger import RandomLedger
 from probes.torch.step_recorder import TorchStepRecorder
 
 
-def one_step(model: nn.Module, x: torch.Tensor, *, keep_outputs: bool = True,
+def one_step(model: nn.Module, x: torch.Tensor, *, probe_outputs: bool = True,
              loss_fn=lambda out: out.pow(2).mean()) -> tuple[ModuleTracker, float]:  # type: ignore[no-untyped-def]
-    """Forward and backward with the module tracker on, as the recorder runs a step."""
-    tracker = ModuleTracker(model, keep_outputs=keep_outputs)
+    """Forward and backward with the module tracker and its output probe on, as the recorder runs a step."""
+    tracker = ModuleTracker(model, probe=OutputProbe(health=True) if probe_outputs else None)
     tracker.start_step()
     loss = loss_fn(model(x))
     loss.backward()
@@ -132,7 +133,7 @@ def test_an_output_shared_by_nested_modules_is_described_once_under_the_innermos
 
 def test_without_module_outputs_there_is_a_note_and_no_activations() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
-    tracker, _ = one_step(model, torch.randn(8, 4), keep_outputs=False)
+    tracker, _ = one_step(model, torch.randn(8, 4), probe_outputs=False)
     health = step_health(tracker.calls, list(model.named_parameters()), step=2)
     assert health["activations"] == []
     assert any("capture.module_outputs is off" in note for note in health["notes"])
@@ -182,8 +183,7 @@ def test_reusing_the_recorders_summaries_gives_the_same_numbers() -> None:
     record = recorder.end_step()
     computed = step_health(recorder.tracker.calls, recorder.parameters, step=2)
     reused = step_health(recorder.tracker.calls, recorder.parameters, step=2,
-                         gradient_summaries=record["gradients"], parameter_summaries=record["parameters"],
-                         output_summaries=record["module_outputs"])
+                         gradient_summaries=record["gradients"], parameter_summaries=record["parameters"])
     recorder.close()
     for layer, stats in computed["layers"].items():
         for key, value in stats.items():

@@ -1,0 +1,65 @@
+"""Module outputs are summarised the moment the module returns, and not kept to the end of the step."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+from torch import nn
+
+from probes.torch.health import memory_usage
+from probes.torch.random_ledger import RandomLedger
+from probes.torch.step_recorder import TorchStepRecorder
+
+
+def recorder_for(model: nn.Module, **capture: object) -> TorchStepRecorder:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    return TorchStepRecorder(model, optimizer, capture={"graph": False, "random_draws": False, **capture},
+                             weight_of=lambda _: 1.0, ledger=RandomLedger(module_of=lambda: None))
+
+
+def test_an_output_changed_in_place_later_keeps_the_summary_of_what_the_module_returned() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 64), nn.ReLU(inplace=True), nn.Linear(64, 2))
+    recorder = recorder_for(model)
+    x = torch.randn(32, 4)
+    with torch.no_grad():
+        expected = model[0](x)
+    recorder.begin_step(1, x)
+    recorder.backward(recorder.combine_loss({"out": model(x).pow(2).mean()}))
+    recorder.after_backward()
+    record = recorder.end_step()
+    recorder.close()
+    linear, relu = record["module_outputs"][1], record["module_outputs"][2]
+    assert (linear["module"], relu["module"]) == ("0", "1")
+    # ReLU(inplace=True) overwrote the Linear's output; its summary still has the negative values.
+    assert linear["summary"]["min"] == float(expected.min()) < 0
+    assert relu["summary"]["min"] == 0.0
+    assert linear["summary"]["hash"] != relu["summary"]["hash"]
+
+
+def test_no_output_outlives_backward_while_the_step_is_recorded() -> None:
+    """Backward frees the activations; a recorder holding them to the end of the step would keep 4 MiB."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 4096), nn.Tanh(), nn.Sigmoid(), nn.ReLU(), nn.Softsign())
+    recorder = recorder_for(model, nan_provenance=False, term_attribution=False)
+    x = torch.randn(64, 8)  # every output is 64 x 4096 float32: 1 MiB
+    model(x).mean().backward()  # the first step's one-time allocations (thread pools, caches) come first
+    model.zero_grad(set_to_none=True)
+    gc.collect()
+    before = memory_usage()["heap_in_use"]
+    if before is None:
+        pytest.skip("no glibc mallinfo2 here")
+    recorder.begin_step(2, x)  # a later step: no graph kept for attribution
+    recorder.backward(recorder.combine_loss({"out": model(x).mean()}))
+    gc.collect()
+    held = memory_usage()["heap_in_use"] - before
+    recorder.after_backward()
+    record = recorder.end_step()
+    recorder.close()
+    assert held < 2**20 + 2**19, f"{held / 2**20:.1f} MiB still held after backward"  # gradients: 0.13 MiB
+    assert [o["module"] for o in record["module_outputs"]] == ["", "0", "1", "2", "3", "4"]
+    activations = {entry["module"]: entry for entry in record["health"]["activations"]}
+    assert activations["1"]["kind"] == "tanh" and "saturated_share" in activations["1"]
+    assert activations["3"]["kind"] == "relu" and activations["3"]["units"] == 4096
