@@ -5,7 +5,8 @@
 Plain step, default recording (hashes and statistics of every gradient, parameter and module output, random
 ledger, graph digest, NaN provenance armed: an outbreak step would be replayed, no graph is kept), recording without NaN provenance, and torch's anomaly mode for
 comparison. Steps are interleaved and the median ratio reported, so machine noise hits all variants alike;
-each variant's hooks are attached only while its own step runs. `cpu_ratios` divide process CPU time
+each variant trains its own copy of the model (same seed, same batches), so a recorder's hooks stay
+attached as in a real run and the plain step has none. `cpu_ratios` divide process CPU time
 instead of wall time: steadier on a busy machine, though they hide idle cores.
 
 Peak memory is measured during the steps only, in a fresh process per variant: after warm-up steps the
@@ -47,19 +48,27 @@ def load_recipe(params: dict[str, Any]) -> Any:
     return module.build(dict(params))
 
 
-def make_steps(recipe: Any, capture: dict[str, Any]) -> dict[str, Callable[[int], None]]:
+VARIANTS = ("plain", "recorded", "recorded_no_provenance", "detect_anomaly")
+
+
+def make_step(params: dict[str, Any], capture: dict[str, Any], variant: str) -> Callable[[int], None]:
+    """One variant's training step on its own copy of the model (same seed, same batches).
+
+    Each variant owns its model, so a recorder's hooks stay attached for the whole run, as in a real
+    recording, and the plain step runs with no hook at all.
+    """
     from probes.torch.random_ledger import RandomLedger
     from probes.torch.step_recorder import TorchStepRecorder
 
     from audit.recipe import loss_takes_step
 
+    recipe = load_recipe(params)
     model, optimizer = recipe.model, recipe.optimizer
     batches = iter(recipe.batches)
     with_step = loss_takes_step(recipe.loss)
 
     def loss(batch: Any, step: int) -> Any:
         return recipe.loss(model, batch, step=step) if with_step else recipe.loss(model, batch)
-    sink = open(tempfile.mktemp(suffix=".jsonl"), "w")
 
     def plain(step: int) -> None:
         batch = next(batches)
@@ -69,42 +78,39 @@ def make_steps(recipe: Any, capture: dict[str, Any]) -> dict[str, Callable[[int]
         total.backward()
         optimizer.step()
 
-    def anomaly(step: int) -> None:
-        with torch.autograd.set_detect_anomaly(True):
-            plain(step)
+    if variant == "plain":
+        return plain
+    if variant == "detect_anomaly":
+        def anomaly(step: int) -> None:
+            with torch.autograd.set_detect_anomaly(True):
+                plain(step)
+        return anomaly
+    options = {"nan_provenance": False} if variant == "recorded_no_provenance" else {}
+    recorder = TorchStepRecorder(model, optimizer, capture={**capture, **options}, weight_of=lambda _: 1.0,
+                                 ledger=RandomLedger(module_of=lambda: None))
+    sink = open(tempfile.mktemp(suffix=".jsonl"), "w")
 
-    def recorder_step(options: dict[str, Any]) -> Callable[[int], None]:
-        recorder = TorchStepRecorder(model, optimizer, capture={**capture, **options}, weight_of=lambda _: 1.0,
-                                     ledger=RandomLedger(module_of=lambda: None))
-        recorder.tracker.remove()  # attached only while this variant's step runs
+    def recorded(step: int) -> None:
+        from audit.trace import format as fmt
 
-        def step_fn(step: int) -> None:
-            from audit.trace import format as fmt
+        batch = next(batches)
+        optimizer.zero_grad(set_to_none=True)
+        recorder.begin_step(step, batch, replay=lambda: loss(batch, step))  # as the runner's loop does
+        total = recorder.combine_loss(loss(batch, step))
+        recorder.backward(total)
+        recorder.after_backward()
+        optimizer.step()
+        recorder.finish_graph()
+        sink.write(fmt.dumps(recorder.end_step()) + "\n")
 
-            batch = next(batches)
-            recorder.tracker.attach()
-            optimizer.zero_grad(set_to_none=True)
-            recorder.begin_step(step, batch, replay=lambda: loss(batch, step))  # as the runner's loop does
-            total = recorder.combine_loss(loss(batch, step))
-            recorder.backward(total)
-            recorder.after_backward()
-            optimizer.step()
-            recorder.finish_graph()
-            sink.write(fmt.dumps(recorder.end_step()) + "\n")
-            recorder.tracker.remove()
-
-        return step_fn
-
-    return {"plain": plain, "recorded": recorder_step({}), "recorded_no_provenance":
-            recorder_step({"nan_provenance": False}), "detect_anomaly": anomaly}
+    return recorded
 
 
 def measure(params: dict[str, Any], rounds: int) -> dict[str, Any]:
     from audit.config import CAPTURE_DEFAULTS
 
-    recipe = load_recipe(params)
-    steps = make_steps(recipe, dict(CAPTURE_DEFAULTS))
-    n_params = sum(p.numel() for p in recipe.model.parameters())
+    steps = {variant: make_step(params, dict(CAPTURE_DEFAULTS), variant) for variant in VARIANTS}
+    n_params = sum(p.numel() for p in load_recipe(params).model.parameters())
     wall: dict[str, list[float]] = {name: [] for name in steps}
     cpu: dict[str, list[float]] = {name: [] for name in steps}
     step_number = 2  # steady state: step 1 also captures the op graph, once per run
@@ -144,7 +150,7 @@ def step_peak(params: dict[str, Any], mode: str, steps: int) -> dict[str, int]:
     """In this process: resident size before `steps` steps of `mode` and the peak while they ran."""
     from audit.config import CAPTURE_DEFAULTS
 
-    fn = make_steps(load_recipe(params), dict(CAPTURE_DEFAULTS))[mode]
+    fn = make_step(params, dict(CAPTURE_DEFAULTS), mode)
     for step in range(2, 4):  # warm-up: optimizer state exists, the allocator has its pools
         fn(step)
     gc.collect()

@@ -101,6 +101,8 @@ class SummaryBatch:
         if tensor.dtype in FLOAT_DTYPES and 0 < tensor.numel() <= SMALL_NUMEL:
             self._small.append((position, tensor.clone()))
             self._done.append(None)
+        elif tensor.dtype in FLOAT_DTYPES and tensor.numel() > 0 and not self.count_zeros:
+            self._done.append(_large_summary(tensor))
         else:
             self._done.append(summarize([tensor], count_zeros=self.count_zeros)[0])
         return position
@@ -141,28 +143,42 @@ def _float_summaries(tensors: list[torch.Tensor], *, count_zeros: bool) -> list[
                 _summarize_group(tensors, members[start:start + rows_per_chunk], hashes, pending,
                                  count_zeros=count_zeros)
         stats, counts = pending.fetch()
-    summaries = []
-    for i, tensor in enumerate(tensors):
-        norm, minimum, maximum, total = stats[i]
-        numel = tensor.numel()
-        nonfinite = not math.isfinite(norm)
-        nan = int(torch.isnan(tensor).sum()) if nonfinite else 0
-        inf = int(torch.isinf(tensor).sum()) if nonfinite else 0
-        summaries.append({
-            "shape": list(tensor.shape),
-            "dtype": dtype_name(tensor.dtype),
-            "numel": numel,
-            "hash": hashes[i],
-            "norm": norm,
-            "min": minimum,
-            "max": maximum,
-            "mean": total / numel,
-            "max_abs": float("nan") if nan else max(abs(minimum), abs(maximum)),
-            "nan": nan,
-            "inf": inf,
-            "zeros": counts.get(i, zeros[i]),
-        })
-    return summaries
+    return [_summary(tensor, hashes[i], stats[i], counts.get(i, zeros[i])) for i, tensor in enumerate(tensors)]
+
+
+def _large_summary(tensor: torch.Tensor) -> dict[str, Any]:
+    """One large float tensor without its zeros: the per-batch bookkeeping of `_float_summaries` costs
+    more than the reductions for a tensor of a few hundred KiB, and module outputs come one at a time."""
+    with torch.no_grad():
+        plain = _plain_layout(tensor)
+        digest = _hash_plain(plain)
+        low, high = torch.aminmax(plain)
+        sum_of_squares, minimum, maximum, total = torch.stack([_sum_of_squares(plain), low, high,
+                                                               _sum(plain)]).tolist()
+    return _summary(plain, digest, [math.sqrt(sum_of_squares), minimum, maximum, total], None)
+
+
+def _summary(tensor: torch.Tensor, digest: str, stats: Sequence[float], zeros: int | None) -> dict[str, Any]:
+    """The trace's summary of a float tensor from its hash and [norm, min, max, sum]."""
+    norm, minimum, maximum, total = stats
+    numel = tensor.numel()
+    nonfinite = not math.isfinite(norm)
+    nan = int(torch.isnan(tensor).sum()) if nonfinite else 0
+    inf = int(torch.isinf(tensor).sum()) if nonfinite else 0
+    return {
+        "shape": list(tensor.shape),
+        "dtype": dtype_name(tensor.dtype),
+        "numel": numel,
+        "hash": digest,
+        "norm": norm,
+        "min": minimum,
+        "max": maximum,
+        "mean": total / numel,
+        "max_abs": float("nan") if nan else max(abs(minimum), abs(maximum)),
+        "nan": nan,
+        "inf": inf,
+        "zeros": zeros,
+    }
 
 
 def _summarize_group(tensors: list[torch.Tensor], members: list[int], hashes: list[str],

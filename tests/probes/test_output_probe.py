@@ -11,6 +11,7 @@ from torch import nn
 from probes.torch.health import memory_usage
 from probes.torch.random_ledger import RandomLedger
 from probes.torch.step_recorder import TorchStepRecorder
+from probes.torch.tensors import SummaryBatch, summarize
 
 
 def recorder_for(model: nn.Module, **capture: object) -> TorchStepRecorder:
@@ -63,3 +64,22 @@ def test_no_output_outlives_backward_while_the_step_is_recorded() -> None:
     activations = {entry["module"]: entry for entry in record["health"]["activations"]}
     assert activations["1"]["kind"] == "tanh" and "saturated_share" in activations["1"]
     assert activations["3"]["kind"] == "relu" and activations["3"]["units"] == 4096
+
+
+def test_one_at_a_time_summaries_equal_the_batched_ones() -> None:
+    torch.manual_seed(0)
+    wide = torch.randn(300, 500)
+    wide[0, 0], wide[1, 1] = float("nan"), float("inf")
+    tensors = [torch.randn(40_000), torch.randn(100, 300).t(), torch.randn(50_000).bfloat16(),
+               torch.randn(64, dtype=torch.float64), torch.randn(7, 3), torch.arange(12), wide]
+    originals = [tensor.clone() for tensor in tensors]
+    batch = SummaryBatch(count_zeros=False)
+    positions = [batch.add(tensor) for tensor in tensors]
+    tensors[4].fill_(1.0)  # a small tensor changed after it was handed in: the summary is of what it was
+    one_at_a_time = batch.finish()
+    expected = summarize(originals, count_zeros=False)
+    assert positions == list(range(len(tensors)))
+    for mine, theirs in zip(one_at_a_time, expected):
+        assert mine.keys() == theirs.keys()
+        assert all(mine[k] == theirs[k] or (mine[k] != mine[k] and theirs[k] != theirs[k]) for k in mine)
+    assert one_at_a_time[6]["nan"] == 1 and one_at_a_time[6]["inf"] == 1
