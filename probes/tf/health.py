@@ -10,17 +10,24 @@ tf.function, or of the v1 session.run), and a few reads of process memory. This 
 
 from __future__ import annotations
 
-import ctypes
-import math
-import os
-import resource
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
+from probes.common.health_numbers import (
+    SIGMOID_SATURATION,
+    TANH_SATURATION,
+    current_rss,
+    empty_layer,
+    finish_layer,
+    fmax,
+    fmin,
+    heap_in_use,
+    initial_loss,
+    moments,
+)
 from probes.tf.tensors import FLOAT_NAMES
 
 TANH, SIGMOID, RELU = "tanh", "sigmoid", "relu"
@@ -45,8 +52,6 @@ ACTIVATION_OPS: dict[str, str] = {
 # share would not (dropout scales kept values by 1/(1-p)), so only "relu" is inherited, as torch does.
 PASS_THROUGH_TYPES = frozenset({"Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
                                 "Identity"})
-TANH_SATURATION = 0.99  # |y| above this is saturated: tanh'(y) = 1 - y^2 < 0.02
-SIGMOID_SATURATION = 0.01  # y below this or above 1 - this: sigmoid'(y) = y(1 - y) < 0.0099
 
 Summary = Mapping[str, Any]
 
@@ -141,24 +146,24 @@ def layer_statistics(parameters: Sequence[Any], summaries: Mapping[str, Summary 
                      ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Gradient norm, min, max, max-abs, zero share and weight norm per layer and for the whole network."""
     per_layer: dict[str, dict[str, Any]] = {}
-    network = _empty_layer()
+    network = empty_layer()
     for tracked in parameters:
         weight = summaries.get(f"parameters/{tracked.name}")
         if not weight or weight.get("dtype") not in FLOAT_NAMES or not weight.get("numel"):
             continue
         numel = int(weight["numel"])
         grad = summaries.get(f"gradients/{tracked.name}")
-        for entry in (per_layer.setdefault(tracked.module, _empty_layer()), network):
+        for entry in (per_layer.setdefault(tracked.module, empty_layer()), network):
             entry["weight_sq"] += float(weight["norm"] if weight.get("norm") is not None else 0.0) ** 2
             entry["params"] += numel
             if not grad or grad.get("norm") is None:
                 continue
             entry["grad_sq"] += float(grad["norm"]) ** 2
-            entry["grad_min"] = _fmin(entry["grad_min"], float(grad["min"]))
-            entry["grad_max"] = _fmax(entry["grad_max"], float(grad["max"]))
+            entry["grad_min"] = fmin(entry["grad_min"], float(grad["min"]))
+            entry["grad_max"] = fmax(entry["grad_max"], float(grad["max"]))
             entry["grad_zeros"] += int(grad.get("zeros") or 0)
             entry["grad_numel"] += numel
-    return {path: _finish_layer(entry) for path, entry in per_layer.items()}, _finish_layer(network)
+    return {path: finish_layer(entry) for path, entry in per_layer.items()}, finish_layer(network)
 
 
 def activation_statistics(outputs: Sequence[ActivationOutput], summaries: Mapping[str, Summary | None],
@@ -176,7 +181,7 @@ def activation_statistics(outputs: Sequence[ActivationOutput], summaries: Mappin
         entry: dict[str, Any] = {"module": output.module, "call": output.call, "type": output.type,
                                  "kind": output.kind, "numel": numel}
         if summary.get("norm") is not None:
-            entry.update(_moments(summary["min"], summary["max"], summary["mean"] * numel, summary["norm"], numel))
+            entry.update(moments(summary["min"], summary["max"], summary["mean"] * numel, summary["norm"], numel))
         if row is not None:
             counted, units = row
             if output.kind in (TANH, SIGMOID):
@@ -189,18 +194,6 @@ def activation_statistics(outputs: Sequence[ActivationOutput], summaries: Mappin
     return entries
 
 
-def initial_loss(loss_terms: Mapping[str, float], num_classes: Any, *, notes: list[str]) -> dict[str, Any]:
-    """Each term's step-1 value, with -log(1/C) where the recipe declared C for it."""
-    declared = _declared_classes(loss_terms, num_classes, notes)
-    result = {}
-    for term, value in loss_terms.items():
-        classes = declared.get(term)
-        result[term] = {"value": float(value), "num_classes": classes,
-                        "expected": math.log(classes) if classes else None,
-                        "source": "declared" if classes else None}
-    return result
-
-
 def memory_usage() -> dict[str, Any]:
     """Memory now: process RSS, bytes malloc has handed out (glibc: TF's CPU allocator mallocs), and the
     accelerator memory TF's allocator holds (`get_memory_info`, on devices that support it).
@@ -208,8 +201,8 @@ def memory_usage() -> dict[str, Any]:
     The keys are torch's: `cuda_allocated` is TF's `current` bytes summed over the GPUs; `cuda_reserved`
     stays null, as TF reports no reserved-but-free figure (its `peak` is not one).
     """
-    rss, source = _current_rss()
-    memory: dict[str, Any] = {"rss": rss, "rss_source": source, "heap_in_use": _heap_in_use(),
+    rss, source = current_rss()
+    memory: dict[str, Any] = {"rss": rss, "rss_source": source, "heap_in_use": heap_in_use(),
                               "cuda_allocated": _gpu_current(), "cuda_reserved": None}
     return memory
 
@@ -262,64 +255,6 @@ def _count_row(tf: Any, tensor: Any, kind: str) -> Any:
     return tf.stack([tf.math.count_nonzero(peaks <= 0), tf.cast(tf.size(peaks), tf.int64)])
 
 
-def _moments(low: float, high: float, total: float, norm: float, numel: int) -> dict[str, float]:
-    mean = total / numel
-    variance = norm * norm / numel - mean * mean
-    std = math.sqrt(max(variance, 0.0)) if math.isfinite(variance) else float("nan")
-    return {"min": low, "max": high, "mean": mean, "std": std}
-
-
-def _empty_layer() -> dict[str, Any]:
-    return {"weight_sq": 0.0, "params": 0, "grad_sq": 0.0, "grad_min": None, "grad_max": None,
-            "grad_zeros": 0, "grad_numel": 0}
-
-
-def _finish_layer(entry: Mapping[str, Any]) -> dict[str, Any]:
-    has_grad = entry["grad_numel"] > 0
-    low, high = entry["grad_min"], entry["grad_max"]
-    return {
-        "params": entry["params"],
-        "weight_norm": math.sqrt(entry["weight_sq"]),
-        "grad_norm": math.sqrt(entry["grad_sq"]) if has_grad else None,
-        "grad_min": low,
-        "grad_max": high,
-        "grad_max_abs": _fmax(abs(low), abs(high)) if has_grad else None,
-        "grad_zero_share": entry["grad_zeros"] / entry["grad_numel"] if has_grad else None,
-        "grad_params": entry["grad_numel"],
-    }
-
-
-def _fmin(a: float | None, b: float) -> float:
-    # NaN wins: a non-finite gradient must not disappear behind a finite minimum.
-    if a is None or math.isnan(b):
-        return b
-    return a if math.isnan(a) else min(a, b)
-
-
-def _fmax(a: float | None, b: float) -> float:
-    if a is None or math.isnan(b):
-        return b
-    return a if math.isnan(a) else max(a, b)
-
-
-def _declared_classes(loss_terms: Mapping[str, float], num_classes: Any, notes: list[str]) -> dict[str, int]:
-    if num_classes is None:
-        return {}
-    if isinstance(num_classes, Mapping):
-        declared = {str(term): classes for term, classes in num_classes.items()}
-    else:
-        declared = {term: num_classes for term in loss_terms}
-    valid = {}
-    for term, classes in declared.items():
-        if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:
-            notes.append(f"num_classes for loss term {term!r} must be an integer >= 2, got {classes!r}; ignored")
-        elif term not in loss_terms:
-            notes.append(f"num_classes names loss term {term!r}, which the loss function did not return")
-        else:
-            valid[term] = classes
-    return valid
-
-
 def _gpu_current() -> int | None:
     """Bytes TF's allocator holds on the GPUs now; None without a GPU (CPU:0 has no memory info)."""
     import tensorflow as tf
@@ -334,35 +269,3 @@ def _gpu_current() -> int | None:
     return total if seen else None
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-
-@lru_cache(maxsize=1)
-def _mallinfo2() -> Callable[[], _MallInfo2] | None:
-    try:
-        function = ctypes.CDLL(None).mallinfo2  # glibc >= 2.33; sums every arena
-    except (OSError, AttributeError):
-        return None
-    function.restype = _MallInfo2
-    function.argtypes = []
-    return function  # type: ignore[no-any-return]
-
-
-def _heap_in_use() -> int | None:
-    function = _mallinfo2()
-    if function is None:
-        return None
-    info = function()
-    return int(info.uordblks + info.hblkhd)  # in arenas + in mmapped chunks
-
-
-def _current_rss() -> tuple[int, str]:
-    try:
-        with open("/proc/self/statm", encoding="ascii") as handle:
-            resident_pages = int(handle.read().split()[1])
-        return resident_pages * os.sysconf("SC_PAGE_SIZE"), "statm"
-    except (OSError, ValueError, IndexError):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return int(peak if os.uname().sysname == "Darwin" else peak * 1024), "peak"

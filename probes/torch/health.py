@@ -1,25 +1,32 @@
 """Training-health statistics of one torch step: the `health` key of a step record (docs/health.md).
 
-Computed at the end of a step, after `optimizer.step()` (gradients are still in `p.grad` then, parameters
-are already updated), from the module calls the tracker kept and the model's parameters. Everything is
-reduced with torch ops and fetched with one `.tolist()` per group and device, so the cost is a few passes
-over tensors the step already holds, never per-element Python. The rules that judge these numbers live in
+Assembled at the end of a step, after `optimizer.step()` (gradients are still in `p.grad` then, parameters
+are already updated), from the step recorder's summaries and what the output probe counted as each module
+returned (output_probe). Reductions are torch ops fetched with one `.tolist()` per group and device, never
+per-element Python; the framework-free arithmetic is shared with TF in `probes.common.health_numbers`. The rules that judge these numbers live in
 `audit.health`; this module only measures.
 """
 
 from __future__ import annotations
 
-import ctypes
-import math
-import os
-import resource
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
-from functools import lru_cache
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
+from probes.common.health_numbers import (
+    SIGMOID_SATURATION,
+    TANH_SATURATION,
+    current_rss,
+    empty_layer,
+    finish_layer,
+    fmax,
+    fmin,
+    heap_in_use,
+    initial_loss,
+    moments,
+)
 from probes.torch.tensors import FLOAT_DTYPES
 
 # Output kinds whose statistics have a meaning beyond min/max/mean/std.
@@ -41,8 +48,6 @@ ACTIVATION_NODES: dict[str, str] = {
 # "relu" kind of an input that came out of a ReLU-like function, since never-positive survives scaling.
 PASS_THROUGH_TYPES = frozenset({"Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout",
                                 "FeatureAlphaDropout", "Identity"})
-TANH_SATURATION = 0.99  # |y| above this is saturated: tanh'(y) = 1 - y^2 < 0.02
-SIGMOID_SATURATION = 0.01  # y below this or above 1 - this: sigmoid'(y) = y(1 - y) < 0.0099
 
 Summary = Mapping[str, Any]  # a tensor summary of the trace format (norm, min, max, mean, zeros, numel, ...)
 
@@ -93,8 +98,8 @@ def layer_statistics(parameters: Sequence[tuple[str, torch.Tensor]], *,
                                                  [p.device for _, p in floats])]
     grad_stats = (_summary_grad_stats(gradient_summaries) if gradient_summaries is not None
                   else _computed_grad_stats(floats))
-    per_layer: dict[str, dict[str, Any]] = defaultdict(_empty_layer)
-    network = _empty_layer()
+    per_layer: dict[str, dict[str, Any]] = defaultdict(empty_layer)
+    network = empty_layer()
     for (name, p), weight_norm in zip(floats, weight_norms):
         stats = grad_stats.get(name)
         for entry in (per_layer[layer_of(name)], network):
@@ -103,11 +108,11 @@ def layer_statistics(parameters: Sequence[tuple[str, torch.Tensor]], *,
             if stats is None:
                 continue
             entry["grad_sq"] += stats[0] ** 2
-            entry["grad_min"] = _fmin(entry["grad_min"], stats[1])
-            entry["grad_max"] = _fmax(entry["grad_max"], stats[2])
+            entry["grad_min"] = fmin(entry["grad_min"], stats[1])
+            entry["grad_max"] = fmax(entry["grad_max"], stats[2])
             entry["grad_zeros"] += int(stats[3])
             entry["grad_numel"] += p.numel()
-    return {path: _finish_layer(entry) for path, entry in per_layer.items()}, _finish_layer(network)
+    return {path: finish_layer(entry) for path, entry in per_layer.items()}, finish_layer(network)
 
 
 def activation_statistics(calls: Sequence[Any], *, notes: list[str] | None = None) -> list[dict[str, Any]]:
@@ -128,7 +133,7 @@ def activation_statistics(calls: Sequence[Any], *, notes: list[str] | None = Non
             numel = int(summary["numel"])
             entry = {"module": call.output_name(index), "call": call.call, "type": call.module_type,
                      "kind": kind, "numel": numel}
-            entry.update(_moments(summary["min"], summary["max"], summary["mean"] * numel, summary["norm"], numel))
+            entry.update(moments(summary["min"], summary["max"], summary["mean"] * numel, summary["norm"], numel))
             counts = call.activation_counts.get(index)
             if counts is not None:
                 saturated, dead, units = counts
@@ -142,26 +147,14 @@ def activation_statistics(calls: Sequence[Any], *, notes: list[str] | None = Non
     return entries
 
 
-def initial_loss(loss_terms: Mapping[str, float], num_classes: Any, *, notes: list[str]) -> dict[str, Any]:
-    """Each term's step-1 value, with -log(1/C) where the recipe declared C for it."""
-    declared = _declared_classes(loss_terms, num_classes, notes)
-    result = {}
-    for term, value in loss_terms.items():
-        classes = declared.get(term)
-        result[term] = {"value": float(value), "num_classes": classes,
-                        "expected": math.log(classes) if classes else None,
-                        "source": "declared" if classes else None}
-    return result
-
-
 def memory_usage() -> dict[str, Any]:
     """Memory now: process RSS, bytes malloc has handed out (glibc), CUDA where CUDA is already in use.
 
     RSS keeps memory the allocator has freed but not returned, so it wanders for a few steps in a healthy
     run; `heap_in_use` counts only live allocations (CPU tensors are malloc'd), like `cuda_allocated`.
     """
-    rss, source = _current_rss()
-    memory: dict[str, Any] = {"rss": rss, "rss_source": source, "heap_in_use": _heap_in_use(),
+    rss, source = current_rss()
+    memory: dict[str, Any] = {"rss": rss, "rss_source": source, "heap_in_use": heap_in_use(),
                               "cuda_allocated": None, "cuda_reserved": None}
     # is_initialized(): never start a CUDA context just to read zeros in a CPU run.
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -213,13 +206,6 @@ def activation_counts(tensor: torch.Tensor, kind: str) -> torch.Tensor:
     return torch.stack([saturated, dead, units])
 
 
-def _moments(low: float, high: float, total: float, norm: float, numel: int) -> dict[str, float]:
-    mean = total / numel
-    variance = norm * norm / numel - mean * mean
-    std = math.sqrt(max(variance, 0.0)) if math.isfinite(variance) else float("nan")
-    return {"min": low, "max": high, "mean": mean, "std": std}
-
-
 def _summary_norm(summary: Summary | None) -> float:
     if not summary or summary.get("norm") is None:
         return 0.0
@@ -267,87 +253,3 @@ def _node_kind(node: Any) -> str | None:
     return ACTIVATION_NODES.get(type(node).__name__) or ACTIVATION_NODES.get(node.name())
 
 
-def _empty_layer() -> dict[str, Any]:
-    return {"weight_sq": 0.0, "params": 0, "grad_sq": 0.0, "grad_min": None, "grad_max": None,
-            "grad_zeros": 0, "grad_numel": 0}
-
-
-def _finish_layer(entry: Mapping[str, Any]) -> dict[str, Any]:
-    has_grad = entry["grad_numel"] > 0
-    low, high = entry["grad_min"], entry["grad_max"]
-    return {
-        "params": entry["params"],
-        "weight_norm": math.sqrt(entry["weight_sq"]),
-        "grad_norm": math.sqrt(entry["grad_sq"]) if has_grad else None,
-        "grad_min": low,
-        "grad_max": high,
-        "grad_max_abs": _fmax(abs(low), abs(high)) if has_grad else None,
-        "grad_zero_share": entry["grad_zeros"] / entry["grad_numel"] if has_grad else None,
-        "grad_params": entry["grad_numel"],
-    }
-
-
-def _fmin(a: float | None, b: float) -> float:
-    # NaN wins: a non-finite gradient must not disappear behind a finite minimum.
-    if a is None or math.isnan(b):
-        return b
-    return a if math.isnan(a) else min(a, b)
-
-
-def _fmax(a: float | None, b: float) -> float:
-    if a is None or math.isnan(b):
-        return b
-    return a if math.isnan(a) else max(a, b)
-
-
-def _declared_classes(loss_terms: Mapping[str, float], num_classes: Any, notes: list[str]) -> dict[str, int]:
-    if num_classes is None:
-        return {}
-    if isinstance(num_classes, Mapping):
-        declared = {str(term): classes for term, classes in num_classes.items()}
-    else:
-        declared = {term: num_classes for term in loss_terms}
-    valid = {}
-    for term, classes in declared.items():
-        if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:
-            notes.append(f"num_classes for loss term {term!r} must be an integer >= 2, got {classes!r}; ignored")
-        elif term not in loss_terms:
-            notes.append(f"num_classes names loss term {term!r}, which the loss function did not return")
-        else:
-            valid[term] = classes
-    return valid
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-
-@lru_cache(maxsize=1)
-def _mallinfo2() -> Callable[[], _MallInfo2] | None:
-    try:
-        function = ctypes.CDLL(None).mallinfo2  # glibc >= 2.33; sums every arena
-    except (OSError, AttributeError):
-        return None
-    function.restype = _MallInfo2
-    function.argtypes = []
-    return function  # type: ignore[no-any-return]
-
-
-def _heap_in_use() -> int | None:
-    function = _mallinfo2()
-    if function is None:
-        return None
-    info = function()
-    return int(info.uordblks + info.hblkhd)  # in arenas + in mmapped chunks
-
-
-def _current_rss() -> tuple[int, str]:
-    try:
-        with open("/proc/self/statm", encoding="ascii") as handle:
-            resident_pages = int(handle.read().split()[1])
-        return resident_pages * os.sysconf("SC_PAGE_SIZE"), "statm"
-    except (OSError, ValueError, IndexError):
-        # No /proc (macOS): the peak is the best the standard library offers; it still shows steady growth.
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return int(peak if os.uname().sysname == "Darwin" else peak * 1024), "peak"
