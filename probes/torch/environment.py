@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from probes.common.environment import base_environment
+from probes.common.native_summary import kernel
 
 
 def torch_environment(*, recipe_dir: str | None) -> dict[str, Any]:
@@ -20,6 +21,8 @@ def torch_environment(*, recipe_dir: str | None) -> dict[str, Any]:
         "devices": _devices(),
         "default_dtype": str(torch.get_default_dtype()).replace("torch.", ""),
     }
+    # Which code summarised tensors: hashes are the same either way, sums and norms only up to rounding.
+    environment["summary_kernel"] = "native" if kernel() is not None else "torch"
     environment["threads"] = {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}
     environment["determinism"] = {
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),

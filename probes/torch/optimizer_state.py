@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import torch
 
-from probes.torch.tensors import tensor_hash
+from probes.torch.tensors import tensor_hashes
 
 
 def param_groups(optimizer: torch.optim.Optimizer, names: Mapping[int, str]) -> list[dict[str, Any]]:
@@ -22,26 +22,41 @@ def param_groups(optimizer: torch.optim.Optimizer, names: Mapping[int, str]) -> 
 
 
 def state_hashes(optimizer: torch.optim.Optimizer, names: Mapping[int, str]) -> dict[str, dict[str, Any]]:
-    states: dict[str, dict[str, Any]] = {}
-    for param, state in optimizer.state.items():
-        name = names.get(id(param))
-        if name is None:
-            continue
-        states[name] = {key: _plain(value) for key, value in state.items()}
+    named = [(name, state) for param, state in optimizer.state.items()
+             if (name := names.get(id(param))) is not None]
+    tensors: list[torch.Tensor] = []
+    for _, state in named:
+        _collect_tensors(state, tensors)
+    hashes = dict(zip(map(id, tensors), tensor_hashes(tensors)))  # all at once: one native call
+    states = {name: {key: _plain(value, hashes) for key, value in state.items()} for name, state in named}
     return dict(sorted(states.items()))
 
 
-def _plain(value: Any) -> Any:
-    """JSON-able form: tensors become their scalar or their hash, containers recurse."""
+def _collect_tensors(value: Any, found: list[torch.Tensor]) -> None:
+    """The tensors of more than one element that `_plain` will show by their hash."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            found.append(value)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _collect_tensors(item, found)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _collect_tensors(item, found)
+
+
+def _plain(value: Any, hashes: Mapping[int, str] | None = None) -> Any:
+    """JSON-able form: tensors become their scalar or their hash (from `hashes` where given), containers
+    recurse."""
     if isinstance(value, torch.Tensor):
         if value.numel() == 1:
             number = value.item()
             return number if not isinstance(number, float) or math.isfinite(number) else str(number)
-        return tensor_hash(value)
+        return (hashes or {}).get(id(value)) or tensor_hashes([value])[0]
     if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
+        return [_plain(item, hashes) for item in value]
     if isinstance(value, dict):
-        return {str(key): _plain(item) for key, item in value.items()}
+        return {str(key): _plain(item, hashes) for key, item in value.items()}
     if isinstance(value, (bool, int, str)) or value is None:
         return value
     if isinstance(value, float):

@@ -1,22 +1,26 @@
 """Summaries (statistics plus content hash) of torch tensors, computed in as few passes as possible.
 
-Cost is what matters here: every gradient, parameter and module output is summarised at every step. Each
-large tensor is hashed and reduced while it is still in the CPU cache (hash, zero count, min/max, sum, norm
-back to back), so it is read from memory once; small tensors of one shape are stacked and reduced row-wise,
-a handful of ops for dozens of biases. Statistics are fetched with one `.tolist()` per device, so a CUDA
-run synchronises once per group; NaN and Inf are counted only when the norm says there are some.
+Cost is what matters here: every gradient, parameter and module output is summarised at every step. A CPU
+float32/float64 tensor goes to the native kernel (probes/common/native_summary), which hashes and reduces
+it in one pass. Elsewhere (GPU, half types, or no C compiler) torch reductions do it: each large tensor is
+hashed and reduced while it is still in the CPU cache (hash, zero count, min/max, sum, norm back to back);
+small tensors of one shape are stacked and reduced row-wise, a handful of ops for dozens of biases.
+Statistics are fetched with one `.tolist()` per device, so a CUDA run synchronises once per group; NaN and
+Inf are counted only when the norm says there are some.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from probes.common.hashing import hash_array, hash_numeric, summarize_array
+from probes.common.native_summary import BYTES, FLOAT32, FLOAT64, kernel
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _NUMERIC_DTYPES = frozenset({torch.float16, torch.float32, torch.float64, torch.int8, torch.uint8,
@@ -68,9 +72,12 @@ def summarize(tensors: Sequence[torch.Tensor], *, count_zeros: bool = True) -> l
     (dead units are measured by the health probe).
     """
     summaries: list[dict[str, Any]] = [{}] * len(tensors)
+    native = _native_summaries(tensors, count_zeros=count_zeros)
     float_index = []
     for i, tensor in enumerate(tensors):
-        if tensor.dtype in FLOAT_DTYPES and tensor.numel() > 0:
+        if i in native:
+            summaries[i] = native[i]
+        elif tensor.dtype in FLOAT_DTYPES and tensor.numel() > 0:
             float_index.append(i)
         else:
             summaries[i] = summarize_array(as_numpy(tensor), dtype_name=dtype_name(tensor.dtype))
@@ -98,7 +105,10 @@ class SummaryBatch:
         """Position of the tensor's summary in the list `finish` returns."""
         position = len(self._done)
         tensor = tensor.detach()
-        if tensor.dtype in FLOAT_DTYPES and 0 < tensor.numel() <= SMALL_NUMEL:
+        native = native_summary(tensor, count_zeros=self.count_zeros)
+        if native is not None:
+            self._done.append(native)
+        elif tensor.dtype in FLOAT_DTYPES and 0 < tensor.numel() <= SMALL_NUMEL:
             self._small.append((position, tensor.clone()))
             self._done.append(None)
         elif tensor.dtype in FLOAT_DTYPES and tensor.numel() > 0 and not self.count_zeros:
@@ -144,6 +154,78 @@ def _float_summaries(tensors: list[torch.Tensor], *, count_zeros: bool) -> list[
                                  count_zeros=count_zeros)
         stats, counts = pending.fetch()
     return [_summary(tensor, hashes[i], stats[i], counts.get(i, zeros[i])) for i, tensor in enumerate(tensors)]
+
+
+# numpy's name of each dtype the kernel can take: the hash input is that of `hash_numeric`.
+_NUMPY_NAMES = {dtype: torch.empty(0, dtype=dtype).numpy().dtype.str for dtype in _NUMERIC_DTYPES}
+_NATIVE_KINDS = {torch.float32: FLOAT32, torch.float64: FLOAT64}
+
+
+def native_summary(tensor: torch.Tensor, *, count_zeros: bool = True) -> dict[str, Any] | None:
+    """The summary by the native one-pass kernel, or None where it does not apply (no kernel, not a
+    contiguous CPU float32/float64 tensor): then the torch reductions below make the same summary."""
+    kind = _NATIVE_KINDS.get(tensor.dtype)
+    native = kernel() if kind is not None and _native_layout(tensor) else None
+    if native is None:
+        return None
+    found = native.summarize(tensor.data_ptr(), tensor.numel(), double=kind == FLOAT64,
+                             prefix=_hash_prefix(tensor), zeros=count_zeros)
+    return _native_record(tensor, found, count_zeros)
+
+
+def _native_summaries(tensors: Sequence[torch.Tensor], *, count_zeros: bool) -> dict[int, dict[str, Any]]:
+    """{index: summary} of the tensors the kernel takes, all in one call on torch's intra-op threads
+    (training waits for these summaries, so its threads are free)."""
+    native = kernel()
+    if native is None:
+        return {}
+    chosen = [i for i, t in enumerate(tensors) if t.dtype in _NATIVE_KINDS and _native_layout(t)]
+    chosen.sort(key=lambda i: -tensors[i].numel())  # largest first: the threads finish together
+    found = native.summarize_many([(tensors[i].data_ptr(), tensors[i].numel(), _NATIVE_KINDS[tensors[i].dtype],
+                                    _hash_prefix(tensors[i])) for i in chosen],
+                                  zeros=count_zeros, threads=torch.get_num_threads())
+    return {i: _native_record(tensors[i], summary, count_zeros) for i, summary in zip(chosen, found)}
+
+
+def tensor_hashes(tensors: Sequence[torch.Tensor]) -> list[str]:
+    """`tensor_hash` of many tensors; those in CPU memory are hashed in one native call on several threads."""
+    native = kernel()
+    chosen = ([i for i, t in enumerate(tensors) if t.dtype in _NUMPY_NAMES and _native_layout(t)]
+              if native is not None else [])
+    hashes = {i: found.digest for i, found in zip(chosen, native.summarize_many(
+        [(tensors[i].data_ptr(), tensors[i].numel() * tensors[i].element_size(), BYTES,
+          _hash_prefix(tensors[i])) for i in chosen], threads=torch.get_num_threads()))} if chosen and native else {}
+    return [hashes[i] if i in hashes else tensor_hash(t) for i, t in enumerate(tensors)]
+
+
+def _native_layout(tensor: torch.Tensor) -> bool:
+    return (tensor.device.type == "cpu" and tensor.layout == torch.strided and tensor.numel() > 0
+            and tensor.is_contiguous() and not tensor.is_neg() and not tensor.is_conj())
+
+
+def _hash_prefix(tensor: torch.Tensor) -> bytes:
+    """What `hash_numeric` hashes before the values: numpy's dtype string and shape (0-d as (1,))."""
+    return f"{_NUMPY_NAMES[tensor.dtype]}{tuple(tensor.shape) or (1,)}".encode()
+
+
+def _native_record(tensor: torch.Tensor, found: Any, count_zeros: bool) -> dict[str, Any]:
+    minimum, maximum, total, sum_of_squares = found.stats
+    zeros, nan, inf = found.counts
+    numel = tensor.numel()
+    return {
+        "shape": list(tensor.shape),
+        "dtype": dtype_name(tensor.dtype),
+        "numel": numel,
+        "hash": found.digest,
+        "norm": float("nan") if math.isnan(sum_of_squares) else math.sqrt(sum_of_squares),
+        "min": minimum,
+        "max": maximum,
+        "mean": total / numel,
+        "max_abs": float("nan") if nan else max(abs(minimum), abs(maximum)),
+        "nan": nan,
+        "inf": inf,
+        "zeros": zeros if count_zeros else None,
+    }
 
 
 def _large_summary(tensor: torch.Tensor) -> dict[str, Any]:

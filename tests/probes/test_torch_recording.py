@@ -130,12 +130,19 @@ def test_values_are_the_tensors(write_config, tmp_path: Path) -> None:
     assert float(np.linalg.norm(param)) == pytest.approx(summary["norm"], rel=1e-6)
 
 
-def test_summaries_match_numpy_on_every_path() -> None:
-    """Large tensors (hashed and reduced one by one), small ones (stacked by size), views, half types."""
+@pytest.mark.parametrize("kernel", ["native", "torch"])
+def test_summaries_match_numpy_on_every_path(kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large tensors (hashed and reduced one by one), small ones (stacked by size), views, half types;
+    by the native kernel where it can be built, and by torch reductions."""
     import torch
 
+    from probes.common import native_summary
     from probes.common.hashing import summarize_array
     from probes.torch.tensors import SMALL_NUMEL, as_numpy, summarize
+
+    if kernel == "native" and native_summary.kernel() is None:
+        pytest.skip("no C compiler here")
+    monkeypatch.setattr(native_summary, "_loaded", [native_summary.kernel()] if kernel == "native" else [None])
 
     generator = torch.Generator().manual_seed(0)
     large = torch.randn(SMALL_NUMEL + 77, generator=generator)

@@ -1,0 +1,169 @@
+/* Hash and statistics of a float array in one pass over memory (see probes/common/native_summary.py).
+ *
+ * The array is read in blocks small enough for the L1 cache: each block is fed to XXH3-128 and reduced
+ * right after, so a tensor that is not in cache is read from memory once instead of once per statistic.
+ * Reductions keep LANES independent accumulators, which the compiler turns into SIMD registers without
+ * -ffast-math: each lane is summed in order, so the result is the same on every run and machine.
+ * Float lanes are folded into double totals after every block, which keeps float32 sums accurate.
+ * Comparisons are written as `v < lo ? v : lo` (the semantics of the SIMD min instruction): NaN never
+ * wins, and is reported by its count instead. NaN and Inf are not counted in the hot loop: either makes
+ * the block's sum non-finite, and only such a block is read again to count them.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+
+#define XXH_INLINE_ALL
+#include "xxhash.h"
+
+#define BLOCK 4096 /* elements per block: 16 KiB of float32 */
+#define LANES 16
+
+/* The hot loop over one block's whole rows of LANES values; ZEROS is a constant, so each copy is lean. */
+#define REDUCE_ROWS(T, ACC, ZEROS)                                                                      \
+    for (; i < whole; i += LANES) {                                                                     \
+        for (int j = 0; j < LANES; j++) {                                                               \
+            T v = x[i + j];                                                                             \
+            lo[j] = v < lo[j] ? v : lo[j];                                                              \
+            hi[j] = v > hi[j] ? v : hi[j];                                                              \
+            s[j] += v;                                                                                  \
+            ss[j] += (ACC)v * v;                                                                        \
+            if (ZEROS) z[j] += v == 0;                                                                  \
+        }                                                                                               \
+    }
+
+/* out: min, max, sum, sum of squares; counts: zeros (when want_zeros), NaN, +-Inf; digest: XXH3-128 of
+   prefix then the data (canonical, big-endian). want_stats = 0 only hashes. Returns 0, or 1 on failure. */
+#define DEFINE_SUMMARY(NAME, T, ACC)                                                                    \
+    int NAME(const T *x, int64_t n, const char *prefix, int64_t prefix_len, int want_stats,            \
+             int want_zeros, double *out, int64_t *counts, unsigned char *digest) {                     \
+        XXH3_state_t state;                                                                             \
+        if (XXH3_128bits_reset(&state) != XXH_OK) return 1;                                             \
+        if (prefix_len && XXH3_128bits_update(&state, prefix, (size_t)prefix_len) != XXH_OK) return 1;  \
+        T lo[LANES], hi[LANES];                                                                         \
+        ACC s[LANES], ss[LANES];                                                                        \
+        int32_t z[LANES];                                                                               \
+        T first = n > 0 ? x[0] : (T)0;                                                                  \
+        for (int j = 0; j < LANES; j++) {                                                               \
+            lo[j] = first; hi[j] = first; s[j] = 0; ss[j] = 0; z[j] = 0;                                \
+        }                                                                                               \
+        double sum = 0, sumsq = 0;                                                                      \
+        int64_t zeros = 0, nans = 0, infs = 0;                                                          \
+        for (int64_t start = 0; start < n; start += BLOCK) {                                            \
+            int64_t end = start + BLOCK < n ? start + BLOCK : n;                                        \
+            if (XXH3_128bits_update(&state, x + start, (size_t)(end - start) * sizeof(T)) != XXH_OK)    \
+                return 1;                                                                               \
+            if (!want_stats) continue;                                                                  \
+            int64_t i = start, whole = start + (end - start) / LANES * LANES;                           \
+            if (want_zeros) {                                                                           \
+                REDUCE_ROWS(T, ACC, 1)                                                                  \
+            } else {                                                                                    \
+                REDUCE_ROWS(T, ACC, 0)                                                                  \
+            }                                                                                           \
+            for (; i < end; i++) {                                                                      \
+                T v = x[i];                                                                             \
+                lo[0] = v < lo[0] ? v : lo[0];                                                          \
+                hi[0] = v > hi[0] ? v : hi[0];                                                          \
+                s[0] += v;                                                                              \
+                ss[0] += (ACC)v * v;                                                                    \
+                z[0] += v == 0;                                                                         \
+            }                                                                                           \
+            ACC block = 0;                                                                              \
+            for (int j = 0; j < LANES; j++) {                                                           \
+                block += s[j];                                                                          \
+                sum += s[j]; sumsq += ss[j]; zeros += z[j];                                             \
+                s[j] = 0; ss[j] = 0; z[j] = 0;                                                          \
+            }                                                                                           \
+            if (!(block - block == 0)) { /* NaN or Inf in this block (or a float overflow): count */    \
+                for (int64_t q = start; q < end; q++) {                                                 \
+                    nans += x[q] != x[q];                                                               \
+                    infs += x[q] == (T)INFINITY || x[q] == -(T)INFINITY;                                \
+                }                                                                                       \
+            }                                                                                           \
+        }                                                                                               \
+        XXH128_canonical_t canonical;                                                                   \
+        XXH128_canonicalFromHash(&canonical, XXH3_128bits_digest(&state));                              \
+        memcpy(digest, canonical.digest, 16);                                                           \
+        if (!want_stats) return 0;                                                                      \
+        T low = first, high = first;                                                                    \
+        for (int j = 0; j < LANES; j++) {                                                               \
+            low = lo[j] < low ? lo[j] : low;                                                            \
+            high = hi[j] > high ? hi[j] : high;                                                         \
+        }                                                                                               \
+        out[0] = nans ? NAN : (double)low; /* as torch.aminmax: NaN anywhere makes both NaN */          \
+        out[1] = nans ? NAN : (double)high;                                                             \
+        out[2] = sum;                                                                                   \
+        out[3] = sumsq;                                                                                 \
+        counts[0] = want_zeros ? zeros : 0; counts[1] = nans; counts[2] = infs;                         \
+        return 0;                                                                                       \
+    }
+
+DEFINE_SUMMARY(summary_f32, float, float)
+DEFINE_SUMMARY(summary_f64, double, double)
+
+/* XXH3-128 of prefix then nbytes bytes: the hash of an array of any dtype, without statistics. */
+static int summary_bytes(const void *data, int64_t nbytes, const char *prefix, int64_t prefix_len,
+                         unsigned char *digest) {
+    XXH3_state_t state;
+    if (XXH3_128bits_reset(&state) != XXH_OK) return 1;
+    if (prefix_len && XXH3_128bits_update(&state, prefix, (size_t)prefix_len) != XXH_OK) return 1;
+    if (nbytes && XXH3_128bits_update(&state, data, (size_t)nbytes) != XXH_OK) return 1;
+    XXH128_canonical_t canonical;
+    XXH128_canonicalFromHash(&canonical, XXH3_128bits_digest(&state));
+    memcpy(digest, canonical.digest, 16);
+    return 0;
+}
+
+/* Many arrays at once, on `threads` threads (the caller's among them): the probes summarise every gradient,
+   parameter and optimizer state tensor at points of the step where training itself waits for them.
+   kinds[i]: 0 float32 and 1 float64 (numels[i] values, with statistics), 2 any other array (numels[i]
+   bytes, hashed only). Item i's prefix is prefixes[prefix_offsets[i]:prefix_offsets[i + 1]]. Returns the
+   number of items that failed (0). */
+typedef struct {
+    int64_t n;
+    const int64_t *addresses, *numels, *prefix_offsets;
+    const int32_t *kinds;
+    const char *prefixes;
+    int want_zeros;
+    double *out;
+    int64_t *counts;
+    unsigned char *digests;
+    int64_t next; /* the next item to take, shared by the threads */
+    int64_t failed;
+} batch_t;
+
+static void *run_batch(void *arg) {
+    batch_t *b = (batch_t *)arg;
+    for (;;) {
+        int64_t i = __atomic_fetch_add(&b->next, 1, __ATOMIC_RELAXED);
+        if (i >= b->n) return NULL;
+        const char *prefix = b->prefixes + b->prefix_offsets[i];
+        int64_t prefix_len = b->prefix_offsets[i + 1] - b->prefix_offsets[i];
+        const void *data = (const void *)(intptr_t)b->addresses[i];
+        int status;
+        if (b->kinds[i] == 0)
+            status = summary_f32((const float *)data, b->numels[i], prefix, prefix_len, 1, b->want_zeros,
+                                 b->out + 4 * i, b->counts + 3 * i, b->digests + 16 * i);
+        else if (b->kinds[i] == 1)
+            status = summary_f64((const double *)data, b->numels[i], prefix, prefix_len, 1, b->want_zeros,
+                                 b->out + 4 * i, b->counts + 3 * i, b->digests + 16 * i);
+        else
+            status = summary_bytes(data, b->numels[i], prefix, prefix_len, b->digests + 16 * i);
+        if (status) __atomic_fetch_add(&b->failed, 1, __ATOMIC_RELAXED);
+    }
+}
+
+int64_t summary_many(int64_t n, const int64_t *addresses, const int64_t *numels, const int32_t *kinds,
+                     const char *prefixes, const int64_t *prefix_offsets, int want_zeros, int threads,
+                     double *out, int64_t *counts, unsigned char *digests) {
+    batch_t b = {n, addresses, numels, prefix_offsets, kinds, prefixes, want_zeros, out, counts, digests, 0, 0};
+    pthread_t helpers[64];
+    int started = 0;
+    if (threads > 64) threads = 64;
+    for (int t = 1; t < threads && t < n; t++)
+        if (pthread_create(&helpers[started], NULL, run_batch, &b) == 0) started++;
+    run_batch(&b);
+    for (int t = 0; t < started; t++) pthread_join(helpers[t], NULL);
+    return b.failed;
+}

@@ -1,0 +1,217 @@
+"""Hash and statistics of an array in one pass over memory, by a small C kernel built on first use.
+
+Why: a recorded step summarises every gradient, parameter and module output. Done with separate
+reductions (hash, min/max, sum, sum of squares, zero count), each tensor is read five times and each read
+is an op with its own overhead; `native/summary.c` reads it once, in blocks that stay in the L1 cache, and
+is three to five times cheaper. Its hash is the same XXH3-128 as `hashing.hash_numeric` (the kernel
+compiles the xxHash release that the `xxhash` package wraps).
+
+The kernel is compiled with the machine's C compiler (`$CC`, else `cc`, `gcc` or `clang`) for this CPU,
+once, into a cache folder keyed by the sources, flags, compiler and CPU. Where there is no compiler, the
+build fails, or `REPRO_AUDIT_NATIVE=0`, `kernel()` is None and the probes fall back to framework
+reductions: the same hashes and counts, sums and norms equal up to float rounding. A failed build is
+remembered, so later runs do not pay for it again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SOURCE_DIR = Path(__file__).resolve().parent / "native"
+SOURCES = ("summary.c", "xxhash.h")
+FLAG_SETS = (("-O3", "-std=c99", "-shared", "-fPIC", "-pthread", "-march=native"),
+             ("-O3", "-std=c99", "-shared", "-fPIC", "-pthread"))
+BUILD_TIMEOUT_S = 120
+DISABLE_ENV = "REPRO_AUDIT_NATIVE"
+CACHE_ENV = "REPRO_AUDIT_CACHE_DIR"
+
+# Kinds of a batch item: float32 or float64 values with statistics, or any array's bytes, hashed only.
+FLOAT32, FLOAT64, BYTES = 0, 1, 2
+_DOUBLE4 = ctypes.c_double * 4
+_INT3 = ctypes.c_int64 * 3
+_DIGEST = ctypes.c_ubyte * 16
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What the kernel found: hash hex digest, [min, max, sum, sum of squares], [zeros, NaN, Inf]."""
+
+    digest: str
+    stats: tuple[float, float, float, float]
+    counts: tuple[int, int, int]
+
+
+class NativeSummary:
+    """The loaded kernel. Calls release the GIL (ctypes does so for every foreign call)."""
+
+    def __init__(self, library: ctypes.CDLL, path: Path) -> None:
+        self.path = path
+        self._f32 = self._declare(library.summary_f32)
+        self._f64 = self._declare(library.summary_f64)
+        self._many = library.summary_many
+        self._many.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 5 + [ctypes.c_int, ctypes.c_int] + \
+            [ctypes.c_void_p] * 3
+        self._many.restype = ctypes.c_int64
+
+    @staticmethod
+    def _declare(function: Any) -> Any:
+        function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_char_p, ctypes.c_int64, ctypes.c_int,
+                             ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        function.restype = ctypes.c_int
+        return function
+
+    def summarize(self, address: int, numel: int, *, double: bool, prefix: bytes, stats: bool = True,
+                  zeros: bool = True) -> Summary:
+        """`numel` float32 (or float64) values at `address`, contiguous; the caller keeps them alive.
+        Without `zeros` the zero count is 0 and the pass about a fifth cheaper."""
+        out, counts, digest = _DOUBLE4(), _INT3(), _DIGEST()
+        function = self._f64 if double else self._f32
+        if function(address, numel, prefix, len(prefix), int(stats), int(zeros), out, counts, digest) != 0:
+            raise RuntimeError("the native summary kernel failed to hash")
+        return Summary("xxh3:" + bytes(digest).hex(), (out[0], out[1], out[2], out[3]),
+                       (counts[0], counts[1], counts[2]))
+
+
+    def summarize_many(self, items: Sequence[tuple[int, int, int, bytes]], *, zeros: bool = True,
+                       threads: int = 1) -> list[Summary]:
+        """Items (address, numel or, for BYTES, byte count, kind, prefix) on `threads` threads at once.
+
+        Summaries come back in item order; a BYTES item's statistics are zeros. The caller keeps every
+        array alive and unchanged until this returns.
+        """
+        n = len(items)
+        if n == 0:
+            return []
+        addresses = np.array([item[0] for item in items], dtype=np.int64)
+        numels = np.array([item[1] for item in items], dtype=np.int64)
+        kinds = np.array([item[2] for item in items], dtype=np.int32)
+        prefixes = b"".join(item[3] for item in items)
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum([len(item[3]) for item in items], out=offsets[1:])
+        out = np.zeros((n, 4), dtype=np.float64)
+        counts = np.zeros((n, 3), dtype=np.int64)
+        digests = np.zeros((n, 16), dtype=np.uint8)
+        failed = self._many(n, addresses.ctypes.data, numels.ctypes.data, kinds.ctypes.data, prefixes,
+                            offsets.ctypes.data, int(zeros), max(1, threads), out.ctypes.data,
+                            counts.ctypes.data, digests.ctypes.data)
+        if failed:
+            raise RuntimeError("the native summary kernel failed to hash")
+        hexes = digests.tobytes().hex()
+        stats, numbers = out.tolist(), counts.tolist()
+        return [Summary("xxh3:" + hexes[32 * i:32 * i + 32], tuple(stats[i]), tuple(numbers[i]))  # type: ignore[arg-type]
+                for i in range(n)]
+
+
+_loaded: list[NativeSummary | None] = []
+
+
+def kernel() -> NativeSummary | None:
+    """The kernel, built or loaded once per process; None where it cannot be had (see module docstring)."""
+    if not _loaded:
+        _loaded.append(None if os.environ.get(DISABLE_ENV, "1") == "0" else load())
+    return _loaded[0]
+
+
+def load(cache_dir: Path | None = None, compiler: str | None = None) -> NativeSummary | None:
+    """Load the cached build for this machine, building it first if there is none."""
+    compiler = compiler or _find_compiler()
+    if compiler is None:
+        return None
+    folder = (cache_dir or _cache_root()) / _build_key(compiler)
+    library_path = folder / "summary.so"
+    failed = folder / "failed.txt"
+    if not library_path.exists():
+        if failed.exists():
+            return None
+        if not _build(compiler, folder, library_path, failed):
+            return None
+    try:
+        return NativeSummary(ctypes.CDLL(str(library_path)), library_path)
+    except (OSError, AttributeError):
+        return None
+
+
+def _build(compiler: str, folder: Path, library_path: Path, failed: Path) -> bool:
+    """Compile into a temporary file, then rename: two runs building at once each get a whole library."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    errors = []
+    for flags in FLAG_SETS:
+        descriptor, temporary = tempfile.mkstemp(dir=folder, suffix=".so.partial")
+        os.close(descriptor)
+        command = [compiler, *flags, "-o", temporary, str(SOURCE_DIR / "summary.c")]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
+                                  check=False)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            errors.append(f"{' '.join(command)}: {error}")
+            Path(temporary).unlink(missing_ok=True)
+            continue
+        if done.returncode == 0:
+            os.replace(temporary, library_path)
+            return True
+        errors.append(f"{' '.join(command)}: exit {done.returncode}\n{done.stderr[-2000:]}")
+        Path(temporary).unlink(missing_ok=True)
+    try:
+        failed.write_text("\n\n".join(errors))
+    except OSError:
+        pass
+    return False
+
+
+def _find_compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and (found := shutil.which(name)):
+            return found
+    return None
+
+
+def _build_key(compiler: str) -> str:
+    """Sources, flags, compiler (path, size, date) and CPU: a build made for another machine never loads."""
+    digest = hashlib.sha256()
+    for name in SOURCES:
+        digest.update((SOURCE_DIR / name).read_bytes())
+    compiler_stat = os.stat(compiler)
+    digest.update(repr((FLAG_SETS, compiler, compiler_stat.st_size, compiler_stat.st_mtime_ns,
+                        platform.machine(), sys.platform, _cpu_identity())).encode())
+    return digest.hexdigest()[:24]
+
+
+def _cpu_identity() -> str:
+    """Model and instruction-set flags of the CPU, where the OS says them (-march=native depends on them)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            lines = [line for line in handle if line.startswith(("model name", "flags", "Features"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor()
+
+
+def _cache_root() -> Path:
+    configured = os.environ.get(CACHE_ENV)
+    if configured:
+        return Path(configured) / "native"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    root = Path(base) / "repro-audit" / "native"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if os.access(root, os.W_OK):
+            return root
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir()) / f"repro-audit-{os.getuid() if hasattr(os, 'getuid') else 'user'}" / "native"

@@ -1,0 +1,147 @@
+"""The native one-pass kernel: same hashes and statistics as the torch reductions, and a safe fallback."""
+
+from __future__ import annotations
+
+import math
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from audit.config import load_config
+from audit.runner import record
+from audit.trace import Trace
+from probes.common import native_summary
+from probes.common.hashing import hash_numeric
+from probes.torch.tensors import native_summary as summarize_natively
+from probes.torch.tensors import summarize, tensor_hash, tensor_hashes
+
+needs_compiler = pytest.mark.skipif(native_summary._find_compiler() is None, reason="no C compiler here")
+
+
+@pytest.fixture
+def kernel_off() -> object:
+    """Summaries in this process by torch reductions, as where no kernel could be built."""
+    saved = list(native_summary._loaded)
+    native_summary._loaded[:] = [None]
+    yield
+    native_summary._loaded[:] = saved
+
+
+def tensors_with_edges() -> list[torch.Tensor]:
+    """Sizes around the kernel's block and lane widths; NaN, Inf and -0.0 in blocks past the first."""
+    generator = torch.Generator().manual_seed(3)
+    tensors = [torch.randn(n, generator=generator) for n in (1, 15, 16, 17, 4095, 4096, 4097, 20000)]
+    tensors += [torch.randn(3, 4097, generator=generator).double(), torch.tensor(2.5), torch.zeros(40)]
+    poisoned = torch.randn(12000, generator=generator)
+    poisoned[5000], poisoned[9001], poisoned[11999], poisoned[7] = float("nan"), float("inf"), float("-inf"), -0.0
+    only_inf = torch.randn(9000, generator=generator).double()
+    only_inf[8500] = float("-inf")
+    nan_first = torch.randn(100, generator=generator)
+    nan_first[0] = float("nan")
+    return tensors + [poisoned, only_inf, nan_first]
+
+
+@needs_compiler
+def test_kernel_builds_and_hashes_like_xxhash() -> None:
+    kernel = native_summary.kernel()
+    assert kernel is not None and kernel.path.exists()
+    for tensor in tensors_with_edges():
+        array = tensor.numpy()
+        found = kernel.summarize(tensor.data_ptr(), tensor.numel(), double=tensor.dtype == torch.float64,
+                                 prefix=f"{array.dtype.str}{array.shape or (1,)}".encode())
+        assert found.digest == hash_numeric(array)
+
+
+@needs_compiler
+def test_statistics_equal_the_torch_reductions(kernel_off: object) -> None:
+    tensors = tensors_with_edges()
+    by_torch = summarize(tensors)
+    by_torch_no_zeros = summarize(tensors, count_zeros=False)
+    native_summary._loaded.clear()  # the kernel back on for this part
+    assert native_summary.kernel() is not None
+    by_kernel = summarize(tensors)
+    one_by_one = [summarize_natively(t, count_zeros=False) for t in tensors]
+    for tensor, kernel, reference in zip(tensors, by_kernel, by_torch, strict=True):
+        for key in ("hash", "shape", "dtype", "numel", "min", "max", "max_abs", "nan", "inf", "zeros"):
+            both_nan = isinstance(kernel[key], float) and math.isnan(kernel[key]) and math.isnan(reference[key])
+            assert kernel[key] == reference[key] or both_nan, (tuple(tensor.shape), key)
+        for key in ("norm", "mean"):
+            if math.isfinite(reference[key]):
+                assert kernel[key] == pytest.approx(reference[key], rel=1e-5, abs=1e-7), key
+            else:
+                assert not math.isfinite(kernel[key]), key
+    assert by_kernel[-3]["nan"] == 1 and by_kernel[-3]["inf"] == 2 and by_kernel[-2]["inf"] == 1
+    assert [s["hash"] for s in one_by_one] == [s["hash"] for s in by_torch_no_zeros]
+    assert all(s["zeros"] is None for s in one_by_one)
+
+
+@needs_compiler
+def test_batch_on_two_threads_equals_one_call_at_a_time() -> None:
+    kernel = native_summary.kernel()
+    assert kernel is not None
+    tensors = tensors_with_edges()
+    items = [(t.data_ptr(), t.numel(), native_summary.FLOAT64 if t.dtype == torch.float64 else native_summary.FLOAT32,
+              f"{t.numpy().dtype.str}{t.numpy().shape or (1,)}".encode()) for t in tensors]
+    batch = kernel.summarize_many(items, threads=2)
+    single = [kernel.summarize(address, numel, double=kind == native_summary.FLOAT64, prefix=prefix)
+              for address, numel, kind, prefix in items]
+    assert [b.digest for b in batch] == [s.digest for s in single]
+    assert [b.counts for b in batch] == [s.counts for s in single]
+    assert all(b.stats == s.stats or any(map(math.isnan, b.stats)) for b, s in zip(batch, single))
+    # Any dtype is hashed as its bytes, as `tensor_hash` does.
+    mixed = [torch.arange(10), torch.tensor([True, False, True]), torch.randn(5, 5).half(), torch.randn(4, 4).t(),
+             torch.tensor(7)]
+    assert tensor_hashes(mixed) == [tensor_hash(t) for t in mixed]
+
+
+def test_failed_build_falls_back_and_is_not_retried(tmp_path: Path) -> None:
+    log = tmp_path / "calls.log"
+    compiler = tmp_path / "broken-cc"
+    compiler.write_text(f"#!/bin/sh\necho called >> {log}\necho 'error: no such thing' >&2\nexit 1\n")
+    compiler.chmod(compiler.stat().st_mode | stat.S_IEXEC)
+    assert native_summary.load(tmp_path / "cache", str(compiler)) is None
+    assert len(log.read_text().splitlines()) == len(native_summary.FLAG_SETS)  # every flag set was tried
+    failure = next((tmp_path / "cache").glob("*/failed.txt")).read_text()
+    assert "no such thing" in failure
+    assert native_summary.load(tmp_path / "cache", str(compiler)) is None
+    assert len(log.read_text().splitlines()) == len(native_summary.FLAG_SETS)  # remembered, not run again
+
+
+def test_switched_off_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    saved = list(native_summary._loaded)
+    monkeypatch.setenv(native_summary.DISABLE_ENV, "0")
+    native_summary._loaded.clear()
+    try:
+        assert native_summary.kernel() is None
+        summary = summarize([torch.ones(5)])[0]  # the torch reductions answer instead
+        assert summary["norm"] == pytest.approx(math.sqrt(5)) and summary["zeros"] == 0
+    finally:
+        native_summary._loaded[:] = saved
+
+
+@needs_compiler
+def test_recordings_with_and_without_kernel_have_the_same_hashes(write_config, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    traces = {}
+    for name, setting in (("kernel", "1"), ("torch", "0")):
+        monkeypatch.setenv(native_summary.DISABLE_ENV, setting)
+        result = record(load_config(write_config(name, recipe="tiny_mlp:build", steps=3)), tmp_path / name)
+        assert result.ok, result.failure_line()
+        traces[name] = Trace(tmp_path / name)
+    kernel, reference = traces["kernel"], traces["torch"]
+    assert kernel.environment["summary_kernel"] == "native" and reference.environment["summary_kernel"] == "torch"
+    for step_k, step_t in zip(kernel.steps, reference.steps, strict=True):
+        for category in ("gradients", "parameters"):
+            assert {k: v["hash"] for k, v in step_k[category].items()} == \
+                   {k: v["hash"] for k, v in step_t[category].items()}
+            for name, summary in step_k[category].items():
+                assert summary["norm"] == pytest.approx(step_t[category][name]["norm"], rel=1e-5)
+                assert summary["zeros"] == step_t[category][name]["zeros"]
+        assert [o["summary"]["hash"] for o in step_k["module_outputs"]] == \
+               [o["summary"]["hash"] for o in step_t["module_outputs"]]
+        assert step_k["optimizer"]["state"] == step_t["optimizer"]["state"]
+    assert np.all([a["summary"]["hash"] == b["summary"]["hash"]
+                   for a, b in zip(kernel.initialisation["tensors"], reference.initialisation["tensors"])])
