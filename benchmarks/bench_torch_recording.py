@@ -4,7 +4,8 @@
 
 Plain step, default recording (hashes and statistics of every gradient, parameter and module output, random
 ledger, graph digest, NaN provenance armed: an outbreak step would be replayed, no graph is kept), recording without NaN provenance, and torch's anomaly mode for
-comparison. Steps are interleaved and the median ratio reported, so machine noise hits all variants alike;
+comparison. Steps are interleaved, in an order that rotates every round, and the median ratio reported, so
+machine noise and the order hit all variants alike;
 each variant trains its own copy of the model (same seed, same batches), so a recorder's hooks stay
 attached as in a real run and the plain step has none. `cpu_ratios` divide process CPU time
 instead of wall time: steadier on a busy machine, though they hide idle cores.
@@ -117,8 +118,16 @@ def measure(params: dict[str, Any], rounds: int) -> dict[str, Any]:
     for name, fn in steps.items():  # warm-up
         fn(step_number)
         step_number += 1
-    for _ in range(rounds):
-        for name, fn in steps.items():
+    names = list(steps)
+    for round_index in range(rounds):
+        # A step runs slower right after another variant's (it inherits that model's cache and allocator
+        # state), which a real run never does: each variant runs two steps in a row and only the second is
+        # timed, and the order rotates every round so no variant always follows the same one.
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = steps[name]
+            fn(step_number)  # settles in after the other variant's step; not timed
+            step_number += 1
             start, start_cpu = time.perf_counter(), time.process_time()
             fn(step_number)
             wall[name].append(time.perf_counter() - start)

@@ -27,6 +27,7 @@ from probes.common.health_numbers import (
     initial_loss,
     moments,
 )
+from probes.common.native_summary import kernel
 from probes.torch.tensors import FLOAT_DTYPES
 
 # Output kinds whose statistics have a meaning beyond min/max/mean/std.
@@ -188,8 +189,16 @@ def _fetch(rows: list[torch.Tensor], devices: list[torch.device]) -> list[list[f
     return values
 
 
-def activation_counts(tensor: torch.Tensor, kind: str) -> torch.Tensor:
-    """[saturated count, dead units, units] of one output of a tanh, sigmoid or relu kind, on its device."""
+# Kinds as the native kernel numbers them (probes/common/native/summary.c).
+_NATIVE_COUNT_KINDS = {TANH: 0, SIGMOID: 1, RELU: 2}
+
+
+def activation_counts(tensor: torch.Tensor, kind: str) -> torch.Tensor | list[int]:
+    """[saturated count, dead units, units] of one output of a tanh, sigmoid or relu kind: counted by the
+    native kernel in one pass where it takes the tensor (a list), else by torch ops on its device."""
+    native = _native_counts(tensor, kind)
+    if native is not None:
+        return native
     y = tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
     nothing = torch.zeros((), dtype=torch.float64, device=y.device)
     saturated, dead, units = nothing, nothing, nothing
@@ -204,6 +213,21 @@ def activation_counts(tensor: torch.Tensor, kind: str) -> torch.Tensor:
         dead = torch.count_nonzero(peaks <= 0).double()
         units = torch.full((), float(peaks.numel()), dtype=torch.float64, device=y.device)
     return torch.stack([saturated, dead, units])
+
+
+def _native_counts(tensor: torch.Tensor, kind: str) -> list[int] | None:
+    if (tensor.dtype not in (torch.float32, torch.float64) or tensor.device.type != "cpu" or tensor.dim() == 0
+            or not tensor.is_contiguous() or tensor.is_neg() or tensor.layout != torch.strided):
+        return None
+    native = kernel()
+    if native is None:
+        return None
+    cols = tensor.shape[-1]
+    rows = tensor.numel() // cols if cols else 0
+    low, high = ((0.0, TANH_SATURATION) if kind == TANH else
+                 (SIGMOID_SATURATION, 1.0 - SIGMOID_SATURATION) if kind == SIGMOID else (0.0, 0.0))
+    return native.activation_counts(tensor.data_ptr(), rows, cols, kind=_NATIVE_COUNT_KINDS[kind], low=low,
+                                    high=high, double=tensor.dtype == torch.float64)
 
 
 def _summary_norm(summary: Summary | None) -> float:

@@ -51,7 +51,7 @@ class OutputProbe:
     def observe(self, call: Any, tensors: Sequence[torch.Tensor]) -> None:
         """At the end of `call`: summarise its outputs (or find them summarised) and count for health."""
         self._calls.append(call)
-        with self.probe_only(), torch.no_grad():
+        with self.probe_only():
             for index, tensor in enumerate(tensors):
                 key = _layout_key(tensor)
                 seen = self._seen.get(key)
@@ -80,7 +80,11 @@ class OutputProbe:
             seen.owner.activation_kinds.pop(seen.index, None)
         seen.owner, seen.index = call, index
         kind = output_kind(call, index, self.types)
-        call.activation_counts[index] = activation_counts(tensor, kind) if kind is not None else None
+        if kind is None:
+            call.activation_counts[index] = None
+        else:
+            with torch.no_grad():  # where torch ops count (no native kernel), they are no part of the graph
+                call.activation_counts[index] = activation_counts(tensor, kind)
         call.activation_kinds[index] = kind
 
 

@@ -104,8 +104,8 @@ class SummaryBatch:
     def add(self, tensor: torch.Tensor) -> int:
         """Position of the tensor's summary in the list `finish` returns."""
         position = len(self._done)
-        tensor = tensor.detach()
         native = native_summary(tensor, count_zeros=self.count_zeros)
+        tensor = tensor.detach()
         if native is not None:
             self._done.append(native)
         elif tensor.dtype in FLOAT_DTYPES and 0 < tensor.numel() <= SMALL_NUMEL:

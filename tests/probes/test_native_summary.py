@@ -145,3 +145,28 @@ def test_recordings_with_and_without_kernel_have_the_same_hashes(write_config, t
         assert step_k["optimizer"]["state"] == step_t["optimizer"]["state"]
     assert np.all([a["summary"]["hash"] == b["summary"]["hash"]
                    for a, b in zip(kernel.initialisation["tensors"], reference.initialisation["tensors"])])
+
+
+@needs_compiler
+@pytest.mark.parametrize("kind", ["tanh", "sigmoid", "relu"])
+def test_activation_counts_equal_the_torch_ops(kind: str, kernel_off: object) -> None:
+    from probes.common.health_numbers import SIGMOID_SATURATION, TANH_SATURATION
+    from probes.torch.health import activation_counts
+
+    generator = torch.Generator().manual_seed(5)
+    relu = torch.relu(torch.randn(64, 33, generator=generator) - 1.5)  # some units never positive
+    relu[:, 4] = 0.0
+    relu[:, 7] = 0.0
+    relu[3, 7] = float("nan")  # NaN keeps an otherwise dead unit alive, as amax propagates it
+    saturating = torch.randn(6, 50, 40, generator=generator, dtype=torch.float64) * 3
+    saturating[0, 0, :4] = torch.tensor([float("inf"), float("-inf"), float("nan"), TANH_SATURATION])
+    on_threshold = torch.tensor([[SIGMOID_SATURATION, 1 - SIGMOID_SATURATION, 0.5, -0.0]])
+    tensors = {"relu": [relu, relu.double(), torch.zeros(2, 8)],
+               "tanh": [saturating, torch.tanh(saturating.float())],
+               "sigmoid": [torch.sigmoid(saturating * 4), on_threshold]}[kind]
+    by_torch = [[int(v) for v in activation_counts(t, kind).tolist()] for t in tensors]  # type: ignore[union-attr]
+    native_summary._loaded.clear()
+    by_kernel = [activation_counts(t, kind) for t in tensors]
+    assert all(isinstance(counts, list) for counts in by_kernel)  # the kernel counted them
+    assert by_kernel == by_torch
+    assert any(counts[0] or counts[1] for counts in by_kernel)  # the cases hold something to count

@@ -102,6 +102,37 @@
 DEFINE_SUMMARY(summary_f32, float, float)
 DEFINE_SUMMARY(summary_f64, double, double)
 
+/* Training-health counts of an activation output seen as rows x cols (cols: the last dimension, units).
+   kind 0: values with |v| > high (tanh saturation); kind 1: values below low or above high (sigmoid);
+   kind 2: units never positive in any row (dead ReLU-like units; a NaN makes its unit not dead, as
+   torch.amax propagates it). Thresholds are compared in the array's own type, as torch compares a
+   tensor with a Python number. out: saturated, dead, units. column_max: scratch of cols values. */
+#define DEFINE_COUNTS(NAME, T)                                                                          \
+    void NAME(const T *x, int64_t rows, int64_t cols, int kind, double low, double high, T *column_max, \
+              int64_t *out) {                                                                           \
+        int64_t n = rows * cols, saturated = 0, dead = 0;                                               \
+        T lo = (T)low, hi = (T)high;                                                                    \
+        if (kind == 0) {                                                                                \
+            for (int64_t i = 0; i < n; i++) saturated += (x[i] > hi) | (-x[i] > hi);                    \
+        } else if (kind == 1) {                                                                         \
+            for (int64_t i = 0; i < n; i++) saturated += (x[i] < lo) | (x[i] > hi);                     \
+        } else if (rows > 0) {                                                                          \
+            memcpy(column_max, x, (size_t)cols * sizeof(T));                                            \
+            for (int64_t r = 1; r < rows; r++) {                                                        \
+                const T *row = x + r * cols;                                                            \
+                for (int64_t c = 0; c < cols; c++) {                                                    \
+                    T v = row[c], m = column_max[c];                                                    \
+                    column_max[c] = (v > m) | (v != v) ? v : m;                                         \
+                }                                                                                       \
+            }                                                                                           \
+            for (int64_t c = 0; c < cols; c++) dead += column_max[c] <= 0;                              \
+        }                                                                                               \
+        out[0] = saturated; out[1] = dead; out[2] = kind == 2 ? cols : 0;                               \
+    }
+
+DEFINE_COUNTS(activation_counts_f32, float)
+DEFINE_COUNTS(activation_counts_f64, double)
+
 /* XXH3-128 of prefix then nbytes bytes: the hash of an array of any dtype, without statistics. */
 static int summary_bytes(const void *data, int64_t nbytes, const char *prefix, int64_t prefix_len,
                          unsigned char *digest) {
