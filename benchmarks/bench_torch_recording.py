@@ -10,9 +10,9 @@ each variant trains its own copy of the model (same seed, same batches), so a re
 attached as in a real run and the plain step has none. `cpu_ratios` divide process CPU time
 instead of wall time: steadier on a busy machine, though they hide idle cores.
 
-Peak memory is measured during the steps only, in a fresh process per variant: after warm-up steps the
-resident peak (VmHWM) is reset through /proc/self/clear_refs, a few steps run, and the peak above the
-resident size before them is that variant's step peak. Recording's extra peak is compared with the largest
+Peak memory is measured during the steps only, in fresh processes per variant (the median of three, as
+one process's peak wanders by a few MiB): after warm-up steps the resident peak (VmHWM) is reset through
+/proc/self/clear_refs, a few steps run, and the peak is that variant's step peak. Recording's extra peak is compared with the largest
 tensor of a step (parameter, gradient or module output). Linux only; elsewhere memory is left out.
 """
 
@@ -197,6 +197,9 @@ def peak_memory(params: dict[str, Any], mode: str, steps: int = 4) -> dict[str, 
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+REPEATS = 3
+
+
 def memory_report(params: dict[str, Any]) -> dict[str, Any]:
     """Peaks of each variant's steps; recording's extra is its peak above the plain step's peak.
 
@@ -206,7 +209,12 @@ def memory_report(params: dict[str, Any]) -> dict[str, Any]:
     """
     largest = largest_tensor_bytes(params)
     biggest = max(largest.values())
-    peaks = {mode: peak_memory(params, mode) for mode in ("plain", "recorded", "recorded_no_provenance")}
+    # A process's step peak wanders by a few MiB from one process to the next (allocator and page
+    # placement), more than one tensor here: each mode is measured in REPEATS fresh processes, median kept.
+    modes = ("plain", "recorded", "recorded_no_provenance")
+    runs = {mode: [peak_memory(params, mode) for _ in range(REPEATS)] for mode in modes}
+    peaks = {mode: {key: int(statistics.median(run[key] for run in runs[mode])) for key in ("peak", "resting")}
+             for mode in modes}
     mib = 2 ** 20
     return {
         "largest_tensor_mib": {kind: round(size / mib, 2) for kind, size in largest.items()},
