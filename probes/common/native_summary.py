@@ -34,7 +34,7 @@ SOURCE_DIR = Path(__file__).resolve().parent / "native"
 SOURCES = ("summary.c", "xxhash.h")
 FLAG_SETS = (("-O3", "-std=c99", "-shared", "-fPIC", "-pthread", "-march=native"),
              ("-O3", "-std=c99", "-shared", "-fPIC", "-pthread"))
-BUILD_TIMEOUT_S = 120
+BUILD_TIMEOUT_S = 60
 DISABLE_ENV = "REPRO_AUDIT_NATIVE"
 CACHE_ENV = "REPRO_AUDIT_CACHE_DIR"
 
@@ -143,7 +143,8 @@ def load(cache_dir: Path | None = None, compiler: str | None = None) -> NativeSu
     compiler = compiler or _find_compiler()
     if compiler is None:
         return None
-    folder = (cache_dir or _cache_root()) / _build_key(compiler)
+    root = cache_dir or _cache_root()
+    folder = root / _build_key(compiler)
     library_path = folder / "summary.so"
     failed = folder / "failed.txt"
     if not library_path.exists():
@@ -151,6 +152,8 @@ def load(cache_dir: Path | None = None, compiler: str | None = None) -> NativeSu
             return None
         if not _build(compiler, folder, library_path, failed):
             return None
+    if not all(_private(path) for path in (root, folder, library_path)):
+        return None  # a library someone else could have put there is never loaded
     try:
         return NativeSummary(ctypes.CDLL(str(library_path)), library_path)
     except (OSError, AttributeError):
@@ -160,7 +163,7 @@ def load(cache_dir: Path | None = None, compiler: str | None = None) -> NativeSu
 def _build(compiler: str, folder: Path, library_path: Path, failed: Path) -> bool:
     """Compile into a temporary file, then rename: two runs building at once each get a whole library."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError:
         return False
     errors = []
@@ -176,6 +179,7 @@ def _build(compiler: str, folder: Path, library_path: Path, failed: Path) -> boo
             Path(temporary).unlink(missing_ok=True)
             continue
         if done.returncode == 0:
+            os.chmod(temporary, 0o755)
             os.replace(temporary, library_path)
             return True
         errors.append(f"{' '.join(command)}: exit {done.returncode}\n{done.stderr[-2000:]}")
@@ -222,9 +226,29 @@ def _cache_root() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     root = Path(base) / "repro-audit" / "native"
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
         if os.access(root, os.W_OK):
             return root
     except OSError:
         pass
-    return Path(tempfile.gettempdir()) / f"repro-audit-{os.getuid() if hasattr(os, 'getuid') else 'user'}" / "native"
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    fallback = Path(tempfile.gettempdir()) / f"repro-audit-{user}" / "native"
+    try:
+        fallback.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        pass
+    return fallback
+
+
+def _private(path: Path) -> bool:
+    """Owned by this user and not writable by others (POSIX; elsewhere the folder's own rights apply).
+
+    The shared temporary folder is a fallback cache: another user could create our folder there first.
+    """
+    if not hasattr(os, "getuid"):
+        return True
+    try:
+        status = path.stat()
+    except OSError:
+        return False
+    return status.st_uid == os.getuid() and not status.st_mode & 0o002

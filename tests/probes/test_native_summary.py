@@ -170,3 +170,14 @@ def test_activation_counts_equal_the_torch_ops(kind: str, kernel_off: object) ->
     assert all(isinstance(counts, list) for counts in by_kernel)  # the kernel counted them
     assert by_kernel == by_torch
     assert any(counts[0] or counts[1] for counts in by_kernel)  # the cases hold something to count
+
+
+@needs_compiler
+def test_library_others_could_write_is_not_loaded(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    built = native_summary.load(cache)
+    assert built is not None and built.path.parent.parent == cache
+    built.path.chmod(0o757)  # writable by anyone: somebody may have swapped it
+    assert native_summary.load(cache) is None
+    built.path.chmod(0o755)
+    assert native_summary.load(cache) is not None
