@@ -211,21 +211,9 @@ def _hash_prefix(tensor: torch.Tensor) -> bytes:
 def _native_record(tensor: torch.Tensor, found: Any, count_zeros: bool) -> dict[str, Any]:
     minimum, maximum, total, sum_of_squares = found.stats
     zeros, nan, inf = found.counts
-    numel = tensor.numel()
-    return {
-        "shape": list(tensor.shape),
-        "dtype": dtype_name(tensor.dtype),
-        "numel": numel,
-        "hash": found.digest,
-        "norm": float("nan") if math.isnan(sum_of_squares) else math.sqrt(sum_of_squares),
-        "min": minimum,
-        "max": maximum,
-        "mean": total / numel,
-        "max_abs": float("nan") if nan else max(abs(minimum), abs(maximum)),
-        "nan": nan,
-        "inf": inf,
-        "zeros": zeros if count_zeros else None,
-    }
+    norm = float("nan") if math.isnan(sum_of_squares) else math.sqrt(sum_of_squares)
+    return _record(tensor, found.digest, [norm, minimum, maximum, total], nan, inf,
+                   zeros if count_zeros else None)
 
 
 def _large_summary(tensor: torch.Tensor) -> dict[str, Any]:
@@ -242,11 +230,16 @@ def _large_summary(tensor: torch.Tensor) -> dict[str, Any]:
 
 def _summary(tensor: torch.Tensor, digest: str, stats: Sequence[float], zeros: int | None) -> dict[str, Any]:
     """The trace's summary of a float tensor from its hash and [norm, min, max, sum]."""
-    norm, minimum, maximum, total = stats
-    numel = tensor.numel()
-    nonfinite = not math.isfinite(norm)
+    nonfinite = not math.isfinite(stats[0])
     nan = int(torch.isnan(tensor).sum()) if nonfinite else 0
     inf = int(torch.isinf(tensor).sum()) if nonfinite else 0
+    return _record(tensor, digest, stats, nan, inf, zeros)
+
+
+def _record(tensor: torch.Tensor, digest: str, stats: Sequence[float], nan: int, inf: int,
+            zeros: int | None) -> dict[str, Any]:
+    norm, minimum, maximum, total = stats
+    numel = tensor.numel()
     return {
         "shape": list(tensor.shape),
         "dtype": dtype_name(tensor.dtype),
