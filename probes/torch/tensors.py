@@ -192,9 +192,10 @@ def tensor_hashes(tensors: Sequence[torch.Tensor]) -> list[str]:
     native = kernel()
     chosen = ([i for i, t in enumerate(tensors) if t.dtype in _NUMPY_NAMES and _native_layout(t)]
               if native is not None else [])
-    hashes = {i: found.digest for i, found in zip(chosen, native.summarize_many(
-        [(tensors[i].data_ptr(), tensors[i].numel() * tensors[i].element_size(), BYTES,
-          _hash_prefix(tensors[i])) for i in chosen], threads=torch.get_num_threads()))} if chosen and native else {}
+    found = native.summarize_many([(tensors[i].data_ptr(), tensors[i].numel() * tensors[i].element_size(), BYTES,
+                                    _hash_prefix(tensors[i])) for i in chosen],
+                                  threads=torch.get_num_threads()) if native is not None and chosen else []
+    hashes = {i: summary.digest for i, summary in zip(chosen, found)}
     return [hashes[i] if i in hashes else tensor_hash(t) for i, t in enumerate(tensors)]
 
 
