@@ -3,7 +3,8 @@
  * The array is read in blocks small enough for the L1 cache: each block is fed to XXH3-128 and reduced
  * right after, so a tensor that is not in cache is read from memory once instead of once per statistic.
  * Reductions keep LANES independent accumulators, which the compiler turns into SIMD registers without
- * -ffast-math: each lane is summed in order, so the result is the same on every run and machine.
+ * -ffast-math: each lane is summed in order (and, built with -ffp-contract=off, without fused
+ * multiply-adds), so the result is the same on every run and machine.
  * Float lanes are folded into double totals after every block, which keeps float32 sums accurate.
  * Comparisons are written as `v < lo ? v : lo` (the semantics of the SIMD min instruction): NaN never
  * wins, and is reported by its count instead. NaN and Inf are not counted in the hot loop: either makes
