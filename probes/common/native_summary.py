@@ -79,17 +79,15 @@ class NativeSummary:
         function.restype = ctypes.c_int
         return function
 
-    def summarize(self, address: int, numel: int, *, double: bool, prefix: bytes, stats: bool = True,
-                  zeros: bool = True) -> Summary:
+    def summarize(self, address: int, numel: int, *, double: bool, prefix: bytes, zeros: bool = True) -> Summary:
         """`numel` float32 (or float64) values at `address`, contiguous; the caller keeps them alive.
         Without `zeros` the zero count is 0 and the pass about a fifth cheaper."""
         out, counts, digest = _DOUBLE4(), _INT3(), _DIGEST()
         function = self._f64 if double else self._f32
-        if function(address, numel, prefix, len(prefix), int(stats), int(zeros), out, counts, digest) != 0:
+        if function(address, numel, prefix, len(prefix), 1, int(zeros), out, counts, digest) != 0:
             raise RuntimeError("the native summary kernel failed to hash")
         return Summary("xxh3:" + bytes(digest).hex(), (out[0], out[1], out[2], out[3]),
                        (counts[0], counts[1], counts[2]))
-
 
     def activation_counts(self, address: int, rows: int, cols: int, *, kind: int, low: float, high: float,
                           double: bool) -> list[int]:
