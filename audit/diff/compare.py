@@ -16,7 +16,6 @@ from audit.diff.registry import comparators
 from audit.diff.values import Tolerance
 from audit.divergence import CATEGORIES, Comparison, Divergence, RunInfo
 from audit.errors import UserError
-from audit.explain import explain
 from audit.health import Thresholds, check_trace
 from audit.trace import Trace
 
@@ -41,6 +40,10 @@ def compare_traces(trace_a: Trace, trace_b: Trace, *, rtol: float = 0.0, atol: f
         result = registered[category](context)
         divergences.extend(result.divergences)
         counts[category] = {"compared": result.compared, "diverged": len(result.divergences)}
+    # Imported here: the explanation rules read the differ's context and constants, so a module-level
+    # import would make `import audit.explain...` on its own circular.
+    from audit.explain import explain
+
     findings = explain(divergences, context)
     comparison = Comparison(
         run_a=_run_info(trace_a), run_b=_run_info(trace_b), divergences=build_tree(divergences, findings),
