@@ -2,18 +2,20 @@
 
     python benchmarks/bench_torch_recording.py [--rounds 12] [--small] [--threads N] [--no-memory]
 
-Plain step, default recording (hashes and statistics of every gradient, parameter and module output, random
-ledger, graph digest, NaN provenance armed: an outbreak step would be replayed, no graph is kept), recording without NaN provenance, and torch's anomaly mode for
-comparison. Steps are interleaved, in an order that rotates every round, and the median ratio reported, so
-machine noise and the order hit all variants alike;
-each variant trains its own copy of the model (same seed, same batches), so a recorder's hooks stay
-attached as in a real run and the plain step has none. `cpu_ratios` divide process CPU time
-instead of wall time: steadier on a busy machine, though they hide idle cores.
+Plain step, default recording (hashes and statistics of every gradient, parameter and module output,
+random ledger, graph digest, NaN provenance armed: an outbreak step would be replayed, no graph is kept),
+recording without NaN provenance, and torch's anomaly mode for comparison. Each variant trains its own copy
+of the model (same seed, same batches), so a recorder's hooks stay attached as in a real run and the plain
+step has none. A step runs slower right after another model's step, so each variant runs two steps in a
+row and only the second is timed; the order rotates every round, and the median ratio is reported.
+`cpu_ratios` divide process CPU time instead of wall time: steadier on a busy machine, though they hide
+idle cores.
 
 Peak memory is measured during the steps only, in fresh processes per variant (the median of three, as
 one process's peak wanders by a few MiB): after warm-up steps the resident peak (VmHWM) is reset through
-/proc/self/clear_refs, a few steps run, and the peak is that variant's step peak. Recording's extra peak is compared with the largest
-tensor of a step (parameter, gradient or module output). Linux only; elsewhere memory is left out.
+/proc/self/clear_refs and a few steps run. Recording's extra peak (its step peak above the plain step's) is
+compared with the largest tensor of a step (parameter, gradient or module output). Linux only; elsewhere
+memory is left out.
 """
 
 from __future__ import annotations

@@ -167,7 +167,10 @@ def _build(compiler: str, folder: Path, library_path: Path, failed: Path) -> boo
         return False
     errors = []
     for flags in FLAG_SETS:
-        descriptor, temporary = tempfile.mkstemp(dir=folder, suffix=".so.partial")
+        try:
+            descriptor, temporary = tempfile.mkstemp(dir=folder, suffix=".so.partial")
+        except OSError:
+            return False  # a cache folder we cannot write to: the torch reductions do the work
         os.close(descriptor)
         command = [compiler, *flags, "-o", temporary, str(SOURCE_DIR / "summary.c")]
         try:

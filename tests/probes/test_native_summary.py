@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import stat
 from pathlib import Path
 
@@ -181,3 +182,19 @@ def test_library_others_could_write_is_not_loaded(tmp_path: Path) -> None:
     assert native_summary.load(cache) is None
     built.path.chmod(0o755)
     assert native_summary.load(cache) is not None
+
+
+@needs_compiler
+def test_unwritable_cache_falls_back_to_torch(write_config, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cache = Path("/proc/self")  # even root cannot create folders there
+    else:
+        cache = tmp_path / "locked"
+        cache.mkdir(mode=0o500)
+    assert native_summary.load(cache) is None
+    monkeypatch.setenv(native_summary.CACHE_ENV, str(cache))
+    result = record(load_config(write_config("run", recipe="tiny_mlp:build", steps=2)), tmp_path / "run")
+    assert result.ok, result.failure_line()
+    trace = Trace(tmp_path / "run")
+    assert trace.environment["summary_kernel"] == "torch" and len(trace.steps) == 2
