@@ -31,8 +31,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -60,10 +61,9 @@ def make_step(params: dict[str, Any], capture: dict[str, Any], variant: str) -> 
     Each variant owns its model, so a recorder's hooks stay attached for the whole run, as in a real
     recording, and the plain step runs with no hook at all.
     """
+    from audit.recipe import loss_takes_step
     from probes.torch.random_ledger import RandomLedger
     from probes.torch.step_recorder import TorchStepRecorder
-
-    from audit.recipe import loss_takes_step
 
     recipe = load_recipe(params)
     model, optimizer = recipe.model, recipe.optimizer
