@@ -104,7 +104,7 @@ def make_step(params: dict[str, Any], capture: dict[str, Any], variant: str) -> 
         recorder.after_backward()
         optimizer.step()
         recorder.finish_graph()
-        sink.write(fmt.dumps(recorder.end_step()) + "\n")
+        sink.write(fmt.dumps_step(recorder.end_step()) + "\n")
         sink.flush()  # as TraceWriter.append_step does
 
     return recorded

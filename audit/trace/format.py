@@ -34,6 +34,12 @@ def dumps(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), default=_default)
 
 
+def dumps_step(record: Any) -> str:
+    """A step record with its keys in the order the probe built them (a fixed order, set by the probe's
+    code): sorting the keys of some 450 tensor summaries was a third of the encoding, 2.5 ms a step."""
+    return json.dumps(record, separators=(",", ":"), default=_default)
+
+
 def _default(value: Any) -> Any:
     # numpy scalars and tuples-as-lists end up here; anything else is a probe bug.
     if hasattr(value, "item"):

@@ -11,6 +11,7 @@ Inf are counted only when the norm says there are some.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from probes.common.hashing import hash_array, hash_numeric, summarize_array
-from probes.common.native_summary import BYTES, FLOAT32, FLOAT64, kernel
+from probes.common.native_summary import BYTES, FLOAT32, FLOAT64, SummarySlots, kernel
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _NUMERIC_DTYPES = frozenset({torch.float16, torch.float32, torch.float64, torch.int8, torch.uint8,
@@ -33,6 +34,7 @@ SMALL_NUMEL = 8192
 ZERO_CHUNK = 1 << 16
 
 
+@functools.cache
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
@@ -100,15 +102,23 @@ class SummaryBatch:
         self.count_zeros = count_zeros
         self._done: list[dict[str, Any] | None] = []
         self._small: list[tuple[int, torch.Tensor]] = []
+        native = kernel()
+        self._slots = SummarySlots(native) if native is not None else None
+        self._in_slots: list[tuple[int, torch.Size, torch.dtype]] = []  # position, shape, dtype by slot
 
     def add(self, tensor: torch.Tensor) -> int:
         """Position of the tensor's summary in the list `finish` returns."""
         position = len(self._done)
-        native = native_summary(tensor, count_zeros=self.count_zeros)
+        kind = _NATIVE_KINDS.get(tensor.dtype)
+        if kind is not None and self._slots is not None and _native_layout(tensor):
+            # Read now, by the kernel, into its slot; the Python summary is made in `finish`.
+            self._slots.add(tensor.data_ptr(), tensor.numel(), double=kind == FLOAT64, prefix=_hash_prefix(tensor),
+                            zeros=self.count_zeros)
+            self._in_slots.append((position, tensor.shape, tensor.dtype))
+            self._done.append(None)
+            return position
         tensor = tensor.detach()
-        if native is not None:
-            self._done.append(native)
-        elif tensor.dtype in FLOAT_DTYPES and 0 < tensor.numel() <= SMALL_NUMEL:
+        if tensor.dtype in FLOAT_DTYPES and 0 < tensor.numel() <= SMALL_NUMEL:
             self._small.append((position, tensor.clone()))
             self._done.append(None)
         elif tensor.dtype in FLOAT_DTYPES and tensor.numel() > 0 and not self.count_zeros:
@@ -118,6 +128,11 @@ class SummaryBatch:
         return position
 
     def finish(self) -> list[dict[str, Any]]:
+        if self._in_slots:
+            assert self._slots is not None
+            for (position, shape, dtype), found in zip(self._in_slots, self._slots.take()):
+                self._done[position] = _native_record_of(shape, dtype, found, self.count_zeros)
+            self._in_slots = []
         if self._small:
             held = summarize([t for _, t in self._small], count_zeros=self.count_zeros)
             for (position, _), summary in zip(self._small, held):
@@ -161,18 +176,6 @@ _NUMPY_NAMES = {dtype: torch.empty(0, dtype=dtype).numpy().dtype.str for dtype i
 _NATIVE_KINDS = {torch.float32: FLOAT32, torch.float64: FLOAT64}
 
 
-def native_summary(tensor: torch.Tensor, *, count_zeros: bool = True) -> dict[str, Any] | None:
-    """The summary by the native one-pass kernel, or None where it does not apply (no kernel, not a
-    contiguous CPU float32/float64 tensor): then the torch reductions below make the same summary."""
-    kind = _NATIVE_KINDS.get(tensor.dtype)
-    native = kernel() if kind is not None and _native_layout(tensor) else None
-    if native is None:
-        return None
-    found = native.summarize(tensor.data_ptr(), tensor.numel(), double=kind == FLOAT64,
-                             prefix=_hash_prefix(tensor), zeros=count_zeros)
-    return _native_record(tensor, found, count_zeros)
-
-
 def _native_summaries(tensors: Sequence[torch.Tensor], *, count_zeros: bool) -> dict[int, dict[str, Any]]:
     """{index: summary} of the tensors the kernel takes, all in one call on torch's intra-op threads
     (training waits for these summaries, so its threads are free)."""
@@ -204,17 +207,31 @@ def _native_layout(tensor: torch.Tensor) -> bool:
             and tensor.is_contiguous() and not tensor.is_neg() and not tensor.is_conj())
 
 
+_PREFIXES: dict[tuple[torch.dtype, torch.Size], bytes] = {}
+_PREFIX_CACHE_LIMIT = 4096  # shapes vary with sequence length: the cache starts over rather than grow
+
+
 def _hash_prefix(tensor: torch.Tensor) -> bytes:
     """What `hash_numeric` hashes before the values: numpy's dtype string and shape (0-d as (1,))."""
-    return f"{_NUMPY_NAMES[tensor.dtype]}{tuple(tensor.shape) or (1,)}".encode()
+    key = (tensor.dtype, tensor.shape)
+    prefix = _PREFIXES.get(key)
+    if prefix is None:
+        if len(_PREFIXES) >= _PREFIX_CACHE_LIMIT:
+            _PREFIXES.clear()
+        prefix = _PREFIXES[key] = f"{_NUMPY_NAMES[tensor.dtype]}{tuple(tensor.shape) or (1,)}".encode()
+    return prefix
 
 
 def _native_record(tensor: torch.Tensor, found: Any, count_zeros: bool) -> dict[str, Any]:
+    return _native_record_of(tensor.shape, tensor.dtype, found, count_zeros)
+
+
+def _native_record_of(shape: torch.Size, dtype: torch.dtype, found: Any, count_zeros: bool) -> dict[str, Any]:
     minimum, maximum, total, sum_of_squares = found.stats
     zeros, nan, inf = found.counts
     norm = float("nan") if math.isnan(sum_of_squares) else math.sqrt(sum_of_squares)
-    return _record(tensor, found.digest, [norm, minimum, maximum, total], nan, inf,
-                   zeros if count_zeros else None)
+    return _record_of(shape, dtype, found.digest, [norm, minimum, maximum, total], nan, inf,
+                      zeros if count_zeros else None)
 
 
 def _large_summary(tensor: torch.Tensor) -> dict[str, Any]:
@@ -239,11 +256,16 @@ def _summary(tensor: torch.Tensor, digest: str, stats: Sequence[float], zeros: i
 
 def _record(tensor: torch.Tensor, digest: str, stats: Sequence[float], nan: int, inf: int,
             zeros: int | None) -> dict[str, Any]:
+    return _record_of(tensor.shape, tensor.dtype, digest, stats, nan, inf, zeros)
+
+
+def _record_of(shape: torch.Size, dtype: torch.dtype, digest: str, stats: Sequence[float], nan: int, inf: int,
+               zeros: int | None) -> dict[str, Any]:
     norm, minimum, maximum, total = stats
-    numel = tensor.numel()
+    numel = math.prod(shape)
     return {
-        "shape": list(tensor.shape),
-        "dtype": dtype_name(tensor.dtype),
+        "shape": list(shape),
+        "dtype": dtype_name(dtype),
         "numel": numel,
         "hash": digest,
         "norm": norm,
