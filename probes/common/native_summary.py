@@ -41,9 +41,7 @@ CACHE_ENV = "REPRO_AUDIT_CACHE_DIR"
 
 # Kinds of a batch item: float32 or float64 values with statistics, or any array's bytes, hashed only.
 FLOAT32, FLOAT64, BYTES = 0, 1, 2
-_DOUBLE4 = ctypes.c_double * 4
 _INT3 = ctypes.c_int64 * 3
-_DIGEST = ctypes.c_ubyte * 16
 
 
 @dataclass(frozen=True)
@@ -78,16 +76,6 @@ class NativeSummary:
                              ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
         function.restype = ctypes.c_int
         return function
-
-    def summarize(self, address: int, numel: int, *, double: bool, prefix: bytes, zeros: bool = True) -> Summary:
-        """`numel` float32 (or float64) values at `address`, contiguous; the caller keeps them alive.
-        Without `zeros` the zero count is 0 and the pass about a fifth cheaper."""
-        out, counts, digest = _DOUBLE4(), _INT3(), _DIGEST()
-        function = self._f64 if double else self._f32
-        if function(address, numel, prefix, len(prefix), 1, int(zeros), out, counts, digest) != 0:
-            raise RuntimeError("the native summary kernel failed to hash")
-        return Summary("xxh3:" + bytes(digest).hex(), (out[0], out[1], out[2], out[3]),
-                       (counts[0], counts[1], counts[2]))
 
     def activation_counts(self, address: int, rows: int, cols: int, *, kind: int, low: float, high: float,
                           double: bool) -> list[int]:
@@ -148,7 +136,9 @@ class SummarySlots:
         return self._out.ctypes.data, self._counts.ctypes.data, self._digests.ctypes.data
 
     def add(self, address: int, numel: int, *, double: bool, prefix: bytes, zeros: bool) -> int:
-        """Summarise `numel` contiguous float32 (float64) values now; returns the slot `take` lists it in."""
+        """Summarise `numel` contiguous float32 (float64) values at `address` now (the caller keeps them
+        alive); returns the slot `take` lists it in. Without `zeros` the zero count is 0 and the pass about
+        a fifth cheaper."""
         slot = self._n
         if slot == len(self._out):
             self._out, self._counts, self._digests = (np.concatenate([array, np.zeros_like(array)])

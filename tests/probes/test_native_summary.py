@@ -44,14 +44,22 @@ def tensors_with_edges() -> list[torch.Tensor]:
     return tensors + [poisoned, only_inf, nan_first]
 
 
+def summarize_one(kernel: native_summary.NativeSummary, address: int, numel: int, *, double: bool,
+                  prefix: bytes) -> native_summary.Summary:
+    """One array through the kernel's single call, as module outputs go (`SummarySlots`)."""
+    slots = native_summary.SummarySlots(kernel)
+    assert slots.add(address, numel, double=double, prefix=prefix, zeros=True) == 0
+    return slots.take()[0]
+
+
 @needs_compiler
 def test_kernel_builds_and_hashes_like_xxhash() -> None:
     kernel = native_summary.kernel()
     assert kernel is not None and kernel.path.exists()
     for tensor in tensors_with_edges():
         array = tensor.numpy()
-        found = kernel.summarize(tensor.data_ptr(), tensor.numel(), double=tensor.dtype == torch.float64,
-                                 prefix=f"{array.dtype.str}{array.shape or (1,)}".encode())
+        found = summarize_one(kernel, tensor.data_ptr(), tensor.numel(), double=tensor.dtype == torch.float64,
+                              prefix=f"{array.dtype.str}{array.shape or (1,)}".encode())
         assert found.digest == hash_numeric(array)
 
 
@@ -91,7 +99,7 @@ def test_batch_on_two_threads_equals_one_call_at_a_time() -> None:
     items = [(t.data_ptr(), t.numel(), native_summary.FLOAT64 if t.dtype == torch.float64 else native_summary.FLOAT32,
               f"{t.numpy().dtype.str}{t.numpy().shape or (1,)}".encode()) for t in tensors]
     batch = kernel.summarize_many(items, threads=2)
-    single = [kernel.summarize(address, numel, double=kind == native_summary.FLOAT64, prefix=prefix)
+    single = [summarize_one(kernel, address, numel, double=kind == native_summary.FLOAT64, prefix=prefix)
               for address, numel, kind, prefix in items]
     assert [b.digest for b in batch] == [s.digest for s in single]
     assert [b.counts for b in batch] == [s.counts for s in single]
