@@ -137,9 +137,20 @@ def measure(params: dict[str, Any], rounds: int) -> dict[str, Any]:
             cpu[name].append(time.process_time() - start_cpu)
             step_number += 1
     plain, plain_cpu = statistics.median(wall["plain"]), statistics.median(cpu["plain"])
+    # How far one round's ratio wanders: on a shared machine a single run's median moves by a few hundredths.
+    spread = {name: _quartiles([t / p for t, p in zip(times, wall["plain"])])
+              for name, times in wall.items() if name != "plain"}
     return {"parameters": n_params, "threads": torch.get_num_threads(), "plain_step_s": round(plain, 4),
             "ratios": {name: round(statistics.median(t) / plain, 3) for name, t in wall.items()},
+            "ratio_quartiles_per_round": spread,
             "cpu_ratios": {name: round(statistics.median(t) / plain_cpu, 3) for name, t in cpu.items()}}
+
+
+def _quartiles(values: list[float]) -> list[float]:
+    if len(values) < 2:
+        return [round(v, 3) for v in values * 2]
+    low, _, high = statistics.quantiles(values, n=4)
+    return [round(low, 3), round(high, 3)]
 
 
 def largest_tensor_bytes(params: dict[str, Any]) -> dict[str, int]:
