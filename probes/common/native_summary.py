@@ -33,7 +33,11 @@ import numpy as np
 SOURCE_DIR = Path(__file__).resolve().parent / "native"
 SOURCES = ("summary.c", "xxhash.h")
 # -ffp-contract=off: no fused multiply-add, so sums of squares are the same whichever compiler built it.
-FLAG_SETS = (("-O3", "-std=c99", "-ffp-contract=off", "-shared", "-fPIC", "-pthread", "-march=native"),
+# -fopenmp: the kernel's threads are OpenMP's. torch ships the GNU OpenMP runtime under the same name
+# (libgomp.so.1) and the loader maps a library name only once, so in a torch process the kernel uses
+# torch's own intra-op threads. Without OpenMP it still builds, and starts threads of its own for batches.
+FLAG_SETS = (("-O3", "-std=c99", "-ffp-contract=off", "-shared", "-fPIC", "-pthread", "-fopenmp", "-march=native"),
+             ("-O3", "-std=c99", "-ffp-contract=off", "-shared", "-fPIC", "-pthread", "-fopenmp"),
              ("-O3", "-std=c99", "-ffp-contract=off", "-shared", "-fPIC", "-pthread"))
 BUILD_TIMEOUT_S = 60
 DISABLE_ENV = "REPRO_AUDIT_NATIVE"
@@ -69,11 +73,15 @@ class NativeSummary:
         self._many.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 5 + [ctypes.c_int, ctypes.c_int] + \
             [ctypes.c_void_p] * 3
         self._many.restype = ctypes.c_int64
+        # OpenMP threads only where they are the framework's own: see FLAG_SETS.
+        self.openmp = bool(library.summary_openmp()) and _one_openmp_runtime()
+        library.summary_use_openmp.argtypes = [ctypes.c_int]
+        library.summary_use_openmp(int(self.openmp))
 
     @staticmethod
     def _declare(function: Any) -> Any:
         function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_char_p, ctypes.c_int64, ctypes.c_int,
-                             ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+                             ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
         function.restype = ctypes.c_int
         return function
 
@@ -123,8 +131,10 @@ class SummarySlots:
     result objects for every output on the spot cost several times that, 126 times a step.
     """
 
-    def __init__(self, native: NativeSummary, capacity: int = 256) -> None:
+    def __init__(self, native: NativeSummary, capacity: int = 256, *, threads: int = 1) -> None:
+        """`threads` >= 2 lets a large array's hash and statistics run side by side (summary.c)."""
         self._native = native
+        self.threads = threads
         self._n = 0
         self._out = np.zeros((capacity, 4), dtype=np.float64)
         self._counts = np.zeros((capacity, 3), dtype=np.int64)
@@ -146,8 +156,8 @@ class SummarySlots:
             self._addresses = self._address_of_arrays()
         out, counts, digests = self._addresses
         function = self._native._f64 if double else self._native._f32
-        if function(address, numel, prefix, len(prefix), 1, int(zeros), out + 32 * slot, counts + 24 * slot,
-                    digests + 16 * slot) != 0:
+        if function(address, numel, prefix, len(prefix), 1, int(zeros), self.threads, out + 32 * slot,
+                    counts + 24 * slot, digests + 16 * slot) != 0:
             raise RuntimeError("the native summary kernel failed to hash")
         self._n = slot + 1
         return slot
@@ -225,6 +235,22 @@ def _build(compiler: str, folder: Path, library_path: Path, failed: Path) -> boo
     except OSError:
         pass
     return False
+
+
+def _one_openmp_runtime() -> bool:
+    """Exactly one OpenMP runtime mapped in this process (Linux): the kernel's libgomp is the framework's.
+
+    Checked when the kernel loads, which the torch probes do after importing torch. A torch built with
+    another runtime (LLVM's libomp, Intel's libiomp5) shows up as a second one: the kernel then keeps to
+    threads of its own.
+    """
+    try:
+        with open("/proc/self/maps") as handle:
+            runtimes = {line.split()[-1] for line in handle
+                        if any(name in line for name in ("libgomp", "libomp", "libiomp"))}
+    except OSError:
+        return False
+    return len(runtimes) == 1
 
 
 def _find_compiler() -> str | None:

@@ -103,7 +103,7 @@ class SummaryBatch:
         self._done: list[dict[str, Any] | None] = []
         self._small: list[tuple[int, torch.Tensor]] = []
         native = kernel()
-        self._slots = SummarySlots(native) if native is not None else None
+        self._slots = SummarySlots(native, threads=torch.get_num_threads()) if native is not None else None
         self._in_slots: list[tuple[int, torch.Size, torch.dtype]] = []  # position, shape, dtype by slot
 
     def add(self, tensor: torch.Tensor) -> int:

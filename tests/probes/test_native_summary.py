@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,30 @@ def test_batch_on_two_threads_equals_one_call_at_a_time() -> None:
     mixed = [torch.arange(10), torch.tensor([True, False, True]), torch.randn(5, 5).half(), torch.randn(4, 4).t(),
              torch.tensor(7)]
     assert tensor_hashes(mixed) == [tensor_hash(t) for t in mixed]
+
+
+@needs_compiler
+def test_hash_and_statistics_side_by_side_equal_the_single_pass() -> None:
+    """A large output is hashed on one of torch's OpenMP threads while another takes its statistics."""
+    kernel = native_summary.kernel()
+    assert kernel is not None
+    if sys.platform.startswith("linux") and (Path(torch.__file__).parent / "lib" / "libgomp.so.1").exists():
+        assert kernel.openmp  # torch's OpenMP runtime is the only one in the process, and the kernel's
+    generator = torch.Generator().manual_seed(5)
+    poisoned = torch.randn(40_000, generator=generator)
+    poisoned[400], poisoned[20_000], poisoned[39_999], poisoned[7:300] = float("nan"), float("inf"), float("-inf"), 0.0
+    tensors = [torch.randn(50_001, generator=generator), torch.randn(300, 97, generator=generator).double(),
+               poisoned, torch.relu(torch.randn(128, 512, generator=generator))]
+    found = {}
+    for threads in (1, 2):
+        slots = native_summary.SummarySlots(kernel, threads=threads)
+        for t in tensors:
+            slots.add(t.data_ptr(), t.numel(), double=t.dtype == torch.float64,
+                      prefix=f"{t.numpy().dtype.str}{t.numpy().shape}".encode(), zeros=True)
+        found[threads] = [(s.digest, [repr(v) for v in s.stats], s.counts) for s in slots.take()]
+    assert found[2] == found[1]
+    assert [digest for digest, _, _ in found[2]] == [hash_numeric(t.numpy()) for t in tensors]
+    assert found[2][2][2] == (293, 1, 2) and found[2][3][2][0] > 0  # zeros, NaN, Inf counted by the split pass
 
 
 def test_failed_build_falls_back_and_is_not_retried(tmp_path: Path) -> None:

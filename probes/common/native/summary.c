@@ -12,6 +12,9 @@
  */
 #include <math.h>
 #include <pthread.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <stdint.h>
 #include <string.h>
 
@@ -19,6 +22,10 @@
 #include "xxhash.h"
 
 #define BLOCK 4096 /* elements per block: 16 KiB of float32 */
+/* From this many bytes on, an array summarised alone (a module output) is hashed on one thread while the
+   statistics are taken on another: it was just written by the framework's threads, so half of it sits in
+   the other core's cache, and the two passes each run at about the speed of the combined one. */
+#define SPLIT_BYTES (64 * 1024)
 #define LANES 16
 
 /* The hot loop over one block's whole rows of LANES values; ZEROS is a constant, so each copy is lean. */
@@ -35,13 +42,15 @@
     }
 
 /* out: min, max, sum, sum of squares; counts: zeros (when want_zeros), NaN, +-Inf; digest: XXH3-128 of
-   prefix then the data (canonical, big-endian). want_stats = 0 only hashes. Returns 0, or 1 on failure. */
+   prefix then the data (canonical, big-endian). want_stats = 0 only hashes, want_hash = 0 leaves the
+   digest alone; either part alone gives what it gives in the combined pass. Returns 0, or 1 on failure. */
 #define DEFINE_SUMMARY(NAME, T, ACC)                                                                    \
-    int NAME(const T *x, int64_t n, const char *prefix, int64_t prefix_len, int want_stats,            \
-             int want_zeros, double *out, int64_t *counts, unsigned char *digest) {                     \
+    static int NAME(const T *x, int64_t n, const char *prefix, int64_t prefix_len, int want_hash,      \
+                    int want_stats, int want_zeros, double *out, int64_t *counts, unsigned char *digest) { \
         XXH3_state_t state;                                                                             \
         if (XXH3_128bits_reset(&state) != XXH_OK) return 1;                                             \
-        if (prefix_len && XXH3_128bits_update(&state, prefix, (size_t)prefix_len) != XXH_OK) return 1;  \
+        if (want_hash && prefix_len && XXH3_128bits_update(&state, prefix, (size_t)prefix_len) != XXH_OK) \
+            return 1;                                                                                   \
         T lo[LANES], hi[LANES];                                                                         \
         ACC s[LANES], ss[LANES];                                                                        \
         int32_t z[LANES];                                                                               \
@@ -53,7 +62,8 @@
         int64_t zeros = 0, nans = 0, infs = 0;                                                          \
         for (int64_t start = 0; start < n; start += BLOCK) {                                            \
             int64_t end = start + BLOCK < n ? start + BLOCK : n;                                        \
-            if (XXH3_128bits_update(&state, x + start, (size_t)(end - start) * sizeof(T)) != XXH_OK)    \
+            if (want_hash && XXH3_128bits_update(&state, x + start, (size_t)(end - start) * sizeof(T))  \
+                                 != XXH_OK)                                                             \
                 return 1;                                                                               \
             if (!want_stats) continue;                                                                  \
             int64_t i = start, whole = start + (end - start) / LANES * LANES;                           \
@@ -83,9 +93,11 @@
                 }                                                                                       \
             }                                                                                           \
         }                                                                                               \
-        XXH128_canonical_t canonical;                                                                   \
-        XXH128_canonicalFromHash(&canonical, XXH3_128bits_digest(&state));                              \
-        memcpy(digest, canonical.digest, 16);                                                           \
+        if (want_hash) {                                                                                \
+            XXH128_canonical_t canonical;                                                               \
+            XXH128_canonicalFromHash(&canonical, XXH3_128bits_digest(&state));                          \
+            memcpy(digest, canonical.digest, 16);                                                       \
+        }                                                                                               \
         if (!want_stats) return 0;                                                                      \
         T low = first, high = first;                                                                    \
         for (int j = 0; j < LANES; j++) {                                                               \
@@ -100,8 +112,56 @@
         return 0;                                                                                       \
     }
 
-DEFINE_SUMMARY(summary_f32, float, float)
-DEFINE_SUMMARY(summary_f64, double, double)
+DEFINE_SUMMARY(pass_f32, float, float)
+DEFINE_SUMMARY(pass_f64, double, double)
+
+/* Set by the Python side: OpenMP threads are used only where they are the framework's own (one OpenMP
+   runtime in the process); a second runtime's threads would spin beside the framework's after every call. */
+static int use_openmp = 0;
+
+void summary_use_openmp(int on) { use_openmp = on; }
+
+/* One array's hash and statistics (want_stats = 0: the hash only). With threads >= 2 and an array of at
+   least SPLIT_BYTES, the hash and the statistics are two OpenMP sections: in a torch process they run on
+   torch's own OpenMP threads, which are idle (spinning) between its ops, so nothing is started or woken.
+   The results are those of the single pass, whichever way it ran. */
+#ifdef _OPENMP
+#define SPLIT_SECTIONS(PASS, T)                                                                         \
+    if (use_openmp && threads >= 2 && want_stats && n * (int64_t)sizeof(T) >= SPLIT_BYTES) {            \
+        int hashed = 0, reduced = 0;                                                                    \
+        _Pragma("omp parallel sections num_threads(2)")                                                 \
+        {                                                                                               \
+            _Pragma("omp section")                                                                      \
+            hashed = PASS(x, n, prefix, prefix_len, 1, 0, 0, out, counts, digest);                      \
+            _Pragma("omp section")                                                                      \
+            reduced = PASS(x, n, prefix, prefix_len, 0, 1, want_zeros, out, counts, digest);            \
+        }                                                                                               \
+        return hashed | reduced;                                                                        \
+    }
+#else
+#define SPLIT_SECTIONS(PASS, T) (void)threads;
+#endif
+
+int summary_f32(const float *x, int64_t n, const char *prefix, int64_t prefix_len, int want_stats, int want_zeros,
+                int threads, double *out, int64_t *counts, unsigned char *digest) {
+    SPLIT_SECTIONS(pass_f32, float)
+    return pass_f32(x, n, prefix, prefix_len, 1, want_stats, want_zeros, out, counts, digest);
+}
+
+int summary_f64(const double *x, int64_t n, const char *prefix, int64_t prefix_len, int want_stats,
+                int want_zeros, int threads, double *out, int64_t *counts, unsigned char *digest) {
+    SPLIT_SECTIONS(pass_f64, double)
+    return pass_f64(x, n, prefix, prefix_len, 1, want_stats, want_zeros, out, counts, digest);
+}
+
+/* Whether this build can use OpenMP threads at all. */
+int summary_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
 
 /* Training-health counts of an activation output seen as rows x cols (cols: the last dimension, units).
    kind 0: values with |v| > high (tanh saturation); kind 1: values below low or above high (sigmoid);
@@ -147,7 +207,8 @@ static int summary_bytes(const void *data, int64_t nbytes, const char *prefix, i
     return 0;
 }
 
-/* Many arrays at once, on `threads` threads (the caller's among them): the probes summarise every gradient,
+/* Many arrays at once, on `threads` threads (the caller's among them; OpenMP's where the build has it, else
+   threads started here): the probes summarise every gradient,
    parameter and optimizer state tensor at points of the step where training itself waits for them.
    kinds[i]: 0 float32 and 1 float64 (numels[i] values, with statistics), 2 any other array (numels[i]
    bytes, hashed only). Item i's prefix is prefixes[prefix_offsets[i]:prefix_offsets[i + 1]]. Returns the
@@ -175,11 +236,11 @@ static void *run_batch(void *arg) {
         const void *data = (const void *)(intptr_t)b->addresses[i];
         int status;
         if (b->kinds[i] == 0)
-            status = summary_f32((const float *)data, b->numels[i], prefix, prefix_len, 1, b->want_zeros,
-                                 b->out + 4 * i, b->counts + 3 * i, b->digests + 16 * i);
+            status = pass_f32((const float *)data, b->numels[i], prefix, prefix_len, 1, 1, b->want_zeros,
+                              b->out + 4 * i, b->counts + 3 * i, b->digests + 16 * i);
         else if (b->kinds[i] == 1)
-            status = summary_f64((const double *)data, b->numels[i], prefix, prefix_len, 1, b->want_zeros,
-                                 b->out + 4 * i, b->counts + 3 * i, b->digests + 16 * i);
+            status = pass_f64((const double *)data, b->numels[i], prefix, prefix_len, 1, 1, b->want_zeros,
+                              b->out + 4 * i, b->counts + 3 * i, b->digests + 16 * i);
         else
             status = summary_bytes(data, b->numels[i], prefix, prefix_len, b->digests + 16 * i);
         if (status) __atomic_fetch_add(&b->failed, 1, __ATOMIC_RELAXED);
@@ -190,6 +251,12 @@ int64_t summary_many(int64_t n, const int64_t *addresses, const int64_t *numels,
                      const char *prefixes, const int64_t *prefix_offsets, int want_zeros, int threads,
                      double *out, int64_t *counts, unsigned char *digests) {
     batch_t b = {n, addresses, numels, prefix_offsets, kinds, prefixes, want_zeros, out, counts, digests, 0, 0};
+#ifdef _OPENMP
+    if (use_openmp && threads > 1 && n > 1) { /* the framework's OpenMP threads take the items */
+        _Pragma("omp parallel num_threads(threads)") run_batch(&b);
+        return b.failed;
+    }
+#endif
     pthread_t helpers[64];
     int started = 0;
     if (threads > 64) threads = 64;
