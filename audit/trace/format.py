@@ -7,8 +7,10 @@ from typing import Any
 
 TRACE_FORMAT = "repro-audit-trace"
 # Bump when a reader of the previous version would misread a new trace. Readers refuse versions they do not
-# know, by name, rather than guessing.
-SCHEMA_VERSION = 1
+# know, by name, rather than guessing. Version 2: the torch probe writes `health` compact, and the reader
+# derives its per-layer and per-output statistics (docs/health.md); a version-1 trace holds them itself.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 MANIFEST = "manifest.json"
 ENVIRONMENT = "environment.json"

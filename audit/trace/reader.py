@@ -16,6 +16,7 @@ import numpy as np
 
 from audit.errors import TraceError
 from audit.trace import format as fmt
+from audit.trace.health_fill import complete_health, module_types
 
 
 class Trace:
@@ -31,12 +32,12 @@ class Trace:
         if self.manifest.get("format") != fmt.TRACE_FORMAT:
             raise TraceError(f"not a repro-audit trace (format {self.manifest.get('format')!r}): {self.path}")
         version = self.manifest.get("schema_version")
-        if version != fmt.SCHEMA_VERSION:
+        if isinstance(version, bool) or version not in fmt.READABLE_VERSIONS:
             newer = isinstance(version, int) and version > fmt.SCHEMA_VERSION
             hint = "upgrade repro-audit to read it" if newer else "re-record it with this version"
+            readable = " and ".join(map(str, fmt.READABLE_VERSIONS))
             raise TraceError(
-                f"trace {self.path} has schema version {version!r}, this repro-audit reads version "
-                f"{fmt.SCHEMA_VERSION}: {hint}"
+                f"trace {self.path} has schema version {version!r}, this repro-audit reads versions {readable}: {hint}"
             )
 
     @property
@@ -121,7 +122,13 @@ class Trace:
                 raise TraceError(f"trace {self.path} is corrupt: {fmt.STEPS} line {number}: {exc.msg}") from exc
             if not isinstance(record, dict) or "step" not in record:
                 raise TraceError(f"trace {self.path} is corrupt: {fmt.STEPS} line {number} is not a step")
+            if isinstance(record.get("health"), dict):
+                record["health"] = complete_health(record, self._module_types)
             yield record
+
+    @cached_property
+    def _module_types(self) -> dict[str, str]:
+        return module_types(self.structure)
 
     def _load_optional(self, relative: str) -> dict[str, Any]:
         if not (self.path / relative).exists():

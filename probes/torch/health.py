@@ -1,15 +1,14 @@
-"""Training-health statistics of one torch step: the `health` key of a step record (docs/health.md).
+"""Training-health measurements of one torch step: the `health` key of a step record (docs/health.md).
 
-Assembled at the end of a step, after `optimizer.step()` (gradients are still in `p.grad` then, parameters
-are already updated), from the step recorder's summaries and what the output probe counted as each module
-returned (output_probe). Reductions are torch ops fetched with one `.tolist()` per group and device, never
-per-element Python; the framework-free arithmetic is shared with TF in `probes.common.health_numbers`. The rules that judge these numbers live in
-`audit.health`; this module only measures.
+Assembled at the end of a step from what the output probe counted as each module returned (output_probe):
+activation kinds and saturated/dead-unit counts, which need the tensors, plus memory readings. Statistics
+that the step record already implies (per-layer gradient norms, per-output moments) are derived when the
+trace is read (`audit.trace.health_fill`). The rules that judge these numbers live in `audit.health`; this
+module only measures.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,16 +18,10 @@ from probes.common.health_numbers import (
     SIGMOID_SATURATION,
     TANH_SATURATION,
     current_rss,
-    empty_layer,
-    finish_layer,
-    fmax,
-    fmin,
     heap_in_use,
     initial_loss,
-    moments,
 )
 from probes.common.native_summary import kernel
-from probes.torch.tensors import FLOAT_DTYPES
 
 # Output kinds whose statistics have a meaning beyond min/max/mean/std.
 TANH, SIGMOID, RELU = "tanh", "sigmoid", "relu"
@@ -50,102 +43,39 @@ ACTIVATION_NODES: dict[str, str] = {
 PASS_THROUGH_TYPES = frozenset({"Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout",
                                 "FeatureAlphaDropout", "Identity"})
 
-Summary = Mapping[str, Any]  # a tensor summary of the trace format (norm, min, max, mean, zeros, numel, ...)
 
-
-def step_health(calls: Sequence[Any], parameters: Sequence[tuple[str, torch.Tensor]], *, step: int,
-                loss_terms: Mapping[str, float] | None = None, num_classes: Any = None,
-                gradient_summaries: Mapping[str, Summary | None] | None = None,
-                parameter_summaries: Mapping[str, Summary] | None = None) -> dict[str, Any]:
-    """The `health` record of one step.
+def step_health(calls: Sequence[Any], *, step: int, loss_terms: Mapping[str, float] | None = None,
+                num_classes: Any = None) -> dict[str, Any]:
+    """The `health` record of one step, in its compact form (docs/health.md).
 
     `calls` are the tracker's `ModuleCall`s, their outputs described by an OutputProbe with health on (no
-    probe: no activations, and a note); `parameters` are `(name, tensor)` pairs with `.grad` still set.
+    probe: no activations, and a note). Per-layer and per-output statistics are not written: the trace
+    reader derives them from the step's gradients, parameters and module outputs
+    (`audit.trace.health_fill`). What only this moment knows is written: which outputs health describes
+    (positions in the step's `module_outputs`), their activation kind and saturated/dead counts.
     `loss_terms` ({term: value}) and `num_classes` (an int for every term, or {term: int}, from
-    `Recipe.extras["num_classes"]`) are used at step 1 only. The step recorder passes the summaries it
-    already made (its `gradients` and `parameters`): norms, minima and maxima are then reused, not computed
-    a second time.
+    `Recipe.extras["num_classes"]`) are used at step 1 only.
     """
     notes: list[str] = []
-    with torch.no_grad():
-        layers, total = layer_statistics(parameters, gradient_summaries=gradient_summaries,
-                                         parameter_summaries=parameter_summaries)
-    activations = activation_statistics(calls, notes=notes)
-    types = {call.path: call.module_type for call in calls}
-    for layer, stats in layers.items():
-        stats["type"] = types.get(layer)
-    record: dict[str, Any] = {"layers": layers, "total": total, "activations": activations,
+    if calls and not any(call.summaries for call in calls):
+        notes.append("activation statistics need module outputs (capture.module_outputs is off)")
+    described: list[int] = []
+    kinds: list[dict[str, Any]] = []
+    position = 0
+    for call in calls:
+        for index in sorted(call.activation_kinds):
+            described.append(position + index)
+            kind, counts = call.activation_kinds[index], call.activation_counts.get(index)
+            if kind is not None and counts is not None:
+                saturated, dead, units = counts
+                kinds.append({"output": position + index, "kind": kind, "saturated": int(saturated),
+                              "dead": int(dead), "units": int(units)})
+        position += len(call.summaries)
+    record: dict[str, Any] = {"described_outputs": described, "activation_kinds": kinds,
                               "memory": memory_usage(), "notes": notes}
     if step == 1:
         record["initial_loss"] = initial_loss(loss_terms or {}, num_classes, notes=notes)
     return record
-
-
-def layer_of(parameter_name: str) -> str:
-    """The module that owns a parameter: its path ("" for the root module)."""
-    return parameter_name.rpartition(".")[0]
-
-
-def layer_statistics(parameters: Sequence[tuple[str, torch.Tensor]], *,
-                     gradient_summaries: Mapping[str, Summary | None] | None = None,
-                     parameter_summaries: Mapping[str, Summary] | None = None,
-                     ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Gradient norm, min, max, max-abs, zero share and weight norm per layer and for the whole network."""
-    floats = [(name, p) for name, p in parameters if p.dtype in FLOAT_DTYPES and p.numel() > 0]
-    if parameter_summaries is not None:
-        weight_norms = [_summary_norm(parameter_summaries.get(name)) for name, _ in floats]
-    else:
-        weight_norms = [row[0] for row in _fetch([n.double().reshape(1) for n in _norms([p.detach() for _, p in floats])],
-                                                 [p.device for _, p in floats])]
-    grad_stats = (_summary_grad_stats(gradient_summaries) if gradient_summaries is not None
-                  else _computed_grad_stats(floats))
-    per_layer: dict[str, dict[str, Any]] = defaultdict(empty_layer)
-    network = empty_layer()
-    for (name, p), weight_norm in zip(floats, weight_norms):
-        stats = grad_stats.get(name)
-        for entry in (per_layer[layer_of(name)], network):
-            entry["weight_sq"] += weight_norm ** 2
-            entry["params"] += p.numel()
-            if stats is None:
-                continue
-            entry["grad_sq"] += stats[0] ** 2
-            entry["grad_min"] = fmin(entry["grad_min"], stats[1])
-            entry["grad_max"] = fmax(entry["grad_max"], stats[2])
-            entry["grad_zeros"] += int(stats[3])
-            entry["grad_numel"] += p.numel()
-    return {path: finish_layer(entry) for path, entry in per_layer.items()}, finish_layer(network)
-
-
-def activation_statistics(calls: Sequence[Any], *, notes: list[str] | None = None) -> list[dict[str, Any]]:
-    """Min, max, mean, std of every module output; saturation share and dead-unit share where they apply.
-
-    The output probe summarised each output and counted saturated and dead units as the module returned
-    (output_probe); a tensor returned unchanged by nested modules (a Sequential ending in its Tanh) is
-    described once, under the innermost module. The std is the population std from the L2 norm and the
-    mean (sqrt(E[y^2] - mean^2)): no extra pass, and precise enough to judge health.
-    """
-    if notes is not None and calls and not any(call.summaries for call in calls):
-        notes.append("activation statistics need module outputs (capture.module_outputs is off)")
-    entries = []
-    for call in calls:
-        for index in sorted(call.activation_kinds):
-            kind = call.activation_kinds[index]
-            summary = call.summaries[index]
-            numel = int(summary["numel"])
-            entry = {"module": call.output_name(index), "call": call.call, "type": call.module_type,
-                     "kind": kind, "numel": numel}
-            entry.update(moments(summary["min"], summary["max"], summary["mean"] * numel, summary["norm"], numel))
-            counts = call.activation_counts.get(index)
-            if counts is not None:
-                saturated, dead, units = counts
-                if kind in (TANH, SIGMOID):
-                    entry["saturated_share"] = saturated / numel
-                elif kind == RELU and units > 0:
-                    entry["units"] = int(units)
-                    entry["dead_units"] = int(dead)
-                    entry["dead_share"] = dead / units
-            entries.append(entry)
-    return entries
 
 
 def memory_usage() -> dict[str, Any]:
@@ -165,28 +95,6 @@ def memory_usage() -> dict[str, Any]:
 
 
 # -- parts ---------------------------------------------------------------------------------------------
-
-
-def _norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    if not tensors:
-        return []
-    widened = [t if t.dtype in (torch.float32, torch.float64) else t.float() for t in tensors]
-    try:
-        return list(torch._foreach_norm(widened))
-    except RuntimeError:  # tensors on several devices in one call, on some torch versions
-        return [torch.linalg.vector_norm(t) for t in widened]
-
-
-def _fetch(rows: list[torch.Tensor], devices: list[torch.device]) -> list[list[float]]:
-    """Rows of statistics as Python numbers: one stack and one `.tolist()` per device (one sync each)."""
-    by_device: dict[torch.device, list[int]] = defaultdict(list)
-    for i, device in enumerate(devices):
-        by_device[device].append(i)
-    values: list[list[float]] = [[] for _ in rows]
-    for indices in by_device.values():
-        for i, row in zip(indices, torch.stack([rows[i] for i in indices]).tolist()):
-            values[i] = row
-    return values
 
 
 # Kinds as the native kernel numbers them (probes/common/native/summary.c).
@@ -228,27 +136,6 @@ def _native_counts(tensor: torch.Tensor, kind: str) -> list[int] | None:
                  (SIGMOID_SATURATION, 1.0 - SIGMOID_SATURATION) if kind == SIGMOID else (0.0, 0.0))
     return native.activation_counts(tensor.data_ptr(), rows, cols, kind=_NATIVE_COUNT_KINDS[kind], low=low,
                                     high=high, double=tensor.dtype == torch.float64)
-
-
-def _summary_norm(summary: Summary | None) -> float:
-    if not summary or summary.get("norm") is None:
-        return 0.0
-    return float(summary["norm"])
-
-
-def _summary_grad_stats(summaries: Mapping[str, Summary | None]) -> dict[str, list[float]]:
-    return {name: [s["norm"], s["min"], s["max"], s.get("zeros", 0)] for name, s in summaries.items()
-            if s and s.get("norm") is not None}
-
-
-def _computed_grad_stats(floats: Sequence[tuple[str, torch.Tensor]]) -> dict[str, list[float]]:
-    with_grad = [(name, p.grad) for name, p in floats if p.grad is not None and not p.grad.is_sparse]
-    rows = []
-    for (_, grad), norm in zip(with_grad, _norms([g for _, g in with_grad])):
-        low, high = torch.aminmax(grad)
-        rows.append(torch.stack([norm.double(), low.double(), high.double(),
-                                 (grad.numel() - torch.count_nonzero(grad)).double()]))
-    return dict(zip([name for name, _ in with_grad], _fetch(rows, [g.device for _, g in with_grad])))
 
 
 def output_kind(call: Any, index: int, types: Mapping[str, str]) -> str | None:

@@ -227,10 +227,9 @@ class TorchStepRecorder:
                 self.values[f"parameters/{name}"] = values_for_file(tensor)
         if self.capture.get("health", True):
             self.record["health"] = step_health(
-                self.tracker.calls, self.parameters, step=self.step,
+                self.tracker.calls, step=self.step,
                 loss_terms={name: term["value"] for name, term in self.record.get("loss_terms", {}).items()},
-                num_classes=self.num_classes, gradient_summaries=self.record.get("gradients"),
-                parameter_summaries=self.record.get("parameters"))
+                num_classes=self.num_classes)
         record = self.record
         self._reset()
         return record

@@ -20,7 +20,9 @@ from audit.config import load_config
 from audit.errors import TraceError
 from audit.health import Finding, HealthReport, Thresholds, check_steps, infer_num_classes
 from audit.recipe import as_recipe, resolve_recipe
+from audit.trace.health_fill import complete_health, module_types
 from probes.torch.health import step_health
+from probes.torch.modules import module_tree
 from probes.torch.random_ledger import RandomLedger
 from probes.torch.step_recorder import TorchStepRecorder
 
@@ -28,9 +30,10 @@ HEALTH = Path(__file__).resolve().parents[2] / "fixtures" / "configs" / "torch" 
 BASELINE = HEALTH.parent / "baseline.yaml"
 
 
-def record_in_process(config_path: Path, *, steps: int | None = None,
-                      overrides: Sequence[str] = ()) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Step records (with `health`) and the step-1 graph, as plain JSON data like a trace holds them."""
+def record_in_process(config_path: Path, *, steps: int | None = None, overrides: Sequence[str] = (),
+                      as_read: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Step records (with `health`) and the step-1 graph, as plain JSON data like a trace holds them:
+    `health` completed as the trace reader completes it, or (`as_read=False`) compact as written."""
     config = load_config(config_path, steps=steps, overrides=overrides)
     torch.manual_seed(config.seed)
     build = resolve_recipe(config.recipe, config_dir=Path(config.config_dir or "."))
@@ -38,6 +41,7 @@ def record_in_process(config_path: Path, *, steps: int | None = None,
     recorder = TorchStepRecorder(recipe.model, recipe.optimizer, capture=config.capture,
                                  weight_of=config.weight_for, ledger=RandomLedger(module_of=lambda: None))
     batches, records, graph = iter(recipe.batches), [], None
+    types = module_types({"modules": module_tree(recipe.model)})
     try:
         for step in range(1, config.steps + 1):
             batch = next(batches)
@@ -50,11 +54,13 @@ def record_in_process(config_path: Path, *, steps: int | None = None,
             graph = stored if step == 1 else graph
             record = recorder.end_step()
             record["health"] = step_health(
-                recorder.tracker.calls, recorder.parameters, step=step,
+                recorder.tracker.calls, step=step,
                 loss_terms={name: term["value"] for name, term in record["loss_terms"].items()},
-                num_classes=recipe.extras.get("num_classes"), gradient_summaries=record["gradients"],
-                parameter_summaries=record["parameters"])
-            records.append(json.loads(json.dumps({key: record[key] for key in ("step", "loss_terms", "health")})))
+                num_classes=recipe.extras.get("num_classes"))
+            kept = ("step", "loss_terms", "health", "gradients", "parameters", "module_outputs")  # health's sources
+            records.append(json.loads(json.dumps({key: record[key] for key in kept})))
+            if as_read:
+                records[-1]["health"] = complete_health(records[-1], types)
     finally:
         recorder.close()
         del recipe, batches
@@ -182,6 +188,16 @@ def test_layer_gradient_thresholds(dead_relu_records: Any) -> None:
     assert any(f.rule == "exploding_gradients" and f.step == 1 for f in exploding.findings)
     calm = check_steps(records, graph=graph, thresholds=Thresholds(max_grad_norm=largest * 10))
     assert not any(f.rule == "exploding_gradients" for f in calm.findings)
+
+
+def test_records_as_written_are_completed_by_the_rules() -> None:
+    """check_steps also takes step records straight from the recorder, their health still compact."""
+    written, graph = record_in_process(HEALTH / "dead_relu.yaml", as_read=False)
+    assert "layers" not in written[0]["health"] and written[0]["health"]["described_outputs"]
+    read, _ = record_in_process(HEALTH / "dead_relu.yaml")
+    from_written = check_steps(written, graph=graph)
+    assert from_written.findings and {(f.rule, f.layer, f.step) for f in from_written.findings} == \
+        {(f.rule, f.layer, f.step) for f in check_steps(read, graph=graph).findings}
 
 
 def test_nonfinite_gradient_norm_explodes_at_any_threshold(dead_relu_records: Any) -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from audit.trace.health_fill import complete_health
 from probes.torch.health import memory_usage
 from probes.torch.random_ledger import RandomLedger
 from probes.torch.step_recorder import TorchStepRecorder
@@ -61,7 +62,9 @@ def test_no_output_outlives_backward_while_the_step_is_recorded() -> None:
     recorder.close()
     assert held < 2**20 + 2**19, f"{held / 2**20:.1f} MiB still held after backward"  # gradients: 0.13 MiB
     assert [o["module"] for o in record["module_outputs"]] == ["", "0", "1", "2", "3", "4"]
-    activations = {entry["module"]: entry for entry in record["health"]["activations"]}
+    health = complete_health(record)  # as the trace reader completes it
+    assert health is not None
+    activations = {entry["module"]: entry for entry in health["activations"]}
     assert activations["1"]["kind"] == "tanh" and "saturated_share" in activations["1"]
     assert activations["3"]["kind"] == "relu" and activations["3"]["units"] == 4096
 
