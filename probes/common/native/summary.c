@@ -207,9 +207,9 @@ static int summary_bytes(const void *data, int64_t nbytes, const char *prefix, i
     return 0;
 }
 
-/* Many arrays at once, on `threads` threads (the caller's among them; OpenMP's where the build has it, else
-   threads started here): the probes summarise every gradient,
-   parameter and optimizer state tensor at points of the step where training itself waits for them.
+/* Many arrays at once, on `threads` threads (the caller's among them; the framework's OpenMP threads where
+   use_openmp is set, else threads started here): the probes summarise every gradient, parameter and
+   optimizer state tensor at points of the step where training itself waits for them.
    kinds[i]: 0 float32 and 1 float64 (numels[i] values, with statistics), 2 any other array (numels[i]
    bytes, hashed only). Item i's prefix is prefixes[prefix_offsets[i]:prefix_offsets[i + 1]]. Returns the
    number of items that failed (0). */
