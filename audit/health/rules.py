@@ -29,10 +29,10 @@ class RunHealth:
     graph: dict[str, Any] | None = None  # the step-1 op graph, for inferring class counts
 
     @classmethod
-    def from_steps(cls, steps: Sequence[Mapping[str, Any]], *, graph: dict[str, Any] | None = None,
-                   module_types: Mapping[str, str] | None = None) -> RunHealth:
-        """Step records as written or as a trace reads them: a compact `health` is completed here."""
-        records = [(int(record["step"]), complete_health(record, module_types) or {}) for record in steps
+    def from_steps(cls, steps: Sequence[Mapping[str, Any]], *, graph: dict[str, Any] | None = None) -> RunHealth:
+        """Step records as written or as a trace reads them: a compact `health` is completed here (without
+        module types, which only a trace's structure.json knows)."""
+        records = [(int(record["step"]), complete_health(record) or {}) for record in steps
                    if isinstance(record.get("health"), dict)]
         first = next((record for record in steps if record.get("step") == 1), None)
         terms = (first or {}).get("loss_terms") or {}

@@ -123,7 +123,11 @@ class Trace:
             if not isinstance(record, dict) or "step" not in record:
                 raise TraceError(f"trace {self.path} is corrupt: {fmt.STEPS} line {number} is not a step")
             if isinstance(record.get("health"), dict):
-                record["health"] = complete_health(record, self._module_types)
+                try:
+                    record["health"] = complete_health(record, self._module_types)
+                except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+                    raise TraceError(f"trace {self.path} is corrupt: {fmt.STEPS} line {number}: its health record "
+                                     f"does not match its summaries ({type(exc).__name__}: {exc})") from exc
             yield record
 
     @cached_property

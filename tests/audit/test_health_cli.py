@@ -114,6 +114,23 @@ def test_a_trace_without_health_is_one_line(write_config, tmp_path: Path) -> Non
     assert code == 2 and "--steps and --set apply to a config only" in one_line(output)
 
 
+def test_a_health_record_that_does_not_match_its_summaries_is_one_line(write_config,  # type: ignore[no-untyped-def]
+                                                                         tmp_path: Path) -> None:
+    """The reader completes the compact health from the step's summaries; a record pointing past them
+    is a corrupt trace, not a traceback."""
+    config = write_config("small", recipe="tiny_mlp:build", steps=2)
+    trace = tmp_path / "small.trace"
+    assert run_cli("record", str(config), "-o", str(trace), "-q")[0] == 0
+    steps = trace / "steps.jsonl"
+    records = [json.loads(line) for line in steps.read_text().splitlines()]
+    assert records[1]["health"]["described_outputs"] and "layers" not in records[1]["health"]  # written compact
+    assert run_cli("health", str(trace), "-q")[0] in (0, 1)  # and read whole
+    records[1]["health"]["described_outputs"].append(10_000)
+    steps.write_text("".join(json.dumps(record) + "\n" for record in records))
+    code, output = run_cli("health", str(trace), "-q")
+    assert code == 2 and "steps.jsonl line 2: its health record does not match its summaries" in one_line(output)
+
+
 def test_help_in_a_real_process() -> None:
     run = subprocess.run([sys.executable, "-c", "import audit.cli_health; from audit.cli import main; main()",
                           "health", "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT,
