@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 import torch
 
+from probes.torch.repeated_summaries import RepeatedSummaries
 from probes.torch.tensors import tensor_hashes
 
 
@@ -21,15 +22,31 @@ def param_groups(optimizer: torch.optim.Optimizer, names: Mapping[int, str]) -> 
     return groups
 
 
-def state_hashes(optimizer: torch.optim.Optimizer, names: Mapping[int, str]) -> dict[str, dict[str, Any]]:
-    named = [(name, state) for param, state in optimizer.state.items()
-             if (name := names.get(id(param))) is not None]
-    tensors: list[torch.Tensor] = []
-    for _, state in named:
-        _collect_tensors(state, tensors)
-    hashes = dict(zip(map(id, tensors), tensor_hashes(tensors)))  # all at once: one native call
-    states = {name: {key: _plain(value, hashes) for key, value in state.items()} for name, state in named}
-    return dict(sorted(states.items()))
+class StateHashes:
+    """Hashes of the optimizer state, per parameter name, at every step.
+
+    Adam keeps two tensors of each parameter's size: this reads more memory than anything else a step
+    records, so the hashing goes through `RepeatedSummaries` (one kernel call whose arguments are made
+    once), and the common state (tensors and plain numbers, one level deep) is walked in one loop.
+    """
+
+    def __init__(self) -> None:
+        self._hashes = RepeatedSummaries(hash_only=True)
+
+    def __call__(self, optimizer: torch.optim.Optimizer, names: Mapping[int, str]) -> dict[str, dict[str, Any]]:
+        named = sorted(((name, state) for param, state in optimizer.state.items()
+                        if (name := names.get(id(param))) is not None), key=lambda item: item[0])
+        tensors: list[torch.Tensor] = []
+        for _, state in named:
+            for value in state.values():
+                if isinstance(value, torch.Tensor):
+                    if value.numel() != 1:
+                        tensors.append(value)
+                elif isinstance(value, (list, tuple, dict)):
+                    _collect_tensors(value, tensors)
+        hashes = dict(zip(map(id, tensors), self._hashes.hashes(tensors)))
+        return {name: {str(key): hashes[id(value)] if id(value) in hashes else _plain(value, hashes)
+                       for key, value in state.items()} for name, state in named}
 
 
 def _collect_tensors(value: Any, found: list[torch.Tensor]) -> None:

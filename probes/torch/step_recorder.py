@@ -25,9 +25,10 @@ from probes.torch.health import step_health
 from probes.torch.initialisation import named_tensors
 from probes.torch.modules import ModuleTracker
 from probes.torch.nan_provenance import attribute_terms, find_origins
-from probes.torch.optimizer_state import param_groups, state_hashes
+from probes.torch.optimizer_state import StateHashes, param_groups
 from probes.torch.output_probe import OutputProbe
 from probes.torch.random_ledger import RandomLedger, python_random_wrappers
+from probes.torch.repeated_summaries import RepeatedSummaries
 from probes.torch.step_replay import RandomState, replay_forward
 from probes.torch.tensors import as_numpy, flatten_tensors, summarize, values_for_file
 
@@ -51,6 +52,9 @@ class TorchStepRecorder:
         ledger.module_of = lambda: self.tracker.current
         self.parameters = [(name, t) for name, kind, t in named_tensors(model) if kind == "parameter"]
         self.names = {id(t): name for name, t in self.parameters}
+        self._gradient_summaries = RepeatedSummaries()
+        self._parameter_summaries = RepeatedSummaries()
+        self._state_hashes = StateHashes()
         self.graphs: dict[int, dict[str, Any]] = {}
         self._previous_digest: str | None = None
         self._nonfinite_before = False
@@ -131,7 +135,7 @@ class TorchStepRecorder:
     def _record_gradients(self) -> None:
         grads = [(name, p.grad) for name, p in self.parameters]
         present = [(name, g) for name, g in grads if g is not None]
-        summaries = dict(zip([n for n, _ in present], summarize([g for _, g in present])))
+        summaries = dict(zip([n for n, _ in present], self._gradient_summaries.summaries([g for _, g in present])))
         self.record["gradients"] = {name: summaries.get(name) for name, _ in grads}
         nonfinite = [name for name, s in summaries.items() if s["nan"] or s["inf"]]
         outbreak = bool(nonfinite) and not self._nonfinite_before
@@ -211,10 +215,10 @@ class TorchStepRecorder:
         self._contexts.close()
         self.tracker.stop()
         self.record["parameters"] = dict(zip([n for n, _ in self.parameters],
-                                             summarize([t.detach() for _, t in self.parameters])))
+                                             self._parameter_summaries.summaries([t for _, t in self.parameters])))
         self.record.setdefault("optimizer", {"type": type(self.optimizer).__name__,
                                              "param_groups": param_groups(self.optimizer, self.names)})
-        self.record["optimizer"]["state"] = state_hashes(self.optimizer, self.names)
+        self.record["optimizer"]["state"] = self._state_hashes(self.optimizer, self.names)
         self.record["random_draws"] = [{k: v for k, v in entry.items() if k != "target_storage"}
                                        for entry in self.ledger.take_entries()]
         if self.capture.get("module_outputs", True):

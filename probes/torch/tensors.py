@@ -109,10 +109,10 @@ class SummaryBatch:
     def add(self, tensor: torch.Tensor) -> int:
         """Position of the tensor's summary in the list `finish` returns."""
         position = len(self._done)
-        kind = _NATIVE_KINDS.get(tensor.dtype)
-        if kind is not None and self._slots is not None and _native_layout(tensor):
+        kind = NATIVE_KINDS.get(tensor.dtype)
+        if kind is not None and self._slots is not None and native_layout(tensor):
             # Read now, by the kernel, into its slot; the Python summary is made in `finish`.
-            self._slots.add(tensor.data_ptr(), tensor.numel(), double=kind == FLOAT64, prefix=_hash_prefix(tensor),
+            self._slots.add(tensor.data_ptr(), tensor.numel(), double=kind == FLOAT64, prefix=hash_prefix(tensor),
                             zeros=self.count_zeros)
             self._in_slots.append((position, tensor.shape, tensor.dtype))
             self._done.append(None)
@@ -172,8 +172,8 @@ def _float_summaries(tensors: list[torch.Tensor], *, count_zeros: bool) -> list[
 
 
 # numpy's name of each dtype the kernel can take: the hash input is that of `hash_numeric`.
-_NUMPY_NAMES = {dtype: torch.empty(0, dtype=dtype).numpy().dtype.str for dtype in _NUMERIC_DTYPES}
-_NATIVE_KINDS = {torch.float32: FLOAT32, torch.float64: FLOAT64}
+NUMPY_NAMES = {dtype: torch.empty(0, dtype=dtype).numpy().dtype.str for dtype in _NUMERIC_DTYPES}
+NATIVE_KINDS = {torch.float32: FLOAT32, torch.float64: FLOAT64}
 
 
 def _native_summaries(tensors: Sequence[torch.Tensor], *, count_zeros: bool) -> dict[int, dict[str, Any]]:
@@ -182,10 +182,10 @@ def _native_summaries(tensors: Sequence[torch.Tensor], *, count_zeros: bool) -> 
     native = kernel()
     if native is None:
         return {}
-    chosen = [i for i, t in enumerate(tensors) if t.dtype in _NATIVE_KINDS and _native_layout(t)]
+    chosen = [i for i, t in enumerate(tensors) if t.dtype in NATIVE_KINDS and native_layout(t)]
     chosen.sort(key=lambda i: -tensors[i].numel())  # largest first: the threads finish together
-    found = native.summarize_many([(tensors[i].data_ptr(), tensors[i].numel(), _NATIVE_KINDS[tensors[i].dtype],
-                                    _hash_prefix(tensors[i])) for i in chosen],
+    found = native.summarize_many([(tensors[i].data_ptr(), tensors[i].numel(), NATIVE_KINDS[tensors[i].dtype],
+                                    hash_prefix(tensors[i])) for i in chosen],
                                   zeros=count_zeros, threads=torch.get_num_threads())
     return {i: _native_record(tensors[i], summary, count_zeros) for i, summary in zip(chosen, found)}
 
@@ -193,16 +193,16 @@ def _native_summaries(tensors: Sequence[torch.Tensor], *, count_zeros: bool) -> 
 def tensor_hashes(tensors: Sequence[torch.Tensor]) -> list[str]:
     """`tensor_hash` of many tensors; those in CPU memory are hashed in one native call on several threads."""
     native = kernel()
-    chosen = ([i for i, t in enumerate(tensors) if t.dtype in _NUMPY_NAMES and _native_layout(t)]
+    chosen = ([i for i, t in enumerate(tensors) if t.dtype in NUMPY_NAMES and native_layout(t)]
               if native is not None else [])
     found = native.summarize_many([(tensors[i].data_ptr(), tensors[i].numel() * tensors[i].element_size(), BYTES,
-                                    _hash_prefix(tensors[i])) for i in chosen],
+                                    hash_prefix(tensors[i])) for i in chosen],
                                   threads=torch.get_num_threads()) if native is not None and chosen else []
     hashes = {i: summary.digest for i, summary in zip(chosen, found)}
     return [hashes[i] if i in hashes else tensor_hash(t) for i, t in enumerate(tensors)]
 
 
-def _native_layout(tensor: torch.Tensor) -> bool:
+def native_layout(tensor: torch.Tensor) -> bool:
     return (tensor.device.type == "cpu" and tensor.layout == torch.strided and tensor.numel() > 0
             and tensor.is_contiguous() and not tensor.is_neg() and not tensor.is_conj())
 
@@ -211,14 +211,14 @@ _PREFIXES: dict[tuple[torch.dtype, torch.Size], bytes] = {}
 _PREFIX_CACHE_LIMIT = 4096  # shapes vary with sequence length: the cache starts over rather than grow
 
 
-def _hash_prefix(tensor: torch.Tensor) -> bytes:
+def hash_prefix(tensor: torch.Tensor) -> bytes:
     """What `hash_numeric` hashes before the values: numpy's dtype string and shape (0-d as (1,))."""
     key = (tensor.dtype, tensor.shape)
     prefix = _PREFIXES.get(key)
     if prefix is None:
         if len(_PREFIXES) >= _PREFIX_CACHE_LIMIT:
             _PREFIXES.clear()
-        prefix = _PREFIXES[key] = f"{_NUMPY_NAMES[tensor.dtype]}{tuple(tensor.shape) or (1,)}".encode()
+        prefix = _PREFIXES[key] = f"{NUMPY_NAMES[tensor.dtype]}{tuple(tensor.shape) or (1,)}".encode()
     return prefix
 
 
