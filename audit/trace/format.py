@@ -67,7 +67,7 @@ _WRITTEN = {spelling: f'"\\u0000repro-audit:{spelling}"'.encode() for spelling i
 
 def _spelling(number: Any) -> str:
     value = float(number)
-    return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
 
 
 def _encode_fast(record: Any, places: list[tuple[Any, Any, Any]]) -> str | None:

@@ -133,6 +133,10 @@ class PreparedBatch:
                            self._prefixes, self._offsets.ctypes.data)
         self._outputs = (self.stats.ctypes.data, self.counts.ctypes.data, self._digests.ctypes.data)
 
+    def move(self, addresses: Sequence[int]) -> None:
+        """The same arrays (sizes, kinds, prefixes) at other addresses: a gradient freed and made again."""
+        self._addresses[:] = addresses
+
     def run(self, *, zeros: bool = True, threads: int = 1) -> None:
         """Hash and reduce every item now, on `threads` threads."""
         if self.n and self._native._many(*self._arguments, int(zeros), max(1, threads), *self._outputs):
@@ -189,11 +193,17 @@ class SummarySlots:
 
     def take(self) -> list[Summary]:
         """Every summary added since the last `take`, by slot; the slots are free again afterwards."""
+        stats, counts, digests = self.take_arrays()
+        rows, numbers = stats.tolist(), counts.tolist()
+        return [Summary(digest, tuple(rows[i]), tuple(numbers[i]))  # type: ignore[arg-type]
+                for i, digest in enumerate(digests)]
+
+    def take_arrays(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """As `take`, as arrays: [min, max, sum, sum of squares] and [zeros, NaN, Inf] rows (views, valid
+        until the next `add`) and the digests."""
         n, self._n = self._n, 0
         hexes = self._digests[:n].tobytes().hex()
-        stats, numbers = self._out[:n].tolist(), self._counts[:n].tolist()
-        return [Summary("xxh3:" + hexes[32 * i:32 * i + 32], tuple(stats[i]), tuple(numbers[i]))  # type: ignore[arg-type]
-                for i in range(n)]
+        return self._out[:n], self._counts[:n], ["xxh3:" + hexes[i:i + 32] for i in range(0, 32 * n, 32)]
 
 
 _loaded: list[NativeSummary | None] = []

@@ -158,9 +158,25 @@ def output_kind(call: Any, index: int, types: Mapping[str, str]) -> str | None:
     return None
 
 
+# The kind of each autograd node type met so far: asked after every module call, and `name()` builds a
+# new string each time. Only a type whose name is its nodes' name is kept (every generated node type
+# and Python Function is one); the cache starts over past a bound, as Functions can be made on the fly.
+_KIND_OF_NODE_TYPE: dict[type, str | None] = {}
+_NODE_TYPE_CACHE_LIMIT = 4096
+
+
 def _node_kind(node: Any) -> str | None:
     if node is None:
         return None
-    return ACTIVATION_NODES.get(type(node).__name__) or ACTIVATION_NODES.get(node.name())
+    node_type = type(node)
+    if node_type in _KIND_OF_NODE_TYPE:
+        return _KIND_OF_NODE_TYPE[node_type]
+    name = node.name()
+    kind = ACTIVATION_NODES.get(node_type.__name__) or ACTIVATION_NODES.get(name)
+    if node_type.__name__ == name:
+        if len(_KIND_OF_NODE_TYPE) >= _NODE_TYPE_CACHE_LIMIT:
+            _KIND_OF_NODE_TYPE.clear()
+        _KIND_OF_NODE_TYPE[node_type] = kind
+    return kind
 
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from probes.torch.health import ACTIVATION_TYPES, activation_counts, output_kind
-from probes.torch.tensors import FLOAT_DTYPES, SummaryBatch
+from probes.torch.tensors import FLOAT_DTYPES, NATIVE_KINDS, SummaryBatch
 
 
 @dataclass(slots=True)
@@ -44,23 +44,46 @@ class OutputProbe:
         self.start()
 
     def start(self) -> None:
-        self._batch = SummaryBatch(count_zeros=False)
+        if not hasattr(self, "_batch"):
+            self._batch = SummaryBatch(count_zeros=False)
+        self._batch.clear()
         self._seen: dict[tuple[Any, ...], _Seen] = {}
         self._calls: list[Any] = []
 
     def observe(self, call: Any, tensors: Sequence[torch.Tensor]) -> None:
-        """At the end of `call`: summarise its outputs (or find them summarised) and count for health."""
+        """At the end of `call`: summarise its outputs (or find them summarised) and count for health.
+
+        This runs after every module call, between the model's own ops, with the CPU caches full of
+        tensors: each attribute read here costs about a microsecond, so each is read once."""
         self._calls.append(call)
         with self.probe_only():
             for index, tensor in enumerate(tensors):
-                key = _layout_key(tensor)
+                numel = tensor.numel()
+                dtype = tensor.dtype
+                if tensor.layout is not torch.strided or numel == 0:
+                    key: tuple[Any, ...] = (id(tensor),)  # no storage to compare: never merged
+                    shape = None
+                else:
+                    # Same storage, layout, dtype and version: the same values (an in-place change bumps
+                    # the version).
+                    shape = tensor.shape
+                    address = tensor.data_ptr()
+                    cpu = tensor.is_cpu
+                    key = (address, shape, tensor.stride(), dtype, tensor._version, tensor.is_conj(),
+                           tensor.is_neg(), None if cpu else tensor.device)
                 seen = self._seen.get(key)
                 if seen is None or seen.ref() is None:
-                    seen = _Seen(self._batch.add(tensor), weakref.ref(tensor))
-                    self._seen[key] = seen
+                    if shape is not None and cpu and dtype in NATIVE_KINDS and key[5] is False \
+                            and key[6] is False and self._batch.native and tensor.is_contiguous():
+                        position = self._batch.add_native(address, numel, dtype, shape)
+                    else:
+                        position = self._batch.add(tensor)
+                    seen = self._seen[key] = _Seen(position, weakref.ref(tensor))
                 call.summary_positions.append(seen.position)
-                if self.health and tensor.dtype in FLOAT_DTYPES and tensor.numel() > 0:
-                    self._claim(seen, call, index, tensor)
+                if self.health and numel and dtype in FLOAT_DTYPES:
+                    owner = seen.owner
+                    if owner is None or owner.position <= call.position:
+                        self._claim(seen, call, index, tensor)
 
     def finish(self) -> None:
         """Fetch what is still pending and hand every call its summaries and activation counts."""
@@ -74,8 +97,6 @@ class OutputProbe:
     def _claim(self, seen: _Seen, call: Any, index: int, tensor: torch.Tensor) -> None:
         """Health describes the output under the call that started last among those returning it."""
         if seen.owner is not None:
-            if seen.owner.position > call.position:
-                return
             seen.owner.activation_counts.pop(seen.index, None)
             seen.owner.activation_kinds.pop(seen.index, None)
         seen.owner, seen.index = call, index
@@ -86,11 +107,3 @@ class OutputProbe:
             with torch.no_grad():  # where torch ops count (no native kernel), they are no part of the graph
                 call.activation_counts[index] = activation_counts(tensor, kind)
         call.activation_kinds[index] = kind
-
-
-def _layout_key(tensor: torch.Tensor) -> tuple[Any, ...]:
-    """Same storage, layout, dtype and version: the same values (an in-place change bumps the version)."""
-    if tensor.layout != torch.strided or tensor.numel() == 0:
-        return (id(tensor),)  # no storage to compare: never merged
-    return (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype,
-            tensor.is_conj(), tensor.is_neg(), tensor._version)

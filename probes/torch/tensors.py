@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from probes.common.hashing import hash_array, hash_numeric, summarize_array
-from probes.common.native_summary import BYTES, FLOAT32, FLOAT64, SummarySlots, kernel
+from probes.common.native_summary import BYTES, FLOAT32, FLOAT64, PreparedBatch, SummarySlots, kernel
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _NUMERIC_DTYPES = frozenset({torch.float16, torch.float32, torch.float64, torch.int8, torch.uint8,
@@ -104,19 +104,22 @@ class SummaryBatch:
         self._small: list[tuple[int, torch.Tensor]] = []
         native = kernel()
         self._slots = SummarySlots(native, threads=torch.get_num_threads()) if native is not None else None
-        self._in_slots: list[tuple[int, torch.Size, torch.dtype]] = []  # position, shape, dtype by slot
+        self.native = self._slots is not None  # whether `add_native` can be used
+        self._in_slots: list[int] = []  # position by slot
+        self._fixed: list[tuple[list[int], str, int]] = []  # shape, dtype, numel by slot
+
+    def clear(self) -> None:
+        """Forget what was added and not fetched (a step that failed half-way); the batch is reused."""
+        self._done, self._small, self._in_slots, self._fixed = [], [], [], []
+        if self._slots is not None:
+            self._slots.take()
+            self._slots.threads = torch.get_num_threads()
 
     def add(self, tensor: torch.Tensor) -> int:
         """Position of the tensor's summary in the list `finish` returns."""
+        if self.native and tensor.dtype in NATIVE_KINDS and native_layout(tensor):
+            return self.add_native(tensor.data_ptr(), tensor.numel(), tensor.dtype, tensor.shape)
         position = len(self._done)
-        kind = NATIVE_KINDS.get(tensor.dtype)
-        if kind is not None and self._slots is not None and native_layout(tensor):
-            # Read now, by the kernel, into its slot; the Python summary is made in `finish`.
-            self._slots.add(tensor.data_ptr(), tensor.numel(), double=kind == FLOAT64, prefix=hash_prefix(tensor),
-                            zeros=self.count_zeros)
-            self._in_slots.append((position, tensor.shape, tensor.dtype))
-            self._done.append(None)
-            return position
         tensor = tensor.detach()
         if tensor.dtype in FLOAT_DTYPES and 0 < tensor.numel() <= SMALL_NUMEL:
             self._small.append((position, tensor.clone()))
@@ -127,18 +130,55 @@ class SummaryBatch:
             self._done.append(summarize([tensor], count_zeros=self.count_zeros)[0])
         return position
 
+    def add_native(self, address: int, numel: int, dtype: torch.dtype, shape: torch.Size) -> int:
+        """`add` for a float32/float64 CPU tensor that the caller found contiguous, not conjugate and not
+        negative (what `native_layout` checks), given its attributes: read now, by the kernel, into its
+        slot; the Python summary is made in `finish`."""
+        position = len(self._done)
+        slots = self._slots
+        if slots is None:
+            raise RuntimeError("add_native needs the native kernel (see `native`)")
+        prefix = _PREFIXES.get((dtype, shape)) or _prefix_of(dtype, shape)
+        slots.add(address, numel, double=dtype is torch.float64, prefix=prefix, zeros=self.count_zeros)
+        self._in_slots.append(position)
+        self._fixed.append((list(shape), dtype_name(dtype), numel))
+        self._done.append(None)
+        return position
+
     def finish(self) -> list[dict[str, Any]]:
+        """Every summary, in the order added; the batch is empty (and reusable) afterwards."""
         if self._in_slots:
             assert self._slots is not None
-            for (position, shape, dtype), found in zip(self._in_slots, self._slots.take()):
-                self._done[position] = _native_record_of(shape, dtype, found, self.count_zeros)
-            self._in_slots = []
+            stats, counts, digests = self._slots.take_arrays()
+            records = native_records(self._fixed, digests, stats, counts, count_zeros=self.count_zeros)
+            for position, record in zip(self._in_slots, records):
+                self._done[position] = record
         if self._small:
             held = summarize([t for _, t in self._small], count_zeros=self.count_zeros)
             for (position, _), summary in zip(self._small, held):
                 self._done[position] = summary
-        done, self._done, self._small = self._done, [], []
+        done = self._done
+        self.clear()
         return done  # type: ignore[return-value]
+
+
+def native_records(fixed: Sequence[tuple[list[int], str, int]], digests: Sequence[str], stats: np.ndarray,
+                   counts: np.ndarray, *, count_zeros: bool) -> list[dict[str, Any]]:
+    """Summary records of the kernel's results, in a few numpy operations instead of float arithmetic per
+    tensor: `fixed` holds each tensor's shape, dtype name and numel, `stats` its [min, max, sum, sum of
+    squares] and `counts` its [zeros, NaN, Inf] as rows; `_record_of` makes the same from torch's numbers."""
+    numels = np.fromiter((numel for _, _, numel in fixed), dtype=np.float64, count=len(fixed))
+    with np.errstate(invalid="ignore"):
+        norms = np.sqrt(stats[:, 3])
+        means = stats[:, 2] / numels
+        max_abs = np.maximum(np.abs(stats[:, 0]), np.abs(stats[:, 1]))
+    max_abs[counts[:, 1] > 0] = np.nan
+    zeros = counts[:, 0].tolist() if count_zeros else [None] * len(fixed)
+    return [{"shape": list(shape), "dtype": dtype, "numel": numel, "hash": digest, "norm": norm, "min": low,
+             "max": high, "mean": mean, "max_abs": largest, "nan": nan, "inf": inf, "zeros": zero}
+            for (shape, dtype, numel), digest, norm, low, high, mean, largest, nan, inf, zero in zip(
+                fixed, digests, norms.tolist(), stats[:, 0].tolist(), stats[:, 1].tolist(), means.tolist(),
+                max_abs.tolist(), counts[:, 1].tolist(), counts[:, 2].tolist(), zeros)]
 
 
 def _float_summaries(tensors: list[torch.Tensor], *, count_zeros: bool) -> list[dict[str, Any]]:
@@ -183,11 +223,15 @@ def _native_summaries(tensors: Sequence[torch.Tensor], *, count_zeros: bool) -> 
     if native is None:
         return {}
     chosen = [i for i, t in enumerate(tensors) if t.dtype in NATIVE_KINDS and native_layout(t)]
+    if not chosen:
+        return {}
     chosen.sort(key=lambda i: -tensors[i].numel())  # largest first: the threads finish together
-    found = native.summarize_many([(tensors[i].data_ptr(), tensors[i].numel(), NATIVE_KINDS[tensors[i].dtype],
-                                    hash_prefix(tensors[i])) for i in chosen],
-                                  zeros=count_zeros, threads=torch.get_num_threads())
-    return {i: _native_record(tensors[i], summary, count_zeros) for i, summary in zip(chosen, found)}
+    batch = PreparedBatch(native, [(tensors[i].data_ptr(), tensors[i].numel(), NATIVE_KINDS[tensors[i].dtype],
+                                    hash_prefix(tensors[i])) for i in chosen])
+    batch.run(zeros=count_zeros, threads=torch.get_num_threads())
+    fixed = [(list(tensors[i].shape), dtype_name(tensors[i].dtype), tensors[i].numel()) for i in chosen]
+    return dict(zip(chosen, native_records(fixed, batch.digests(), batch.stats, batch.counts,
+                                           count_zeros=count_zeros)))
 
 
 def tensor_hashes(tensors: Sequence[torch.Tensor]) -> list[str]:
@@ -203,7 +247,7 @@ def tensor_hashes(tensors: Sequence[torch.Tensor]) -> list[str]:
 
 
 def native_layout(tensor: torch.Tensor) -> bool:
-    return (tensor.device.type == "cpu" and tensor.layout == torch.strided and tensor.numel() > 0
+    return (tensor.is_cpu and tensor.layout == torch.strided and tensor.numel() > 0
             and tensor.is_contiguous() and not tensor.is_neg() and not tensor.is_conj())
 
 
@@ -213,25 +257,14 @@ _PREFIX_CACHE_LIMIT = 4096  # shapes vary with sequence length: the cache starts
 
 def hash_prefix(tensor: torch.Tensor) -> bytes:
     """What `hash_numeric` hashes before the values: numpy's dtype string and shape (0-d as (1,))."""
-    key = (tensor.dtype, tensor.shape)
-    prefix = _PREFIXES.get(key)
-    if prefix is None:
-        if len(_PREFIXES) >= _PREFIX_CACHE_LIMIT:
-            _PREFIXES.clear()
-        prefix = _PREFIXES[key] = f"{NUMPY_NAMES[tensor.dtype]}{tuple(tensor.shape) or (1,)}".encode()
+    return _PREFIXES.get((tensor.dtype, tensor.shape)) or _prefix_of(tensor.dtype, tensor.shape)
+
+
+def _prefix_of(dtype: torch.dtype, shape: torch.Size) -> bytes:
+    if len(_PREFIXES) >= _PREFIX_CACHE_LIMIT:
+        _PREFIXES.clear()
+    prefix = _PREFIXES[(dtype, shape)] = f"{NUMPY_NAMES[dtype]}{tuple(shape) or (1,)}".encode()
     return prefix
-
-
-def _native_record(tensor: torch.Tensor, found: Any, count_zeros: bool) -> dict[str, Any]:
-    return _native_record_of(tensor.shape, tensor.dtype, found, count_zeros)
-
-
-def _native_record_of(shape: torch.Size, dtype: torch.dtype, found: Any, count_zeros: bool) -> dict[str, Any]:
-    minimum, maximum, total, sum_of_squares = found.stats
-    zeros, nan, inf = found.counts
-    norm = float("nan") if math.isnan(sum_of_squares) else math.sqrt(sum_of_squares)
-    return _record_of(shape, dtype, found.digest, [norm, minimum, maximum, total], nan, inf,
-                      zeros if count_zeros else None)
 
 
 def _large_summary(tensor: torch.Tensor) -> dict[str, Any]:

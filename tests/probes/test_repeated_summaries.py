@@ -46,6 +46,10 @@ def test_records_equal_summarize_across_steps_while_values_change_in_place() -> 
         assert same_records(repeated.summaries(tensors), summarize(tensors)), f"step {step}"
         for tensor in tensors:
             tensor.mul_(1.5).add_(0.25)  # new values, same memory: the prepared batch is reused
+    earlier = tensors
+    for step in range(2):  # new tensors of the same layouts elsewhere, as gradients come back each step
+        tensors = [t * (2.0 + step) for t in earlier]
+        assert same_records(repeated.summaries(tensors), summarize(tensors)), f"moved, step {step}"
     without_zeros = RepeatedSummaries(count_zeros=False)
     assert same_records(without_zeros.summaries(tensors), summarize(tensors, count_zeros=False))
     assert without_zeros.summaries(tensors)[3]["zeros"] is None
