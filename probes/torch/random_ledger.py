@@ -106,6 +106,17 @@ _TENSOR = ("uniform_", "normal_", "bernoulli_", "random_", "exponential_", "geom
            "cauchy_", "bernoulli", "multinomial")
 
 
+# Dropout functions, by where their `p` and `training` arguments are: whether a call draws is known from
+# its arguments (torch returns the input, or zeros, without drawing for p = 0, p = 1, eval mode and empty
+# inputs), so a step's some thirty dropout calls read the generator state once each, not twice.
+# Each label's names of `p` and the training flag, and whether the function has defaults (p=0.5, training).
+_DROPOUT_ARGUMENTS: dict[str, tuple[str, str, bool]] = {
+    **{f"F.{name}": ("p", "training", True)
+       for name in ("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout")},
+    **{f"torch.{name}": ("p", "train", False) for name in ("dropout", "alpha_dropout", "feature_dropout")},
+}
+
+
 @contextmanager
 def python_random_wrappers(ledger: RandomLedger) -> Iterator[None]:
     """Record draws made through torch's Python-level random functions while the context is open."""
@@ -127,9 +138,14 @@ def python_random_wrappers(ledger: RandomLedger) -> Iterator[None]:
 
 
 def _wrap(function: Callable[..., Any], label: str, ledger: RandomLedger) -> Callable[..., Any]:
+    dropout = _DROPOUT_ARGUMENTS.get(label)
+
     @functools.wraps(function)
     def recorded(*args: Any, **kwargs: Any) -> Any:
         if ledger.inside_wrapper:  # gumbel_softmax calls Tensor.exponential_: count the outer call only
+            return function(*args, **kwargs)
+        draws = _dropout_draws(dropout, args, kwargs) if dropout is not None else None
+        if draws is False:
             return function(*args, **kwargs)
         generator = kwargs.get("generator")
         device = _device_of(args, kwargs)
@@ -139,21 +155,33 @@ def _wrap(function: Callable[..., Any], label: str, ledger: RandomLedger) -> Cal
             result = function(*args, **kwargs)
         finally:
             ledger.inside_wrapper = False
-        # Dropout in eval mode or with p=0 draws nothing: only a moved generator is a draw. The states are
-        # compared as bytes (a third of np.array_equal's cost, which ran 30 times a step); only the one
-        # before the draw is hashed, for the entry.
-        after = ledger.state(generator, device)
-        if before is None or after is None:
-            moved = (before is None) != (after is None)
-        else:
-            moved = before.tobytes() != after.tobytes()
-        if moved:
+        if draws is None:
+            # Other functions may draw nothing (a zero-size sample): only a moved generator is a draw. The
+            # states are compared as bytes (a third of np.array_equal's cost); only the one before the
+            # draw is hashed, for the entry.
+            after = ledger.state(generator, device)
+            if before is None or after is None:
+                draws = (before is None) != (after is None)
+            else:
+                draws = before.tobytes() != after.tobytes()
+        if draws:
             count = result.numel() if isinstance(result, torch.Tensor) else 0
             ledger.record(op=label, count=count, generator=ledger.generator_name(generator, device),
                           fingerprint="unavailable" if before is None else hash_bytes(before))
         return result
 
     return recorded
+
+
+def _dropout_draws(names: tuple[str, str, bool], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool | None:
+    """Whether a dropout call draws, from its arguments; None where they are not plain numbers and flags."""
+    p_name, training_name, defaults = names
+    p = args[1] if len(args) > 1 else kwargs.get(p_name, 0.5 if defaults else None)
+    training = args[2] if len(args) > 2 else kwargs.get(training_name, True if defaults else None)
+    tensor = args[0] if args else kwargs.get("input")
+    if type(p) not in (float, int) or type(training) is not bool or not isinstance(tensor, torch.Tensor):
+        return None
+    return training and 0 < p < 1 and tensor.numel() > 0
 
 
 def _device_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.device | None:
