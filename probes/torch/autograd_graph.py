@@ -37,19 +37,38 @@ def ordered_nodes(root: Any) -> list[Any]:
     todo = [root] if root is not None else []
     # Walked at every step (the graph digest): children already seen are not pushed at all, which
     # leaves the order unchanged, since a seen node popped later would have been skipped.
+    pop, push, visit, keep = todo.pop, todo.extend, seen.add, order.append
     while todo:
-        node = todo.pop()
+        node = pop()
         if node in seen:
             continue
-        seen.add(node)
-        order.append(node)
-        todo.extend([child for child, _ in reversed(node.next_functions)
-                     if child is not None and child not in seen])
+        visit(node)
+        keep(node)
+        push([child for child, _ in reversed(node.next_functions) if child is not None and child not in seen])
     return order
 
 
 def graph_digest(nodes: Sequence[Any]) -> str:
-    return hash_text("\n".join([node.name() for node in nodes]))
+    return hash_text("\n".join([node_name(node) for node in nodes]))
+
+
+# Node names by node type: `name()` builds a new string per call, some 700 a step for the digest. Only a
+# type that names its nodes (its name is theirs, namespaces aside) is kept; the cache starts over past a
+# bound, as Python Functions can be made on the fly.
+_NAME_OF_NODE_TYPE: dict[type, str] = {}
+_NODE_TYPE_CACHE_LIMIT = 4096
+
+
+def node_name(node: Any) -> str:
+    """`node.name()`."""
+    name = _NAME_OF_NODE_TYPE.get(type(node))
+    if name is None:
+        name = node.name()
+        if type(node).__name__ == name.rsplit("::", 1)[-1]:
+            if len(_NAME_OF_NODE_TYPE) >= _NODE_TYPE_CACHE_LIMIT:
+                _NAME_OF_NODE_TYPE.clear()
+            _NAME_OF_NODE_TYPE[type(node)] = name
+    return name
 
 
 def term_membership(term_tensors: Mapping[str, torch.Tensor]) -> dict[Any, list[str]]:

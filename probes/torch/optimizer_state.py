@@ -37,16 +37,30 @@ class StateHashes:
         named = sorted(((name, state) for param, state in optimizer.state.items()
                         if (name := names.get(id(param))) is not None), key=lambda item: item[0])
         tensors: list[torch.Tensor] = []
+        scalars: list[torch.Tensor] = []  # one-element tensors (Adam's step): read together below
         for _, state in named:
             for value in state.values():
                 if isinstance(value, torch.Tensor):
-                    if value.numel() != 1:
-                        tensors.append(value)
+                    (scalars if value.numel() == 1 else tensors).append(value)
                 elif isinstance(value, (list, tuple, dict)):
                     _collect_tensors(value, tensors)
-        hashes = dict(zip(map(id, tensors), self._hashes.hashes(tensors)))
-        return {name: {str(key): hashes[id(value)] if id(value) in hashes else _plain(value, hashes)
+        shown: dict[int, Any] = dict(zip(map(id, tensors), self._hashes.hashes(tensors)))
+        shown.update(zip(map(id, scalars), map(_finite_or_text, _numbers(scalars))))
+        return {name: {str(key): shown[id(value)] if id(value) in shown else _plain(value, shown)
                        for key, value in state.items()} for name, state in named}
+
+
+def _numbers(scalars: list[torch.Tensor]) -> list[Any]:
+    """The values of one-element tensors: with one `tolist()` where they share a dtype and device (each
+    `item()` is a call into torch, 134 of them a step for Adam), else one by one."""
+    if len(scalars) > 1 and len({(t.dtype, t.device) for t in scalars}) == 1:
+        with torch.no_grad():
+            return torch.stack([t.reshape(()) for t in scalars]).tolist()
+    return [t.item() for t in scalars]
+
+
+def _finite_or_text(number: Any) -> Any:
+    return number if not isinstance(number, float) or math.isfinite(number) else str(number)
 
 
 def _collect_tensors(value: Any, found: list[torch.Tensor]) -> None:
@@ -67,8 +81,7 @@ def _plain(value: Any, hashes: Mapping[int, str] | None = None) -> Any:
     recurse."""
     if isinstance(value, torch.Tensor):
         if value.numel() == 1:
-            number = value.item()
-            return number if not isinstance(number, float) or math.isfinite(number) else str(number)
+            return _finite_or_text(value.item())
         return (hashes or {}).get(id(value)) or tensor_hashes([value])[0]
     if isinstance(value, (list, tuple)):
         return [_plain(item, hashes) for item in value]
