@@ -37,7 +37,7 @@ class StateHashes:
         named = sorted(((name, state) for param, state in optimizer.state.items()
                         if (name := names.get(id(param))) is not None), key=lambda item: item[0])
         tensors: list[torch.Tensor] = []
-        scalars: list[torch.Tensor] = []  # one-element tensors (Adam's step): read together below
+        scalars: list[torch.Tensor] = []  # one-element tensors (Adam's step)
         for _, state in named:
             for value in state.values():
                 if isinstance(value, torch.Tensor):
@@ -45,18 +45,9 @@ class StateHashes:
                 elif isinstance(value, (list, tuple, dict)):
                     _collect_tensors(value, tensors)
         shown: dict[int, Any] = dict(zip(map(id, tensors), self._hashes.hashes(tensors)))
-        shown.update(zip(map(id, scalars), map(_finite_or_text, _numbers(scalars))))
+        shown.update((id(t), _finite_or_text(t.item())) for t in scalars)
         return {name: {str(key): shown[id(value)] if id(value) in shown else _plain(value, shown)
                        for key, value in state.items()} for name, state in named}
-
-
-def _numbers(scalars: list[torch.Tensor]) -> list[Any]:
-    """The values of one-element tensors: with one `tolist()` where they share a dtype and device (each
-    `item()` is a call into torch, 134 of them a step for Adam), else one by one."""
-    if len(scalars) > 1 and len({(t.dtype, t.device) for t in scalars}) == 1:
-        with torch.no_grad():
-            return torch.stack([t.reshape(()) for t in scalars]).tolist()
-    return [t.item() for t in scalars]
 
 
 def _finite_or_text(number: Any) -> Any:
