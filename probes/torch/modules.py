@@ -16,7 +16,7 @@ import torch
 from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils.hooks import RemovableHandle
 
-from probes.torch.tensors import dtype_name, flatten_tensors
+from probes.torch.tensors import dtype_name, tensors_in
 
 
 def module_tree(model: torch.nn.Module) -> list[dict[str, Any]]:
@@ -149,7 +149,7 @@ class ModuleTracker:
         if call is None:
             return
         # Hooks run for every module call: the common single-tensor output skips the generic walk.
-        tensors = [output] if type(output) is torch.Tensor else [t for _, t in flatten_tensors(output)]
+        tensors = tensors_in(output)
         call.output_nodes = [t.grad_fn for t in tensors if t.grad_fn is not None]
         call.n_outputs = len(tensors)
         if self.keep_outputs:
@@ -163,4 +163,4 @@ def _grad_fns(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
     """Autograd nodes of a call's tensor inputs; plain tensor arguments skip the generic walk."""
     if not kwargs and all(type(arg) is torch.Tensor for arg in args):
         return [arg.grad_fn for arg in args if arg.grad_fn is not None]
-    return [t.grad_fn for _, t in flatten_tensors((args, kwargs)) if t.grad_fn is not None]
+    return [t.grad_fn for t in tensors_in((args, kwargs)) if t.grad_fn is not None]

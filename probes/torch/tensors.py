@@ -434,3 +434,28 @@ def flatten_tensors(value: Any, prefix: str = "") -> list[tuple[str, torch.Tenso
         for key in value.__dataclass_fields__:
             found.extend(flatten_tensors(getattr(value, key), f"{prefix}.{key}" if prefix else key))
     return found
+
+
+def tensors_in(value: Any) -> list[torch.Tensor]:
+    """The tensors of `flatten_tensors`, in its order, without their names: module hooks need only these,
+    after every module call."""
+    if type(value) is torch.Tensor:
+        return [value]
+    found: list[torch.Tensor] = []
+    _collect(value, found)
+    return found
+
+
+def _collect(value: Any, found: list[torch.Tensor]) -> None:
+    if isinstance(value, torch.Tensor):
+        found.append(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _collect(item, found)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _collect(item, found)
+    elif hasattr(value, "__dataclass_fields__"):
+        for key in value.__dataclass_fields__:
+            _collect(getattr(value, key), found)
+

@@ -86,3 +86,33 @@ def test_one_at_a_time_summaries_equal_the_batched_ones() -> None:
         assert mine.keys() == theirs.keys()
         assert all(mine[k] == theirs[k] or (mine[k] != mine[k] and theirs[k] != theirs[k]) for k in mine)
     assert one_at_a_time[6]["nan"] == 1 and one_at_a_time[6]["inf"] == 1
+
+
+def test_outputs_in_containers_are_all_summarised_in_order() -> None:
+    """A module returning a dict, a tuple and a dataclass: every tensor in it, as `flatten_tensors` orders them."""
+    import dataclasses
+
+    from probes.torch.tensors import flatten_tensors, tensors_in
+
+    @dataclasses.dataclass
+    class Pair:
+        first: object
+        second: object
+
+    class Many(nn.Module):
+        def forward(self, x: torch.Tensor) -> object:
+            return {"a": x * 2, "b": (x + 1, None, [x - 1]), "c": Pair(x.sum(), {"d": x.mean(0)})}
+
+    nested = Many()(torch.randn(3, 4))
+    assert [id(t) for t in tensors_in(nested)] == [id(t) for _, t in flatten_tensors(nested)]
+    assert len(tensors_in(nested)) == 5
+    recorder = recorder_for(nn.Sequential(nn.Linear(4, 4), Many()))
+    recorder.begin_step(1, None)
+    x = torch.randn(3, 4)
+    recorder.model(x)
+    recorder.tracker.stop()
+    found = {s["module"]: s["summary"] for s in recorder.tracker.summaries()}
+    assert [name for name in found if name.startswith("1")] == [f"1[{i}]" for i in range(5)]
+    with torch.no_grad():
+        expected = summarize(tensors_in(Many()(recorder.model[0](x))))
+    assert [found[f"1[{i}]"]["hash"] for i in range(5)] == [s["hash"] for s in expected]
