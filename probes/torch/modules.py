@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
@@ -44,12 +44,14 @@ class ModuleCall:
     call: int
     module_type: str
     position: int  # among the step's calls, in the order they started
-    input_nodes: list[Any] = field(default_factory=list)
-    output_nodes: list[Any] = field(default_factory=list)
+    # Made for every module call: fields that are replaced rather than filled start as a shared empty
+    # tuple, not a new list each (fewer objects for the garbage collector to count and walk).
+    input_nodes: Sequence[Any] = ()
+    output_nodes: Sequence[Any] = ()
     n_outputs: int = 0
-    outputs: list[torch.Tensor] = field(default_factory=list)  # kept only where values are written
+    outputs: Sequence[torch.Tensor] = ()  # kept only where values are written
     summary_positions: list[int] = field(default_factory=list)
-    summaries: list[dict[str, Any]] = field(default_factory=list)  # one per output, once the step stops
+    summaries: Sequence[dict[str, Any]] = ()  # one per output, once the step stops
     activation_kinds: dict[int, str | None] = field(default_factory=dict)  # outputs health describes here
     activation_counts: dict[int, Any] = field(default_factory=dict)  # [saturated, dead, units] per kind
 
