@@ -41,11 +41,10 @@ class OutputProbe:
         self.health = health
         self.types = {**ACTIVATION_TYPES, **(activation_types or {})}
         self.probe_only = probe_only
+        self._batch = SummaryBatch(count_zeros=False)  # reused step after step
         self.start()
 
     def start(self) -> None:
-        if not hasattr(self, "_batch"):
-            self._batch = SummaryBatch(count_zeros=False)
         self._batch.clear()
         self._seen: dict[tuple[Any, ...], _Seen] = {}
         self._calls: list[Any] = []
@@ -62,19 +61,18 @@ class OutputProbe:
                 dtype = tensor.dtype
                 if tensor.layout is not torch.strided or numel == 0:
                     key: tuple[Any, ...] = (id(tensor),)  # no storage to compare: never merged
-                    shape = None
+                    plain = False
                 else:
                     # Same storage, layout, dtype and version: the same values (an in-place change bumps
                     # the version).
-                    shape = tensor.shape
-                    address = tensor.data_ptr()
-                    cpu = tensor.is_cpu
-                    key = (address, shape, tensor.stride(), dtype, tensor._version, tensor.is_conj(),
-                           tensor.is_neg(), None if cpu else tensor.device)
+                    shape, address, cpu = tensor.shape, tensor.data_ptr(), tensor.is_cpu
+                    conjugate, negative = tensor.is_conj(), tensor.is_neg()
+                    key = (address, shape, tensor.stride(), dtype, tensor._version, conjugate, negative,
+                           None if cpu else tensor.device)
+                    plain = cpu and not conjugate and not negative and dtype in NATIVE_KINDS
                 seen = self._seen.get(key)
                 if seen is None or seen.ref() is None:
-                    if shape is not None and cpu and dtype in NATIVE_KINDS and key[5] is False \
-                            and key[6] is False and self._batch.native and tensor.is_contiguous():
+                    if plain and self._batch.native and tensor.is_contiguous():
                         position = self._batch.add_native(address, numel, dtype, shape)
                     else:
                         position = self._batch.add(tensor)

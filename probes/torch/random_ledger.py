@@ -106,10 +106,10 @@ _TENSOR = ("uniform_", "normal_", "bernoulli_", "random_", "exponential_", "geom
            "cauchy_", "bernoulli", "multinomial")
 
 
-# Dropout functions, by where their `p` and `training` arguments are: whether a call draws is known from
-# its arguments (torch returns the input, or zeros, without drawing for p = 0, p = 1, eval mode and empty
-# inputs), so a step's some thirty dropout calls read the generator state once each, not twice.
-# Each label's names of `p` and the training flag, and whether the function has defaults (p=0.5, training).
+# Whether a dropout call draws is known from its arguments (torch returns the input, or zeros, without
+# drawing for p = 0, p = 1, eval mode and empty inputs), so a step's some thirty dropout calls read the
+# generator state once each, not twice. Per label: the names of its `p` and training arguments, and
+# whether the function has defaults for them (p=0.5, training=True).
 _DROPOUT_ARGUMENTS: dict[str, tuple[str, str, bool]] = {
     **{f"F.{name}": ("p", "training", True)
        for name in ("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout")},

@@ -28,7 +28,7 @@ from probes.torch.tensors import (
     tensor_hashes,
 )
 
-_Layout = tuple[torch.Size, torch.dtype, bool, bool]
+_Layout = tuple[torch.Size, torch.dtype, bool, bool, bool]  # what `native_layout` depends on
 
 
 class RepeatedSummaries:
@@ -86,7 +86,7 @@ class RepeatedSummaries:
             addresses = [t.data_ptr() for t in tensors]
         except RuntimeError:  # a sparse or other storage-less tensor has no data pointer
             return None
-        layouts = [(t.shape, t.dtype, t.is_contiguous(), t.is_cpu) for t in tensors]
+        layouts = [(t.shape, t.dtype, t.is_contiguous(), t.is_cpu, t.is_neg()) for t in tensors]
         if layouts == self._layouts and self._batch is not None:
             if addresses != self._addresses:
                 self._batch.move([addresses[i] for i in self._chosen])

@@ -135,7 +135,8 @@ class TorchStepRecorder:
     def _record_gradients(self) -> None:
         grads = [(name, p.grad) for name, p in self.parameters]
         present = [(name, g) for name, g in grads if g is not None]
-        summaries = dict(zip([n for n, _ in present], self._gradient_summaries.summaries([g for _, g in present])))
+        found = self._gradient_summaries.summaries([g for _, g in present])
+        summaries = dict(zip([n for n, _ in present], found))
         self.record["gradients"] = {name: summaries.get(name) for name, _ in grads}
         nonfinite = [name for name, s in summaries.items() if s["nan"] or s["inf"]]
         outbreak = bool(nonfinite) and not self._nonfinite_before
@@ -214,8 +215,8 @@ class TorchStepRecorder:
         """Parameters and optimizer state after the update; returns the finished step record."""
         self._contexts.close()
         self.tracker.stop()
-        self.record["parameters"] = dict(zip([n for n, _ in self.parameters],
-                                             self._parameter_summaries.summaries([t for _, t in self.parameters])))
+        found = self._parameter_summaries.summaries([t for _, t in self.parameters])
+        self.record["parameters"] = dict(zip([n for n, _ in self.parameters], found))
         self.record.setdefault("optimizer", {"type": type(self.optimizer).__name__,
                                              "param_groups": param_groups(self.optimizer, self.names)})
         self.record["optimizer"]["state"] = self._state_hashes(self.optimizer, self.names)

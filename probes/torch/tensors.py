@@ -112,7 +112,7 @@ class SummaryBatch:
         """Forget what was added and not fetched (a step that failed half-way); the batch is reused."""
         self._done, self._small, self._in_slots, self._fixed = [], [], [], []
         if self._slots is not None:
-            self._slots.take()
+            self._slots.take_arrays()
             self._slots.threads = torch.get_num_threads()
 
     def add(self, tensor: torch.Tensor) -> int:
