@@ -94,7 +94,7 @@ def make_step(params: dict[str, Any], capture: dict[str, Any], variant: str) -> 
     sink = open(tempfile.mktemp(suffix=".jsonl"), "w")
 
     def recorded(step: int) -> None:
-        from audit.trace import format as fmt
+        from audit.trace.step_lines import dumps_step
 
         batch = next(batches)
         optimizer.zero_grad(set_to_none=True)
@@ -104,7 +104,7 @@ def make_step(params: dict[str, Any], capture: dict[str, Any], variant: str) -> 
         recorder.after_backward()
         optimizer.step()
         recorder.finish_graph()
-        sink.write(fmt.dumps_step(recorder.end_step()) + "\n")
+        sink.write(dumps_step(recorder.end_step()) + "\n")
         sink.flush()  # as TraceWriter.append_step does
 
     return recorded

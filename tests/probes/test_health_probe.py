@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from audit.trace.format import dumps_step
 from audit.trace.health_fill import complete_health, layer_of, module_types
+from audit.trace.step_lines import dumps_step
 from probes.torch.health import memory_usage, step_health
 from probes.torch.modules import ModuleTracker, module_tree
 from probes.torch.output_probe import OutputProbe

@@ -71,3 +71,14 @@ def test_nan_provenance_names_term_op_and_module(traces: dict[str, Trace]) -> No
     assert attribution["weight"] == 0.0 and attribution["params_nonfinite"] > 0
     assert first["term_attribution"]["ce"]["params_nonfinite"] == 0
     assert all(step["nan_provenance"] is None for step in traces["baseline"].steps)
+
+
+def test_masked_attention_scores_keep_their_minus_infinity_in_the_trace(traces: dict[str, Trace]) -> None:
+    """Step lines are encoded fast, and the fast encoder would write -inf as null ("not measured")."""
+    for step in traces["baseline"].steps:
+        scores = [o["summary"] for o in step["module_outputs"] if o["module"].endswith("self_attn[2]")]
+        assert scores, "the fixture's attention returns its masked scores"
+        for summary in scores:
+            assert summary["min"] == float("-inf") and summary["max_abs"] == float("inf")
+            assert summary["inf"] > 0 and summary["nan"] == 0
+            assert summary["norm"] == float("inf") and summary["mean"] == float("-inf")
