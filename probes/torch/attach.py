@@ -105,9 +105,10 @@ class AttachedStep:
         self._backward_seen = True
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        if exc is not None:
-            return
         recorder = self.run.recorder
+        if exc is not None:
+            recorder.abort_step()
+            return
         if not self._backward_seen:
             recorder.after_backward()
         graph = recorder.finish_graph()

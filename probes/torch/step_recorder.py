@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
+from probes.common.collector import CollectorPause
 from probes.common.hashing import hash_array, hash_text
 from probes.torch.autograd_graph import (
     graph_digest,
@@ -58,14 +59,19 @@ class TorchStepRecorder:
         self.graphs: dict[int, dict[str, Any]] = {}
         self._previous_digest: str | None = None
         self._nonfinite_before = False
+        self._collector = CollectorPause()
         self._reset()
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
     def begin_step(self, step: int, batch: Any, *, replay: Callable[[], Any] | None = None) -> None:
         """`replay`, where the caller owns the loss call (the runner's loop), runs the step's loss function
-        again: NaN provenance then replays an outbreak step instead of keeping every step's graph."""
+        again: NaN provenance then replays an outbreak step instead of keeping every step's graph.
+
+        From here to the end of `end_step` the garbage collector waits (see probes/common/collector)."""
+        self._contexts.close()  # a step abandoned without `abort_step`
         self._reset()
+        self._collector.pause()
         self.step = step
         if replay is not None and step > 1 and self.capture.get("nan_provenance", True):
             self._replay = replay
@@ -213,6 +219,19 @@ class TorchStepRecorder:
 
     def end_step(self) -> dict[str, Any]:
         """Parameters and optimizer state after the update; returns the finished step record."""
+        try:
+            return self._end_step()
+        finally:
+            self._collector.resume()
+
+    def abort_step(self) -> None:
+        """The step stops without a record (the user's code raised): hooks and wrappers off, collector on."""
+        self._contexts.close()
+        self.tracker.stop()
+        self._reset()
+        self._collector.resume()
+
+    def _end_step(self) -> dict[str, Any]:
         self._contexts.close()
         self.tracker.stop()
         found = self._parameter_summaries.summaries([t for _, t in self.parameters])
@@ -241,6 +260,7 @@ class TorchStepRecorder:
 
     def close(self) -> None:
         self._contexts.close()
+        self._collector.resume()
         self.tracker.remove()
 
     # -- parts -----------------------------------------------------------------------------------------

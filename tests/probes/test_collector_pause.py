@@ -1,0 +1,129 @@
+"""The garbage collector waits during a recorded step and is as the user left it afterwards."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import torch
+
+import audit
+from audit.config import CAPTURE_DEFAULTS
+from audit.trace import Trace
+from probes.torch.random_ledger import RandomLedger
+from probes.torch.step_recorder import TorchStepRecorder
+
+
+@pytest.fixture
+def collector_on() -> Iterator[None]:
+    was = gc.isenabled()
+    gc.enable()
+    yield
+    if was:
+        gc.enable()
+    else:
+        gc.disable()
+
+
+def _model() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Linear(16, 3))
+    return model, torch.optim.Adam(model.parameters(), lr=1e-2)
+
+
+def _recorded_steps(steps: int, seen: list[bool], in_step: list[bool]) -> None:
+    """Real recorded steps; `seen` gets whether the collector was on inside each forward pass, and
+    `in_step` holds True from the start of each step to the end of its record."""
+    model, optimizer = _model()
+    recorder = TorchStepRecorder(model, optimizer, capture=dict(CAPTURE_DEFAULTS), weight_of=lambda _: 1.0,
+                                 ledger=RandomLedger(module_of=lambda: None))
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+
+    def loss() -> dict[str, Any]:
+        seen.append(gc.isenabled())
+        return {"ce": torch.nn.functional.cross_entropy(model(x), y)}
+
+    for step in range(1, steps + 1):
+        optimizer.zero_grad()
+        in_step[0] = True
+        recorder.begin_step(step, (x, y), replay=loss)
+        recorder.backward(recorder.combine_loss(loss()))
+        recorder.after_backward()
+        optimizer.step()
+        recorder.finish_graph()
+        record = recorder.end_step()
+        in_step[0] = False
+        assert gc.isenabled(), "the collector is on again once the step record is made"
+        assert record["parameters"]
+    recorder.close()
+
+
+def test_no_collection_runs_inside_a_recorded_step(collector_on: None) -> None:
+    collections: list[int] = []
+    inside: list[bool] = []
+    in_step = [False]
+
+    def counted(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start" and in_step[0]:
+            collections.append(info["generation"])
+
+    gc.callbacks.append(counted)
+    try:
+        gc.set_threshold(50)  # a collection every 50 objects net: a step makes thousands
+        _recorded_steps(3, inside, in_step)
+    finally:
+        gc.callbacks.remove(counted)
+        gc.set_threshold(700, 10, 10)
+    assert inside == [False, False, False]
+    assert collections == []
+
+
+def test_a_collector_turned_off_by_the_user_stays_off() -> None:
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        inside: list[bool] = []
+        model, optimizer = _model()
+        recorder = TorchStepRecorder(model, optimizer, capture=dict(CAPTURE_DEFAULTS), weight_of=lambda _: 1.0,
+                                     ledger=RandomLedger(module_of=lambda: None))
+        recorder.begin_step(1, None)
+        inside.append(gc.isenabled())
+        recorder.backward(recorder.combine_loss({"l": model(torch.randn(4, 6)).sum()}))
+        recorder.after_backward()
+        recorder.end_step()
+        recorder.close()
+        assert inside == [False] and not gc.isenabled()
+    finally:
+        if was:
+            gc.enable()
+
+
+def test_attach_mode_turns_the_collector_on_again_when_the_users_step_raises(tmp_path: Path,
+                                                                            collector_on: None) -> None:
+    model, optimizer = _model()
+    with audit.attach(tmp_path / "x.trace", model=model, optimizer=optimizer) as run:
+        with pytest.raises(RuntimeError, match="user's step"):
+            with run.step(None):
+                assert not gc.isenabled()
+                raise RuntimeError("the user's step failed")
+        assert gc.isenabled()  # the run goes on (the user caught it): its next steps are recorded
+        with run.step(None) as step:
+            step.backward(step.loss({"l": model(torch.randn(4, 6)).pow(2).mean()}))
+    assert gc.isenabled()
+    assert len(Trace(tmp_path / "x.trace").steps) == 1
+
+
+def test_attach_mode_collector_between_steps(tmp_path: Path, collector_on: None) -> None:
+    model, optimizer = _model()
+    states = []
+    with audit.attach(tmp_path / "y.trace", model=model, optimizer=optimizer) as run:
+        for _ in range(2):
+            with run.step(None) as step:
+                states.append(gc.isenabled())
+                optimizer.zero_grad()
+                step.backward(step.loss({"l": model(torch.randn(4, 6)).pow(2).mean()}))
+                optimizer.step()
+            states.append(gc.isenabled())
+    assert states == [False, True, False, True]
