@@ -18,6 +18,7 @@ from audit.divergence import CATEGORIES, Comparison, Divergence, RunInfo
 from audit.errors import UserError
 from audit.health import Thresholds, check_trace
 from audit.trace import Trace
+from audit.trace.format import hashes_tensors_in_chunks
 
 
 def compare_traces(trace_a: Trace, trace_b: Trace, *, rtol: float = 0.0, atol: float = 0.0,
@@ -26,6 +27,7 @@ def compare_traces(trace_a: Trace, trace_b: Trace, *, rtol: float = 0.0, atol: f
     by `health_thresholds` (the defaults of `repro-audit health` when None)."""
     if rtol < 0 or atol < 0 or math.isnan(rtol) or math.isnan(atol):
         raise UserError(f"tolerances must be >= 0 (rtol={rtol}, atol={atol})")
+    _same_tensor_hashes(trace_a, trace_b)
     ignored = set(ignore)
     unknown = ignored - set(CATEGORIES)
     if unknown:
@@ -52,6 +54,16 @@ def compare_traces(trace_a: Trace, trace_b: Trace, *, rtol: float = 0.0, atol: f
     comparison.health = None if "health" in ignored else run_health(trace_a, trace_b, thresholds=health_thresholds)
     comparison.notes.extend(_notes(context, ignored))
     return comparison
+
+
+def _same_tensor_hashes(trace_a: Trace, trace_b: Trace) -> None:
+    """Traces from before schema 3 hash large tensors another way: every one of them would differ."""
+    chunked = [hashes_tensors_in_chunks(trace.schema_version) for trace in (trace_a, trace_b)]
+    if chunked[0] != chunked[1]:
+        old, new = (trace_a, trace_b) if chunked[1] else (trace_b, trace_a)
+        raise UserError(f"trace {old.path} (schema version {old.schema_version}) hashes tensors of more than "
+                        f"64 KiB otherwise than {new.path} (schema version {new.schema_version}): "
+                        f"re-record {old.path} with this version")
 
 
 def compare_check(traces: Sequence[Trace], *, rtol: float = 0.0, atol: float = 0.0,

@@ -9,8 +9,16 @@ TRACE_FORMAT = "repro-audit-trace"
 # Bump when a reader of the previous version would misread a new trace. Readers refuse versions they do not
 # know, by name, rather than guessing. Version 2: the torch probe writes `health` compact, and the reader
 # derives its per-layer and per-output statistics (docs/health.md); a version-1 trace holds them itself.
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# Version 3: a tensor of more than 64 KiB is hashed as the hash of its 64 KiB chunks' hashes
+# (probes/common/hashing.py), so its hash differs from the one an earlier version wrote.
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+CHUNKED_HASHES_FROM = 3
+
+
+def hashes_tensors_in_chunks(schema_version: int) -> bool:
+    """Whether a trace of this schema version hashes large tensors chunk by chunk."""
+    return schema_version >= CHUNKED_HASHES_FROM
 
 MANIFEST = "manifest.json"
 ENVIRONMENT = "environment.json"

@@ -41,6 +41,10 @@ class Trace:
             )
 
     @property
+    def schema_version(self) -> int:
+        return int(self.manifest["schema_version"])
+
+    @property
     def framework(self) -> str:
         return str(self.manifest.get("framework", "unknown"))
 

@@ -1,7 +1,10 @@
 """Content hashes and statistics of arrays, the same for every framework.
 
 xxh3-128 over the raw bytes: fast enough to hash every gradient and parameter at every step (about 1 ms
-for 5.5M float32 values here), and equal hashes mean bitwise-equal tensors.
+for 5.5M float32 values here), and equal hashes mean bitwise-equal tensors. An array of more than
+CHUNK_BYTES is hashed as the XXH3-128 of its chunks' hashes, so that the native kernel can read the chunks
+on several threads, each where the framework's own thread wrote them (native/summary.c); a smaller one
+as its bytes.
 """
 
 from __future__ import annotations
@@ -12,9 +15,31 @@ from typing import Any
 import numpy as np
 import xxhash
 
+# Arrays of more bytes are hashed chunk by chunk: native/summary.c's CHUNK (trace schema 3 on).
+CHUNK_BYTES = 64 * 1024
+
 
 def hash_bytes(buffer: Any) -> str:
+    """XXH3-128 of a byte string as it is (files, generator states): not an array's content hash."""
     return "xxh3:" + xxhash.xxh3_128_hexdigest(buffer)
+
+
+def content_hash(prefix: bytes, data: Any) -> str:
+    """The hash of an array's bytes `data` (a C-contiguous numpy array or a byte buffer) after `prefix`.
+
+    Up to CHUNK_BYTES: XXH3-128 of the prefix then the bytes. Past that: XXH3-128 of the prefix then the
+    canonical (big-endian) XXH3-128 digest of every CHUNK_BYTES chunk in order, the last one shorter.
+    """
+    view = data.reshape(-1).view(np.uint8) if isinstance(data, np.ndarray) else memoryview(data).cast("B")
+    hasher = xxhash.xxh3_128(prefix)
+    size = len(view)
+    if size <= CHUNK_BYTES:
+        hasher.update(view)  # type: ignore[arg-type]
+    else:
+        digest = xxhash.xxh3_128_digest
+        for start in range(0, size, CHUNK_BYTES):
+            hasher.update(digest(view[start:start + CHUNK_BYTES]))  # type: ignore[arg-type]
+    return "xxh3:" + hasher.hexdigest()
 
 
 def hash_array(array: np.ndarray) -> str:
@@ -24,14 +49,10 @@ def hash_array(array: np.ndarray) -> str:
     vector hash alike, as they always have.
     """
     contiguous = np.ascontiguousarray(array)
-    hasher = xxhash.xxh3_128(f"{contiguous.dtype.str}{contiguous.shape}".encode())
+    prefix = f"{contiguous.dtype.str}{contiguous.shape}".encode()
     if contiguous.dtype.kind == "V" or contiguous.dtype.itemsize == 0:
-        hasher.update(contiguous.tobytes())
-    elif contiguous.size and contiguous.dtype.kind in "fiucb":
-        hasher.update(contiguous)  # type: ignore[arg-type]  # C-order bytes by the buffer protocol
-    elif contiguous.size:
-        hasher.update(contiguous.view(np.uint8).reshape(-1))  # type: ignore[arg-type]
-    return "xxh3:" + hasher.hexdigest()
+        return content_hash(prefix, contiguous.tobytes())
+    return content_hash(prefix, contiguous)
 
 
 def hash_numeric(array: np.ndarray) -> str:
@@ -39,9 +60,7 @@ def hash_numeric(array: np.ndarray) -> str:
 
     The tensor probes hash hundreds of arrays per step; the checks cost more than hashing a small one.
     """
-    hasher = xxhash.xxh3_128(f"{array.dtype.str}{array.shape or (1,)}".encode())
-    hasher.update(array)  # type: ignore[arg-type]
-    return "xxh3:" + hasher.hexdigest()
+    return content_hash(f"{array.dtype.str}{array.shape or (1,)}".encode(), array)
 
 
 def hash_text(text: str) -> str:

@@ -81,7 +81,7 @@ class NativeSummary:
     @staticmethod
     def _declare(function: Any) -> Any:
         function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_char_p, ctypes.c_int64, ctypes.c_int,
-                             ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+                             ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
         function.restype = ctypes.c_int
         return function
 
@@ -161,7 +161,8 @@ class SummarySlots:
     """
 
     def __init__(self, native: NativeSummary, capacity: int = 256, *, threads: int = 1) -> None:
-        """`threads` >= 2 lets a large array's hash and statistics run side by side (summary.c)."""
+        """`threads` >= 2 lets an array of more than 64 KiB be read in chunks on that many threads, each
+        its own run of chunks, as the framework's threads wrote it (summary.c)."""
         self._native = native
         self.threads = threads
         self._n = 0
@@ -185,7 +186,7 @@ class SummarySlots:
             self._addresses = self._address_of_arrays()
         out, counts, digests = self._addresses
         function = self._native._f64 if double else self._native._f32
-        if function(address, numel, prefix, len(prefix), 1, int(zeros), self.threads, out + 32 * slot,
+        if function(address, numel, prefix, len(prefix), int(zeros), self.threads, out + 32 * slot,
                     counts + 24 * slot, digests + 16 * slot) != 0:
             raise RuntimeError("the native summary kernel failed to hash")
         self._n = slot + 1

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import xxhash
 
-from probes.common.hashing import hash_array, summarize_array
+from probes.common.hashing import content_hash, hash_array, summarize_array
 
 
 def dtype_name(dtype: Any) -> str:
@@ -49,10 +48,7 @@ def summarize(value: Any) -> dict[str, Any]:
 
 def hash_raw(dtype_str: str, shape: Sequence[int], buffer: Any) -> str:
     """`hash_array` of an array given as its dtype string, shape and raw bytes (a slice of a bundle)."""
-    hasher = xxhash.xxh3_128()
-    hasher.update(f"{dtype_str}{tuple(int(n) for n in shape)}".encode())
-    hasher.update(buffer)
-    return "xxh3:" + hasher.hexdigest()
+    return content_hash(f"{dtype_str}{tuple(int(n) for n in shape)}".encode(), buffer)
 
 
 def _hashable(array: np.ndarray) -> np.ndarray:

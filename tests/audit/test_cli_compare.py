@@ -126,6 +126,17 @@ def test_newer_schema_and_corrupt_traces_are_refused_with_one_line(tiny_traces: 
     code, output = run_cli("compare", str(tiny_traces["ok"]), str(newer))
     assert code == 2 and "schema version 99" in _one_line(output) and "upgrade repro-audit" in output
 
+    older = tmp_path / "older.trace"  # schema 2 hashed tensors past 64 KiB as one run of bytes
+    shutil.copytree(tiny_traces["ok"], older)
+    manifest["schema_version"] = 2
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    code, output = run_cli("compare", str(older), str(tiny_traces["ok"]))
+    line = _one_line(output)
+    assert code == 2 and "(schema version 2) hashes tensors of more than 64 KiB otherwise" in line
+    assert f"re-record {older}" in line
+    code, output = run_cli("compare", str(older), str(older))
+    assert code == 0, "two traces of one older schema still compare"
+
     corrupt = tmp_path / "corrupt.trace"
     shutil.copytree(tiny_traces["ok"], corrupt)
     steps = (corrupt / "steps.jsonl").read_text().splitlines()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -104,10 +105,9 @@ def test_attach_mode_turns_the_collector_on_again_when_the_users_step_raises(tmp
                                                                             collector_on: None) -> None:
     model, optimizer = _model()
     with audit.attach(tmp_path / "x.trace", model=model, optimizer=optimizer) as run:
-        with pytest.raises(RuntimeError, match="user's step"):
-            with run.step(None):
-                assert not gc.isenabled()
-                raise RuntimeError("the user's step failed")
+        with pytest.raises(RuntimeError, match="user's step"), run.step(None):
+            assert not gc.isenabled()
+            raise RuntimeError("the user's step failed")
         assert gc.isenabled()  # the run goes on (the user caught it): its next steps are recorded
         with run.step(None) as step:
             step.backward(step.loss({"l": model(torch.randn(4, 6)).pow(2).mean()}))

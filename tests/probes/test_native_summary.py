@@ -16,7 +16,7 @@ from audit.config import load_config
 from audit.runner import record
 from audit.trace import Trace
 from probes.common import native_summary
-from probes.common.hashing import hash_numeric
+from probes.common.hashing import CHUNK_BYTES, hash_numeric
 from probes.torch.tensors import SummaryBatch, summarize, tensor_hash, tensor_hashes
 
 needs_compiler = pytest.mark.skipif(native_summary._find_compiler() is None, reason="no C compiler here")
@@ -111,28 +111,52 @@ def test_batch_on_two_threads_equals_one_call_at_a_time() -> None:
     assert tensor_hashes(mixed) == [tensor_hash(t) for t in mixed]
 
 
+def chunk_edges() -> list[torch.Tensor]:
+    """Arrays around CHUNK_BYTES (past it, read as chunks); NaN, Inf and zeros in chunks past the first."""
+    generator = torch.Generator().manual_seed(5)
+    per_chunk = CHUNK_BYTES // 4
+    tensors = [torch.randn(n, generator=generator) for n in (per_chunk - 1, per_chunk, per_chunk + 1,
+                                                             3 * per_chunk + 5, 16 * per_chunk)]
+    tensors += [torch.randn(CHUNK_BYTES // 8 + 1, generator=generator).double(),
+                torch.randn(300, 97, generator=generator).double(), torch.relu(torch.randn(128, 512, generator=generator))]
+    poisoned = torch.randn(40_000, generator=generator)
+    poisoned[400], poisoned[20_000], poisoned[39_999], poisoned[7:300] = float("nan"), float("inf"), float("-inf"), 0.0
+    return tensors + [poisoned]
+
+
 @needs_compiler
-def test_hash_and_statistics_side_by_side_equal_the_single_pass() -> None:
-    """A large output is hashed on one of torch's OpenMP threads while another takes its statistics."""
+def test_large_arrays_give_the_same_results_on_any_number_of_threads() -> None:
+    """Past CHUNK_BYTES each thread reads its own run of chunks (a module output is read half by each core,
+    as torch wrote it): hash and statistics are bit for bit those of one thread, and the hash is the one
+    `hashing` computes."""
     kernel = native_summary.kernel()
     assert kernel is not None
     if sys.platform.startswith("linux") and (Path(torch.__file__).parent / "lib" / "libgomp.so.1").exists():
         assert kernel.openmp  # torch's OpenMP runtime is the only one in the process, and the kernel's
-    generator = torch.Generator().manual_seed(5)
-    poisoned = torch.randn(40_000, generator=generator)
-    poisoned[400], poisoned[20_000], poisoned[39_999], poisoned[7:300] = float("nan"), float("inf"), float("-inf"), 0.0
-    tensors = [torch.randn(50_001, generator=generator), torch.randn(300, 97, generator=generator).double(),
-               poisoned, torch.relu(torch.randn(128, 512, generator=generator))]
+    tensors = chunk_edges()
+    prefixes = [f"{t.numpy().dtype.str}{t.numpy().shape}".encode() for t in tensors]
     found = {}
-    for threads in (1, 2):
+    for threads in (1, 2, 3, 4):
         slots = native_summary.SummarySlots(kernel, threads=threads)
-        for t in tensors:
-            slots.add(t.data_ptr(), t.numel(), double=t.dtype == torch.float64,
-                      prefix=f"{t.numpy().dtype.str}{t.numpy().shape}".encode(), zeros=True)
+        for t, prefix in zip(tensors, prefixes):
+            slots.add(t.data_ptr(), t.numel(), double=t.dtype == torch.float64, prefix=prefix, zeros=True)
         found[threads] = [(s.digest, [repr(v) for v in s.stats], s.counts) for s in slots.take()]
-    assert found[2] == found[1]
-    assert [digest for digest, _, _ in found[2]] == [hash_numeric(t.numpy()) for t in tensors]
-    assert found[2][2][2] == (293, 1, 2) and found[2][3][2][0] > 0  # zeros, NaN, Inf counted by the split pass
+        items = [(t.data_ptr(), t.numel(), native_summary.FLOAT64 if t.dtype == torch.float64
+                  else native_summary.FLOAT32, prefix) for t, prefix in zip(tensors, prefixes)]
+        batch = kernel.summarize_many(items, threads=threads)
+        assert [(s.digest, [repr(v) for v in s.stats], s.counts) for s in batch] == found[threads]
+    assert found[1] == found[2] == found[3] == found[4]
+    assert [digest for digest, _, _ in found[1]] == [hash_numeric(t.numpy()) for t in tensors]
+    assert found[1][-1][2] == (293, 1, 2) and found[1][-2][2][0] > 0  # zeros, NaN, Inf counted across chunks
+    for t, (_, stats, _) in zip(tensors[:-1], found[1][:-1]):
+        values = t.double()
+        assert float(stats[0]) == values.min().item() and float(stats[1]) == values.max().item()
+        # float32 lanes are folded into double totals per block: sums hold to float32 rounding
+        assert abs(float(stats[2]) - values.sum().item()) <= 1e-6 * values.abs().sum().item()
+        assert math.isclose(float(stats[3]), values.pow(2).sum().item(), rel_tol=1e-6)
+    # Arrays hashed as bytes (any dtype) follow the same chunks, in a batch of many.
+    raw = [torch.arange(CHUNK_BYTES // 8 * 3 + 1), torch.arange(CHUNK_BYTES // 8), torch.randn(200, 300).half()]
+    assert tensor_hashes(raw) == [tensor_hash(t) for t in raw] == [hash_numeric(t.numpy()) for t in raw]
 
 
 def test_failed_build_falls_back_and_is_not_retried(tmp_path: Path) -> None:

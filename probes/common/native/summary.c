@@ -9,6 +9,13 @@
  * Comparisons are written as `v < lo ? v : lo` (the semantics of the SIMD min instruction): NaN never
  * wins, and is reported by its count instead. NaN and Inf are not counted in the hot loop: either makes
  * the block's sum non-finite, and only such a block is read again to count them.
+ *
+ * An array of more than CHUNK bytes is read as CHUNK-byte chunks, each on whichever thread has it
+ * (contiguous runs of chunks per thread, as the framework splits its own loops: each core mostly reads
+ * what it just wrote, from its own cache). Its hash is XXH3-128 of the prefix then every chunk's
+ * XXH3-128 (canonical, 16 bytes) in order, its sums those of the chunks added in order: the results do not
+ * depend on the number of threads. An array of at most CHUNK bytes is hashed whole, XXH3-128 of the prefix
+ * then its bytes. probes/common/hashing.py computes the same hashes in Python.
  */
 #include <math.h>
 #include <pthread.h>
@@ -16,17 +23,23 @@
 #include <omp.h>
 #endif
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define XXH_INLINE_ALL
 #include "xxhash.h"
 
-#define BLOCK 4096 /* elements per block: 16 KiB of float32 */
-/* From this many bytes on, an array summarised alone (a module output) is hashed on one thread while the
-   statistics are taken on another: it was just written by the framework's threads, so half of it sits in
-   the other core's cache, and the two passes each run at about the speed of the combined one. */
-#define SPLIT_BYTES (64 * 1024)
+#define BLOCK 4096 /* elements per block: 16 KiB of float32; divides CHUNK for float32 and float64 */
+#define CHUNK (64 * 1024) /* bytes: hashing.CHUNK_BYTES */
 #define LANES 16
+#define MAX_THREADS 64
+
+/* What one range of an array (the whole array, or one chunk) holds. */
+typedef struct {
+    double lo, hi, sum, sumsq;
+    int64_t zeros, nans, infs;
+    unsigned char digest[16];
+} part_t;
 
 /* The hot loop over one block's whole rows of LANES values; ZEROS is a constant, so each copy is lean. */
 #define REDUCE_ROWS(T, ACC, ZEROS)                                                                      \
@@ -41,20 +54,15 @@
         }                                                                                               \
     }
 
-/* out: min, max, sum, sum of squares; counts: zeros (when want_zeros), NaN, +-Inf; digest: XXH3-128 of
-   prefix then the data (canonical, big-endian). want_stats = 0 only hashes, want_hash = 0 leaves the
-   digest alone; either part alone gives what it gives in the combined pass. Returns 0, or 1 on failure. */
-#define DEFINE_SUMMARY(NAME, T, ACC)                                                                    \
-    static int NAME(const T *x, int64_t n, const char *prefix, int64_t prefix_len, int want_hash,      \
-                    int want_stats, int want_zeros, double *out, int64_t *counts, unsigned char *digest) { \
-        XXH3_state_t state;                                                                             \
-        if (XXH3_128bits_reset(&state) != XXH_OK) return 1;                                             \
-        if (want_hash && prefix_len && XXH3_128bits_update(&state, prefix, (size_t)prefix_len) != XXH_OK) \
-            return 1;                                                                                   \
+/* One range [x, x + n), n > 0: `state` (when not NULL) takes its bytes; `p` its statistics (when
+   want_stats). Returns 0, or 1 on failure. */
+#define DEFINE_RANGE(NAME, T, ACC)                                                                      \
+    static int NAME(const T *x, int64_t n, XXH3_state_t *state, int want_stats, int want_zeros,         \
+                    part_t *p) {                                                                        \
         T lo[LANES], hi[LANES];                                                                         \
         ACC s[LANES], ss[LANES];                                                                        \
         int32_t z[LANES];                                                                               \
-        T first = n > 0 ? x[0] : (T)0;                                                                  \
+        T first = x[0];                                                                                 \
         for (int j = 0; j < LANES; j++) {                                                               \
             lo[j] = first; hi[j] = first; s[j] = 0; ss[j] = 0; z[j] = 0;                                \
         }                                                                                               \
@@ -62,8 +70,8 @@
         int64_t zeros = 0, nans = 0, infs = 0;                                                          \
         for (int64_t start = 0; start < n; start += BLOCK) {                                            \
             int64_t end = start + BLOCK < n ? start + BLOCK : n;                                        \
-            if (want_hash && XXH3_128bits_update(&state, x + start, (size_t)(end - start) * sizeof(T))  \
-                                 != XXH_OK)                                                             \
+            if (state && XXH3_128bits_update(state, x + start, (size_t)(end - start) * sizeof(T))       \
+                             != XXH_OK)                                                                 \
                 return 1;                                                                               \
             if (!want_stats) continue;                                                                  \
             int64_t i = start, whole = start + (end - start) / LANES * LANES;                           \
@@ -93,27 +101,98 @@
                 }                                                                                       \
             }                                                                                           \
         }                                                                                               \
-        if (want_hash) {                                                                                \
-            XXH128_canonical_t canonical;                                                               \
-            XXH128_canonicalFromHash(&canonical, XXH3_128bits_digest(&state));                          \
-            memcpy(digest, canonical.digest, 16);                                                       \
-        }                                                                                               \
         if (!want_stats) return 0;                                                                      \
         T low = first, high = first;                                                                    \
         for (int j = 0; j < LANES; j++) {                                                               \
             low = lo[j] < low ? lo[j] : low;                                                            \
             high = hi[j] > high ? hi[j] : high;                                                         \
         }                                                                                               \
-        out[0] = nans ? NAN : (double)low; /* as torch.aminmax: NaN anywhere makes both NaN */          \
-        out[1] = nans ? NAN : (double)high;                                                             \
-        out[2] = sum;                                                                                   \
-        out[3] = sumsq;                                                                                 \
-        counts[0] = want_zeros ? zeros : 0; counts[1] = nans; counts[2] = infs;                         \
+        p->lo = (double)low; p->hi = (double)high; p->sum = sum; p->sumsq = sumsq;                      \
+        p->zeros = want_zeros ? zeros : 0; p->nans = nans; p->infs = infs;                              \
         return 0;                                                                                       \
     }
 
-DEFINE_SUMMARY(pass_f32, float, float)
-DEFINE_SUMMARY(pass_f64, double, double)
+DEFINE_RANGE(range_f32, float, float)
+DEFINE_RANGE(range_f64, double, double)
+
+/* Kinds of an item: float32 and float64 values with statistics, any other array's bytes hashed only. */
+enum { KIND_F32 = 0, KIND_F64 = 1, KIND_BYTES = 2 };
+
+static int64_t item_bytes(int kind, int64_t numel) {
+    return kind == KIND_F32 ? numel * 4 : kind == KIND_F64 ? numel * 8 : numel;
+}
+
+static int64_t chunks_of(int64_t nbytes) { return nbytes > CHUNK ? (nbytes + CHUNK - 1) / CHUNK : 1; }
+
+/* Bytes [from, to) of an item into `state` and, for floats, its statistics into `p` (to > from). */
+static int read_range(int kind, const char *data, int64_t from, int64_t to, XXH3_state_t *state,
+                      int want_stats, int want_zeros, part_t *p) {
+    if (kind == KIND_F32)
+        return range_f32((const float *)(data + from), (to - from) / 4, state, want_stats, want_zeros, p);
+    if (kind == KIND_F64)
+        return range_f64((const double *)(data + from), (to - from) / 8, state, want_stats, want_zeros, p);
+    return state && XXH3_128bits_update(state, data + from, (size_t)(to - from)) != XXH_OK;
+}
+
+static void canonical(XXH3_state_t *state, unsigned char *digest) {
+    XXH128_canonical_t c;
+    XXH128_canonicalFromHash(&c, XXH3_128bits_digest(state));
+    memcpy(digest, c.digest, 16);
+}
+
+/* Chunk c of an item of more than CHUNK bytes: its own hash (no prefix) and statistics, into `p`. */
+static int read_chunk(int kind, const char *data, int64_t nbytes, int64_t c, int want_stats, int want_zeros,
+                      part_t *p) {
+    XXH3_state_t state;
+    if (XXH3_128bits_reset(&state) != XXH_OK) return 1;
+    int64_t from = c * CHUNK, to = from + CHUNK < nbytes ? from + CHUNK : nbytes;
+    if (read_range(kind, data, from, to, &state, want_stats, want_zeros, p)) return 1;
+    canonical(&state, p->digest);
+    return 0;
+}
+
+/* out: min, max, sum, sum of squares; counts: zeros, NaN, +-Inf (float kinds); digest: the hash. */
+static void write_stats(const part_t *p, double *out, int64_t *counts) {
+    out[0] = p->nans ? NAN : p->lo; /* as torch.aminmax: NaN anywhere makes both NaN */
+    out[1] = p->nans ? NAN : p->hi;
+    out[2] = p->sum;
+    out[3] = p->sumsq;
+    counts[0] = p->zeros; counts[1] = p->nans; counts[2] = p->infs;
+}
+
+/* A whole item of at most CHUNK bytes (one pass, prefix first) into digest, out and counts. */
+static int read_whole(int kind, const char *data, int64_t nbytes, const char *prefix, int64_t prefix_len,
+                      int want_zeros, double *out, int64_t *counts, unsigned char *digest) {
+    XXH3_state_t state;
+    part_t p = {0, 0, 0, 0, 0, 0, 0, {0}};
+    if (XXH3_128bits_reset(&state) != XXH_OK) return 1;
+    if (prefix_len && XXH3_128bits_update(&state, prefix, (size_t)prefix_len) != XXH_OK) return 1;
+    if (nbytes && read_range(kind, data, 0, nbytes, &state, kind != KIND_BYTES, want_zeros, &p)) return 1;
+    canonical(&state, digest);
+    if (kind != KIND_BYTES) write_stats(&p, out, counts);
+    return 0;
+}
+
+/* An item's chunk parts, in order, into its hash and statistics. */
+static int combine(int kind, const part_t *parts, int64_t n, const char *prefix, int64_t prefix_len,
+                   double *out, int64_t *counts, unsigned char *digest) {
+    XXH3_state_t state;
+    if (XXH3_128bits_reset(&state) != XXH_OK) return 1;
+    if (prefix_len && XXH3_128bits_update(&state, prefix, (size_t)prefix_len) != XXH_OK) return 1;
+    part_t total = parts[0];
+    for (int64_t c = 0; c < n; c++) {
+        const part_t *p = parts + c;
+        if (XXH3_128bits_update(&state, p->digest, 16) != XXH_OK) return 1;
+        if (c == 0) continue;
+        total.lo = p->lo < total.lo ? p->lo : total.lo;
+        total.hi = p->hi > total.hi ? p->hi : total.hi;
+        total.sum += p->sum; total.sumsq += p->sumsq;
+        total.zeros += p->zeros; total.nans += p->nans; total.infs += p->infs;
+    }
+    canonical(&state, digest);
+    if (kind != KIND_BYTES) write_stats(&total, out, counts);
+    return 0;
+}
 
 /* Set by the Python side: OpenMP threads are used only where they are the framework's own (one OpenMP
    runtime in the process); a second runtime's threads would spin beside the framework's after every call. */
@@ -121,37 +200,153 @@ static int use_openmp = 0;
 
 void summary_use_openmp(int on) { use_openmp = on; }
 
-/* One array's hash and statistics (want_stats = 0: the hash only). With threads >= 2 and an array of at
-   least SPLIT_BYTES, the hash and the statistics are two OpenMP sections: in a torch process they run on
-   torch's own OpenMP threads, which are idle (spinning) between its ops, so nothing is started or woken.
-   The results are those of the single pass, whichever way it ran. */
-#ifdef _OPENMP
-#define SPLIT_SECTIONS(PASS, T)                                                                         \
-    if (use_openmp && threads >= 2 && want_stats && n * (int64_t)sizeof(T) >= SPLIT_BYTES) {            \
-        int hashed = 0, reduced = 0;                                                                    \
-        _Pragma("omp parallel sections num_threads(2)")                                                 \
-        {                                                                                               \
-            _Pragma("omp section")                                                                      \
-            hashed = PASS(x, n, prefix, prefix_len, 1, 0, 0, out, counts, digest);                      \
-            _Pragma("omp section")                                                                      \
-            reduced = PASS(x, n, prefix, prefix_len, 0, 1, want_zeros, out, counts, digest);            \
-        }                                                                                               \
-        return hashed | reduced;                                                                        \
-    }
-#else
-#define SPLIT_SECTIONS(PASS, T) (void)threads;
-#endif
+/* Many arrays at once, on `threads` threads (the caller's among them; the framework's OpenMP threads where
+   use_openmp is set, else threads started here): the probes summarise every module output as it is made,
+   and every gradient, parameter and optimizer state tensor at points of the step where training waits.
+   kinds[i]: KIND_F32 and KIND_F64 (numels[i] values, with statistics), KIND_BYTES (numels[i] bytes,
+   hashed only). Item i's prefix is prefixes[prefix_offsets[i]:prefix_offsets[i + 1]].
+   The work is a list of tasks, an item of at most CHUNK bytes or one chunk of a larger one, in item
+   order; each thread takes one contiguous run of tasks, about as many bytes as the others (so a large
+   array is read half by each of two threads, as the framework wrote it). Returns the number of items that
+   failed (0), or -1 when out of memory. */
+typedef struct {
+    int64_t n, tasks;
+    const int64_t *addresses, *numels, *prefix_offsets;
+    const int32_t *kinds;
+    const char *prefixes;
+    int want_zeros;
+    double *out;
+    int64_t *counts;
+    unsigned char *digests;
+    int64_t *first_task; /* of each item; first_task[n] = tasks */
+    int64_t *task_start; /* bytes before each task, over all items; task_start[tasks] = all bytes */
+    part_t *parts;       /* one per task (used for chunks of items of more than CHUNK bytes) */
+    int threads;
+    int64_t failed;
+} batch_t;
 
-int summary_f32(const float *x, int64_t n, const char *prefix, int64_t prefix_len, int want_stats, int want_zeros,
-                int threads, double *out, int64_t *counts, unsigned char *digest) {
-    SPLIT_SECTIONS(pass_f32, float)
-    return pass_f32(x, n, prefix, prefix_len, 1, want_stats, want_zeros, out, counts, digest);
+static int64_t first_at_or_after(const int64_t *starts, int64_t count, int64_t bytes) {
+    int64_t low = 0, high = count; /* the first task whose start >= bytes */
+    while (low < high) {
+        int64_t middle = low + (high - low) / 2;
+        if (starts[middle] < bytes) low = middle + 1; else high = middle;
+    }
+    return low;
 }
 
-int summary_f64(const double *x, int64_t n, const char *prefix, int64_t prefix_len, int want_stats,
-                int want_zeros, int threads, double *out, int64_t *counts, unsigned char *digest) {
-    SPLIT_SECTIONS(pass_f64, double)
-    return pass_f64(x, n, prefix, prefix_len, 1, want_stats, want_zeros, out, counts, digest);
+static void run_tasks(batch_t *b, int thread) {
+    int64_t all = b->task_start[b->tasks];
+    int64_t from = first_at_or_after(b->task_start, b->tasks, all / b->threads * thread);
+    int64_t to = thread == b->threads - 1 ? b->tasks
+                                          : first_at_or_after(b->task_start, b->tasks, all / b->threads * (thread + 1));
+    int64_t item = 0, failed = 0;
+    for (int64_t t = from; t < to; t++) {
+        while (b->first_task[item + 1] <= t) item++;
+        const char *data = (const char *)(intptr_t)b->addresses[item];
+        int kind = b->kinds[item];
+        int64_t nbytes = item_bytes(kind, b->numels[item]);
+        if (b->first_task[item + 1] - b->first_task[item] == 1) {
+            const char *prefix = b->prefixes + b->prefix_offsets[item];
+            int64_t prefix_len = b->prefix_offsets[item + 1] - b->prefix_offsets[item];
+            failed += read_whole(kind, data, nbytes, prefix, prefix_len, b->want_zeros, b->out + 4 * item,
+                                 b->counts + 3 * item, b->digests + 16 * item);
+        } else {
+            failed += read_chunk(kind, data, nbytes, t - b->first_task[item], kind != KIND_BYTES,
+                                 b->want_zeros, b->parts + t);
+        }
+    }
+    if (failed) __atomic_fetch_add(&b->failed, failed, __ATOMIC_RELAXED);
+}
+
+typedef struct { batch_t *batch; int thread; } helper_t;
+
+static void *run_helper(void *arg) {
+    helper_t *h = (helper_t *)arg;
+    run_tasks(h->batch, h->thread);
+    return NULL;
+}
+
+int64_t summary_many(int64_t n, const int64_t *addresses, const int64_t *numels, const int32_t *kinds,
+                     const char *prefixes, const int64_t *prefix_offsets, int want_zeros, int threads,
+                     double *out, int64_t *counts, unsigned char *digests) {
+    if (n <= 0) return 0;
+    int64_t tasks = 0;
+    for (int64_t i = 0; i < n; i++) tasks += chunks_of(item_bytes(kinds[i], numels[i]));
+    int64_t *first_task = malloc((size_t)(n + 1) * sizeof(int64_t));
+    int64_t *task_start = malloc((size_t)(tasks + 1) * sizeof(int64_t));
+    part_t *parts = tasks > n ? malloc((size_t)tasks * sizeof(part_t)) : NULL;
+    if (!first_task || !task_start || (tasks > n && !parts)) {
+        free(first_task); free(task_start); free(parts);
+        return -1;
+    }
+    int64_t t = 0, bytes = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t nbytes = item_bytes(kinds[i], numels[i]), k = chunks_of(nbytes);
+        first_task[i] = t;
+        for (int64_t c = 0; c < k; c++, t++) {
+            task_start[t] = bytes;
+            bytes += k == 1 ? nbytes : (c + 1 < k ? CHUNK : nbytes - c * CHUNK);
+        }
+    }
+    first_task[n] = tasks;
+    task_start[tasks] = bytes;
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > tasks) threads = (int)tasks;
+    batch_t b = {n, tasks, addresses, numels, prefix_offsets, kinds, prefixes, want_zeros, out, counts, digests,
+                 first_task, task_start, parts, threads, 0};
+#ifdef _OPENMP
+    if (use_openmp && threads > 1) { /* the framework's OpenMP threads, each its run of tasks */
+        _Pragma("omp parallel num_threads(threads)") {
+            /* fewer threads than asked (a nested region, a limit): some take more than one run */
+            for (int run = omp_get_thread_num(); run < threads; run += omp_get_num_threads()) run_tasks(&b, run);
+        }
+    } else
+#endif
+    {
+        pthread_t handles[MAX_THREADS];
+        helper_t helpers[MAX_THREADS];
+        int started[MAX_THREADS] = {0};
+        for (int h = 1; h < threads; h++) {
+            helpers[h].batch = &b; helpers[h].thread = h;
+            started[h] = pthread_create(&handles[h], NULL, run_helper, &helpers[h]) == 0;
+        }
+        run_tasks(&b, 0);
+        for (int h = 1; h < threads; h++) {
+            if (started[h]) pthread_join(handles[h], NULL);
+            else run_tasks(&b, h); /* no thread: its run here */
+        }
+    }
+    for (int64_t i = 0; i < n; i++) {
+        int64_t k = first_task[i + 1] - first_task[i];
+        if (k > 1)
+            b.failed += combine(kinds[i], parts + first_task[i], k, prefixes + prefix_offsets[i],
+                                prefix_offsets[i + 1] - prefix_offsets[i], out + 4 * i, counts + 3 * i,
+                                digests + 16 * i);
+    }
+    free(first_task); free(task_start); free(parts);
+    return b.failed;
+}
+
+/* One array's hash and statistics (a module output, as it is made): a batch of one item. */
+int summary_f32(const float *x, int64_t n, const char *prefix, int64_t prefix_len, int want_zeros, int threads,
+                double *out, int64_t *counts, unsigned char *digest) {
+    int32_t kind = KIND_F32;
+    if (item_bytes(kind, n) <= CHUNK)
+        return read_whole(kind, (const char *)x, item_bytes(kind, n), prefix, prefix_len, want_zeros, out, counts,
+                          digest);
+    int64_t address = (int64_t)(intptr_t)x, offsets[2] = {0, prefix_len};
+    return (int)summary_many(1, &address, &n, &kind, prefix, offsets, want_zeros, threads, out, counts, digest);
+}
+
+int summary_f64(const double *x, int64_t n, const char *prefix, int64_t prefix_len, int want_zeros, int threads,
+                double *out, int64_t *counts, unsigned char *digest) {
+    int32_t kind = KIND_F64;
+    if (item_bytes(kind, n) <= CHUNK)
+        return read_whole(kind, (const char *)x, item_bytes(kind, n), prefix, prefix_len, want_zeros, out, counts,
+                          digest);
+    int64_t address = (int64_t)(intptr_t)x, offsets[2] = {0, prefix_len};
+    return (int)summary_many(1, &address, &n, &kind, prefix, offsets, want_zeros, threads, out, counts, digest);
 }
 
 /* Whether this build can use OpenMP threads at all. */
@@ -193,76 +388,3 @@ int summary_openmp(void) {
 
 DEFINE_COUNTS(activation_counts_f32, float)
 DEFINE_COUNTS(activation_counts_f64, double)
-
-/* XXH3-128 of prefix then nbytes bytes: the hash of an array of any dtype, without statistics. */
-static int summary_bytes(const void *data, int64_t nbytes, const char *prefix, int64_t prefix_len,
-                         unsigned char *digest) {
-    XXH3_state_t state;
-    if (XXH3_128bits_reset(&state) != XXH_OK) return 1;
-    if (prefix_len && XXH3_128bits_update(&state, prefix, (size_t)prefix_len) != XXH_OK) return 1;
-    if (nbytes && XXH3_128bits_update(&state, data, (size_t)nbytes) != XXH_OK) return 1;
-    XXH128_canonical_t canonical;
-    XXH128_canonicalFromHash(&canonical, XXH3_128bits_digest(&state));
-    memcpy(digest, canonical.digest, 16);
-    return 0;
-}
-
-/* Many arrays at once, on `threads` threads (the caller's among them; the framework's OpenMP threads where
-   use_openmp is set, else threads started here): the probes summarise every gradient, parameter and
-   optimizer state tensor at points of the step where training itself waits for them.
-   kinds[i]: 0 float32 and 1 float64 (numels[i] values, with statistics), 2 any other array (numels[i]
-   bytes, hashed only). Item i's prefix is prefixes[prefix_offsets[i]:prefix_offsets[i + 1]]. Returns the
-   number of items that failed (0). */
-typedef struct {
-    int64_t n;
-    const int64_t *addresses, *numels, *prefix_offsets;
-    const int32_t *kinds;
-    const char *prefixes;
-    int want_zeros;
-    double *out;
-    int64_t *counts;
-    unsigned char *digests;
-    int64_t next; /* the next item to take, shared by the threads */
-    int64_t failed;
-} batch_t;
-
-static void *run_batch(void *arg) {
-    batch_t *b = (batch_t *)arg;
-    for (;;) {
-        int64_t i = __atomic_fetch_add(&b->next, 1, __ATOMIC_RELAXED);
-        if (i >= b->n) return NULL;
-        const char *prefix = b->prefixes + b->prefix_offsets[i];
-        int64_t prefix_len = b->prefix_offsets[i + 1] - b->prefix_offsets[i];
-        const void *data = (const void *)(intptr_t)b->addresses[i];
-        int status;
-        if (b->kinds[i] == 0)
-            status = pass_f32((const float *)data, b->numels[i], prefix, prefix_len, 1, 1, b->want_zeros,
-                              b->out + 4 * i, b->counts + 3 * i, b->digests + 16 * i);
-        else if (b->kinds[i] == 1)
-            status = pass_f64((const double *)data, b->numels[i], prefix, prefix_len, 1, 1, b->want_zeros,
-                              b->out + 4 * i, b->counts + 3 * i, b->digests + 16 * i);
-        else
-            status = summary_bytes(data, b->numels[i], prefix, prefix_len, b->digests + 16 * i);
-        if (status) __atomic_fetch_add(&b->failed, 1, __ATOMIC_RELAXED);
-    }
-}
-
-int64_t summary_many(int64_t n, const int64_t *addresses, const int64_t *numels, const int32_t *kinds,
-                     const char *prefixes, const int64_t *prefix_offsets, int want_zeros, int threads,
-                     double *out, int64_t *counts, unsigned char *digests) {
-    batch_t b = {n, addresses, numels, prefix_offsets, kinds, prefixes, want_zeros, out, counts, digests, 0, 0};
-#ifdef _OPENMP
-    if (use_openmp && threads > 1 && n > 1) { /* the framework's OpenMP threads take the items */
-        _Pragma("omp parallel num_threads(threads)") run_batch(&b);
-        return b.failed;
-    }
-#endif
-    pthread_t helpers[64];
-    int started = 0;
-    if (threads > 64) threads = 64;
-    for (int t = 1; t < threads && t < n; t++)
-        if (pthread_create(&helpers[started], NULL, run_batch, &b) == 0) started++;
-    run_batch(&b);
-    for (int t = 0; t < started; t++) pthread_join(helpers[t], NULL);
-    return b.failed;
-}
