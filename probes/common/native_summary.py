@@ -67,7 +67,7 @@ class NativeSummary:
         self._counts = {False: library.activation_counts_f32, True: library.activation_counts_f64}
         for function in self._counts.values():
             function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_double,
-                                 ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p]
+                                 ctypes.c_double, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
             function.restype = None
         self._many = library.summary_many
         self._many.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 5 + [ctypes.c_int, ctypes.c_int] + \
@@ -86,11 +86,12 @@ class NativeSummary:
         return function
 
     def activation_counts(self, address: int, rows: int, cols: int, *, kind: int, low: float, high: float,
-                          double: bool) -> list[int]:
-        """[saturated, dead units, units] of a rows x cols float array (kinds in summary.c)."""
+                          double: bool, threads: int = 1) -> list[int]:
+        """[saturated, dead units, units] of a rows x cols float array (kinds in summary.c), with runs of
+        rows on `threads` threads where it is large."""
         scratch = np.empty(cols, dtype=np.float64 if double else np.float32)
         out = _INT3()
-        self._counts[double](address, rows, cols, kind, low, high, scratch.ctypes.data, out)
+        self._counts[double](address, rows, cols, kind, low, high, threads, scratch.ctypes.data, out)
         return [out[0], out[1], out[2]]
 
     def summarize_many(self, items: Sequence[tuple[int, int, int, bytes]], *, zeros: bool = True,

@@ -135,7 +135,7 @@ def _native_counts(tensor: torch.Tensor, kind: str) -> list[int] | None:
     low, high = ((0.0, TANH_SATURATION) if kind == TANH else
                  (SIGMOID_SATURATION, 1.0 - SIGMOID_SATURATION) if kind == SIGMOID else (0.0, 0.0))
     return native.activation_counts(tensor.data_ptr(), rows, cols, kind=_NATIVE_COUNT_KINDS[kind], low=low,
-                                    high=high, double=tensor.dtype == torch.float64)
+                                    high=high, double=tensor.dtype == torch.float64, threads=torch.get_num_threads())
 
 
 def output_kind(call: Any, index: int, types: Mapping[str, str]) -> str | None:

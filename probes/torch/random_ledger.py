@@ -29,6 +29,8 @@ class RandomLedger:
         self.inside_wrapper = False
         self._custom_names: dict[int, str] = {}
         self.custom_generators: list[torch.Generator] = []  # kept so a replayed step can rewind them too
+        # (owner, name) -> (original, its wrapper): made once, put in place at every step
+        self.wrappers: dict[tuple[Any, str], tuple[Any, Callable[..., Any]]] = {}
 
     def take_entries(self) -> list[dict[str, Any]]:
         entries, self.entries = self.entries, []
@@ -119,7 +121,10 @@ _DROPOUT_ARGUMENTS: dict[str, tuple[str, str, bool]] = {
 
 @contextmanager
 def python_random_wrappers(ledger: RandomLedger) -> Iterator[None]:
-    """Record draws made through torch's Python-level random functions while the context is open."""
+    """Record draws made through torch's Python-level random functions while the context is open.
+
+    Entered at every step: each wrapper is made once per ledger and function (some thirty
+    `functools.wraps` a step otherwise), and made again only where the function in place has changed."""
     originals: list[tuple[Any, str, Any]] = []
     targets = ([(torch.nn.functional, name, f"F.{name}") for name in _FUNCTIONAL]
                + [(torch, name, f"torch.{name}") for name in _TORCH]
@@ -128,8 +133,11 @@ def python_random_wrappers(ledger: RandomLedger) -> Iterator[None]:
         original = getattr(owner, name, None)
         if original is None:
             continue
+        made = ledger.wrappers.get((owner, name))
+        if made is None or made[0] is not original:
+            made = ledger.wrappers[(owner, name)] = (original, _wrap(original, label, ledger))
         originals.append((owner, name, original))
-        setattr(owner, name, _wrap(original, label, ledger))
+        setattr(owner, name, made[1])
     try:
         yield
     finally:

@@ -39,7 +39,7 @@ class RepeatedSummaries:
         self.hash_only = hash_only
         self._layouts: list[_Layout] | None = None
         self._addresses: list[int] = []
-        self._chosen: list[int] = []  # positions the kernel takes, largest first
+        self._chosen: list[int] = []  # positions the kernel takes
         self._batch: PreparedBatch | None = None
         self._fixed: list[tuple[list[int], str, int]] = []  # shape, dtype, numel of each chosen tensor
 
@@ -95,7 +95,6 @@ class RepeatedSummaries:
         self._layouts, self._addresses = layouts, addresses
         kinds = NUMPY_NAMES if self.hash_only else NATIVE_KINDS
         chosen = [i for i, t in enumerate(tensors) if t.dtype in kinds and native_layout(t)]
-        chosen.sort(key=lambda i: -tensors[i].numel())  # largest first: the threads finish together
         self._chosen = chosen
         self._fixed = [(list(tensors[i].shape), dtype_name(tensors[i].dtype), tensors[i].numel()) for i in chosen]
         self._batch = PreparedBatch(native, [

@@ -225,7 +225,6 @@ def _native_summaries(tensors: Sequence[torch.Tensor], *, count_zeros: bool) -> 
     chosen = [i for i, t in enumerate(tensors) if t.dtype in NATIVE_KINDS and native_layout(t)]
     if not chosen:
         return {}
-    chosen.sort(key=lambda i: -tensors[i].numel())  # largest first: the threads finish together
     batch = PreparedBatch(native, [(tensors[i].data_ptr(), tensors[i].numel(), NATIVE_KINDS[tensors[i].dtype],
                                     hash_prefix(tensors[i])) for i in chosen])
     batch.run(zeros=count_zeros, threads=torch.get_num_threads())

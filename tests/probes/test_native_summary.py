@@ -223,7 +223,12 @@ def test_activation_counts_equal_the_torch_ops(kind: str, kernel_off: object) ->
     saturating = torch.randn(6, 50, 40, generator=generator, dtype=torch.float64) * 3
     saturating[0, 0, :4] = torch.tensor([float("inf"), float("-inf"), float("nan"), TANH_SATURATION])
     on_threshold = torch.tensor([[SIGMOID_SATURATION, 1 - SIGMOID_SATURATION, 0.5, -0.0]])
-    tensors = {"relu": [relu, relu.double(), torch.zeros(2, 8)],
+    # Past CHUNK_BYTES each thread counts its own rows: a unit positive only in the last rows, or only NaN
+    # there, is alive; one never positive in any thread's rows is dead.
+    wide = torch.relu(torch.randn(257, 96, generator=generator) - 2.0)
+    wide[:, :10] = 0.0
+    wide[-1, 3], wide[-2, 5], wide[0, 6] = 1.0, float("nan"), 2.0
+    tensors = {"relu": [relu, relu.double(), torch.zeros(2, 8), wide, wide.double()],
                "tanh": [saturating, torch.tanh(saturating.float())],
                "sigmoid": [torch.sigmoid(saturating * 4), on_threshold]}[kind]
     by_torch = [[int(v) for v in activation_counts(t, kind).tolist()] for t in tensors]  # type: ignore[union-attr]
@@ -232,6 +237,15 @@ def test_activation_counts_equal_the_torch_ops(kind: str, kernel_off: object) ->
     assert all(isinstance(counts, list) for counts in by_kernel)  # the kernel counted them
     assert by_kernel == by_torch
     assert any(counts[0] or counts[1] for counts in by_kernel)  # the cases hold something to count
+    kernel = native_summary.kernel()
+    assert kernel is not None
+    for t in tensors:  # one thread or several: the same counts
+        rows, cols = t.numel() // t.shape[-1], t.shape[-1]
+        counted = {threads: kernel.activation_counts(t.data_ptr(), rows, cols, kind=2 if kind == "relu" else 0,
+                                                     low=0.0, high=0.0 if kind == "relu" else TANH_SATURATION,
+                                                     double=t.dtype == torch.float64, threads=threads)
+                   for threads in (1, 2, 3)}
+        assert counted[1] == counted[2] == counted[3]
 
 
 @needs_compiler

@@ -47,3 +47,29 @@ def test_arguments_that_are_not_plain_numbers_are_judged_by_the_generator_moving
     assert len(entries_of(lambda: torch.dropout(x, p=0.5, train=True))) == 1
     assert len(entries_of(lambda: torch.rand(3, 2))) == 1
     assert entries_of(lambda: torch.rand(0)) == []
+
+
+def test_wrappers_are_made_once_per_ledger_and_again_for_a_function_replaced_meanwhile(monkeypatch) -> None:
+    ledger = RandomLedger(module_of=lambda: None)
+    seen = []
+    for _ in range(2):
+        with python_random_wrappers(ledger):
+            seen.append((F.dropout, torch.rand))
+            torch.rand(3)
+    assert F.dropout is not seen[0][0]  # the originals are back after each step
+    assert seen[0] == seen[1], "the second step puts the same wrappers in place"
+    assert [e["op"] for e in ledger.take_entries()] == ["torch.rand", "torch.rand"]
+
+    calls = []
+    original = torch.rand
+
+    def patched(*args, **kwargs):  # the user's own patch, made between steps
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "rand", patched)
+    with python_random_wrappers(ledger):
+        assert torch.rand is not seen[0][1]
+        torch.rand(2)
+    assert calls == [(2,)] and [e["op"] for e in ledger.take_entries()] == ["torch.rand"]
+    assert torch.rand is patched

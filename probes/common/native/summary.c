@@ -362,29 +362,72 @@ int summary_openmp(void) {
    kind 0: values with |v| > high (tanh saturation); kind 1: values below low or above high (sigmoid);
    kind 2: units never positive in any row (dead ReLU-like units; a NaN makes its unit not dead, as
    torch.amax propagates it). Thresholds are compared in the array's own type, as torch compares a
-   tensor with a Python number. out: saturated, dead, units. column_max: scratch of cols values. */
+   tensor with a Python number. out: saturated, dead, units. column_max: scratch of cols values.
+   From CHUNK bytes on, with threads >= 2, each thread counts its own run of rows (as the framework wrote
+   them) into its own column maxima, merged in thread order: the counts are those of one thread. */
 #define DEFINE_COUNTS(NAME, T)                                                                          \
-    void NAME(const T *x, int64_t rows, int64_t cols, int kind, double low, double high, T *column_max, \
-              int64_t *out) {                                                                           \
-        int64_t n = rows * cols, saturated = 0, dead = 0;                                               \
-        T lo = (T)low, hi = (T)high;                                                                    \
+    static int64_t NAME##_rows(const T *x, int64_t from, int64_t to, int64_t cols, int kind, T lo, T hi, \
+                               T *column_max) {                                                         \
+        int64_t saturated = 0;                                                                          \
         if (kind == 0) {                                                                                \
-            for (int64_t i = 0; i < n; i++) saturated += (x[i] > hi) | (-x[i] > hi);                    \
+            for (int64_t i = from * cols; i < to * cols; i++) saturated += (x[i] > hi) | (-x[i] > hi);  \
         } else if (kind == 1) {                                                                         \
-            for (int64_t i = 0; i < n; i++) saturated += (x[i] < lo) | (x[i] > hi);                     \
-        } else if (rows > 0) {                                                                          \
-            memcpy(column_max, x, (size_t)cols * sizeof(T));                                            \
-            for (int64_t r = 1; r < rows; r++) {                                                        \
+            for (int64_t i = from * cols; i < to * cols; i++) saturated += (x[i] < lo) | (x[i] > hi);   \
+        } else if (to > from) {                                                                         \
+            memcpy(column_max, x + from * cols, (size_t)cols * sizeof(T));                              \
+            for (int64_t r = from + 1; r < to; r++) {                                                   \
                 const T *row = x + r * cols;                                                            \
                 for (int64_t c = 0; c < cols; c++) {                                                    \
                     T v = row[c], m = column_max[c];                                                    \
                     column_max[c] = (v > m) | (v != v) ? v : m;                                         \
                 }                                                                                       \
             }                                                                                           \
-            for (int64_t c = 0; c < cols; c++) dead += column_max[c] <= 0;                              \
         }                                                                                               \
+        return saturated;                                                                               \
+    }                                                                                                   \
+    void NAME(const T *x, int64_t rows, int64_t cols, int kind, double low, double high, int threads,   \
+              T *column_max, int64_t *out) {                                                            \
+        int64_t saturated = 0, dead = 0;                                                                \
+        T lo = (T)low, hi = (T)high;                                                                    \
+        int parts = use_openmp && threads > 1 && rows > 1 && rows * cols * (int64_t)sizeof(T) > CHUNK  \
+                        ? (threads < rows ? threads : (int)rows) : 1;                                   \
+        if (parts > MAX_THREADS) parts = MAX_THREADS;                                                   \
+        T *maxima = parts > 1 && kind == 2 ? malloc((size_t)(parts - 1) * (size_t)cols * sizeof(T)) : NULL; \
+        if (parts > 1 && kind == 2 && !maxima) parts = 1;                                               \
+        if (parts == 1) {                                                                               \
+            saturated = NAME##_rows(x, 0, rows, cols, kind, lo, hi, column_max);                        \
+        } else {                                                                                        \
+            int64_t counted[MAX_THREADS];                                                               \
+            COUNT_PARALLEL(parts, {                                                                     \
+                int64_t from = rows * part / parts, to = rows * (part + 1) / parts;                     \
+                counted[part] = NAME##_rows(x, from, to, cols, kind, lo, hi,                            \
+                                            part ? maxima + (int64_t)(part - 1) * cols : column_max);   \
+            })                                                                                          \
+            for (int part = 0; part < parts; part++) saturated += counted[part];                        \
+            for (int part = 1; part < parts && kind == 2; part++) {                                     \
+                const T *other = maxima + (int64_t)(part - 1) * cols;                                   \
+                for (int64_t c = 0; c < cols; c++) {                                                    \
+                    T v = other[c], m = column_max[c];                                                  \
+                    column_max[c] = (v > m) | (v != v) ? v : m;                                         \
+                }                                                                                       \
+            }                                                                                           \
+        }                                                                                               \
+        free(maxima);                                                                                   \
+        if (kind == 2 && rows > 0)                                                                      \
+            for (int64_t c = 0; c < cols; c++) dead += column_max[c] <= 0;                              \
         out[0] = saturated; out[1] = dead; out[2] = kind == 2 ? cols : 0;                               \
     }
+
+/* The body once per part 0..parts-1 (a variable `part`), on the framework's OpenMP threads; in order on this
+   thread where OpenMP is not used (parts is then 1). */
+#ifdef _OPENMP
+#define COUNT_PARALLEL(parts, ...)                                                                      \
+    _Pragma("omp parallel num_threads(parts)") {                                                        \
+        for (int part = omp_get_thread_num(); part < parts; part += omp_get_num_threads()) __VA_ARGS__  \
+    }
+#else
+#define COUNT_PARALLEL(parts, ...) for (int part = 0; part < parts; part++) __VA_ARGS__
+#endif
 
 DEFINE_COUNTS(activation_counts_f32, float)
 DEFINE_COUNTS(activation_counts_f64, double)
