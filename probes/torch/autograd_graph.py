@@ -89,13 +89,21 @@ def term_label(terms: list[str] | None, all_terms: int) -> str | None:
 
 def module_of_node(node: Any, calls: Sequence[Any]) -> str | None:
     """The innermost module call whose forward created `node` (between its inputs and its outputs)."""
-    best: str | None = None
+    return modules_of_nodes([node], calls).get(node)
+
+
+def modules_of_nodes(nodes: Iterable[Any], calls: Sequence[Any]) -> dict[Any, str]:
+    """`module_of_node` of many nodes, each call's region walked once (a stored graph of a later step
+    names the module of every node: walking every call's region per node took seconds)."""
+    wanted = set(nodes)
+    best: dict[Any, str] = {}
     for call in calls:
         if not call.output_nodes:
             continue
-        region = reachable(call.output_nodes, stop=set(call.input_nodes))
-        if node in region and (best is None or len(call.path) >= len(best)):
-            best = call.path
+        for node in reachable(call.output_nodes, stop=set(call.input_nodes)) & wanted:
+            found = best.get(node)
+            if found is None or len(call.path) >= len(found):
+                best[node] = call.path
     return best
 
 

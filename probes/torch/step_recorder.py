@@ -16,7 +16,7 @@ from probes.common.collector import CollectorPause
 from probes.common.hashing import hash_array, hash_text
 from probes.torch.autograd_graph import (
     graph_digest,
-    module_of_node,
+    modules_of_nodes,
     ordered_nodes,
     term_label,
     term_membership,
@@ -309,11 +309,11 @@ class TorchStepRecorder:
                     self.dispatch.ops[index]["loss_terms"] = terms
             self.dispatch.phase = "backward"
         if store:
+            modules = modules_of_nodes(nodes, self.tracker.calls) if self.step > 1 else {}
             self.graphs[self.step] = {
                 "step": self.step,
                 "autograd_digest": digest,
-                "autograd_nodes": [{"index": i, "op": node.name(), "module": module_of_node(node, self.tracker.calls)
-                                    if self.step > 1 else None,
+                "autograd_nodes": [{"index": i, "op": node.name(), "module": modules.get(node),
                                     "loss_term": term_label(membership.get(node), len(self.weighted))}
                                    for i, node in enumerate(nodes)],
             }
