@@ -328,26 +328,21 @@ int64_t summary_many(int64_t n, const int64_t *addresses, const int64_t *numels,
     return b.failed;
 }
 
-/* One array's hash and statistics (a module output, as it is made): a batch of one item. */
-int summary_f32(const float *x, int64_t n, const char *prefix, int64_t prefix_len, int want_zeros, int threads,
-                double *out, int64_t *counts, unsigned char *digest) {
-    int32_t kind = KIND_F32;
-    if (item_bytes(kind, n) <= CHUNK)
-        return read_whole(kind, (const char *)x, item_bytes(kind, n), prefix, prefix_len, want_zeros, out, counts,
-                          digest);
-    int64_t address = (int64_t)(intptr_t)x, offsets[2] = {0, prefix_len};
-    return (int)summary_many(1, &address, &n, &kind, prefix, offsets, want_zeros, threads, out, counts, digest);
-}
+/* One array's hash and statistics (a module output, as it is made): read whole, or as a batch of one. */
+#define DEFINE_SINGLE(NAME, T, KIND)                                                                    \
+    int NAME(const T *x, int64_t n, const char *prefix, int64_t prefix_len, int want_zeros, int threads,  \
+             double *out, int64_t *counts, unsigned char *digest) {                                     \
+        int32_t kind = KIND;                                                                            \
+        if (item_bytes(kind, n) <= CHUNK)                                                               \
+            return read_whole(kind, (const char *)x, item_bytes(kind, n), prefix, prefix_len, want_zeros, \
+                              out, counts, digest);                                                     \
+        int64_t address = (int64_t)(intptr_t)x, offsets[2] = {0, prefix_len};                           \
+        return (int)summary_many(1, &address, &n, &kind, prefix, offsets, want_zeros, threads, out, counts, \
+                                 digest);                                                               \
+    }
 
-int summary_f64(const double *x, int64_t n, const char *prefix, int64_t prefix_len, int want_zeros, int threads,
-                double *out, int64_t *counts, unsigned char *digest) {
-    int32_t kind = KIND_F64;
-    if (item_bytes(kind, n) <= CHUNK)
-        return read_whole(kind, (const char *)x, item_bytes(kind, n), prefix, prefix_len, want_zeros, out, counts,
-                          digest);
-    int64_t address = (int64_t)(intptr_t)x, offsets[2] = {0, prefix_len};
-    return (int)summary_many(1, &address, &n, &kind, prefix, offsets, want_zeros, threads, out, counts, digest);
-}
+DEFINE_SINGLE(summary_f32, float, KIND_F32)
+DEFINE_SINGLE(summary_f64, double, KIND_F64)
 
 /* Whether this build can use OpenMP threads at all. */
 int summary_openmp(void) {
@@ -366,6 +361,12 @@ int summary_openmp(void) {
    From CHUNK bytes on, with threads >= 2, each thread counts its own run of rows (as the framework wrote
    them) into its own column maxima, merged in thread order: the counts are those of one thread. */
 #define DEFINE_COUNTS(NAME, T)                                                                          \
+    static void NAME##_fold(T *column_max, const T *row, int64_t cols) { /* NaN wins, as in torch.amax */ \
+        for (int64_t c = 0; c < cols; c++) {                                                            \
+            T v = row[c], m = column_max[c];                                                            \
+            column_max[c] = (v > m) | (v != v) ? v : m;                                                 \
+        }                                                                                               \
+    }                                                                                                   \
     static int64_t NAME##_rows(const T *x, int64_t from, int64_t to, int64_t cols, int kind, T lo, T hi, \
                                T *column_max) {                                                         \
         int64_t saturated = 0;                                                                          \
@@ -375,13 +376,7 @@ int summary_openmp(void) {
             for (int64_t i = from * cols; i < to * cols; i++) saturated += (x[i] < lo) | (x[i] > hi);   \
         } else if (to > from) {                                                                         \
             memcpy(column_max, x + from * cols, (size_t)cols * sizeof(T));                              \
-            for (int64_t r = from + 1; r < to; r++) {                                                   \
-                const T *row = x + r * cols;                                                            \
-                for (int64_t c = 0; c < cols; c++) {                                                    \
-                    T v = row[c], m = column_max[c];                                                    \
-                    column_max[c] = (v > m) | (v != v) ? v : m;                                         \
-                }                                                                                       \
-            }                                                                                           \
+            for (int64_t r = from + 1; r < to; r++) NAME##_fold(column_max, x + r * cols, cols);        \
         }                                                                                               \
         return saturated;                                                                               \
     }                                                                                                   \
@@ -404,13 +399,8 @@ int summary_openmp(void) {
                                             part ? maxima + (int64_t)(part - 1) * cols : column_max);   \
             })                                                                                          \
             for (int part = 0; part < parts; part++) saturated += counted[part];                        \
-            for (int part = 1; part < parts && kind == 2; part++) {                                     \
-                const T *other = maxima + (int64_t)(part - 1) * cols;                                   \
-                for (int64_t c = 0; c < cols; c++) {                                                    \
-                    T v = other[c], m = column_max[c];                                                  \
-                    column_max[c] = (v > m) | (v != v) ? v : m;                                         \
-                }                                                                                       \
-            }                                                                                           \
+            for (int part = 1; part < parts && kind == 2; part++)                                       \
+                NAME##_fold(column_max, maxima + (int64_t)(part - 1) * cols, cols);                     \
         }                                                                                               \
         free(maxima);                                                                                   \
         if (kind == 2 && rows > 0)                                                                      \
