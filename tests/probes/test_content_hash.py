@@ -37,3 +37,19 @@ def test_a_change_in_any_chunk_changes_the_hash() -> None:
     # Non-contiguous input is hashed as its C-order copy, as before.
     wide = np.random.default_rng(1).standard_normal((300, 200))
     assert hash_array(wide.T) == hash_array(np.ascontiguousarray(wide.T))
+
+
+def test_a_segment_of_a_tf_bundle_hashes_like_the_array_it_holds() -> None:
+    """The TF probes hash slices of one flat buffer per dtype (`hash_raw`); large and small segments."""
+    from probes.tf.tensors import hash_raw
+
+    rng = np.random.default_rng(2)
+    segments = [rng.standard_normal((3, 5)).astype(np.float32), rng.standard_normal((160, 130)).astype(np.float32),
+                rng.standard_normal(CHUNK_BYTES // 4).astype(np.float32)]
+    flat = np.concatenate([s.reshape(-1) for s in segments])
+    raw = memoryview(flat.view(np.uint8))
+    offset = 0
+    for segment in segments:
+        nbytes = segment.nbytes
+        assert hash_raw(flat.dtype.str, segment.shape, raw[offset:offset + nbytes]) == hash_array(segment)
+        offset += nbytes
