@@ -27,9 +27,9 @@ def _one_call_at_a_time(node: Any, calls: list[Any]) -> str | None:
     """The rule, node by node: the innermost call (the last of the longest paths) whose region holds it."""
     best = None
     for call in calls:
-        if call.output_nodes and node in reachable(call.output_nodes, stop=set(call.input_nodes)):
-            if best is None or len(call.path) >= len(best):
-                best = call.path
+        inside = call.output_nodes and node in reachable(call.output_nodes, stop=set(call.input_nodes))
+        if inside and (best is None or len(call.path) >= len(best)):
+            best = call.path
     return best
 
 
