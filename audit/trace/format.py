@@ -15,11 +15,6 @@ SCHEMA_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 CHUNKED_HASHES_FROM = 3
 
-
-def hashes_tensors_in_chunks(schema_version: int) -> bool:
-    """Whether a trace of this schema version hashes large tensors chunk by chunk."""
-    return schema_version >= CHUNKED_HASHES_FROM
-
 MANIFEST = "manifest.json"
 ENVIRONMENT = "environment.json"
 STRUCTURE = "structure.json"
@@ -37,6 +32,11 @@ def graph_file(step: int) -> str:
 
 def values_file(step: int) -> str:
     return f"{VALUES_DIR}/step_{step:05d}.safetensors"
+
+
+def hashes_tensors_in_chunks(schema_version: int) -> bool:
+    """Whether a trace of this schema version hashes large tensors chunk by chunk."""
+    return schema_version >= CHUNKED_HASHES_FROM
 
 
 def dumps(data: Any) -> str:

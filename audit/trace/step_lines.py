@@ -21,13 +21,8 @@ from audit.trace.format import json_default
 def dumps_step(record: Any) -> str:
     """A step record, its keys in the order the probe built them (a fixed order, set by the probe's code).
 
-    Written at every step, so it is encoded by orjson, some fifteen times faster than `json` on a record
-    of a few hundred tensor summaries (5 ms a step here). orjson writes NaN and Infinity as null, which a
-    trace keeps apart from "not measured", and most runs hold some at every step (the -inf of masked
-    logits): while orjson encodes the record they stand in it as marker strings, which become NaN,
-    Infinity and -Infinity in the text, as `json` writes them. Where that cannot be done safely (a marker
-    among the record's own strings, a non-finite number in a tuple or set, an int past 64 bits), `json`
-    encodes the record.
+    Where markers cannot stand in safely (a marker among the record's own strings, a non-finite number in
+    a tuple or set, an int past 64 bits), `json` encodes the record.
     """
     places: list[tuple[Any, Any, Any]] = []
     if _find_nonfinite(record, places):
