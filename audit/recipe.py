@@ -11,7 +11,7 @@ import inspect
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from audit.errors import ConfigError, RunFailed
 
@@ -98,3 +98,14 @@ def loss_takes_step(loss: Callable[..., Any]) -> bool:
         return "step" in inspect.signature(loss).parameters
     except (TypeError, ValueError):
         return False
+
+
+def step_batches(batches: Any, *, steps: int, spec: str) -> Iterator[Any]:
+    """The recipe's batches for `steps` steps; running out early is the recipe's error, not a crash."""
+    iterator = iter(batches)
+    for step in range(1, steps + 1):
+        try:
+            yield next(iterator)
+        except StopIteration:
+            raise RunFailed(f"recipe {spec}: batches ran out after {step - 1} steps "
+                            f"(config asks for {steps})") from None

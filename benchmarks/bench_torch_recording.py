@@ -1,6 +1,6 @@
 """Recording overhead on the fixture Transformer, as ratios against a plain step in the same process.
 
-    python benchmarks/bench_torch_recording.py [--rounds 12] [--small] [--threads N] [--no-memory]
+    python benchmarks/bench_torch_recording.py [--rounds 12] [--small | --wide] [--threads N] [--no-memory]
 
 Plain step, default recording (hashes and statistics of every gradient, parameter and module output,
 random ledger, graph digest, NaN provenance armed: an outbreak step would be replayed, no graph is kept),
@@ -11,11 +11,16 @@ row and only the second is timed; the order rotates every round, and the median 
 `cpu_ratios` divide process CPU time instead of wall time: steadier on a busy machine, though they hide
 idle cores.
 
-Peak memory is measured during the steps only, in fresh processes per variant (the median of five, as
-one process's peak wanders by a few MiB): after warm-up steps the resident peak (VmHWM) is reset through
-/proc/self/clear_refs and a few steps run. Recording's extra peak (its step peak above the plain step's) is
-compared with the largest tensor of a step (parameter, gradient or module output). Linux only; elsewhere
-memory is left out.
+Peak memory is measured during the steps only, in fresh processes per variant (the median of five): after
+warm-up steps the resident peak (VmHWM) is reset through /proc/self/clear_refs and a few steps run. Those
+processes run with glibc's mmap threshold fixed at 64 KiB, so every tensor larger than that gets pages of
+its own and hands them back when freed: the resident size then follows the tensors alive, and the peak
+varies by about 0.2 MiB between processes instead of the several MiB of heap fragmentation. Recording's extra peak (its step peak above the plain step's) is
+compared with the largest tensor of a step (parameter, gradient or module output). That extra splits into
+the recorder's state between steps (`state_mib`: the last step's records, the kernel's prepared batches, the
+code it loaded) and what a step adds above it (`step_extra_mib`, where a copy of a tensor would show).
+`--wide` runs a model with four times the largest tensors, to see which part grows with them. Linux only;
+elsewhere memory is left out.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ RECIPE = ROOT / "fixtures" / "configs" / "torch" / "nmt_recipe.py"
 LARGE = {"vocab": 1000, "d_model": 256, "heads": 4, "enc_layers": 3, "dec_layers": 3, "d_ff": 1024,
          "batch_size": 16, "max_len": 32, "num_batches": 400}
 SMALL = {"num_batches": 400}
+# Four times the largest tensors of LARGE: the recorder's extra memory should not grow with them.
+WIDE = {**LARGE, "vocab": 4000, "d_model": 512, "d_ff": 2048}
 
 
 def load_recipe(params: dict[str, Any]) -> Any:
@@ -205,13 +212,15 @@ def peak_memory(params: dict[str, Any], mode: str, steps: int = 4) -> dict[str, 
     code = (f"import sys, json; sys.argv=['x']; sys.path.insert(0, {str(ROOT)!r});"
             f"import benchmarks.bench_torch_recording as b;"
             f"print(json.dumps(b.step_peak(json.loads({json.dumps(json.dumps(params))}), {mode!r}, {steps})))")
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()),
+           "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
                          env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 REPEATS = 5
+MMAP_THRESHOLD = 64 * 1024  # a fixed threshold: glibc's default one rises as tensors are freed (see above)
 
 
 def memory_report(params: dict[str, Any]) -> dict[str, Any]:
@@ -223,9 +232,9 @@ def memory_report(params: dict[str, Any]) -> dict[str, Any]:
     """
     largest = largest_tensor_bytes(params)
     biggest = max(largest.values())
-    # A process's step peak wanders by a few MiB from one process to the next (allocator and page
-    # placement), more than one tensor here: each mode is measured in REPEATS fresh processes, median kept
-    # (with three, one run in four still put the plain median low enough to show recording +6 MiB).
+    # With glibc's own (sliding) mmap threshold a process's step peak wandered by 3-9 MiB from one process to
+    # the next, more than one tensor here; with the fixed one it is within 0.2 MiB. The median of REPEATS
+    # fresh processes is kept all the same.
     modes = ("plain", "recorded", "recorded_no_provenance")
     runs = {mode: [peak_memory(params, mode) for _ in range(REPEATS)] for mode in modes}
     peaks = {mode: {key: int(statistics.median(run[key] for run in runs[mode])) for key in ("peak", "resting")}
@@ -239,19 +248,29 @@ def memory_report(params: dict[str, Any]) -> dict[str, Any]:
                            for mode in ("recorded", "recorded_no_provenance")},
         "extra_peak_in_largest_tensors": {mode: round((peaks[mode]["peak"] - peaks["plain"]["peak"]) / biggest, 2)
                                           for mode in ("recorded", "recorded_no_provenance")},
+        "state_mib": {mode: round((peaks[mode]["resting"] - peaks["plain"]["resting"]) / mib, 1)
+                      for mode in ("recorded", "recorded_no_provenance")},
+        "step_extra_mib": {mode: round((_above_resting(peaks[mode]) - _above_resting(peaks["plain"])) / mib, 1)
+                           for mode in ("recorded", "recorded_no_provenance")},
     }
+
+
+def _above_resting(peak: dict[str, int]) -> int:
+    return peak["peak"] - peak["resting"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=12)
-    parser.add_argument("--small", action="store_true", help="the test-sized fixture instead of ~6M parameters")
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument("--small", action="store_true", help="the test-sized fixture instead of ~6M parameters")
+    sizes.add_argument("--wide", action="store_true", help="~25M parameters: four times the largest tensors")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--no-memory", action="store_true")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    params = SMALL if args.small else LARGE
+    params = SMALL if args.small else WIDE if args.wide else LARGE
     result = measure(params, args.rounds)
     if not args.no_memory and os.path.exists("/proc/self/clear_refs"):
         result["memory"] = memory_report(params)

@@ -24,7 +24,7 @@ from typing import Any
 
 from audit.config import RunConfig
 from audit.errors import RunFailed
-from audit.recipe import as_recipe, resolve_recipe
+from audit.recipe import as_recipe, resolve_recipe, step_batches
 from audit.trace import TraceWriter
 from audit.trace import format as fmt
 from probes.tf import require_tensorflow
@@ -35,7 +35,8 @@ MODES = ("eager", "function", "graph")
 def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[[int], None]) -> None:
     """The runner's loop for TensorFlow: the recipe builds, repro-audit trains and records."""
     with open_recording(config, writer) as recording:
-        for step, batch in enumerate(batch_iterator(recording.recipe.batches, config), start=1):
+        batches = step_batches(recording.recipe.batches, steps=config.steps, spec=config.recipe)
+        for step, batch in enumerate(batches, start=1):
             recording.step(step, batch)
             progress(step)
 
@@ -95,16 +96,6 @@ def _seed(seed: int) -> None:
     # A fresh Keras state (auto-name counters, the global SeedGenerator), as a new process would have.
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
-
-
-def batch_iterator(batches: Any, config: RunConfig) -> Iterator[Any]:
-    iterator = iter(batches)
-    for step in range(1, config.steps + 1):
-        try:
-            yield next(iterator)
-        except StopIteration:
-            raise RunFailed(f"recipe {config.recipe}: batches ran out after {step - 1} steps "
-                            f"(config asks for {config.steps})") from None
 
 
 def keep_values(config: RunConfig, step: int) -> bool:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from audit.config import RunConfig
 from audit.errors import RunFailed
-from audit.recipe import as_recipe, loss_takes_step, resolve_recipe
+from audit.recipe import as_recipe, loss_takes_step, resolve_recipe, step_batches
 from audit.trace import TraceWriter
 from audit.trace import format as fmt
 from probes.torch import require_torch
@@ -50,7 +50,7 @@ def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[[in
     recorder = TorchStepRecorder(model, optimizer, capture=config.capture, weight_of=config.weight_for,
                                  ledger=ledger, num_classes=recipe.extras.get("num_classes"))
     pass_step = loss_takes_step(recipe.loss)
-    batches = _batches(recipe.batches, config)
+    batches = step_batches(recipe.batches, steps=config.steps, spec=config.recipe)
     model.train()
     try:
         for step in range(1, config.steps + 1):
@@ -86,13 +86,3 @@ def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[[in
         recorder.close()
     # Modules imported lazily during training belong to the code fingerprint too.
     writer.write_json(fmt.ENVIRONMENT, torch_environment(recipe_dir=config.config_dir))
-
-
-def _batches(batches: Any, config: RunConfig) -> Iterator[Any]:
-    iterator = iter(batches)
-    for step in range(1, config.steps + 1):
-        try:
-            yield next(iterator)
-        except StopIteration:
-            raise RunFailed(f"recipe {config.recipe}: batches ran out after {step - 1} steps "
-                            f"(config asks for {config.steps})") from None

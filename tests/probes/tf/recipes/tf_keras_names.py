@@ -82,3 +82,9 @@ def list_loss(params: dict[str, Any]) -> Recipe:
 def unbuilt(params: dict[str, Any]) -> Recipe:
     return Recipe(model=Regressor(False), optimizer=keras.optimizers.SGD(0.1), batches=itertools.repeat(BATCH),
                   loss=_mse, extras={"mode": "eager"})
+
+
+def two_batches(params: dict[str, Any]) -> Recipe:
+    recipe = subclassed({})
+    return Recipe(model=recipe.model, optimizer=recipe.optimizer, batches=[BATCH, BATCH], loss=_mse,
+                  extras={"mode": "eager"})
