@@ -11,6 +11,8 @@ it is dropped; only reference cycles made during the step wait for its end, when
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class CollectorPause:
@@ -28,3 +30,12 @@ class CollectorPause:
         if self._paused:
             self._paused = False
             gc.enable()
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Paused for the block: for a recorder whose whole step is one call (the TensorFlow loops)."""
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume()

@@ -9,6 +9,7 @@ from audit.config import RunConfig
 from audit.recipe import Recipe
 from audit.trace import TraceWriter
 from audit.trace import format as fmt
+from probes.common.collector import CollectorPause
 from probes.tf.capture import Capture
 from probes.tf.environment import tf_environment
 from probes.tf.graph_mode import GraphProgram
@@ -47,8 +48,13 @@ class GraphRecording:
         self.draws = DrawLedger()
         self.labels = program.labels()
         self.nonfinite_before = False
+        self.collector = CollectorPause()
 
     def step(self, step: int, batch: Any) -> None:
+        with self.collector.held():  # see probes/common/collector
+            self._step(step, batch)
+
+    def _step(self, step: int, batch: Any) -> None:
         config, program, writer = self.config, self.program, self.writer
         batch_summary, batch_values = batch_record(batch)
         result = program.run(batch)

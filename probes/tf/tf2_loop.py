@@ -12,6 +12,7 @@ from audit.errors import RunFailed
 from audit.recipe import Recipe
 from audit.trace import TraceWriter
 from audit.trace import format as fmt
+from probes.common.collector import CollectorPause
 from probes.tf.capture import Capture
 from probes.tf.environment import tf_environment
 from probes.tf.health import step_health
@@ -64,9 +65,11 @@ class Tf2Recording:
         self.record_meta: TraceMeta | None = None
         self.nonfinite_before = False
         self.param_names = [p.name for p in self.program.params]
+        self.collector = CollectorPause()
 
     def step(self, step: int, batch: Any) -> None:
-        self.before = self._step(step, batch, self.before)
+        with self.collector.held():  # see probes/common/collector
+            self.before = self._step(step, batch, self.before)
         if callable(self.recipe.lr_scheduler):
             self.recipe.lr_scheduler(step)
 
