@@ -220,6 +220,36 @@ def test_memory_growth_needs_growth_at_every_step(dead_relu_records: Any) -> Non
     assert any(reason.startswith("memory growth: needs 5 steps") for reason in short.not_checked)
 
 
+def _memory_records(dead_relu_records: Any, heap_mib: list[float], rss_mib: list[float]) -> list[dict[str, Any]]:
+    records = [copy.deepcopy(dead_relu_records[0][0]) for _ in heap_mib]
+    for step, (record, heap, rss) in enumerate(zip(records, heap_mib, rss_mib), start=1):
+        record["step"] = step
+        record["health"]["memory"].update(heap_in_use=int(heap * 2**20), rss=int(rss * 2**20))
+    return records
+
+
+def test_memory_growth_of_a_pooling_allocator_shows_in_rss(dead_relu_records: Any) -> None:
+    """TensorFlow's BFC allocator (oneDNN on): heap in use jumps by whole blocks, RSS follows the 32 MiB kept
+    a step but stood still at one step (numbers of the TF leaking_loss fixture on such a machine)."""
+    heap = [219.1, 350.9, 350.9, 350.9, 350.9, 615.0]
+    rss = [684.0, 720.3, 721.2, 753.6, 786.0, 826.3]
+
+    def growth(heap_mib: list[float], rss_mib: list[float]) -> list[Any]:
+        records = _memory_records(dead_relu_records, heap_mib, rss_mib)
+        return [f for f in check_steps(records).findings if f.rule == "memory_growth"]
+
+    [finding] = growth(heap, rss)
+    assert finding.layer == "process RSS" and finding.steps == [3, 4, 5, 6]
+    assert "grew at 3 of 4 steps from step 2 to 6, by 32.4 to 40.3 MiB" in finding.message
+    assert not growth(heap, [684.0, 720.3, 721.2, 721.5, 786.0, 826.3])  # two pauses: not steady
+    assert not growth(heap, [684.0, 720.3, 700.0, 753.6, 786.0, 826.3])  # RSS fell by 20 MiB at one step
+    assert not growth(heap, rss[:1] + [720.3, 721.2, 753.6, 786.0])  # with three growths, none may pause
+    steady_heap = [100.0 + 3 * step for step in range(6)]
+    assert [f.layer for f in growth(steady_heap, rss)] == ["CPU heap in use"]  # once, by the live heap
+    healthy_rss = [684.0, 684.2, 684.5, 685.1, 685.4, 686.2]  # the fix: 0.2-0.8 MiB a step
+    assert not growth([219.1] * 6, healthy_rss)
+
+
 def test_class_count_inference_reads_cross_entropy_ops(dead_relu_records: Any) -> None:
     _, graph = dead_relu_records
     counts = infer_num_classes(graph)
