@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from probes.tf import bundle_hashes
 import probes.tf.tensors as tf_tensors
 from audit.trace import Trace
 from probes.common.hashing import hash_array, summarize_array
 from probes.common.native_summary import kernel
+from probes.tf import bundle_hashes
 from probes.tf.tensors import hash_raw
 
 pytestmark = pytest.mark.tensorflow
