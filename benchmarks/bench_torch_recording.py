@@ -15,12 +15,12 @@ Peak memory is measured during the steps only, in fresh processes per variant (t
 warm-up steps the resident peak (VmHWM) is reset through /proc/self/clear_refs and a few steps run. Those
 processes run with glibc's mmap threshold fixed at 64 KiB, so every tensor larger than that gets pages of
 its own and hands them back when freed: the resident size then follows the tensors alive, and the peak
-varies by about 0.2 MiB between processes instead of the several MiB of heap fragmentation. Recording's extra peak (its step peak above the plain step's) is
-compared with the largest tensor of a step (parameter, gradient or module output). That extra splits into
-the recorder's state between steps (`state_mib`: the last step's records, the kernel's prepared batches, the
-code it loaded) and what a step adds above it (`step_extra_mib`, where a copy of a tensor would show).
-`--wide` runs a model with four times the largest tensors, to see which part grows with them. Linux only;
-elsewhere memory is left out.
+varies by about 0.2 MiB between processes instead of the several MiB of heap fragmentation.
+Recording's extra peak (its step peak above the plain step's) is compared with the largest tensor of a
+step (parameter, gradient or module output). That extra splits into the recorder's state between steps
+(`state_mib`: the last step's records, the kernel's prepared batches, the code it loaded) and what a step
+adds above it (`step_extra_mib`, where a copy of a tensor would show). `--wide` runs a model with four
+times the largest tensors, to see which part grows with them. Linux only; elsewhere memory is left out.
 """
 
 from __future__ import annotations
@@ -250,8 +250,9 @@ def memory_report(params: dict[str, Any]) -> dict[str, Any]:
                                           for mode in ("recorded", "recorded_no_provenance")},
         "state_mib": {mode: round((peaks[mode]["resting"] - peaks["plain"]["resting"]) / mib, 1)
                       for mode in ("recorded", "recorded_no_provenance")},
-        "step_extra_mib": {mode: round((_above_resting(peaks[mode]) - _above_resting(peaks["plain"])) / mib, 1)
-                           for mode in ("recorded", "recorded_no_provenance")},
+        "step_extra_mib": {
+            mode: round((_above_resting(peaks[mode]) - _above_resting(peaks["plain"])) / mib, 1)
+            for mode in ("recorded", "recorded_no_provenance")},
     }
 
 

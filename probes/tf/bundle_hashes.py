@@ -49,7 +49,8 @@ def raw_prefix(array: np.ndarray) -> bytes:
     return prefix
 
 
-def hashes_and_stats(arrays: Sequence[np.ndarray], wanted: Sequence[bool]) -> tuple[list[str], list[Reduced | None]]:
+def hashes_and_stats(arrays: Sequence[np.ndarray], wanted: Sequence[bool]
+                     ) -> tuple[list[str], list[Reduced | None]]:
     """The hash of each C-contiguous array and, where `wanted`, its statistics: None where the kernel could
     not reduce it (no kernel, or a half type), for the caller to reduce with numpy."""
     native = kernel()

@@ -3,10 +3,10 @@
 Hundreds of tensors are summarised per step (gradients, parameters, optimizer state, layer outputs). One
 `.numpy()` and one numpy summary per tensor costs more than a small model's whole step, so `pack` flattens
 every small floating tensor of a step into one vector per dtype inside the graph (most large ones come
-back as they are), and `unpack` computes the statistics of the small ones with a few numpy `reduceat` passes, and
-hashes every array, and reduces the large ones, in one call of the native kernel (`bundle_hashes`). The hash
-is `hash_array`'s (dtype, shape, raw bytes), so a summary made here equals `summarize_array` of the same
-values.
+back as they are). `unpack` computes the statistics of the small ones with a few numpy `reduceat` passes,
+then hashes every array, and reduces the large ones, in one call of the native kernel (`bundle_hashes`).
+The hash is `hash_array`'s (dtype, shape, raw bytes), so a summary made here equals `summarize_array` of
+the same values.
 """
 
 from __future__ import annotations
@@ -214,7 +214,8 @@ def unpack(layout: Layout, outputs: dict[str, Any], *, keep_values: bool = False
     for index, tensor in zip(layout.separate, outputs["separate"]):
         array = np.ascontiguousarray(to_numpy(tensor))
         key = layout.keys[index]
-        found.append(_Found(key, array, layout.dtypes[index], graph_rows.get(index), True, hash_only=hash_only(key)))
+        found.append(_Found(key, array, layout.dtypes[index], graph_rows.get(index), True,
+                            hash_only=hash_only(key)))
         if keep_values:
             values[key] = array
     digests, reduced = hashes_and_stats([item.array for item in found],
