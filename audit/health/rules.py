@@ -149,25 +149,27 @@ def memory_growth(run: RunHealth, limits: Thresholds) -> list[Finding]:
     """Memory that grows by at least `memory_growth_mb` at every step from step 2 on.
 
     Step 1 is left out: it allocates the optimizer state and warms the allocators. Live allocations
-    (glibc's heap in use, CUDA allocated) are judged first, since RSS keeps freed memory and wanders by
-    tens of MiB for a few steps in a healthy run. RSS is judged where the heap cannot be read, and where
-    the heap did not grow at every step: a framework allocator that pools (TensorFlow's BFC allocator,
-    where oneDNN is on) hands tensors out of blocks it reserved, so the heap jumps by a whole block every
-    few steps while the resident size grows with the tensors kept. Such an allocator can also serve one
-    step from pages it touched before, so over four steps or more, RSS may stand still at one of them
-    (it must never shrink by the threshold).
+    (glibc's heap in use, CUDA allocated) are judged, since RSS keeps freed memory and wanders by tens of
+    MiB for a few steps in a healthy run. RSS is judged where the heap cannot be read, and where the heap
+    grew on average by the threshold without growing at every step: a framework allocator that pools
+    (TensorFlow's BFC allocator, where oneDNN is on) hands tensors out of blocks it reserved, so the heap
+    jumps by a whole block every few steps while the resident size grows with the tensors kept. Such an
+    allocator can also serve one step from pages it touched before, so there, over four steps or more,
+    RSS may stand still at one of them (and must never shrink by the threshold).
     """
     findings: list[Finding] = []
+    heap = _series(run, "heap_in_use")
     for key, label in _memory_series(run):
-        if key == "rss" and any(finding.layer == "CPU heap in use" for finding in findings):
-            continue
-        series = [(step, health["memory"][key]) for step, health in run.records
-                  if step >= 2 and (health.get("memory") or {}).get(key) is not None]
+        series = _series(run, key)
         if len(series) < limits.memory_min_steps + 1:
+            continue
+        pooled = key == "rss" and bool(heap)  # RSS stands in for a heap that grew by blocks, if it did
+        heap_flagged = any(finding.layer == HEAP_LABEL for finding in findings)
+        if pooled and (heap_flagged or not _grew_on_average(heap, limits)):
             continue
         deltas = [(b - a) / MIB for (_, a), (_, b) in pairwise(series)]
         pauses = sum(delta < limits.memory_growth_mb for delta in deltas)
-        allowed = 1 if key == "rss" and len(deltas) >= 4 else 0
+        allowed = 1 if pooled and len(deltas) >= 4 else 0
         if pauses > allowed or min(deltas) <= -limits.memory_growth_mb:
             continue
         mean = sum(deltas) / len(deltas)
@@ -185,11 +187,25 @@ def memory_growth(run: RunHealth, limits: Thresholds) -> list[Finding]:
     return findings
 
 
+HEAP_LABEL = "CPU heap in use"
+
+
+def _series(run: RunHealth, key: str) -> list[tuple[int, int]]:
+    """(step, bytes) of one memory figure from step 2 on, where it was read."""
+    return [(step, health["memory"][key]) for step, health in run.records
+            if step >= 2 and (health.get("memory") or {}).get(key) is not None]
+
+
+def _grew_on_average(series: list[tuple[int, int]], limits: Thresholds) -> bool:
+    steps = len(series) - 1
+    return steps > 0 and (series[-1][1] - series[0][1]) / MIB >= limits.memory_growth_mb * steps
+
+
 def _memory_series(run: RunHealth) -> list[tuple[str, str]]:
     memory = [health.get("memory") or {} for _, health in run.records]
     series = []
     if any(m.get("heap_in_use") is not None for m in memory):
-        series.append(("heap_in_use", "CPU heap in use"))
+        series.append(("heap_in_use", HEAP_LABEL))
     series.append(("rss", "process RSS"))
     series.append(("cuda_allocated", "CUDA allocated"))
     return series

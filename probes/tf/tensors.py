@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from probes.common.hashing import content_hash, hash_array, summarize_array
-from probes.common.native_summary import kernel
-from probes.tf.bundle_hashes import Reduced, hashes_and_stats
+from probes.common.native_summary import Summary, kernel
+from probes.tf.bundle_hashes import hashes_and_stats, raw_prefix
 
 
 def dtype_name(dtype: Any) -> str:
@@ -52,7 +52,7 @@ def summarize(value: Any) -> dict[str, Any]:
 
 def hash_raw(dtype_str: str, shape: Sequence[int], buffer: Any) -> str:
     """`hash_array` of an array given as its dtype string, shape and raw bytes (a slice of a bundle)."""
-    return content_hash(f"{dtype_str}{tuple(int(n) for n in shape)}".encode(), buffer)
+    return content_hash(raw_prefix(dtype_str, tuple(shape)), buffer)
 
 
 def _hashable(array: np.ndarray) -> np.ndarray:
@@ -255,14 +255,16 @@ class _Found:
     hash_only: bool = False
 
 
-def _summary_of_kernel(stats: Reduced | None, array: np.ndarray, dtype: str, digest: str,
+def _summary_of_kernel(found: Summary | None, array: np.ndarray, dtype: str, digest: str,
                        key: str) -> dict[str, Any]:
     """The summary from the kernel's statistics; numpy's where it had none (no kernel, a half type) and
     where it found NaN or Inf, whose exact counts and extremes numpy gives as before."""
-    if stats is None or array.size == 0 or stats.nan or stats.inf:
+    zeros, nan, inf = found.counts if found is not None else (0, 0, 0)
+    if found is None or array.size == 0 or nan or inf:
         summary = summarize_array(array)
     else:
-        row = [stats.total, stats.sum_of_squares, stats.low, stats.high, float(array.size - stats.zeros)]
+        low, high, total, sum_of_squares = found.stats
+        row = [total, sum_of_squares, low, high, float(array.size - zeros)]
         summary = _summary(row, tuple(array.shape), dtype, int(array.size), digest)
     if not counts_zeros(key):
         summary["zeros"] = None
