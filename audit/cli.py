@@ -1,7 +1,7 @@
 """The `repro-audit` command line: record, diff, compare, check, health.
 
-Every user-facing problem is one line on stderr and exit code 2; exit codes otherwise follow diff(1):
-0 identical (or healthy), 1 diverged (or flagged).
+Exit codes follow diff(1): 0 identical (or healthy), 1 diverged (or flagged), 2 bad input or a failed run;
+3 is a bug in repro-audit and 130 an interrupt (audit/cli_errors.py). Every failure is one line on stderr.
 """
 
 from __future__ import annotations
@@ -11,30 +11,35 @@ from typing import Any
 
 import click
 
-from audit.errors import UserError
+from audit.cli_errors import (
+    EXIT_DIFFERENT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_SAME,
+    EXIT_TROUBLE,
+    report_failure,
+)
+from audit.interrupt import handling_interrupts
 
-EXIT_SAME, EXIT_DIFFERENT, EXIT_TROUBLE = 0, 1, 2
+__all__ = ["EXIT_DIFFERENT", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_SAME", "EXIT_TROUBLE", "cli", "main"]
 
 
 class AuditGroup(click.Group):
-    """Turns our user errors and click's usage errors into one line and exit code 2."""
+    """Maps results and every error to exit codes itself; SIGINT and SIGTERM stop the runs (exit 130)."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False  # we map results and errors to exit codes ourselves
-        try:
-            result = super().main(*args, **kwargs)
-        except click.exceptions.Exit as exc:
-            sys.exit(exc.exit_code)
-        except click.exceptions.Abort:
-            click.echo("repro-audit: aborted", err=True)
-            sys.exit(EXIT_TROUBLE)
-        except click.ClickException as exc:
-            click.echo(f"repro-audit: {exc.format_message()}", err=True)
-            sys.exit(EXIT_TROUBLE)
-        except UserError as exc:
-            click.echo(f"repro-audit: error: {exc}", err=True)
-            sys.exit(EXIT_TROUBLE)
-        sys.exit(result if isinstance(result, int) else 0)
+        with handling_interrupts():
+            try:
+                result = super().main(*args, **kwargs)
+                code = result if isinstance(result, int) else 0
+            except click.exceptions.Exit as exc:
+                code = exc.exit_code
+            except SystemExit:
+                raise
+            except BaseException as exc:
+                code = report_failure(exc)
+        sys.exit(code)
 
 
 @click.group(cls=AuditGroup, context_settings={"help_option_names": ["-h", "--help"]})

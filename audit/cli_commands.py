@@ -9,7 +9,8 @@ import click
 from audit.cli import cli
 from audit.cli_progress import Progress
 from audit.config import load_config
-from audit.errors import RunFailed
+from audit.errors import Interrupted, RunFailed
+from audit.outputs import check_trace_destination
 from audit.runner import record as record_config
 
 
@@ -29,14 +30,18 @@ def record_command(config_path: str, output: str, overrides: tuple[str, ...], st
       repro-audit record fixtures/configs/torch/baseline.yaml -o baseline.trace --steps 3
     """
     config = load_config(config_path, overrides=overrides, steps=steps, values=values)
-    progress = Progress(quiet=quiet)
-    result = record_config(config, Path(output), progress=progress.update)
-    progress.done()
+    target = check_trace_destination(output, option="-o", protected=[Path(config_path)])
+    try:
+        with Progress(quiet=quiet) as progress:
+            result = record_config(config, target, progress=progress.update)
+    except Interrupted as exc:
+        exc.kept = [str(target)] if target.exists() else []
+        raise
     if not result.ok:
         raise RunFailed(result.failure_line(), trace_path=str(result.trace_path) if result.trace_path else None)
     from audit.trace import Trace
 
-    trace = Trace(output)
+    trace = Trace(target)
     if not quiet:
         from reports.trace_summary import render_trace_summary
 

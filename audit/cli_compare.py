@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -16,20 +17,39 @@ from audit.cli_progress import Progress
 from audit.cli_thresholds import health_threshold_options, thresholds_from
 from audit.config import RunConfig, load_config
 from audit.divergence import CATEGORIES, Comparison
-from audit.errors import RunFailed
+from audit.errors import Interrupted, OutputError, RunFailed
+from audit.outputs import (
+    ReportTarget,
+    check_keep_folder,
+    check_report_targets,
+    check_trace_destination,
+    trace_file_name,
+    write_report,
+)
 from audit.runner import raise_for_failures, record_all
 from audit.trace import Trace
 
 CATEGORY_NAMES = tuple(category for category in CATEGORIES if category != "health")  # health: `repro-audit health`
 
 
+def _tolerance(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """Checked before any run: a NaN or negative tolerance would only be refused after both runs."""
+    if math.isnan(value) or value < 0:
+        raise click.BadParameter(f"tolerances must be >= 0, got {value}")
+    return value
+
+
 def _tolerance_options(function: Any) -> Any:
-    function = click.option("--rtol", type=float, default=0.0, show_default=True, help="Relative tolerance.")(function)
-    function = click.option("--atol", type=float, default=0.0, show_default=True, help="Absolute tolerance.")(function)
+    function = click.option("--rtol", type=float, default=0.0, show_default=True, callback=_tolerance,
+                            help="Relative tolerance.")(function)
+    function = click.option("--atol", type=float, default=0.0, show_default=True, callback=_tolerance,
+                            help="Absolute tolerance.")(function)
     function = click.option("--ignore", multiple=True, type=click.Choice(CATEGORY_NAMES),
                             help="Category to leave out of the comparison.")(function)
-    function = click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the JSON result.")(function)
-    function = click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write the HTML report.")(function)
+    function = click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True),
+                            help="Write the JSON result ('-': to stdout, instead of the text report).")(function)
+    function = click.option("--html", "html_path", type=click.Path(dir_okay=False, allow_dash=True),
+                            help="Write the HTML report ('-': to stdout).")(function)
     function = click.option("-q", "--quiet", is_flag=True, help="No progress, only the verdict.")(function)
     return health_threshold_options(function)
 
@@ -58,9 +78,12 @@ def diff_command(config_a: str, config_b: str | None, set_a: tuple[str, ...], se
     second = load_config(config_b or config_a, overrides=set_b, steps=steps, values=values)
     if first.label == second.label:
         first.label, second.label = f"{first.label} (A)", f"{second.label} (B)"
+    configs = [first, second]
+    inputs = [Path(config_a), Path(config_b or config_a)]
+    reports = _checked_outputs(configs, keep, inputs, options)
     with _run_folder(keep) as folder:
-        traces = _record([first, second], folder=folder, quiet=options["quiet"])
-        return _compare_and_report(traces[0], traces[1], **options)
+        traces = _record(configs, folder=folder, kept=keep is not None, quiet=options["quiet"])
+        return _compare_and_report(traces[0], traces[1], reports, **options)
 
 
 @cli.command("compare")
@@ -74,7 +97,9 @@ def compare_command(trace_a: str, trace_b: str, **options: Any) -> int:
     Example:
       repro-audit compare runs/a.trace runs/b.trace --json result.json
     """
-    return _compare_and_report(Trace(trace_a), Trace(trace_b), **options)
+    traces = Trace(trace_a), Trace(trace_b)
+    reports = check_report_targets(_report_requests(options), protected=[Path(trace_a), Path(trace_b)])
+    return _compare_and_report(*traces, reports, **options)
 
 
 @cli.command("check")
@@ -98,12 +123,14 @@ def check_command(config_path: str, runs: int, overrides: tuple[str, ...], steps
         config = load_config(config_path, overrides=overrides, steps=steps, values=values)
         config.label = f"{config.label} run {index}"
         configs.append(config)
+    reports = _checked_outputs(configs, keep, [Path(config_path)], options)
     with _run_folder(keep) as folder:
-        traces = _record(configs, folder=folder, quiet=options["quiet"])
-        return _check_and_report(traces, configs[0].label.rsplit(" run ", 1)[0], options)
+        traces = _record(configs, folder=folder, kept=keep is not None, quiet=options["quiet"])
+        return _check_and_report(traces, configs[0].label.rsplit(" run ", 1)[0], reports, options)
 
 
-def _check_and_report(traces: list[Trace], name: str, options: dict[str, Any]) -> int:
+def _check_and_report(traces: list[Trace], name: str, reports: list[ReportTarget],
+                      options: dict[str, Any]) -> int:
     from audit.diff import compare_check
     from reports.text import render_text
 
@@ -111,74 +138,113 @@ def _check_and_report(traces: list[Trace], name: str, options: dict[str, Any]) -
     comparisons = compare_check(traces, rtol=options["rtol"], atol=options["atol"], ignore=tuple(options["ignore"]),
                                 health_thresholds=thresholds_from(options))
     diverged = [c for c in comparisons if not c.identical]
-    if diverged:
+    text = _stdout_is_free(reports)
+    if diverged and text:
         click.echo(render_text(diverged[0]))
         others = ", ".join(c.run_b.label for c in diverged)
         click.echo(f"\nruns that differ from run 1: {others}")
-    else:
+    elif text:
         how = "bitwise" if not options["rtol"] and not options["atol"] else \
             f"within rtol={options['rtol']}, atol={options['atol']}"
         click.echo(f"IDENTICAL: {runs} runs of {name!r} match {how} "
                    f"({comparisons[0].run_a.steps_recorded} steps each)")
-    _write_outputs(diverged[0] if diverged else comparisons[0], traces[0], traces[-1], options, check=comparisons)
+    _write_outputs(diverged[0] if diverged else comparisons[0], traces[0], traces[-1], reports, options,
+                   check=comparisons)
     return EXIT_DIFFERENT if diverged else EXIT_SAME
+
+
+def _report_requests(options: dict[str, Any]) -> list[tuple[str, str | None]]:
+    return [("--json", options.get("json_path")), ("--html", options.get("html_path"))]
+
+
+def _checked_outputs(configs: Sequence[RunConfig], keep: str | None, inputs: Sequence[Path],
+                     options: dict[str, Any]) -> list[ReportTarget]:
+    """Refuse a bad --keep, --json or --html before any run starts; the traces a --keep folder will hold are
+    inputs of the reports, never overwritten by them."""
+    protected = list(inputs)
+    if keep is not None:
+        folder = check_keep_folder(keep)
+        for path in _trace_paths(configs, folder):
+            protected.append(check_trace_destination(path, option="--keep", protected=inputs))
+    return check_report_targets(_report_requests(options), protected=protected)
+
+
+def _stdout_is_free(reports: Sequence[ReportTarget]) -> bool:
+    """Whether the text report may go to stdout: not when --json or --html writes there."""
+    return not any(report.to_stdout for report in reports)
 
 
 @contextlib.contextmanager
 def _run_folder(keep: str | None) -> Iterator[Path]:
-    """Where the traces go: the --keep folder, or a temporary one removed once the report is written.
+    """Where the traces go: the --keep folder, or a temporary one removed however the command ends.
 
-    A run that fails leaves its partial trace (and the other runs' traces) in place, and the error says where.
+    With --keep, a failed or interrupted run leaves its partial trace there (and the error says where);
+    without it, nothing is left behind and the error says how to keep them.
     """
-    folder = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="repro-audit-runs-"))
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(keep) if keep is not None else Path(tempfile.mkdtemp(prefix="repro-audit-runs-"))
     try:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create --keep {folder}: {exc.strerror or exc}") from exc
         yield folder
-    except RunFailed:
+    except Interrupted as exc:
+        exc.kept = [str(folder)] if keep is not None and _holds_anything(folder) else []
         raise
-    except BaseException:
-        if not keep:
+    finally:
+        if keep is None:
             shutil.rmtree(folder, ignore_errors=True)
-        raise
-    if not keep:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
-def _record(configs: Sequence[RunConfig], *, folder: Path, quiet: bool) -> list[Trace]:
-    jobs = [(config, folder / f"{index}-{_slug(config.label)}.trace") for index, config in enumerate(configs, 1)]
-    progress = Progress(quiet=quiet)
-    results = record_all(jobs, progress=progress.update)
-    progress.done()
-    raise_for_failures(results)
+def _holds_anything(folder: Path) -> bool:
+    try:
+        return any(folder.iterdir())
+    except OSError:
+        return False
+
+
+def _trace_paths(configs: Sequence[RunConfig], folder: Path) -> list[Path]:
+    return [folder / trace_file_name(config.label, prefix=f"{index}-")
+            for index, config in enumerate(configs, 1)]
+
+
+def _record(configs: Sequence[RunConfig], *, folder: Path, kept: bool, quiet: bool) -> list[Trace]:
+    jobs = list(zip(configs, _trace_paths(configs, folder)))
+    with Progress(quiet=quiet) as progress:
+        results = record_all(jobs, progress=progress.update)
+    try:
+        raise_for_failures(results, traces_kept=kept)
+    except RunFailed as exc:
+        if kept:
+            raise
+        raise RunFailed(f"{exc} (--keep DIR keeps what they recorded)") from None
     return [Trace(path) for _, path in jobs]
 
 
-def _compare_and_report(trace_a: Trace, trace_b: Trace, **options: Any) -> int:
+def _compare_and_report(trace_a: Trace, trace_b: Trace, reports: list[ReportTarget], **options: Any) -> int:
     from audit.diff import compare_traces
     from reports.text import render_text
 
     comparison = compare_traces(trace_a, trace_b, rtol=options["rtol"], atol=options["atol"],
                                 ignore=tuple(options["ignore"]), health_thresholds=thresholds_from(options))
-    click.echo(render_text(comparison))
-    _write_outputs(comparison, trace_a, trace_b, options)
+    if _stdout_is_free(reports):
+        click.echo(render_text(comparison))
+    _write_outputs(comparison, trace_a, trace_b, reports, options)
     if comparison.identical and comparison.partial:
         return EXIT_TROUBLE  # a run stopped early: "identical so far" is not "identical"
     return EXIT_SAME if comparison.identical else EXIT_DIFFERENT
 
 
-def _write_outputs(comparison: Comparison, trace_a: Trace, trace_b: Trace, options: dict[str, Any],
-                   check: Sequence[Comparison] | None = None) -> None:
-    if options.get("json_path"):
-        from reports.json_report import render_json
+def _write_outputs(comparison: Comparison, trace_a: Trace, trace_b: Trace, reports: Sequence[ReportTarget],
+                   options: dict[str, Any], check: Sequence[Comparison] | None = None) -> None:
+    for report in reports:
+        if report.option == "--json":
+            from reports.json_report import render_json
 
-        Path(options["json_path"]).write_text(render_json(comparison), encoding="utf-8")
-    if options.get("html_path"):
-        from reports.html import write_html
+            write_report(report, render_json(comparison))
+        else:
+            from reports.html import render_html
 
-        write_html(options["html_path"], comparison, trace_a=trace_a, trace_b=trace_b, check=check)
-        if not options.get("quiet"):
-            click.echo(f"HTML report: {options['html_path']}")
-
-
-def _slug(label: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in label)[:60]
+            write_report(report, render_html(comparison, trace_a=trace_a, trace_b=trace_b, check=check))
+            if not options.get("quiet") and _stdout_is_free(reports):
+                click.echo(f"HTML report: {report.path}")

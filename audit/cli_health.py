@@ -10,6 +10,7 @@ import json
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +19,33 @@ import click
 from audit.cli import EXIT_DIFFERENT, EXIT_SAME, cli
 from audit.cli_progress import Progress
 from audit.cli_thresholds import health_threshold_options
-from audit.config import load_config
-from audit.errors import ConfigError, RunFailed
+from audit.config import RunConfig, load_config
+from audit.errors import ConfigError, Interrupted, RunFailed
 from audit.health import RULE_TITLES, HealthReport, Thresholds, check_trace
 from audit.health.findings import format_extent
+from audit.outputs import (
+    check_keep_folder,
+    check_report_targets,
+    check_trace_destination,
+    trace_file_name,
+    write_report,
+)
 from audit.runner import record as record_config
 from audit.trace import Trace
 from audit.trace import format as fmt
 
 SHOWN_PER_RULE = 8
+
+
 @cli.command("health")
 @click.argument("source", metavar="CONFIG", type=click.Path())
 @click.option("--steps", type=click.IntRange(min=1), help="Number of steps (overrides the config).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config field.")
 @health_threshold_options
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the findings as JSON.")
-@click.option("--html", "html_path", type=click.Path(dir_okay=False),
-              help="Write a self-contained HTML page: findings and charts over steps.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Write the findings as JSON ('-': to stdout, instead of the text summary).")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Write a self-contained HTML page: findings and charts over steps ('-': to stdout).")
 @click.option("--keep", type=click.Path(file_okay=False), help="Keep the recorded trace in this folder.")
 @click.option("--all", "show_all", is_flag=True, help=f"Show every finding (default: {SHOWN_PER_RULE} per anomaly).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
@@ -49,45 +60,70 @@ def health_command(source: str, steps: int | None, overrides: tuple[str, ...], j
       repro-audit health fixtures/configs/torch/health/dead_relu.yaml --dead-units 0.5 --html health.html
     """
     thresholds = Thresholds(**limits)
-    with _opened_trace(source, steps=steps, overrides=overrides, keep=keep, quiet=quiet) as trace:
+    path = Path(source)
+    config = None if _is_trace(path) else _health_config(source, steps=steps, overrides=overrides)
+    if config is None and (steps is not None or overrides):
+        raise ConfigError(f"{source} is a recorded trace: --steps and --set apply to a config only")
+    trace_path = None
+    protected = [path]
+    if config is not None and keep is not None:
+        trace_path = check_trace_destination(check_keep_folder(keep) / trace_file_name(config.label),
+                                             option="--keep", protected=[path])
+        protected.append(trace_path)
+    reports = check_report_targets([("--json", json_path), ("--html", html_path)], protected=protected)
+    html = None
+    with _opened_trace(path, config, trace_path=trace_path, quiet=quiet) as trace:
         report = check_trace(trace, thresholds=thresholds)
-        if html_path:  # while the trace exists: its step records draw the charts
-            from reports.html.health_page import write_health_html
+        if html_path is not None:  # while the trace exists: its step records draw the charts
+            from reports.html.health_page import render_health_html
 
-            write_health_html(html_path, report, trace=trace)
-    if json_path:
-        Path(json_path).write_text(json.dumps(report.as_dict(), sort_keys=True, indent=1, default=str) + "\n",
-                                   encoding="utf-8")
-    click.echo(render_text(report, limit=None if show_all else SHOWN_PER_RULE))
-    if html_path and not quiet:
-        click.echo(f"HTML report: {html_path}")
+            html = render_health_html(report, trace=trace)
+    for target in reports:
+        text = html if target.option == "--html" else \
+            json.dumps(report.as_dict(), sort_keys=True, indent=1, default=str) + "\n"
+        write_report(target, text or "")
+    if not any(target.to_stdout for target in reports):
+        click.echo(render_text(report, limit=None if show_all else SHOWN_PER_RULE))
+        if html_path is not None and not quiet:
+            click.echo(f"HTML report: {html_path}")
     return EXIT_SAME if report.healthy else EXIT_DIFFERENT
 
 
-@contextmanager
-def _opened_trace(source: str, *, steps: int | None, overrides: tuple[str, ...], keep: str | None,
-                  quiet: bool) -> Iterator[Trace]:
-    """A given trace folder as it is, or CONFIG recorded into `keep` (or a folder deleted afterwards)."""
-    path = Path(source)
-    if path.is_dir() and (path / fmt.MANIFEST).is_file():
-        if steps is not None or overrides:
-            raise ConfigError(f"{source} is a recorded trace: --steps and --set apply to a config only")
-        yield Trace(path)
-        return
+def _is_trace(path: Path) -> bool:
+    return path.is_dir() and (path / fmt.MANIFEST).is_file()
+
+
+def _health_config(source: str, *, steps: int | None, overrides: tuple[str, ...]) -> RunConfig:
     config = load_config(source, overrides=overrides, steps=steps)
     # The rules need these, whatever the config says.
     config.capture["health"] = True
     config.capture["module_outputs"] = True
+    return config
+
+
+@contextmanager
+def _opened_trace(path: Path, config: RunConfig | None, *, trace_path: Path | None,
+                  quiet: bool) -> Iterator[Trace]:
+    """A given trace folder as it is, or the config recorded into `trace_path` (the --keep folder) or into a
+    temporary folder removed however the command ends."""
+    if config is None:
+        yield Trace(path)
+        return
     with tempfile.TemporaryDirectory(prefix="repro-audit-health-") as scratch:
-        trace_path = Path(keep or scratch) / f"{config.label}.trace"
-        progress = Progress(quiet=quiet)
-        result = record_config(config, trace_path, progress=progress.update)
-        progress.done()
+        target = trace_path or Path(scratch) / trace_file_name(config.label)
+        try:
+            with Progress(quiet=quiet) as progress:
+                result = record_config(config, target, progress=progress.update)
+        except Interrupted as exc:
+            exc.kept = [str(target)] if trace_path is not None and target.exists() else []
+            raise
         if not result.ok:
-            kept = str(result.trace_path) if keep and result.trace_path else None
-            message = result.failure_line() if keep else result.failure_line().split("; partial trace kept")[0]
-            raise RunFailed(message, trace_path=kept)
-        yield Trace(trace_path)
+            kept = trace_path is not None
+            message = result.failure_line() if kept else \
+                replace(result, trace_path=None).failure_line() + " (--keep DIR keeps what it recorded)"
+            kept_path = str(result.trace_path) if kept and result.trace_path else None
+            raise RunFailed(message, trace_path=kept_path)
+        yield Trace(target)
 
 
 def render_text(report: HealthReport, *, limit: int | None = SHOWN_PER_RULE) -> str:

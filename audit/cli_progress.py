@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sys
 import threading
+from typing import Any
 
 import click
 
 
 class Progress:
-    """Thread-safe: two runs report from two reader threads at once."""
+    """Thread-safe: two runs report from two reader threads at once. As a context manager it ends its
+    live line however the runs end, so an error line never starts in the middle of it."""
 
     def __init__(self, *, quiet: bool) -> None:
         self.quiet = quiet
@@ -34,3 +36,10 @@ class Progress:
         with self._lock:
             if self._live:
                 click.echo("", err=True)
+            self._printed = False
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.done()

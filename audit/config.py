@@ -7,13 +7,17 @@ the kind of surprise this tool exists to remove.
 from __future__ import annotations
 
 import copy
+import datetime
 import fnmatch
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
 
+from audit.config_files import first_line, load_yaml, read_config_file
 from audit.errors import ConfigError
 
 FRAMEWORKS = ("torch", "tensorflow")
@@ -29,6 +33,10 @@ CAPTURE_DEFAULTS: dict[str, Any] = {
     "health": True,  # training-health statistics
 }
 DEFAULT_TIMEOUT_S = 600.0
+MAX_SEED = 2**32 - 1  # numpy's and torch's generators refuse larger seeds
+MAX_DEPTH = 32  # nesting of params: a config, not a data set
+_IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
+RECIPE_SPEC = re.compile(rf"{_IDENTIFIER}(\.{_IDENTIFIER})*:{_IDENTIFIER}")
 
 
 @dataclass
@@ -83,12 +91,14 @@ def term_weight(weights: Mapping[str, float], term: str) -> float:
 def load_config(path: str | Path, *, overrides: Sequence[str] = (), steps: int | None = None,
                 values: str | None = None) -> RunConfig:
     """Read a config file and apply command-line overrides; every problem is one ConfigError line."""
+    if str(path) == "":
+        raise ConfigError("config path is empty")
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
     if path.is_dir():
         raise ConfigError(f"config path is a folder, not a file: {path}")
-    raw = _parse(path)
+    raw = read_config_file(path)
     for override in overrides:
         apply_override(raw, override)
     if steps is not None:
@@ -101,31 +111,6 @@ def load_config(path: str | Path, *, overrides: Sequence[str] = (), steps: int |
     return validate(raw, config_dir=str(path.resolve().parent), source=str(path), default_label=path.stem)
 
 
-def _parse(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
-        else:
-            raise ConfigError(f"config {path} must end in .yaml, .yml or .toml")
-    except ConfigError:
-        raise
-    except Exception as exc:  # yaml.YAMLError, tomllib.TOMLDecodeError
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"malformed config {path}: {first_line}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {path} must be a mapping at the top level")
-    return data
-
-
 def apply_override(raw: dict[str, Any], override: str) -> None:
     """Apply one Hydra-style `a.b.c=value`; the value is parsed as YAML (so 0.0, true, [1, 2] work)."""
     if "=" not in override:
@@ -135,9 +120,9 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     if not all(keys):
         raise ConfigError(f"override has an empty key: {override!r}")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {override!r}: value is not valid YAML ({exc})") from exc
+        value = load_yaml(text) if text.strip() else ""
+    except (ConfigError, yaml.YAMLError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"override {override!r}: value is not valid YAML ({first_line(exc)})") from exc
     node = raw
     for key in keys[:-1]:
         child = node.get(key)
@@ -151,38 +136,89 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
 
 def validate(raw: dict[str, Any], *, config_dir: str | None, source: str | None, default_label: str) -> RunConfig:
     where = source or "config"
+    _check_plain(raw, where, "", depth=0)
     unknown = sorted(set(raw) - TOP_LEVEL_KEYS)
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(TOP_LEVEL_KEYS))})")
     if "recipe" not in raw:
         raise ConfigError(f"{where}: missing required key 'recipe' (module:function)")
     recipe = raw["recipe"]
-    if not isinstance(recipe, str) or recipe.count(":") != 1 or not all(recipe.split(":")):
-        raise ConfigError(f"{where}: recipe must be 'module:function', got {recipe!r}")
+    if not isinstance(recipe, str) or not RECIPE_SPEC.fullmatch(recipe):
+        raise ConfigError(f"{where}: recipe must be 'module:function' (Python names, the module may be "
+                          f"dotted), got {recipe!r}")
     framework = raw.get("framework", "torch")
-    if framework not in FRAMEWORKS:
+    if not isinstance(framework, str) or framework not in FRAMEWORKS:
         raise ConfigError(f"{where}: framework must be one of {', '.join(FRAMEWORKS)}, got {framework!r}")
-    seed = _int(raw.get("seed", 0), "seed", where, minimum=0)
+    seed = _int(raw.get("seed", 0), "seed", where, minimum=0, maximum=MAX_SEED)
     steps = _int(raw.get("steps", 3), "steps", where, minimum=1)
-    params = raw.get("params") or {}
-    if not isinstance(params, dict):
-        raise ConfigError(f"{where}: 'params' must be a mapping")
-    weights = raw.get("loss_weights") or {}
-    if not isinstance(weights, dict):
-        raise ConfigError(f"{where}: 'loss_weights' must be a mapping of term name to weight")
+    params = _mapping(raw, "params", where)
+    weights = _mapping(raw, "loss_weights", where, what="a mapping of term name to weight")
     for term, weight in weights.items():
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             raise ConfigError(f"{where}: loss weight of {term!r} must be a number, got {weight!r}")
-    capture = _capture(raw.get("capture") or {}, where)
+        if not math.isfinite(weight):
+            raise ConfigError(f"{where}: loss weight of {term!r} must be a number and finite, got {weight!r}")
+    capture = _capture(_mapping(raw, "capture", where), where)
     timeout = raw.get("timeout", DEFAULT_TIMEOUT_S)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ConfigError(f"{where}: timeout must be a positive number of seconds, got {timeout!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) \
+            or timeout <= 0:
+        raise ConfigError(f"{where}: timeout must be a finite positive number of seconds, got {timeout!r}")
     label = raw.get("label", default_label)
+    if not isinstance(label, str) or not label.strip() or not label.isprintable():
+        raise ConfigError(f"{where}: label must be a non-empty string on one line, got {label!r}")
     return RunConfig(
         recipe=recipe, framework=framework, seed=seed, steps=steps, params=params,
         loss_weights={str(k): float(v) for k, v in weights.items()}, capture=capture,
-        timeout=float(timeout), label=str(label), config_dir=config_dir, source=source,
+        timeout=float(timeout), label=label, config_dir=config_dir, source=source,
     )
+
+
+def _mapping(raw: Mapping[str, Any], key: str, where: str, *, what: str = "a mapping") -> dict[str, Any]:
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: {key!r} must be {what}, got {type(value).__name__}")
+    return value
+
+
+def _check_plain(value: Any, where: str, name: str, *, depth: int) -> None:
+    """A config is plain data (what JSON holds, with string keys): it goes to the worker as JSON and into
+    the trace, and two configs compare key by key. Dates, bytes (!!binary), sets (!!set), pairs and keys
+    that are not strings (`1:` and `"1":` would become one key) are refused by name."""
+    if depth > MAX_DEPTH:
+        raise ConfigError(f"{where}: {name or 'the config'} is nested more than {MAX_DEPTH} levels deep")
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"{where}: key {key!r} {_in(name)}is {_kind(key)}, not a string (quote it)")
+            _check_plain(item, where, f"{name}.{key}" if name else key, depth=depth + 1)
+        return
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_plain(item, where, f"{name}[{index}]", depth=depth + 1)
+        return
+    hint = " (quote a date to keep it as text)" if isinstance(value, (datetime.date, datetime.time)) else ""
+    raise ConfigError(f"{where}: {name or 'the config'} is {_kind(value)}; a config holds strings, numbers, "
+                      f"booleans, lists and mappings{hint}")
+
+
+def _in(name: str) -> str:
+    return f"in {name} " if name else ""
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, (datetime.date, datetime.time)):
+        return f"a date or time ({value})"
+    if isinstance(value, (bytes, bytearray)):
+        return "a byte string (!!binary)"
+    if isinstance(value, (set, frozenset)):
+        return "a set (!!set)"
+    if isinstance(value, tuple):
+        return "a pair (!!pairs or !!omap)"
+    return f"of type {type(value).__name__}"
 
 
 def _capture(raw: Any, where: str) -> dict[str, Any]:
@@ -203,7 +239,9 @@ def _capture(raw: Any, where: str) -> dict[str, Any]:
     return capture
 
 
-def _int(value: Any, key: str, where: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{where}: {key} must be an integer >= {minimum}, got {value!r}")
+def _int(value: Any, key: str, where: str, *, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or \
+            (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum} (2**32 - 1)"
+        raise ConfigError(f"{where}: {key} must be an integer {bound}, got {value!r}")
     return value

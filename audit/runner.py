@@ -2,6 +2,10 @@
 
 One fresh Python process per run: nothing (imports, RNG state, thread pools) leaks from one run into the
 next, a hang is killed at the config's timeout, and a crash in one run never loses the other run's trace.
+A run counts as recorded only when its worker said "done" and left a complete trace; when it ends, however
+it ends, its whole process group is killed, so nothing the recipe forked outlives it. An interrupt of the
+parent (an exception in the thread that waits, or `stop` set for runs waited on by other threads) kills the
+workers at once and keeps their partial traces with error kind "interrupted".
 """
 
 from __future__ import annotations
@@ -11,21 +15,22 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from audit.config import RunConfig
-from audit.errors import RunFailed
+from audit.errors import Interrupted, RunFailed
 from audit.trace import finalize_partial
+from audit.trace import format as fmt
 
 ProgressCallback = Callable[[str, int, int], None]  # (label, step, steps)
 
-EXIT_USER_ERROR = 3
+POLL_S = 0.05
+READER_WAIT_S = 60.0
 
 
 @dataclass
@@ -48,19 +53,37 @@ class RunResult:
             return f"run {self.label!r}: {message}{kept}"
         if kind == "timeout":
             return f"run {self.label!r} timed out{where}: {message}{kept}"
+        if kind in ("interrupted", "early_exit"):
+            return f"run {self.label!r} stopped{where}: {message}{kept}"
         return f"run {self.label!r} failed{where}: {error.get('type', 'Error')}: {message}{kept}"
 
 
+class Stop:
+    """Set by the thread an interrupt reached; the threads that wait on workers see it and stop them."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.cause: BaseException | None = None
+
+    def set(self, cause: BaseException) -> None:
+        self.cause = cause
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
 def record(config: RunConfig, trace_path: str | os.PathLike[str], *,
-           progress: ProgressCallback | None = None) -> RunResult:
-    """Record one config into `trace_path` in a fresh subprocess; never raises for a failed run."""
+           progress: ProgressCallback | None = None, stop: Stop | None = None) -> RunResult:
+    """Record one config into `trace_path` in a fresh subprocess; never raises for a failed run.
+
+    An exception while waiting (an interrupt) kills the worker, finalises its partial trace and propagates.
+    """
     trace_path = Path(trace_path)
     trace_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="repro-audit-") as scratch:
-        config_file = Path(scratch) / "config.json"
-        config_file.write_text(json.dumps({"config": config.to_dict(), "config_dir": config.config_dir,
-                                           "source": config.source}), encoding="utf-8")
-        return _run_worker(config, config_file, trace_path, progress)
+    payload = json.dumps({"config": config.to_dict(), "config_dir": config.config_dir,
+                          "source": config.source})
+    return _Worker(config, trace_path, progress).run(payload, stop)
 
 
 def record_all(jobs: Sequence[tuple[RunConfig, Path]], *, progress: ProgressCallback | None = None,
@@ -70,80 +93,197 @@ def record_all(jobs: Sequence[tuple[RunConfig, Path]], *, progress: ProgressCall
         parallel = (os.cpu_count() or 1) >= 2 and len(jobs) > 1
     if not parallel:
         return [record(config, path, progress=progress) for config, path in jobs]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = [pool.submit(record, config, path, progress=progress) for config, path in jobs]
-        return [future.result() for future in futures]
+    stop = Stop()
+    pool = ThreadPoolExecutor(max_workers=2)
+    try:
+        futures = [pool.submit(record, config, path, progress=progress, stop=stop) for config, path in jobs]
+        results = [future.result() for future in futures]
+    except BaseException as exc:
+        stop.set(exc)  # the threads kill their workers and keep the partial traces
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return results
 
 
-def raise_for_failures(results: Sequence[RunResult]) -> None:
-    failed = [result for result in results if not result.ok]
+def raise_for_failures(results: Sequence[RunResult], *, traces_kept: bool = True) -> None:
+    """One RunFailed for every failed run; `traces_kept=False` when the caller removes the traces, so the
+    message does not point at them."""
+    failed = [result if traces_kept else replace(result, trace_path=None)
+              for result in results if not result.ok]
     if failed:
         raise RunFailed("; ".join(result.failure_line() for result in failed),
                         trace_path=str(failed[0].trace_path) if failed[0].trace_path else None)
 
 
-def _run_worker(config: RunConfig, config_file: Path, trace_path: Path,
-                progress: ProgressCallback | None) -> RunResult:
-    read_fd, write_fd = os.pipe()
-    env = dict(os.environ)
-    project_root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = project_root + os.pathsep + env.get("PYTHONPATH", "")
-    command = [sys.executable, "-m", "audit.worker", "--config-json", str(config_file),
-               "--trace", str(trace_path), "--events-fd", str(write_fd)]
-    process = subprocess.Popen(command, pass_fds=(write_fd,), env=env, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    os.close(write_fd)
-    events: list[dict[str, Any]] = []
-    reader = threading.Thread(target=_read_events, args=(read_fd, events, config, progress), daemon=True)
-    reader.start()
-    deadline = time.monotonic() + config.timeout
-    timed_out = False
-    while process.poll() is None:
-        if time.monotonic() > deadline:
-            timed_out = True
-            _kill_group(process)
-            break
-        time.sleep(0.05)
-    process.wait()
-    reader.join(timeout=5)
-    stderr = process.stderr.read().decode("utf-8", "replace") if process.stderr else ""
-    if process.stderr:
-        process.stderr.close()
-    last_step = max((event.get("step", 0) for event in events if event.get("event") == "step"), default=0)
-    if timed_out:
-        error = {"kind": "timeout", "type": "Timeout", "step": last_step + 1, "traceback": "",
-                 "message": f"no end after {config.timeout:g} s (config 'timeout'); killed during step "
-                            f"{last_step + 1}"}
-        return RunResult(config.label, finalize_partial(trace_path, error=error), False, error)
-    if process.returncode == 0:
-        return RunResult(config.label, trace_path, True)
-    reported = next((event for event in events if event.get("event") == "error"), None)
-    if reported is not None:
-        return RunResult(config.label, trace_path if trace_path.exists() else None, False, reported)
-    # Killed by a signal or died before it could report (segfault, OOM kill, os._exit).
-    error = {"kind": "crash", "type": "ProcessDied", "step": last_step + 1, "traceback": stderr[-4000:],
-             "message": _death_message(process.returncode, stderr)}
-    return RunResult(config.label, finalize_partial(trace_path, error=error), False, error)
+class _Worker:
+    """One worker process, from start to a reaped process group."""
 
+    def __init__(self, config: RunConfig, trace_path: Path, progress: ProgressCallback | None) -> None:
+        self.config, self.trace_path, self.progress = config, trace_path, progress
+        self.events: list[dict[str, Any]] = []
 
-def _read_events(fd: int, events: list[dict[str, Any]], config: RunConfig,
-                 progress: ProgressCallback | None) -> None:
-    with os.fdopen(fd, encoding="utf-8", errors="replace") as stream:
-        for line in stream:
+    def run(self, payload: str, stop: Stop | None) -> RunResult:
+        read_fd, write_fd = os.pipe()
+        env = dict(os.environ)
+        project_root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = project_root + os.pathsep + env.get("PYTHONPATH", "")
+        command = [sys.executable, "-m", "audit.worker", "--trace", str(self.trace_path),
+                   "--events-fd", str(write_fd), "--parent-pid", str(os.getpid())]
+        try:
+            # A session of its own: the terminal's Ctrl-C goes to us, not to the worker, and one killpg ends
+            # the worker and anything the recipe forked.
+            process = subprocess.Popen(command, pass_fds=(write_fd,), env=env, stdin=subprocess.PIPE,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                       start_new_session=True)
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        reader = threading.Thread(target=self._read_events, args=(read_fd,), daemon=True)
+        reader.start()
+        try:
+            _send(process, payload)
+            ending = self._wait(process, stop)
+        except BaseException as exc:
+            _end_group(process)
+            reader.join(timeout=5)
             try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            events.append(event)
-            if progress and event.get("event") == "step":
-                progress(config.label, int(event["step"]), int(event.get("steps", config.steps)))
+                self._keep_partial(_interrupted_error(exc, self._last_step()))
+            except Exception:
+                pass
+            raise
+        _end_group(process)
+        # The group is dead, so the pipe is at its end unless something escaped the group (setsid) and
+        # holds it; wait long enough for a starved reader thread on a busy machine, not forever.
+        reader.join(timeout=READER_WAIT_S)
+        stderr = process.stderr.read().decode("utf-8", "replace") if process.stderr else ""
+        if process.stderr:
+            process.stderr.close()
+        return self._result(ending, process.returncode, stderr, stop.cause if stop is not None else None)
+
+    def _wait(self, process: subprocess.Popen[bytes], stop: Stop | None) -> str:
+        deadline = time.monotonic() + self.config.timeout
+        while not _has_exited(process):
+            if stop is not None and stop.is_set():
+                return "interrupted"
+            if time.monotonic() > deadline:
+                return "timeout"
+            time.sleep(POLL_S)
+        return "exited"
+
+    def _result(self, ending: str, returncode: int, stderr: str, cause: BaseException | None) -> RunResult:
+        label, step = self.config.label, self._last_step() + 1
+        if ending == "interrupted":
+            return self._failed(_interrupted_error(cause, step - 1))
+        if ending == "timeout":
+            return self._failed({"kind": "timeout", "type": "Timeout", "step": step, "traceback": "",
+                                 "message": f"no end after {self.config.timeout:g} s (config 'timeout'); "
+                                            f"killed during step {step}"})
+        done = any(event.get("event") == "done" for event in self.events)
+        if returncode == 0 and done and _is_complete(self.trace_path):
+            return RunResult(label, self.trace_path, True)
+        reported = next((event for event in self.events if event.get("event") == "error"), None)
+        if reported is not None:
+            kept = self.trace_path if self.trace_path.exists() else None
+            return RunResult(label, kept, False, reported)
+        if returncode == 0:  # os._exit(0) in the recipe, or a worker that ended without saying "done"
+            what = "finishing its trace" if done else f"finishing step {step}"
+            return self._failed({"kind": "early_exit", "type": "EarlyExit", "step": step,
+                                 "traceback": stderr[-4000:],
+                                 "message": f"the run's process exited with code 0 before {what}"})
+        # Killed by a signal or died before it could report (segfault, OOM kill, os._exit(n)).
+        return self._failed({"kind": "crash", "type": "ProcessDied", "step": step,
+                             "traceback": stderr[-4000:], "message": _death_message(returncode, stderr)})
+
+    def _failed(self, error: dict[str, Any]) -> RunResult:
+        return RunResult(self.config.label, self._keep_partial(error), False, error)
+
+    def _keep_partial(self, error: dict[str, Any]) -> Path | None:
+        """Turn what the worker left in `<trace>.partial/` into an incomplete trace."""
+        return finalize_partial(self.trace_path, error=error)
+
+    def _last_step(self) -> int:
+        return max((int(event.get("step", 0)) for event in list(self.events) if event.get("event") == "step"),
+                   default=0)
+
+    def _read_events(self, fd: int) -> None:
+        with os.fdopen(fd, encoding="utf-8", errors="replace") as stream:
+            for line in stream:
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if not isinstance(event, dict):
+                    continue
+                self.events.append(event)
+                if self.progress and event.get("event") == "step":
+                    steps = int(event.get("steps", self.config.steps))
+                    self.progress(self.config.label, int(event["step"]), steps)
 
 
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
+def _send(process: subprocess.Popen[bytes], payload: str) -> None:
+    """The config on the worker's stdin; a worker that died first is reported by how it ended."""
+    assert process.stdin is not None
+    try:
+        process.stdin.write(payload.encode("utf-8"))
+        process.stdin.close()
+    except BrokenPipeError:
+        pass
+
+
+def _has_exited(process: subprocess.Popen[bytes]) -> bool:
+    """Whether the worker has ended, without reaping it: while its pid stays a zombie it cannot be reused, so
+    the killpg that follows can only reach the worker's own group."""
+    if process.returncode is not None:
+        return True
+    if hasattr(os, "waitid"):
+        try:
+            return os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+    return process.poll() is not None
+
+
+def _end_group(process: subprocess.Popen[bytes]) -> None:
+    """Kill the worker's process group (the worker if it still runs, and whatever the recipe forked), then
+    reap the worker."""
+    if process.stdin is not None and not process.stdin.closed:
+        try:
+            process.stdin.close()
+        except OSError:
+            pass
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        process.kill()
+        if process.returncode is None:
+            try:
+                process.kill()
+            except ProcessLookupError:
+                pass
+    process.wait()
+
+
+def _is_complete(trace_path: Path) -> bool:
+    try:
+        manifest = json.loads((trace_path / fmt.MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("complete") is True
+
+
+def _interrupted_error(exc: BaseException | None, last_step: int) -> dict[str, Any]:
+    if isinstance(exc, Interrupted):
+        cause = f" by {exc.signal_name}"
+    elif isinstance(exc, KeyboardInterrupt):
+        cause = " by Ctrl-C"
+    elif exc is not None:
+        cause = f" ({type(exc).__name__})"
+    else:
+        cause = ""
+    return {"kind": "interrupted", "type": "Interrupted", "step": last_step + 1, "traceback": "",
+            "message": f"repro-audit was interrupted{cause} during step {last_step + 1}; the run was killed"}
 
 
 def _death_message(returncode: int, stderr: str) -> str:

@@ -1,8 +1,10 @@
 """The child process that records one run: `python -m audit.worker`.
 
 A fresh interpreter per run means no state leaks between runs (imported modules, seeded generators,
-thread pools, cudnn autotuner caches). The parent talks to it over one pipe of JSON lines; the recipe's own
-stdout and stderr go to the trace's run.log.
+thread pools, cudnn autotuner caches). The parent sends the config as JSON on stdin (no temporary file to
+leave behind) and listens on one pipe of JSON lines; the run counts as recorded only once the worker says
+"done". The recipe's own stdout and stderr go to the trace's run.log. The worker dies with its parent
+(audit/parent_watch.py).
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ EXIT_USER_ERROR = 3
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m audit.worker")
-    parser.add_argument("--config-json", required=True)
     parser.add_argument("--trace", required=True)
     parser.add_argument("--events-fd", type=int, required=True)
+    parser.add_argument("--parent-pid", type=int, required=True)
     args = parser.parse_args(argv)
+    from audit.parent_watch import die_with_parent
+
+    die_with_parent(args.parent_pid)
     events = os.fdopen(args.events_fd, "w", buffering=1, encoding="utf-8")
 
     def emit(event: dict[str, Any]) -> None:
@@ -38,11 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     from audit.trace import TraceWriter
     from audit.trace import format as fmt
 
-    with open(args.config_json, encoding="utf-8") as handle:
-        payload = json.load(handle)
+    payload = json.loads(sys.stdin.read())
+    _stdin_from_devnull()
     config = RunConfig.from_dict(payload["config"], config_dir=payload.get("config_dir"),
                                  source=payload.get("source"))
-    writer = TraceWriter(args.trace, framework=config.framework, config=config.to_dict(), label=config.label)
+    try:
+        writer = TraceWriter(args.trace, framework=config.framework, config=config.to_dict(), label=config.label)
+    except UserError as exc:  # the trace cannot go there (not ours to replace, no space): said, not a traceback
+        emit({"event": "error", **_error("user_error", exc, 1)})
+        return EXIT_USER_ERROR
     _redirect_output(writer.staging / fmt.LOG)
     current_step = {"step": 0}
 
@@ -57,17 +66,31 @@ def main(argv: list[str] | None = None) -> int:
         record_run(config, writer, progress=progress)
     except UserError as exc:
         error = _error("user_error", exc, current_step["step"] + 1)
-        writer.finish(complete=False, error=error)
-        emit({"event": "error", **error})
-        return EXIT_USER_ERROR
+        return _finish(writer, emit, error=error, code=EXIT_USER_ERROR)
     except BaseException as exc:  # the recipe's own crash, KeyboardInterrupt included: keep what was recorded
         error = _error("crash", exc, current_step["step"] + 1)
-        writer.finish(complete=False, error=error)
+        return _finish(writer, emit, error=error, code=EXIT_CRASH)
+    code = _finish(writer, emit, error=None, code=EXIT_OK)
+    if code == EXIT_OK:
+        emit({"event": "done", "steps": current_step["step"]})
+    return code
+
+
+def _finish(writer: Any, emit: Callable[[dict[str, Any]], None], *, error: dict[str, Any] | None,
+            code: int) -> int:
+    """Close the trace and report how the run ended; a trace that cannot be closed (full disk) is the
+    run's error, reported as one, never a silent "done"."""
+    from audit.errors import UserError
+
+    try:
+        writer.finish(complete=error is None, error=error)
+    except UserError as exc:
+        error = error or _error("user_error", exc, writer.manifest.get("steps_recorded", 0) + 1)
         emit({"event": "error", **error})
-        return EXIT_CRASH
-    writer.finish(complete=True)
-    emit({"event": "done", "steps": current_step["step"]})
-    return EXIT_OK
+        return EXIT_USER_ERROR
+    if error is not None:
+        emit({"event": "error", **error})
+    return code
 
 
 def _recorder_for(framework: str) -> Callable[..., None]:
@@ -92,6 +115,13 @@ def _error(kind: str, exc: BaseException, step: int) -> dict[str, Any]:
         "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
         "step": step,
     }
+
+
+def _stdin_from_devnull() -> None:
+    """The config came on stdin; the recipe reads nothing from it."""
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
 
 
 def _redirect_output(log_path: Path) -> None:

@@ -4,6 +4,9 @@ Strict JSON has no NaN or Infinity, and a determinism tool meets them all the ti
 are written as the strings "NaN", "Infinity" and "-Infinity" and read back as floats (in evidence and
 tolerance, where numbers live). Keys are sorted and nothing depends on time: the same comparison gives the
 same bytes. docs/json-schema.md describes every field.
+
+A document read back is checked first (nesting depth, then the type of every field the text report uses):
+whatever it holds, reading it gives a Comparison that the text and JSON reports render, or one TraceError.
 """
 
 from __future__ import annotations
@@ -14,11 +17,29 @@ from typing import Any
 
 from audit.divergence import Comparison, Divergence, RunInfo
 from audit.errors import TraceError
+from audit.trace.schema import AnyJSON, Fields, Int, Invalid, ListOf, MapOf, Str, nested_within
 
 SCHEMA = "repro-audit-comparison"
 SCHEMA_VERSION = 1
 NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 REQUIRED_KEYS = ("run_a", "run_b", "divergences")
+# Nesting of a whole document: a real comparison is some 20 deep; the readers and reports recurse into it.
+MAX_DEPTH = 100
+
+# What the reports read. A missing key of a divergence or run is left to the reader (a KeyError); a key the
+# text report indexes without a default (a health finding's rule, layer and step) is required here.
+_ANY, _STR, _STR_OR_NULL = AnyJSON(), Str(), Str(nullable=True)
+DIVERGENCE = Fields({"category": _STR, "name": _STR, "kind": _STR, "step": Int(nullable=True),
+                     "explanation": _STR, "cause": _STR_OR_NULL, "evidence": MapOf(_ANY, nullable=True)})
+DIVERGENCE.fields += (("children", ListOf(DIVERGENCE, nullable=True)),)  # a divergence holds divergences
+RUN = Fields({"steps_recorded": Int(minimum=0), "error": _STR_OR_NULL})
+HEALTH_REPORT = Fields({
+    "findings": ListOf(Fields({"rule": _STR}, required=("rule", "layer", "step")), nullable=True),
+    "not_checked": ListOf(_ANY, nullable=True), "thresholds": _ANY}, nullable=True)
+COMPARISON = Fields({
+    "run_a": RUN, "run_b": RUN, "divergences": ListOf(DIVERGENCE), "tolerance": MapOf(_ANY, nullable=True),
+    "notes": ListOf(_ANY, nullable=True), "category_counts": MapOf(MapOf(_ANY), nullable=True),
+    "health": MapOf(HEALTH_REPORT, nullable=True)})
 
 
 def render_json(comparison: Comparison) -> str:
@@ -57,6 +78,8 @@ def comparison_from_json(text: str) -> Comparison:
         data = json.loads(text, parse_constant=_refuse_constant)
     except ValueError as error:
         raise TraceError(f"not a repro-audit comparison: invalid JSON ({error})") from None
+    except RecursionError:
+        raise TraceError("not a repro-audit comparison: invalid JSON (nested too deep)") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
         raise TraceError(f"not a repro-audit comparison: schema is {found!r}, expected {SCHEMA!r}")
@@ -67,6 +90,12 @@ def comparison_from_json(text: str) -> Comparison:
     missing = [key for key in REQUIRED_KEYS if key not in data]
     if missing:
         raise TraceError(f"repro-audit comparison is missing {', '.join(missing)}")
+    if not nested_within(data, MAX_DEPTH):
+        raise TraceError(f"repro-audit comparison is malformed: nested more than {MAX_DEPTH} deep")
+    try:
+        COMPARISON.check(data)
+    except Invalid as invalid:
+        raise TraceError(f"repro-audit comparison is malformed: {invalid.describe()}") from None
     try:
         return Comparison(
             run_a=_run_info(data["run_a"]),

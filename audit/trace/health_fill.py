@@ -59,11 +59,12 @@ def layer_statistics(gradients: Mapping[str, Any], parameters: Mapping[str, Any]
         weight_norm = float(summary["norm"]) if summary.get("norm") is not None else 0.0
         grad: Mapping[str, Any] = gradients.get(name) or {}
         for entry in (per_layer[layer_of(name)], network):
-            entry["weight_sq"] += weight_norm ** 2
+            # x * x, not x ** 2: a float64 norm past 1e154 squares to inf instead of raising OverflowError.
+            entry["weight_sq"] += weight_norm * weight_norm
             entry["params"] += numel
             if grad.get("norm") is None:  # no gradient reached this parameter
                 continue
-            entry["grad_sq"] += grad["norm"] ** 2
+            entry["grad_sq"] += grad["norm"] * grad["norm"]
             entry["grad_min"] = fmin(entry["grad_min"], grad["min"])
             entry["grad_max"] = fmax(entry["grad_max"], grad["max"])
             entry["grad_zeros"] += int(grad.get("zeros") or 0)

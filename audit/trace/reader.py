@@ -1,7 +1,10 @@
 """Read a trace lazily and refuse what it cannot read safely.
 
 Nothing is unpickled: traces are JSON, JSON lines and safetensors. Tensor values are opened only when
-asked for, so comparing hashes of a large run never reads its values.
+asked for, so comparing hashes of a large run never reads its values. Every problem is one TraceError:
+a file that is not valid UTF-8 JSON, nested too deep, of the wrong shape (audit/trace/validate.py), a link
+(a trace holds only its own files), or, from schema 4 on, a file that is missing, unlisted, or not what
+the manifest's size and digest say (audit/trace/integrity.py: which file is checked when).
 """
 
 from __future__ import annotations
@@ -10,13 +13,28 @@ import json
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from audit.errors import TraceError
 from audit.trace import format as fmt
+from audit.trace import validate as schemas
 from audit.trace.health_fill import complete_health, module_types
+from audit.trace.integrity import (
+    check_digest,
+    check_file_digest,
+    check_members,
+    member_stat,
+    member_step,
+    refuse_symlink,
+)
+from audit.trace.schema import Schema
+from audit.trace.staging import MAX_MANIFEST_BYTES
+from audit.trace.validate import validate
+
+# What deriving the health record raises on summaries that do not add up (audit/trace/health_fill.py).
+HEALTH_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError, ArithmeticError)
 
 
 class Trace:
@@ -26,19 +44,22 @@ class Trace:
         self.path = Path(path)
         if not self.path.exists():
             raise TraceError(f"trace not found: {self.path}")
-        if not self.path.is_dir() or not (self.path / fmt.MANIFEST).is_file():
+        if not self.path.is_dir() or not os.path.lexists(self.path / fmt.MANIFEST):
             raise TraceError(f"not a repro-audit trace (no {fmt.MANIFEST}): {self.path}")
-        self.manifest = self._load_json(fmt.MANIFEST)
-        if self.manifest.get("format") != fmt.TRACE_FORMAT:
-            raise TraceError(f"not a repro-audit trace (format {self.manifest.get('format')!r}): {self.path}")
-        version = self.manifest.get("schema_version")
-        if isinstance(version, bool) or version not in fmt.READABLE_VERSIONS:
-            newer = isinstance(version, int) and version > fmt.SCHEMA_VERSION
-            hint = "upgrade repro-audit to read it" if newer else "re-record it with this version"
-            readable = " and ".join(map(str, fmt.READABLE_VERSIONS))
-            raise TraceError(
-                f"trace {self.path} has schema version {version!r}, this repro-audit reads versions {readable}: {hint}"
-            )
+        # Listed files and their digests (schema 4); None for older traces, which are read as before.
+        self._files: dict[str, dict[str, Any]] | None = None
+        self.manifest = self._load_manifest()
+        if fmt.lists_digests(self.schema_version):
+            self._files = self.manifest.get("files")
+            if self._files is None and self.complete:
+                raise TraceError(f"trace {self.path} is corrupt: it says it is complete but its manifest lists no "
+                                 "files to prove it")
+        if self._files is not None:
+            missing = [key for key in ("step_records", "steps_recorded") if key not in self.manifest]
+            if missing:
+                raise TraceError(f"trace {self.path} is corrupt: its manifest lists files but not {missing[0]}")
+            check_members(self.path, self._files)
+        self._graphs: dict[int, dict[str, Any] | None] = {}
 
     @property
     def schema_version(self) -> int:
@@ -66,20 +87,29 @@ class Trace:
 
     @cached_property
     def environment(self) -> dict[str, Any]:
-        return self._load_optional(fmt.ENVIRONMENT)
+        return self._load_optional(fmt.ENVIRONMENT, schemas.ENVIRONMENT)
 
     @cached_property
     def structure(self) -> dict[str, Any]:
-        return self._load_optional(fmt.STRUCTURE)
+        return self._load_optional(fmt.STRUCTURE, schemas.STRUCTURE)
 
     @cached_property
     def initialisation(self) -> dict[str, Any]:
-        return self._load_optional(fmt.INITIALISATION)
+        return self._load_optional(fmt.INITIALISATION, schemas.INITIALISATION)
 
     @cached_property
     def steps(self) -> list[dict[str, Any]]:
         """All step records. A cut last line is dropped only when the trace says it is incomplete."""
-        return list(self._iter_steps())
+        data = self._read(fmt.STEPS)
+        lines = data.split(b"\n") if data else []
+        cut = lines.pop() if lines else b""  # what follows the last newline
+        records = [self._step_record(line, number) for number, line in enumerate(lines, start=1)]
+        if cut and self.complete:  # the last line of a complete trace must be whole
+            records.append(self._step_record(cut, len(lines) + 1))
+        if data is not None:
+            self._verify(fmt.STEPS, data)
+        self._check_step_count(len(lines), records)
+        return records
 
     def step(self, number: int) -> dict[str, Any] | None:
         for record in self.steps:
@@ -89,75 +119,152 @@ class Trace:
 
     def graph(self, step: int) -> dict[str, Any] | None:
         """The op-level graph recorded at `step`, if the probes kept one for it."""
-        relative = fmt.graph_file(step)
-        if not (self.path / relative).exists():
-            return None
-        return self._load_json(relative)
+        if step not in self._graphs:
+            relative = fmt.graph_file(step)
+            self._graphs[step] = self._load_json(relative, schemas.GRAPH) if self._has(relative) else None
+        return self._graphs[step]
 
     def graph_steps(self) -> list[int]:
-        folder = self.path / fmt.GRAPHS_DIR
-        if not folder.is_dir():
-            return []
-        return sorted(int(name.stem.split("_")[1]) for name in folder.glob("step_*.json"))
+        return self._member_steps(fmt.GRAPHS_DIR)
 
     def values(self, step: int) -> StepValues | None:
         relative = fmt.values_file(step)
-        if not (self.path / relative).exists():
+        if not self._has(relative):
             return None
-        return StepValues(self.path / relative)
+        expected = self._files.get(relative) if self._files is not None else None
+        return StepValues(self.path / relative, expected=expected, trace=self.path)
 
     def log_text(self) -> str:
-        log = self.path / fmt.LOG
-        return log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
+        if member_stat(self.path, fmt.LOG) is None:
+            return ""
+        return (self.path / fmt.LOG).read_text(encoding="utf-8", errors="replace")
 
-    def _iter_steps(self) -> Iterator[dict[str, Any]]:
-        steps_file = self.path / fmt.STEPS
-        if not steps_file.exists():
+    # -- reading --------------------------------------------------------------------------------------
+
+    def _load_manifest(self) -> dict[str, Any]:
+        info = member_stat(self.path, fmt.MANIFEST)
+        if info is not None and info.st_size > MAX_MANIFEST_BYTES:
+            raise TraceError(f"trace {self.path} is corrupt: {fmt.MANIFEST} has {info.st_size} bytes")
+        manifest = _parse(self._read(fmt.MANIFEST) or b"", self.path, fmt.MANIFEST, f"cannot read {fmt.MANIFEST}")
+        if not isinstance(manifest, dict):
+            raise TraceError(f"trace {self.path} is corrupt: {fmt.MANIFEST} is not a JSON object")
+        if manifest.get("format") != fmt.TRACE_FORMAT:
+            raise TraceError(f"not a repro-audit trace (format {manifest.get('format')!r}): {self.path}")
+        version = manifest.get("schema_version")
+        if isinstance(version, bool) or version not in fmt.READABLE_VERSIONS:
+            newer = isinstance(version, int) and version > fmt.SCHEMA_VERSION
+            hint = "upgrade repro-audit to read it" if newer else "re-record it with this version"
+            readable = " and ".join(map(str, fmt.READABLE_VERSIONS))
+            raise TraceError(
+                f"trace {self.path} has schema version {version!r}, this repro-audit reads versions {readable}: {hint}"
+            )
+        validate(manifest, schemas.MANIFEST, trace=self.path, where=fmt.MANIFEST)
+        return manifest
+
+    def _has(self, relative: str) -> bool:
+        if self._files is not None:
+            return relative in self._files
+        return member_stat(self.path, relative) is not None
+
+    def _member_steps(self, folder: str) -> list[int]:
+        if self._files is not None:
+            names = [relative for relative in self._files if relative.startswith(folder + "/")]
+        else:
+            refuse_symlink(self.path, folder)
+            found = os.listdir(self.path / folder) if os.path.isdir(self.path / folder) else []
+            names = [f"{folder}/{name}" for name in found]
+        return sorted(step for step in map(member_step, names) if step is not None)
+
+    def _read(self, relative: str) -> bytes | None:
+        """The bytes of a member file, None if absent (a listed file is there: checked at open)."""
+        if member_stat(self.path, relative) is None:
+            if self._files is not None and relative in self._files:
+                raise TraceError(f"trace {self.path} is corrupt: {relative} is missing (its manifest lists it)")
+            return None
+        try:
+            return (self.path / relative).read_bytes()
+        except OSError as exc:
+            raise TraceError(f"trace {self.path}: cannot read {relative}: {exc.strerror or exc}") from exc
+
+    def _verify(self, relative: str, data: bytes) -> None:
+        if self._files is None:
             return
-        with open(steps_file, encoding="utf-8") as handle:
-            lines = handle.readlines()
-        for number, line in enumerate(lines, start=1):
-            last = number == len(lines)
+        entry = self._files.get(relative)
+        if entry is None:
+            raise TraceError(f"trace {self.path} is corrupt: {relative} is not listed in its manifest (added after "
+                             "the trace was written)")
+        check_digest(self.path, relative, data, entry)
+
+    def _load_optional(self, relative: str, schema: Schema) -> dict[str, Any]:
+        return self._load_json(relative, schema) if self._has(relative) else {}
+
+    def _load_json(self, relative: str, schema: Schema) -> dict[str, Any]:
+        data = self._read(relative)
+        if data is None:
+            return {}
+        parsed = _parse(data, self.path, relative, f"cannot read {relative}")
+        if not isinstance(parsed, dict):
+            raise TraceError(f"trace {self.path} is corrupt: {relative} is not a JSON object")
+        validate(parsed, schema, trace=self.path, where=relative)
+        self._verify(relative, data)
+        return parsed
+
+    def _step_record(self, line: bytes, number: int) -> dict[str, Any]:
+        where = f"{fmt.STEPS} line {number}"
+        record = _parse(line, self.path, where, where)
+        if not isinstance(record, dict) or "step" not in record:
+            raise TraceError(f"trace {self.path} is corrupt: {where} is not a step")
+        validate(record, schemas.STEP, trace=self.path, where=where)
+        if isinstance(record.get("health"), dict):
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                if last and not self.complete:
-                    return  # the run died while writing this step
-                raise TraceError(f"trace {self.path} is corrupt: {fmt.STEPS} line {number}: {exc.msg}") from exc
-            if not isinstance(record, dict) or "step" not in record:
-                raise TraceError(f"trace {self.path} is corrupt: {fmt.STEPS} line {number} is not a step")
-            if isinstance(record.get("health"), dict):
-                try:
-                    record["health"] = complete_health(record, self._module_types)
-                except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-                    raise TraceError(f"trace {self.path} is corrupt: {fmt.STEPS} line {number}: its health record "
-                                     f"does not match its summaries ({type(exc).__name__}: {exc})") from exc
-            yield record
+                record["health"] = complete_health(record, self._module_types)
+            except HEALTH_ERRORS as exc:
+                raise TraceError(f"trace {self.path} is corrupt: {where}: its health record does not match its "
+                                 f"summaries ({type(exc).__name__}: {exc})") from exc
+            validate(record["health"], schemas.HEALTH, trace=self.path, where=f"{where}: health")
+        return record
+
+    def _check_step_count(self, whole_lines: int, records: list[dict[str, Any]]) -> None:
+        """A complete trace holds every step it recorded; a schema-4 trace as many lines as it counted."""
+        counted = self.manifest.get("step_records")
+        if self._files is not None and whole_lines != counted:
+            raise TraceError(f"trace {self.path} is corrupt: {fmt.STEPS} holds {whole_lines} step records, its "
+                             f"manifest says {counted}")
+        recorded = self.manifest.get("steps_recorded")
+        last = int(records[-1]["step"]) if records else 0
+        if (self.complete or self._files is not None) and recorded is not None and last != recorded:
+            raise TraceError(f"trace {self.path} is corrupt: {fmt.STEPS} ends at step {last}, its manifest says "
+                             f"the run recorded {recorded} steps")
 
     @cached_property
     def _module_types(self) -> dict[str, str]:
         return module_types(self.structure)
 
-    def _load_optional(self, relative: str) -> dict[str, Any]:
-        if not (self.path / relative).exists():
-            return {}
-        return self._load_json(relative)
 
-    def _load_json(self, relative: str) -> dict[str, Any]:
-        try:
-            data = json.loads((self.path / relative).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise TraceError(f"trace {self.path} is corrupt: cannot read {relative}: {exc}") from exc
-        if not isinstance(data, dict):
-            raise TraceError(f"trace {self.path} is corrupt: {relative} is not a JSON object")
-        return data
+def _parse(data: bytes, trace: Path, where: str, prefix: str) -> Any:
+    """JSON of a trace file: UTF-8, NaN and Infinity allowed, nested no deeper than Python's json can."""
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise TraceError(f"trace {trace} is corrupt: {prefix}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise TraceError(f"trace {trace} is corrupt: {prefix}: {exc.msg}") from None
+    except RecursionError:
+        raise TraceError(f"trace {trace} is corrupt: {prefix}: nested too deep") from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise TraceError(f"trace {trace} is corrupt: {prefix}: {exc}") from None
 
 
 class StepValues:
-    """Tensor values of one step, read one tensor at a time from safetensors (the header is parsed once)."""
+    """Tensor values of one step, read one tensor at a time from safetensors (the header is parsed once).
 
-    def __init__(self, path: Path) -> None:
+    With a digest from the manifest, the whole file is hashed once before any of its tensors is trusted.
+    """
+
+    def __init__(self, path: Path, *, expected: dict[str, Any] | None = None, trace: Path | None = None) -> None:
         self.path = path
+        self._expected = expected
+        self._trace = trace or path.parent.parent
         self._handle: Any = None
         self._keys: set[str] | None = None
 
@@ -165,6 +272,8 @@ class StepValues:
         if self._handle is None:
             from safetensors import safe_open
 
+            if self._expected is not None:
+                check_file_digest(self._trace, f"{fmt.VALUES_DIR}/{self.path.name}", self._expected)
             try:
                 self._handle = safe_open(str(self.path), framework="numpy")
                 self._keys = set(self._handle.keys())

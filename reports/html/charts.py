@@ -74,10 +74,10 @@ def loss_chart(view: dict[str, Any], labels: Sequence[str]) -> tuple[str, int]:
             series = view["series"][term]
             for side, color, style, label in zip("ab", COLORS, ("-", "--"), labels):
                 ax.plot(view["steps"], series[side], style, color=color, marker="o", markersize=2.5,
-                        linewidth=1.2, label=label)
+                        linewidth=1.2, label=_plain_text(label))
             nonfinite = view["nonfinite_steps"][term]
             title = term if not nonfinite else f"{term}  (non-finite from step {nonfinite[0]})"
-            ax.set_title(title, loc="left", color="#b00020" if nonfinite else "black")
+            ax.set_title(_plain_text(title), loc="left", color="#b00020" if nonfinite else "black")
             ax.set_xlabel("step")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlim(view["steps"][0] - 0.5, view["steps"][-1] + 0.5)
@@ -108,7 +108,7 @@ def gradient_flow_chart(names: Sequence[str], panels: Sequence[tuple[int, list[f
                 if norms is None:
                     missing.append(f"{label}: step not recorded")
                     continue
-                ax.plot(positions, norms, style, color=color, linewidth=1.0, label=label,
+                ax.plot(positions, norms, style, color=color, linewidth=1.0, label=_plain_text(label),
                         marker="." if len(names) <= MAX_LABELLED_ROWS else "", markersize=3)
                 gaps = sum(1 for value in norms if not math.isfinite(value))
                 if gaps:
@@ -116,7 +116,7 @@ def gradient_flow_chart(names: Sequence[str], panels: Sequence[tuple[int, list[f
             if any(value > 0 for norms in (norms_a, norms_b) if norms for value in norms if math.isfinite(value)):
                 ax.set_yscale("log")
             title = f"step {step}: gradient norm per parameter" + (f"  [{'; '.join(missing)}]" if missing else "")
-            ax.set_title(title, loc="left", color="#b00020" if missing else "black")
+            ax.set_title(_plain_text(title), loc="left", color="#b00020" if missing else "black")
             ax.set_ylabel("L2 norm")
             _name_axis(ax, names, "x")
         axes[0][0].legend(loc="best", frameon=False)
@@ -146,7 +146,7 @@ def nan_map_chart(names: Sequence[str], steps: Sequence[int], matrices: Sequence
             image = ax.imshow(data, aspect="auto", interpolation="nearest", cmap=cmap,
                               norm=LogNorm(vmin=1, vmax=max(peak, 2)),
                               extent=(steps[0] - 0.5, steps[-1] + 0.5, len(names) - 0.5, -0.5))
-            ax.set_title(f"{label}: non-finite gradient values", loc="left")
+            ax.set_title(_plain_text(f"{label}: non-finite gradient values"), loc="left")
             ax.set_xlabel("step")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         _name_axis(axes[0], names, "y")
@@ -199,7 +199,7 @@ def series_chart(panels: Sequence[SeriesPanel], *, salt: str) -> str:
             title = _plain_text(panel.title + (f"  [{panel.note}]" if panel.note else ""))
             ax.set_title(title, loc="left", color="#b00020" if panel.note else "black")
             ax.set_xlabel("step")
-            ax.set_ylabel(panel.ylabel)
+            ax.set_ylabel(_plain_text(panel.ylabel))
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if panel.steps:
                 ax.set_xlim(panel.steps[0] - 0.5, panel.steps[-1] + 0.5)
@@ -218,17 +218,20 @@ def _mark_zeros(ax: Any, panel: SeriesPanel) -> None:
 
 
 def _plain_text(text: str) -> str:
-    """A user's name as literal text: matplotlib would read `$...$` in it as mathtext (and fail on bad TeX)."""
-    return text.replace("$", r"\$")
+    """A user's name (loss term, label, parameter) as literal text: matplotlib would read `$...$` in it as
+    mathtext and fail on bad TeX. Every `$` escaped leaves no math to parse, and matplotlib turns `\\$` back
+    into `$`. Every user string given to matplotlib goes through here."""
+    return str(text).replace("$", r"\$")
 
 
 def _name_axis(ax: Any, names: Sequence[str], axis: str) -> None:
     if len(names) <= MAX_LABELLED_ROWS:
         ticks = list(range(len(names)))
+        shown = [_plain_text(name) for name in names]
         if axis == "x":
-            ax.set_xticks(ticks, list(names), rotation=60, ha="right", fontsize=6)
+            ax.set_xticks(ticks, shown, rotation=60, ha="right", fontsize=6)
         else:
-            ax.set_yticks(ticks, list(names), fontsize=6)
+            ax.set_yticks(ticks, shown, fontsize=6)
     else:
         label = f"parameter position (registration order, {len(names)} parameters)"
         (ax.set_xlabel if axis == "x" else ax.set_ylabel)(label)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import tempfile
+import secrets
 from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
@@ -50,15 +50,17 @@ def page_assets() -> dict[str, Any]:
 
 
 def write_atomically(path: str | os.PathLike[str], text: str) -> Path:
-    """Write a page so that a reader never sees half a file."""
+    """Write a page so that a reader never sees half a file; it gets the permissions any new file gets
+    (0644 under umask 022), not mkstemp's 0600."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return target

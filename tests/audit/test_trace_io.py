@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ def test_round_trip_with_values(tmp_path: Path) -> None:
     writer = TraceWriter(tmp_path / "a.trace", framework="torch", config={"seed": 0}, label="a")
     assert not (tmp_path / "a.trace").exists(), "the final path appears only when the trace is finished"
     writer.write_json("environment.json", {"python": {"version": "3.11"}})
-    writer.append_step({"step": 1, "loss_terms": {"ce": {"value": float("nan")}}})
+    writer.append_step({"step": 1, "loss_terms": {"ce": {"weight": 1.0, "value": float("nan")}}})
     writer.write_values(1, {"gradients/w": np.arange(6, dtype=np.float32).reshape(2, 3)})
     writer.finish(complete=True)
     trace = Trace(tmp_path / "a.trace")
@@ -28,11 +30,17 @@ def test_round_trip_with_values(tmp_path: Path) -> None:
 
 
 def test_crash_keeps_earlier_steps(tmp_path: Path) -> None:
-    writer = TraceWriter(tmp_path / "b.trace", framework="torch", config={}, label="b")
-    writer.append_step({"step": 1})
-    writer.append_step({"step": 2})
-    with open(writer.staging / "steps.jsonl", "a") as handle:
-        handle.write('{"step": 3, "grad')  # the process died mid-line
+    # A real process that dies mid-line: its lock on the staging folder dies with it.
+    script = ("import os, sys\n"
+              "from audit.trace import TraceWriter\n"
+              "writer = TraceWriter(sys.argv[1], framework='torch', config={}, label='b')\n"
+              "writer.append_step({'step': 1})\n"
+              "writer.append_step({'step': 2})\n"
+              "with open(writer.staging / 'steps.jsonl', 'a') as handle:\n"
+              "    handle.write('{\"step\": 3, \"grad')\n"
+              "os._exit(1)\n")
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "b.trace")], check=False,
+                   cwd=Path(__file__).parents[2])
     finalize_partial(tmp_path / "b.trace", error={"kind": "crash", "message": "killed", "step": 3})
     trace = Trace(tmp_path / "b.trace")
     assert not trace.complete and trace.error["kind"] == "crash"
