@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from audit.diff.context import CompareContext
-from audit.divergence import Divergence
+from audit.divergence import Divergence, display_module
 from audit.explain.finding import Claims, Finding
 from audit.explain.inputs import _named
 from audit.explain.structure import _term_weights
 
-VALUE_CATEGORIES = ("module_outputs", "loss_terms", "gradients", "parameters", "optimizer")
+VALUE_CATEGORIES = ("module_outputs", "loss_terms", "gradients", "parameters", "buffers", "optimizer")
 
 
 def random_stream_shift(divergences: list[Divergence], context: CompareContext, claims: Claims) -> list[Finding]:
@@ -21,22 +21,24 @@ def random_stream_shift(divergences: list[Divergence], context: CompareContext, 
     first = min(one_sided, key=lambda d: d.sort_key())
     step = first.step or 0
     shifted = [d for d in divergences if d.category == "random_draws" and d.kind == "changed"
-               and (d.step or 0) >= step and d.evidence.get("shift")]
+               and (d.step or 0) >= step and d.evidence.get("generator") == first.evidence.get("generator")]
     shared = [d for d in shifted if d.step == step and d.order > first.order] or shifted
     term, weight = _loss_term_of(context, step, first.evidence.get("module"))
     branch = f" (loss term {term}, weight {weight})" if term else ""
     run = "run B" if first.kind == "added" else "run A"
     if shared:
         victim = shared[0]
-        after = (f"so later draws on the shared path start {abs(victim.evidence['shift'])} values "
-                 f"{'later' if victim.evidence['shift'] > 0 else 'earlier'} in {'run B' if victim.evidence['shift'] > 0 else 'run A'}"
-                 f" (first: {victim.evidence.get('op')} in {victim.evidence.get('module')} at step {victim.step}), "
-                 f"and their dropout masks differ from step {victim.step}")
+        shift = victim.evidence.get("shift")
+        moved = (f"start {abs(shift)} values {'later' if shift > 0 else 'earlier'} in {'run B' if shift > 0 else 'run A'}"
+                 if isinstance(shift, int) and shift else "start from another generator state")
+        after = (f"so later draws on the shared path {moved} (first: {_draw_text(victim)} at step {victim.step}), "
+                 f"and what they draw (dropout masks) differs from step {victim.step}")
     else:
         after = "but no later draw on the shared path moved"
+    count = first.evidence.get("count")
+    amount = f"{count} random values" if isinstance(count, int) else f"random values from {first.evidence.get('generator')}"
     first.cause = "random_stream_shift"
-    first.explanation = (f"At step {step}, {first.evidence.get('op')} in {first.evidence.get('module')}{branch} "
-                         f"draws {first.evidence.get('count')} random values in {run} only, {after}.")
+    first.explanation = (f"At step {step}, {_draw_text(first)}{branch} draws {amount} in {run} only, {after}.")
     first.evidence.update(loss_term=term, loss_weight=weight, shifted_draws=len(shifted),
                           first_shifted=shared[0].name if shared else None)
     same_module = [d for d in one_sided if d is not first]
@@ -93,6 +95,11 @@ def hyperparameter_change(divergences: list[Divergence], context: CompareContext
         first.evidence["steps"] = [d.step for d in steps]
         findings.append(Finding(first, steps[1:]))
     return findings
+
+
+def _draw_text(divergence: Divergence) -> str:
+    ops = [op for op in divergence.evidence.get("ops") or [divergence.evidence.get("op")] if op]
+    return f"{', '.join(map(str, ops)) or 'an untraced op'} in {display_module(divergence.evidence.get('module'))}"
 
 
 def _loss_term_of(context: CompareContext, step: int, module: Any) -> tuple[Any, Any]:

@@ -13,6 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
+from probes.torch.generator_states import torch_state
 from probes.torch.random_ledger import RandomLedger
 
 _COPY_OPS = {"aten::_to_copy", "aten::copy_", "aten::clone", "aten::_copy_from", "aten::lift_fresh_copy"}
@@ -29,9 +30,11 @@ class DispatchCapture(TorchDispatchMode):
     """Records ops (with module, phase and producers) and/or storage events while active."""
 
     def __init__(self, ledger: RandomLedger, module_of: Callable[[], str | None], *, record_ops: bool,
-                 track_storage: bool) -> None:
+                 track_storage: bool, watch: Any = None) -> None:
+        """`watch`, a RandomWatch, is told where each random op left its generator."""
         super().__init__()
         self.ledger = ledger
+        self.watch = watch
         self.module_of = module_of
         self.record_ops = record_ops
         self.track_storage = track_storage
@@ -55,21 +58,28 @@ class DispatchCapture(TorchDispatchMode):
         name = func._schema.name
         flat_inputs = [value for value in tree_flatten((args, kwargs))[0] if isinstance(value, torch.Tensor)]
         is_random = torch.Tag.nondeterministic_seeded in func.tags
-        fingerprint = ""
         generator = kwargs.get("generator")
         device = flat_inputs[0].device if flat_inputs else _device_kwarg(kwargs)
-        if is_random:
-            fingerprint = self.ledger.fingerprint(generator, device)
+        source = _source_generator(generator, device) if is_random else None
+        before = torch_state(source) if source is not None else None
         out = func(*args, **kwargs)
         flat_outputs = [value for value in tree_flatten(out)[0] if isinstance(value, torch.Tensor)]
         self.event += 1
         entry = None
         if is_random:
+            after = torch_state(source) if source is not None else None
             filled = flat_inputs[0] if name.endswith("_") and flat_inputs else (flat_outputs or [None])[0]
             count = filled.numel() if filled is not None else 0
-            entry = self.ledger.record(op=name, count=count, generator=self.ledger.generator_name(generator, device),
-                                       fingerprint=fingerprint,
-                                       target=storage_key(filled) if filled is not None else None)
+            generator_name = self.ledger.generator_name(generator, device)
+            if before is None or after != before:  # a random op on an empty tensor draws nothing
+                entry = self.ledger.record(op=name, count=count, generator=generator_name, before=before,
+                                           after=after, target=storage_key(filled) if filled is not None else None)
+            if self.watch is not None and after is not None:
+                if generator is not None:
+                    self.watch.track(generator, generator_name)
+                self.watch.synced(generator_name, after)
+                if entry is not None:
+                    self.watch.watch_region()
         if self.track_storage:
             self._track_storage(name, flat_inputs, flat_outputs, entry)
         if self.record_ops:
@@ -155,6 +165,17 @@ class DispatchCapture(TorchDispatchMode):
 
 def _whole_copy(target: torch.Tensor, source: torch.Tensor) -> bool:
     return target.numel() == source.numel() == target.untyped_storage().nbytes() // max(target.element_size(), 1)
+
+
+def _source_generator(generator: torch.Generator | None, device: torch.device | None) -> torch.Generator | None:
+    """The generator a random op draws from: its `generator=`, else its device's default one."""
+    if generator is not None:
+        return generator
+    if device is None or device.type == "cpu":
+        return torch.default_generator
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index or 0]
+    return None
 
 
 def _device_kwarg(kwargs: dict[str, Any]) -> torch.device | None:

@@ -28,6 +28,19 @@ def named_tensors(model: torch.nn.Module) -> list[tuple[str, str, torch.Tensor]]
     return found
 
 
+def tied_names(model: torch.nn.Module) -> dict[str, str]:
+    """{alias: name} for tensors registered under several names (tied weights): one tensor, recorded once
+    under the name `named_tensors` gives it."""
+    first: dict[int, str] = {}
+    tied: dict[str, str] = {}
+    for items in (model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False)):
+        for name, tensor in items:
+            if id(tensor) in first and first[id(tensor)] != name:
+                tied[name] = first[id(tensor)]
+            first.setdefault(id(tensor), name)
+    return tied
+
+
 def initialisation_record(model: torch.nn.Module, capture: DispatchCapture, draws: list[dict[str, Any]],
                           *, seed: int) -> dict[str, Any]:
     tensors = named_tensors(model)
@@ -69,7 +82,7 @@ def initialisation_record(model: torch.nn.Module, capture: DispatchCapture, draw
         entry["target"] = target
         entry["module"] = entry.get("module") or (target.rsplit(".", 1)[0] if target and "." in target else None)
         ledger.append(entry)
-    return {"generators": {"cpu": {"seed": seed}}, "tensors": records, "draws": ledger}
+    return {"generators": {"cpu": {"seed": seed}}, "tensors": records, "draws": ledger, "tied": tied_names(model)}
 
 
 def _origin(key: int, capture: DispatchCapture) -> int:

@@ -42,7 +42,7 @@ def init_view(comparison: Comparison, trace_a: Trace | None, trace_b: Trace | No
     sides = []
     for trace in (trace_a, trace_b):
         tensors = (trace.initialisation.get("tensors") or []) if trace is not None else []
-        sides.append(sorted(tensors, key=lambda t: (t.get("creation_index", 0), str(t.get("name")))))
+        sides.append(sorted(tensors, key=lambda t: (t.get("creation_index") is None, t.get("creation_index") or 0, str(t.get("name")))))
     if not sides[0] and not sides[1]:
         return None
     rows: list[dict[str, Any]] = []
