@@ -59,8 +59,7 @@ class RandomLedger:
             del self.entries[count:]
 
     def record(self, *, op: str | None, count: int | None, generator: str, before: bytes | None,
-               after: bytes | None, module: str | None | type[Ellipsis] = ..., target: int | None = None
-               ) -> dict[str, Any]:
+               after: bytes | None, module: str | None | type[Ellipsis] = ...) -> dict[str, Any]:
         """One draw; `before`/`after` are the generator's raw states around it (None where unreadable)."""
         offset = self.offsets.get(generator, 0)
         entry: dict[str, Any] = {
@@ -80,7 +79,5 @@ class RandomLedger:
             self.inexact.add(generator)
         else:
             self.offsets[generator] = offset + int(count)
-        if target is not None:
-            entry["target_storage"] = target
         self.entries.append(entry)
         return entry

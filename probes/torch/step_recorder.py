@@ -290,8 +290,7 @@ class TorchStepRecorder:
         self.record["buffers"] = dict(zip([n for n, _ in self.buffers], found))
         self.record.setdefault("optimizer", self._optimizer_record())
         self.record["optimizer"]["state"] = self._state_hashes(self.optimizer, self.names)
-        self.record["random_draws"] = [{k: v for k, v in entry.items() if k != "target_storage"}
-                                       for entry in self.ledger.take_entries()]
+        self.record["random_draws"] = self.ledger.take_entries()
         if self.capture.get("module_outputs", True):
             self.record["module_outputs"] = self.tracker.summaries()
             if self._keep_values():
