@@ -205,4 +205,6 @@ def display_module(path: Any) -> str:
         return "code outside any module"
     if path == "":
         return "the root module"
+    if str(path).startswith("["):  # an output of the root module, named by its place
+        return f"the root module{path}"
     return str(path)

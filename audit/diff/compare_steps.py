@@ -170,7 +170,7 @@ def compare_module_outputs(context: CompareContext) -> CategoryResult:
                 kind = "added" if key not in outputs_a else "removed"
                 result.divergences.append(Divergence(
                     "module_outputs", name, kind, step=step, order=order,
-                    explanation=f"only run {'B' if kind == 'added' else 'A'} calls module {module} (call {call}) "
+                    explanation=f"only run {'B' if kind == 'added' else 'A'} has output {display_module(module)} (call {call}) "
                                 f"at step {step}.", evidence={"module": module, "call": call}))
                 continue
             evidence = context.tensor_divergence(f"module_outputs/{name}", step, outputs_a[key].get("summary"),
@@ -179,7 +179,7 @@ def compare_module_outputs(context: CompareContext) -> CategoryResult:
                 evidence.update(module=module, call=call)
                 result.divergences.append(Divergence(
                     "module_outputs", name, _value_kind(evidence), step=step, order=order, evidence=evidence,
-                    explanation=f"the output of module {module} (call {call}) differs at step {step}."))
+                    explanation=f"the output {display_module(module)} (call {call}) differs at step {step}."))
     return result
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from audit.diff.compare_steps import _value_kind
 from audit.diff.context import CompareContext
 from audit.diff.registry import CategoryResult, comparator
-from audit.divergence import Divergence
+from audit.divergence import Divergence, display_module
 
 OPTIMIZER_STATE_ORDER = 1000  # optimizer state sorts after the hyper-parameters of the same step
 UPDATE_ORDER = 500  # what happened between backward and the optimizer step, between the two
@@ -57,10 +57,11 @@ def _origin_divergence(step: int, origin: dict[str, Any], side: str, record: dic
                     parameters_named=[name for name, _ in reached[:10]] or nonfinite_parameters[:10])
     where = "run B" if side == "b" else "run A"
     return Divergence(
-        "nan_provenance", f"{origin.get('node')} in {origin.get('module')}", "nonfinite", step=step, order=order,
+        "nan_provenance", f"{origin.get('node')} in {display_module(origin.get('module'))}", "nonfinite", step=step,
+        order=order,
         evidence=evidence,
         explanation=f"in {where} only, NaN/Inf enters the gradients at step {step} in {origin.get('node')} "
-                    f"({origin.get('forward_op')}) of module {origin.get('module')}, loss term {term}.")
+                    f"({origin.get('forward_op')}) of {display_module(origin.get('module'))}, loss term {term}.")
 
 
 @comparator("gradients")

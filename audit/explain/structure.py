@@ -75,6 +75,43 @@ def seed_offset_shift(divergences: list[Divergence], context: CompareContext, cl
     return [Finding(first, others + moved)]
 
 
+def build_stream_shift(divergences: list[Divergence], context: CompareContext, claims: Claims) -> list[Finding]:
+    """Training's draws all start elsewhere because building the model drew another number of values: a
+    module added after the shared ones moves no initial value, yet every dropout mask of training."""
+    shifted = sorted((d for d in claims.free(divergences) if d.category == "random_draws" and d.kind == "changed"),
+                     key=lambda d: d.sort_key())
+    if not shifted:
+        return []
+    first = shifted[0]
+    generator = first.evidence.get("generator")
+    totals = {side: _build_draws(trace, generator) for side, trace in (("a", context.trace_a), ("b", context.trace_b))}
+    if totals["a"] == totals["b"]:
+        return []
+    longer = "b" if totals["b"] > totals["a"] else "a"
+    run = "run B" if longer == "b" else "run A"
+    extra = abs(totals["b"] - totals["a"])
+    culprits = _draws_before(context, longer, 1 << 62, None)
+    by = ", by " + _named(_culprit_text(c, run, None) for c in culprits) if culprits else ""
+    first.cause = "random_stream_shift"
+    first.explanation = (
+        f"Building the model drew {extra} more random values from {generator} in {run}{by}, so every draw of "
+        f"training starts elsewhere in the stream: the first, {_ops(first)} in "
+        f"{display_module(first.evidence.get('module'))} at step {first.step}, and what they draw (dropout masks) "
+        f"differs from there.")
+    first.evidence.update(build_draws=totals, drawn_by=culprits)
+    return [Finding(first, shifted[1:])]
+
+
+def _build_draws(trace: Any, generator: Any) -> int:
+    return sum(int(d.get("count") or 0) for d in trace.initialisation.get("draws") or []
+               if isinstance(d, dict) and d.get("generator") == generator and isinstance(d.get("count"), int))
+
+
+def _ops(divergence: Divergence) -> str:
+    ops = [op for op in divergence.evidence.get("ops") or [divergence.evidence.get("op")] if op]
+    return ", ".join(map(str, ops)) or "an untraced op"
+
+
 # What a seed offset counts, by the generator the tensor drew from (docs/tensorflow.md): torch counts random
 # values; a TF graph's op seed counts the random ops seeded before it; Keras 3 counts the seeds it drew from
 # Python's random. For these, a ledger entry is one unit, and the culprits are named by op.

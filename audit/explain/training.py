@@ -61,7 +61,7 @@ def nan_through_term(divergences: list[Divergence], context: CompareContext, cla
         origin.explanation = (
             f"Loss term {term} with weight {weight} sends NaN/Inf to {evidence.get('parameters')} parameters "
             f"through {evidence.get('node')} ({evidence.get('forward_op')}"
-            f"{' of ' + operands if operands else ''}{saved}) in module {evidence.get('module')} at step "
+            f"{' of ' + operands if operands else ''}{saved}) in {_module_phrase(evidence.get('module'))} at step "
             f"{origin.step}, in {'run B' if evidence.get('run') == 'b' else 'run A'} only.{why}")
         claimed = [d for d in nonfinite if (d.step or 0) >= (origin.step or 0)] if not findings else []
         findings.append(Finding(origin, claimed))
@@ -83,18 +83,56 @@ def hyperparameter_change(divergences: list[Divergence], context: CompareContext
     for divergence in sorted(changes, key=lambda d: d.sort_key()):
         by_key.setdefault((divergence.evidence["hyperparameter"], divergence.evidence["param_group"]), []).append(divergence)
     findings = []
+    settings = [d for d in claims.free(divergences) if d.category == "optimizer" and "scheduler_setting" in d.evidence]
     for (key, group), steps in by_key.items():
         first = steps[0]
-        label = "Learning rate" if key == "lr" else f"Optimizer hyper-parameter {key}"
+        where = "in the update" if group == "update" else f"of param group {group}"
+        label = "Learning rate" if key == "lr" else f"Optimizer hyper-parameter {key}" if group != "update" else \
+            f"Update setting {key}"
         others = [d.step for d in steps[1:]]
         later = f" (and at steps {_named(str(s) for s in others)})" if others else ""
         first.cause = "hyperparameter_change"
-        first.explanation = (f"{label} of param group {group} differs from step {first.step}: "
+        first.explanation = (f"{label} {where} differs from step {first.step}: "
                              f"{first.evidence.get('a')!r} in run A, {first.evidence.get('b')!r} in run B{later}; "
                              f"the same gradients then give other updates.")
         first.evidence["steps"] = [d.step for d in steps]
-        findings.append(Finding(first, steps[1:]))
+        # A scheduler's own settings (max_lr...) go with the learning rate they set.
+        claimed = steps[1:] + (settings if key == "lr" and not findings else [])
+        findings.append(Finding(first, claimed))
+    findings.extend(_gradient_scaling(divergences, claims))
     return findings
+
+
+def _gradient_scaling(divergences: list[Divergence], claims: Claims) -> list[Finding]:
+    """Backward gave the same gradients, the optimizer received them scaled otherwise: clipping or loss
+    scaling between the two differs (seen in attach mode, where that code is the user's)."""
+    gradient_steps = {d.step for d in divergences if d.category == "gradients"}
+    scaled = sorted((d for d in claims.free(divergences) if d.category == "optimizer" and d.evidence.get("measured")
+                     and d.step not in gradient_steps), key=lambda d: d.sort_key())
+    if not scaled:
+        return []
+    first = scaled[0]
+    norms = first.evidence.get("norm_backward") or {}
+    first.cause = "hyperparameter_change"
+    first.explanation = (
+        f"From step {first.step} the optimizer receives the gradients scaled by {_factor_text(first.evidence.get('a'))} "
+        f"in run A and {_factor_text(first.evidence.get('b'))} in run B, while backward computed the same gradients "
+        f"(norm {_norm_text(norms.get('a'))}): gradient clipping or loss scaling between backward and "
+        f"optimizer.step() differs.")
+    return [Finding(first, scaled[1:])]
+
+
+def _factor_text(value: Any) -> str:
+    return "1 (unchanged)" if value is None else f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+
+
+def _norm_text(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) else "unknown"
+
+
+def _module_phrase(path: Any) -> str:
+    shown = display_module(path)
+    return shown if shown.startswith(("the ", "code ")) else f"module {shown}"
 
 
 def _draw_text(divergence: Divergence) -> str:
