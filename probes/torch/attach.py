@@ -37,7 +37,6 @@ class AttachedRun:
         self.loss_weights = dict(loss_weights or {})
         config = {"recipe": "<attach>", "framework": "torch", "seed": seed, "label": label,
                   "loss_weights": self.loss_weights, "capture": self.capture}
-        self.writer = TraceWriter(path, framework="torch", config=config, label=label)
         self.ledger = RandomLedger(module_of=lambda: None)
         capture_build = DispatchCapture(self.ledger, lambda: None, record_ops=False, track_storage=True)
         if build is not None:
@@ -48,6 +47,8 @@ class AttachedRun:
         if model is None or optimizer is None:
             raise TypeError("attach needs model= and optimizer= (or build= returning both)")
         refuse_compiled_model(model, where="attach")
+        # Made once the model is there: a build that fails leaves no locked staging folder behind.
+        self.writer = TraceWriter(path, framework="torch", config=config, label=label)
         self.model, self.optimizer = model, optimizer
         self.writer.write_json(fmt.ENVIRONMENT, torch_environment(recipe_dir=_script_folder()))
         initialisation = initialisation_record(model, capture_build, self.ledger.take_entries(), seed=seed or 0)
