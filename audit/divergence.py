@@ -28,6 +28,7 @@ STEP_CATEGORIES: tuple[str, ...] = (
     "gradients",
     "optimizer",
     "parameters",
+    "buffers",
     "health",
 )
 CATEGORIES: tuple[str, ...] = tuple(dict.fromkeys(RUN_CATEGORIES + STEP_CATEGORIES))
@@ -196,3 +197,14 @@ class Comparison:
             # Written only when there is something to say, so documents without health read as before.
             **({"health": self.health} if self.health is not None else {}),
         }
+
+
+def display_module(path: Any) -> str:
+    """A module path as sentences name it: the root module and code outside every module have no path."""
+    if path is None:
+        return "code outside any module"
+    if path == "":
+        return "the root module"
+    if str(path).startswith("["):  # an output of the root module, named by its place
+        return f"the root module{path}"
+    return str(path)

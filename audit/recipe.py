@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,13 @@ class Recipe:
     `loss(model, batch)` returns a mapping of named loss terms (scalars); it may also take `step` as a
     keyword argument. The runner forms the total as the sum of weight x term, with weights from the
     config's `loss_weights`, so it can attribute gradients to each term, zero-weighted ones included.
-    `batches` is any iterable; the runner takes one batch per step.
+    `batches` is any iterable; the runner takes `micro_batches` batches per step (default 1), runs forward
+    and backward on each with the total scaled by 1/micro_batches, then, before the optimizer step, what a
+    real loop does there (torch): `grad_scaler` (a torch.amp.GradScaler: the loss is scaled for backward,
+    the gradients unscaled before clipping, the step taken through the scaler), `clip_grad_value`,
+    `clip_grad_norm` (over the parameters that have gradients), then `before_optimizer_step(model=,
+    optimizer=, step=)`, which may change the gradients and may return a mapping of facts (numbers,
+    strings) to record. Each is recorded in the step and compared like a hyper-parameter.
     """
 
     model: Any
@@ -32,9 +39,16 @@ class Recipe:
     loss: Callable[..., Mapping[str, Any]]
     lr_scheduler: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
+    micro_batches: int = 1
+    clip_grad_norm: float | None = None
+    clip_grad_value: float | None = None
+    grad_scaler: Any = None
+    before_optimizer_step: Callable[..., Mapping[str, Any] | None] | None = None
 
 
 REQUIRED_FIELDS = ("model", "optimizer", "batches", "loss")
+OPTIONAL_FIELDS = ("lr_scheduler", "micro_batches", "clip_grad_norm", "clip_grad_value", "grad_scaler",
+                   "before_optimizer_step")
 
 
 def resolve_recipe(spec: str, *, config_dir: Path | None) -> Callable[..., Any]:
@@ -71,16 +85,9 @@ def as_recipe(returned: Any, *, spec: str) -> Recipe:
         missing = [key for key in REQUIRED_FIELDS if key not in returned]
         if missing:
             raise RunFailed(f"recipe {spec} returned a mapping without {', '.join(missing)}")
-        known = set(REQUIRED_FIELDS) | {"lr_scheduler"}
+        known = set(REQUIRED_FIELDS) | set(OPTIONAL_FIELDS)
         extras = {key: value for key, value in returned.items() if key not in known}
-        recipe = Recipe(
-            model=returned["model"],
-            optimizer=returned["optimizer"],
-            batches=returned["batches"],
-            loss=returned["loss"],
-            lr_scheduler=returned.get("lr_scheduler"),
-            extras=extras,
-        )
+        recipe = Recipe(**{key: value for key, value in returned.items() if key in known}, extras=extras)
     else:
         raise RunFailed(
             f"recipe {spec} returned {type(returned).__name__}; expected audit.Recipe or a mapping with "
@@ -90,7 +97,22 @@ def as_recipe(returned: Any, *, spec: str) -> Recipe:
         raise RunFailed(f"recipe {spec}: 'loss' is not callable")
     if not hasattr(recipe.batches, "__iter__") and not hasattr(recipe.batches, "__next__"):
         raise RunFailed(f"recipe {spec}: 'batches' is not iterable")
+    _check_update_fields(recipe, spec)
     return recipe
+
+
+def _check_update_fields(recipe: Recipe, spec: str) -> None:
+    micro = recipe.micro_batches
+    if isinstance(micro, bool) or not isinstance(micro, int) or micro < 1:
+        raise RunFailed(f"recipe {spec}: 'micro_batches' must be an integer >= 1, got {micro!r}")
+    for name in ("clip_grad_norm", "clip_grad_value"):
+        value = getattr(recipe, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value <= 0):
+            raise RunFailed(f"recipe {spec}: '{name}' must be a positive number, got {value!r}")
+    hook = recipe.before_optimizer_step
+    if hook is not None and not callable(hook):
+        raise RunFailed(f"recipe {spec}: 'before_optimizer_step' is not callable")
 
 
 def loss_takes_step(loss: Callable[..., Any]) -> bool:
@@ -100,12 +122,14 @@ def loss_takes_step(loss: Callable[..., Any]) -> bool:
         return False
 
 
-def step_batches(batches: Any, *, steps: int, spec: str) -> Iterator[Any]:
-    """The recipe's batches for `steps` steps; running out early is the recipe's error, not a crash."""
+def step_batches(batches: Any, *, steps: int, spec: str, per_step: int = 1) -> Iterator[Any]:
+    """The recipe's batches for `steps` steps, `per_step` at a time (a list of them where more than one);
+    running out early is the recipe's error, not a crash."""
     iterator = iter(batches)
     for step in range(1, steps + 1):
         try:
-            yield next(iterator)
+            taken = [next(iterator) for _ in range(per_step)]
         except StopIteration:
             raise RunFailed(f"recipe {spec}: batches ran out after {step - 1} steps "
                             f"(config asks for {steps})") from None
+        yield taken[0] if per_step == 1 else taken

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from audit.divergence import display_module
 from audit.trace import Trace
 
 MAX_STEPS_SHOWN = 10
@@ -37,7 +38,7 @@ def render_trace_summary(trace: Trace) -> str:
             weight = origin.get("loss_weight")
             weight_text = f" (weight {weight:g})" if isinstance(weight, (int, float)) else ""
             lines.append(f"  NaN enters at step {record['step']} in {origin['node']} ({origin['forward_op']} of "
-                         f"{inputs}) in module {origin.get('module') or '?'}, loss term "
+                         f"{inputs}) in {display_module(origin.get('module'))}, loss term "
                          f"{origin.get('loss_term') or '?'}{weight_text}; "
                          f"{len(provenance.get('nonfinite_parameters', []))} parameters get non-finite gradients")
     return "\n".join(lines)

@@ -12,7 +12,7 @@ from typing import Any
 
 from audit.diff.causal_tree import build_tree
 from audit.diff.context import CompareContext
-from audit.diff.registry import comparators
+from audit.diff.registry import KeptDivergences, comparators
 from audit.diff.values import Tolerance
 from audit.divergence import CATEGORIES, Comparison, Divergence, RunInfo
 from audit.errors import UserError
@@ -35,13 +35,17 @@ def compare_traces(trace_a: Trace, trace_b: Trace, *, rtol: float = 0.0, atol: f
     context = CompareContext(trace_a, trace_b, Tolerance(rtol=rtol, atol=atol))
     registered = comparators()
     divergences: list[Divergence] = []
+    omitted: list[str] = []
     counts: dict[str, dict[str, int]] = {}
     for category in CATEGORIES:
         if category in ignored or category not in registered:
             continue
         result = registered[category](context)
         divergences.extend(result.divergences)
-        counts[category] = {"compared": result.compared, "diverged": len(result.divergences)}
+        counts[category] = {"compared": result.compared, "diverged": result.diverged}
+        if result.divergences.omitted:
+            counts[category]["omitted"] = result.divergences.omitted
+            omitted.append(_omitted_note(category, result.divergences))
     # Imported here: the explanation rules read the differ's context and constants, so a module-level
     # import would make `import audit.explain...` on its own circular.
     from audit.explain import explain
@@ -53,7 +57,15 @@ def compare_traces(trace_a: Trace, trace_b: Trace, *, rtol: float = 0.0, atol: f
     comparison.partial = not (trace_a.complete and trace_b.complete)
     comparison.health = None if "health" in ignored else run_health(trace_a, trace_b, thresholds=health_thresholds)
     comparison.notes.extend(_notes(context, ignored))
+    comparison.notes.extend(omitted)
     return comparison
+
+
+def _omitted_note(category: str, kept: KeptDivergences) -> str:
+    steps = kept.omitted_steps
+    where = f" at steps {_span(steps)}" if steps else ""
+    return (f"{category}: {len(kept) + kept.omitted} divergences; the first {len(kept)} are in the report, "
+            f"{kept.omitted} more{where} are counted, not spelled out")
 
 
 def _same_tensor_hashes(trace_a: Trace, trace_b: Trace) -> None:
@@ -129,4 +141,4 @@ def _nonfinite(record: dict) -> bool:
 def _span(steps: Sequence[int]) -> str:
     if not steps:
         return "none"
-    return f"{steps[0]}" if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
+    return f"{steps[0]}" if steps[0] == steps[-1] else f"{steps[0]}-{steps[-1]}"

@@ -15,7 +15,7 @@ from typing import Any
 from audit.diff.context import CompareContext
 from audit.diff.matching import match_names
 from audit.diff.registry import CategoryResult, comparator
-from audit.divergence import Divergence
+from audit.divergence import Divergence, display_module
 from audit.trace import Trace
 
 MAX_GROUPS = 12  # module / loss-term groups named in the evidence of one graph change
@@ -123,7 +123,7 @@ def _op_sequence_change(context: CompareContext, step: int, digests: tuple[Any, 
 
 
 def _group(op: dict[str, Any]) -> tuple[str, str]:
-    return str(op.get("module") or "(no module)"), str(op.get("loss_term") or "(no loss term)")
+    return display_module(op.get("module")), str(op.get("loss_term") or "(no loss term)")
 
 
 def _group_text(group: tuple[str, str], added: int, removed: int) -> str:

@@ -44,7 +44,27 @@ def compare_initialisation(context: CompareContext) -> CategoryResult:
                 explanation=f"{name_b} is created at another position relative to the other tensors.",
                 evidence={"creation_index": {"a": _creation(tensor_a), "b": _creation(tensor_b)}}))
         result.divergences.extend(found)
+    result.divergences.extend(_tied(context))
     return result
+
+
+def _tied(context: CompareContext) -> list[Divergence]:
+    """Tied weights (one tensor under two names) in one run and separate tensors, or other ties, in the other."""
+    tied_a = context.trace_a.initialisation.get("tied") or {}
+    tied_b = context.trace_b.initialisation.get("tied") or {}
+    found = []
+    for alias in sorted(set(tied_a) | set(tied_b)):
+        a, b = tied_a.get(alias), tied_b.get(alias)
+        if a == b:
+            continue
+        found.append(Divergence(
+            "initialisation", alias, "changed", order=-1, evidence={"tied": {"a": a, "b": b}},
+            explanation=f"{alias} is {_tie_text(a)} in run A and {_tie_text(b)} in run B."))
+    return found
+
+
+def _tie_text(target: Any) -> str:
+    return f"tied to {target} (the same tensor)" if target else "a tensor of its own"
 
 
 def _compare_tensor(context: CompareContext, name_a: str, name_b: str, tensor_a: dict[str, Any],

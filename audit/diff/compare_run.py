@@ -19,6 +19,7 @@ ENVIRONMENT_SECTIONS = ("python", "platform", "cpu", "framework", "threads", "de
 CONFIG_IGNORED = ("label", "timeout", "capture")
 # repro-audit's own packages: they observe the run and never change what it computes.
 OWN_PACKAGES = ("audit", "probes", "reports", "__main__")
+OWN_MAIN = ("audit/worker.py", "audit/cli_main.py", "pytest/__main__.py", "bin/repro-audit", "bin/pytest")
 
 
 @comparator("environment")
@@ -70,7 +71,7 @@ def _compare_modules(modules_a: dict[str, Any], modules_b: dict[str, Any], packa
     """Imported modules whose source differs; modules only one run imported matter only if they are the user's."""
     compared = 0
     for name in sorted(set(modules_a) | set(modules_b)):
-        if name.split(".")[0] in OWN_PACKAGES:
+        if name.split(".")[0] in OWN_PACKAGES and not (name == "__main__" and _users_script(modules_a, modules_b)):
             continue
         a, b = modules_a.get(name), modules_b.get(name)
         if a and b:
@@ -108,6 +109,12 @@ def _package_version(top_module: str, packages: dict[str, Any]) -> str | None:
         if candidate in packages:
             return str(packages[candidate])
     return None
+
+
+def _users_script(modules_a: dict[str, Any], modules_b: dict[str, Any]) -> bool:
+    """`__main__` is repro-audit's worker in a recorded config and the user's own script in attach mode."""
+    paths = [str((modules.get("__main__") or {}).get("path") or "") for modules in (modules_a, modules_b)]
+    return not any(path.replace("\\", "/").endswith(OWN_MAIN) for path in paths if path)
 
 
 def _is_user_module(entry: dict[str, Any] | None) -> bool:

@@ -15,7 +15,7 @@ import numpy as np
 from audit.diff.context import CompareContext
 from audit.diff.registry import CategoryResult, comparator
 from audit.diff.values import array_evidence
-from audit.divergence import Divergence
+from audit.divergence import Divergence, display_module
 
 
 @comparator("data")
@@ -43,13 +43,17 @@ def compare_data(context: CompareContext) -> CategoryResult:
 
 @comparator("random_draws")
 def compare_random_draws(context: CompareContext) -> CategoryResult:
-    """Draws aligned by (op, module): a draw in one run only, or a shared draw from another stream position."""
+    """Draws aligned by where they happened (module, phase, generator): a draw in one run only, or a shared
+    draw from another stream position. Consecutive draws of one place are compared as one, by the generator
+    states around them, so the same draw seen op by op in one run and as one moved state in the other (its
+    region was not yet watched op by op) is the same draw."""
     result = CategoryResult()
     for step, record_a, record_b in context.step_pairs():
-        draws_a, draws_b = record_a.get("random_draws") or [], record_b.get("random_draws") or []
+        draws_a = group_draws(record_a.get("random_draws") or [])
+        draws_b = group_draws(record_b.get("random_draws") or [])
         result.compared += max(len(draws_a), len(draws_b))
-        keys_a = [(d.get("op"), d.get("module"), d.get("generator")) for d in draws_a]
-        keys_b = [(d.get("op"), d.get("module"), d.get("generator")) for d in draws_b]
+        keys_a = [_place(d) for d in draws_a]
+        keys_b = [_place(d) for d in draws_b]
         matcher = difflib.SequenceMatcher(None, keys_a, keys_b, autojunk=False)
         for tag, a1, a2, b1, b2 in matcher.get_opcodes():
             if tag == "equal":
@@ -65,32 +69,88 @@ def compare_random_draws(context: CompareContext) -> CategoryResult:
     return result
 
 
+def group_draws(draws: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Consecutive ledger entries of one place merged: the state before the first, after the last, the
+    values counted where every entry knows its count, and the ops in order."""
+    groups: list[dict[str, Any]] = []
+    for draw in draws:
+        if not isinstance(draw, dict):
+            continue
+        op = draw.get("op")
+        if groups and _place(groups[-1]) == _place(draw) and groups[-1].get("rng_after") is not None \
+                and draw.get("rng_after") is not None:
+            group = groups[-1]
+            group["rng_after"] = draw.get("rng_after")
+            counts = (group.get("count"), draw.get("count"))
+            group["count"] = sum(counts) if all(isinstance(c, int) for c in counts) else None
+            if op not in group["ops"]:
+                group["ops"].append(op)
+            group["draws"] += 1
+            continue
+        groups.append({**draw, "ops": [op], "draws": 1})
+    return groups
+
+
+def _place(draw: dict[str, Any]) -> tuple[Any, ...]:
+    return (draw.get("module"), draw.get("phase"), draw.get("generator"))
+
+
+def _known(value: Any) -> bool:
+    return value not in (None, "unavailable")
+
+
+def _same_draw(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal generator states say it all; offsets and counts decide only where states were not readable."""
+    if _known(a.get("rng_fingerprint")) and _known(b.get("rng_fingerprint")):
+        if a.get("rng_fingerprint") != b.get("rng_fingerprint"):
+            return False
+        if _known(a.get("rng_after")) and _known(b.get("rng_after")):
+            return a.get("rng_after") == b.get("rng_after")
+        return not (isinstance(a.get("count"), int) and isinstance(b.get("count"), int)
+                    and a.get("count") != b.get("count"))
+    return a.get("offset_before") == b.get("offset_before") and a.get("count") == b.get("count") \
+        and a.get("rng_fingerprint") == b.get("rng_fingerprint")
+
+
 def _shared_draw(step: int, a: dict[str, Any], b: dict[str, Any], position: int) -> Divergence | None:
-    if a.get("offset_before") == b.get("offset_before") and a.get("rng_fingerprint") == b.get("rng_fingerprint") \
-            and a.get("count") == b.get("count"):
+    if _same_draw(a, b):
         return None
     offset_a, offset_b = a.get("offset_before"), b.get("offset_before")
-    shift = offset_b - offset_a if isinstance(offset_a, int) and isinstance(offset_b, int) else None
-    where = (f"starts {abs(shift)} values {'later' if shift > 0 else 'earlier'} in the stream in run B"
-             if shift else "comes from another generator state")
+    exact = a.get("offset_exact", True) and b.get("offset_exact", True)
+    shift = offset_b - offset_a if exact and isinstance(offset_a, int) and isinstance(offset_b, int) else None
+    where = display_module(b.get("module"))
+    if shift:
+        how = f"starts {abs(shift)} values {'later' if shift > 0 else 'earlier'} in the stream in run B"
+    elif a.get("rng_fingerprint") == b.get("rng_fingerprint"):
+        how = "starts from the same generator state but draws another amount"
+    else:
+        how = "starts from another generator state"
     return Divergence(
-        "random_draws", f"{b.get('op')} in {b.get('module')}", "changed", step=step, order=position,
-        explanation=f"the random draw of {b.get('op')} in {b.get('module')} at step {step} {where}.",
-        evidence={"module": b.get("module"), "op": b.get("op"), "generator": b.get("generator"),
-                  "offset_before": {"a": offset_a, "b": offset_b}, "shift": shift,
+        "random_draws", f"{_ops_text(b)} in {where}", "changed", step=step, order=position,
+        explanation=f"the random draw of {_ops_text(b)} in {where} at step {step} {how}.",
+        evidence={"module": b.get("module"), "op": b.get("op"), "ops": b.get("ops"), "phase": b.get("phase"),
+                  "generator": b.get("generator"), "offset_before": {"a": offset_a, "b": offset_b}, "shift": shift,
                   "count": {"a": a.get("count"), "b": b.get("count")},
-                  "rng_fingerprint": {"a": a.get("rng_fingerprint"), "b": b.get("rng_fingerprint")}})
+                  "rng_fingerprint": {"a": a.get("rng_fingerprint"), "b": b.get("rng_fingerprint")},
+                  "rng_after": {"a": a.get("rng_after"), "b": b.get("rng_after")}})
 
 
 def _one_sided_draw(step: int, draw: dict[str, Any], kind: str, position: int) -> Divergence:
     where = "run B" if kind == "added" else "run A"
+    count = draw.get("count")
+    amount = f"{count} random values" if isinstance(count, int) else f"random values from {draw.get('generator')}"
+    module = display_module(draw.get("module"))
     return Divergence(
-        "random_draws", f"{draw.get('op')} in {draw.get('module')}", kind, step=step, order=position,
-        explanation=f"only {where} draws {draw.get('count')} random values with {draw.get('op')} in "
-                    f"{draw.get('module')} at step {step}.",
-        evidence={"module": draw.get("module"), "op": draw.get("op"), "count": draw.get("count"),
+        "random_draws", f"{_ops_text(draw)} in {module}", kind, step=step, order=position,
+        explanation=f"only {where} draws {amount} with {_ops_text(draw)} in {module} at step {step}.",
+        evidence={"module": draw.get("module"), "op": draw.get("op"), "ops": draw.get("ops"), "count": count,
                   "generator": draw.get("generator"), "offset_before": draw.get("offset_before"),
                   "phase": draw.get("phase"), "run": "b" if kind == "added" else "a"})
+
+
+def _ops_text(draw: dict[str, Any]) -> str:
+    ops = [op for op in draw.get("ops") or [draw.get("op")] if op]
+    return ", ".join(str(op) for op in ops) if ops else "an untraced op"
 
 
 @comparator("module_outputs")
@@ -110,7 +170,7 @@ def compare_module_outputs(context: CompareContext) -> CategoryResult:
                 kind = "added" if key not in outputs_a else "removed"
                 result.divergences.append(Divergence(
                     "module_outputs", name, kind, step=step, order=order,
-                    explanation=f"only run {'B' if kind == 'added' else 'A'} calls module {module} (call {call}) "
+                    explanation=f"only run {'B' if kind == 'added' else 'A'} has output {display_module(module)} (call {call}) "
                                 f"at step {step}.", evidence={"module": module, "call": call}))
                 continue
             evidence = context.tensor_divergence(f"module_outputs/{name}", step, outputs_a[key].get("summary"),
@@ -119,7 +179,7 @@ def compare_module_outputs(context: CompareContext) -> CategoryResult:
                 evidence.update(module=module, call=call)
                 result.divergences.append(Divergence(
                     "module_outputs", name, _value_kind(evidence), step=step, order=order, evidence=evidence,
-                    explanation=f"the output of module {module} (call {call}) differs at step {step}."))
+                    explanation=f"the output {display_module(module)} (call {call}) differs at step {step}."))
     return result
 
 

@@ -89,7 +89,7 @@ class CompareContext:
         if file_a is None or file_b is None:
             return None
         kind, _, name = key.partition("/")
-        name_b = self.parameters.a_to_b.get(name, name) if kind in {"gradients", "parameters", "initial"} else name
+        name_b = self.parameters.a_to_b.get(name, name) if kind in {"gradients", "parameters", "buffers", "initial"} else name
         array_a, array_b = file_a.get(key), file_b.get(f"{kind}/{name_b}")
         if array_a is None or array_b is None:
             return None
@@ -110,13 +110,23 @@ class CompareContext:
 def _tensor_names(trace: Trace) -> tuple[list[str], dict[str, Any]]:
     """Parameter and buffer names in creation order, with (shape, dtype) as their rename signature."""
     names: dict[str, Any] = {}
-    tensors = sorted(trace.initialisation.get("tensors") or [], key=lambda t: t.get("creation_index", 0))
+    aliases = trace.initialisation.get("tied") or {}  # tied weights: one tensor, matched under its own name
+    tensors = sorted(trace.initialisation.get("tensors") or [], key=creation_order)
     for tensor in tensors:
         names.setdefault(str(tensor["name"]), (tuple(tensor.get("shape") or ()), tensor.get("dtype")))
     for module in trace.structure.get("modules") or []:
         for entry in (module.get("parameters") or []) + (module.get("buffers") or []):
+            if str(entry["name"]) in aliases:
+                continue
             names.setdefault(str(entry["name"]), (tuple(entry.get("shape") or ()), entry.get("dtype")))
     for record in trace.steps[:1]:
         for name, summary in (record.get("parameters") or {}).items():
             names.setdefault(str(name), (tuple((summary or {}).get("shape") or ()), (summary or {}).get("dtype")))
     return list(names), names
+
+
+def creation_order(tensor: dict[str, Any]) -> tuple[bool, int]:
+    """Sort key of a recorded tensor by creation index; tensors whose creation was not observed (created
+    before recording, or outside the recipe's build) come last."""
+    index = tensor.get("creation_index")
+    return (not isinstance(index, int), index if isinstance(index, int) else 0)

@@ -7,7 +7,7 @@ comparator module and one presenter section; registering a category twice is our
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -18,12 +18,47 @@ if TYPE_CHECKING:
     from audit.diff.context import CompareContext
 
 
+# Divergences of one category kept whole in a comparison; the rest are counted. Two runs that drift apart
+# differ in every tensor at every step (200 tensors x 200 steps, three categories: 120,000 divergences,
+# gigabytes of evidence) and the explanation reads the first ones.
+MAX_KEPT_PER_CATEGORY = 2000
+
+
+class KeptDivergences(list[Divergence]):
+    """A category's divergences in the order found (steps in order): the first `limit` kept, the rest only
+    counted, with the steps they fall on."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        super().__init__()
+        self.limit = MAX_KEPT_PER_CATEGORY if limit is None else limit
+        self.omitted = 0
+        self.omitted_steps: list[int] = []  # first and last step of what was omitted
+
+    def append(self, divergence: Divergence) -> None:
+        if len(self) < self.limit:
+            super().append(divergence)
+            return
+        self.omitted += 1
+        if divergence.step is not None:
+            steps = self.omitted_steps
+            self.omitted_steps = [min(steps[0], divergence.step), max(steps[1], divergence.step)] if steps \
+                else [divergence.step, divergence.step]
+
+    def extend(self, divergences: Iterable[Divergence]) -> None:
+        for divergence in divergences:
+            self.append(divergence)
+
+
 @dataclass
 class CategoryResult:
     """What one comparator found: divergences and the number of items it looked at."""
 
-    divergences: list[Divergence] = field(default_factory=list)
+    divergences: KeptDivergences = field(default_factory=KeptDivergences)
     compared: int = 0
+
+    @property
+    def diverged(self) -> int:
+        return len(self.divergences) + self.divergences.omitted
 
 
 Comparator = Callable[["CompareContext"], CategoryResult]

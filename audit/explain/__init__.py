@@ -14,7 +14,7 @@ from audit.divergence import Divergence
 from audit.explain.finding import Claims, Finding
 from audit.explain.inputs import code_change, config_change, environment_change
 from audit.explain.nondeterminism import fp_reordering, nondeterminism
-from audit.explain.structure import graph_change, seed_offset_shift
+from audit.explain.structure import build_stream_shift, graph_change, seed_offset_shift
 from audit.explain.training import hyperparameter_change, nan_through_term, random_stream_shift
 
 Rule = Callable[[list[Divergence], CompareContext, Claims], list[Finding]]
@@ -27,6 +27,7 @@ RULES: tuple[Rule, ...] = (
     graph_change,
     seed_offset_shift,
     random_stream_shift,
+    build_stream_shift,
     nan_through_term,
     hyperparameter_change,
     fp_reordering,

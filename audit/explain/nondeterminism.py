@@ -26,7 +26,7 @@ KNOWN_NONDETERMINISTIC_OPS = frozenset({
 })
 FEW_ULP = 16  # "floating-point reordering only" when the first differences stay within this many ULP
 INPUT_CATEGORIES = ("environment", "code", "config")
-VALUE_CATEGORIES = ("module_outputs", "loss_terms", "gradients", "parameters")
+VALUE_CATEGORIES = ("module_outputs", "loss_terms", "gradients", "parameters", "buffers")
 
 
 def fp_reordering(divergences: list[Divergence], context: CompareContext, claims: Claims) -> list[Finding]:
@@ -55,8 +55,14 @@ def fp_reordering(divergences: list[Divergence], context: CompareContext, claims
 
 
 def nondeterminism(divergences: list[Divergence], context: CompareContext, claims: Claims) -> list[Finding]:
+    """Claimed only where both runs ran the same program on the same inputs: same config and code, and no
+    difference of structure or settings (another graph, loss term, parameter set, hyper-parameter, clip
+    norm), which would be the cause instead."""
     if not divergences or any(d.category in INPUT_CATEGORIES for d in divergences) or not _same_config(context):
         return []
+    gradient_steps = {d.step for d in divergences if d.category == "gradients"}
+    if any(is_structural(d) and not (d.evidence.get("measured") and d.step in gradient_steps) for d in divergences):
+        return []  # a measured update factor follows from gradients that already differ
     first = min(divergences, key=lambda d: d.sort_key())
     if first.cause is not None or not claims.is_free(first):
         return []
@@ -77,6 +83,25 @@ def nondeterminism(divergences: list[Divergence], context: CompareContext, claim
         f"{in_use}. {_suggestion(first, environment)}")
     first.evidence.update(determinism_settings=settings, nondeterministic_ops=ops, devices=devices)
     return [Finding(first, [])]
+
+
+STRUCTURAL_KINDS = ("added", "removed", "renamed")
+TERM_SETTINGS = ("weight",)
+
+
+def is_structural(divergence: Divergence) -> bool:
+    """A difference in what the runs compute, not in the numbers it gave: never nondeterminism."""
+    if divergence.category == "graph":
+        return True
+    if divergence.kind in STRUCTURAL_KINDS and divergence.category != "random_draws":
+        return True
+    if divergence.category == "loss_terms" and isinstance(divergence.evidence.get("weight"), dict):
+        return True  # another weight
+    if divergence.category == "initialisation" and "tied" in divergence.evidence:
+        return True
+    return divergence.category == "optimizer" and (
+        divergence.name == "optimizer type" or any(key in divergence.evidence for key in
+                                                   ("hyperparameter", "scheduler_setting", "measured")))
 
 
 def _same_config(context: CompareContext) -> bool:

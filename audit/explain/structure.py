@@ -6,7 +6,7 @@ from collections import Counter
 from typing import Any
 
 from audit.diff.context import CompareContext
-from audit.divergence import Divergence
+from audit.divergence import Divergence, display_module
 from audit.explain.finding import Claims, Finding
 from audit.explain.inputs import _named
 
@@ -57,12 +57,13 @@ def seed_offset_shift(divergences: list[Divergence], context: CompareContext, cl
     shift = _shift(first) or 0
     longer = "b" if shift > 0 else "a"
     units = OFFSET_UNITS.get(str(first.evidence.get("generator")))
-    culprits = _draws_before(context, longer, first.name, offset[longer])
+    shorter = "a" if longer == "b" else "b"
+    culprits = _draws_before(context, longer, offset[longer], offset[shorter])
     run = "run B" if longer == "b" else "run A"
     if culprits:
         by = "by " + _named(_culprit_text(c, run, units) for c in culprits)
     else:
-        by = "by modules created earlier"
+        by = "by draws the build record does not name"
     first.cause = "seed_offset_shift"
     first.explanation = (
         f"{_tensor_word(first)} {first.name} got other initial values because {abs(shift)} more "
@@ -72,6 +73,43 @@ def seed_offset_shift(divergences: list[Divergence], context: CompareContext, cl
     moved = [d for d in divergences if d.category == "initialisation" and d.kind in ("moved", "renamed")]
     others = [d for d in shifted if d is not first]
     return [Finding(first, others + moved)]
+
+
+def build_stream_shift(divergences: list[Divergence], context: CompareContext, claims: Claims) -> list[Finding]:
+    """Training's draws all start elsewhere because building the model drew another number of values: a
+    module added after the shared ones moves no initial value, yet every dropout mask of training."""
+    shifted = sorted((d for d in claims.free(divergences) if d.category == "random_draws" and d.kind == "changed"),
+                     key=lambda d: d.sort_key())
+    if not shifted:
+        return []
+    first = shifted[0]
+    generator = first.evidence.get("generator")
+    totals = {side: _build_draws(trace, generator) for side, trace in (("a", context.trace_a), ("b", context.trace_b))}
+    if totals["a"] == totals["b"]:
+        return []
+    longer = "b" if totals["b"] > totals["a"] else "a"
+    run = "run B" if longer == "b" else "run A"
+    extra = abs(totals["b"] - totals["a"])
+    culprits = _draws_before(context, longer, 1 << 62, None)
+    by = ", by " + _named(_culprit_text(c, run, None) for c in culprits) if culprits else ""
+    first.cause = "random_stream_shift"
+    first.explanation = (
+        f"Building the model drew {extra} more random values from {generator} in {run}{by}, so every draw of "
+        f"training starts elsewhere in the stream: the first, {_ops(first)} in "
+        f"{display_module(first.evidence.get('module'))} at step {first.step}, and what they draw (dropout masks) "
+        f"differs from there.")
+    first.evidence.update(build_draws=totals, drawn_by=culprits)
+    return [Finding(first, shifted[1:])]
+
+
+def _build_draws(trace: Any, generator: Any) -> int:
+    return sum(int(d.get("count") or 0) for d in trace.initialisation.get("draws") or []
+               if isinstance(d, dict) and d.get("generator") == generator and isinstance(d.get("count"), int))
+
+
+def _ops(divergence: Divergence) -> str:
+    ops = [op for op in divergence.evidence.get("ops") or [divergence.evidence.get("op")] if op]
+    return ", ".join(map(str, ops)) or "an untraced op"
 
 
 # What a seed offset counts, by the generator the tensor drew from (docs/tensorflow.md): torch counts random
@@ -87,11 +125,13 @@ def _tensor_word(divergence: Divergence) -> str:
 
 
 def _culprit_text(culprit: dict[str, Any], run: str, units: tuple[str, str] | None) -> str:
-    only = f", only in {run}" if culprit["only_here"] else ""
+    other = "run A" if run == "run B" else "run B"
+    only = f", only in {run}" if culprit["only_here"] else f", drawn after it in {other}"
+    module = display_module(culprit["module"])
     if units is None:
-        return f"{culprit['module']} ({culprit['count']} values{only})"
+        return f"{module} ({culprit['count']} values{only})"
     draws = culprit["draws"]
-    return f"{culprit['module']} ({draws} {units[1]}{'s' if draws != 1 else ''}: {_named(culprit['ops'])}{only})"
+    return f"{module} ({draws} {units[1]}{'s' if draws != 1 else ''}: {_named(culprit['ops'])}{only})"
 
 
 def _shift(divergence: Divergence) -> int | None:
@@ -101,29 +141,40 @@ def _shift(divergence: Divergence) -> int | None:
     return offset["b"] - offset["a"]
 
 
-def _draws_before(context: CompareContext, side: str, tensor: str, limit: int) -> list[dict[str, Any]]:
-    """Build-time draws before `tensor` in run `side` that the other run did not make, summed per module."""
+def _draws_before(context: CompareContext, side: str, limit: int, other_limit: Any) -> list[dict[str, Any]]:
+    """Build-time draws before the tensor in run `side` (offset `limit`) that the other run did not make
+    before it (offset `other_limit`): draws only this run makes, and draws the other run makes after the
+    tensor (another creation order). Summed per module."""
     trace, other = (context.trace_b, context.trace_a) if side == "b" else (context.trace_a, context.trace_b)
     rename = context.parameters.a_to_b if side == "b" else context.parameters.b_to_a
-    other_draws = other.initialisation.get("draws") or []
+    other_draws = [d for d in other.initialisation.get("draws") or [] if isinstance(d, dict)]
     other_modules = {d.get("module") for d in other_draws}
+    other_limit = other_limit if isinstance(other_limit, int) else None
     unmatched = Counter((d.get("module"), d.get("op"), d.get("count"), rename.get(d.get("target"), d.get("target")))
-                        for d in other_draws)
-    counts: dict[str, dict[str, Any]] = {}
+                        for d in other_draws
+                        if other_limit is None or _offset(d) < other_limit)
+    counts: dict[Any, dict[str, Any]] = {}
     for draw in trace.initialisation.get("draws") or []:
-        if int(draw.get("offset_before") or 0) >= limit:
+        if not isinstance(draw, dict):
+            continue
+        if _offset(draw) >= limit:
             break
         key = (draw.get("module"), draw.get("op"), draw.get("count"), draw.get("target"))
         if unmatched[key] > 0:
-            unmatched[key] -= 1  # the other run made the same draw
+            unmatched[key] -= 1  # the other run made the same draw before the tensor too
             continue
-        module = str(draw.get("module"))
+        module = draw.get("module")
         entry = counts.setdefault(module, {"module": module, "count": 0, "draws": 0, "ops": [],
                                            "only_here": module not in other_modules})
         entry["count"] += int(draw.get("count") or 0)
         entry["draws"] += 1
         entry["ops"].append(str(draw.get("name") or draw.get("target") or draw.get("op")))
     return sorted(counts.values(), key=lambda entry: -entry["count"])
+
+
+def _offset(draw: dict[str, Any]) -> int:
+    offset = draw.get("offset_before")
+    return offset if isinstance(offset, int) and not isinstance(offset, bool) else 0
 
 
 def _term_weights(context: CompareContext, step: int) -> dict[str, Any]:

@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from audit.diff.context import CompareContext
-from audit.divergence import Divergence
+from audit.divergence import Divergence, display_module
 from audit.explain.finding import Claims, Finding
 from audit.explain.inputs import _named
 from audit.explain.structure import _term_weights
 
-VALUE_CATEGORIES = ("module_outputs", "loss_terms", "gradients", "parameters", "optimizer")
+VALUE_CATEGORIES = ("module_outputs", "loss_terms", "gradients", "parameters", "buffers", "optimizer")
 
 
 def random_stream_shift(divergences: list[Divergence], context: CompareContext, claims: Claims) -> list[Finding]:
@@ -21,22 +21,24 @@ def random_stream_shift(divergences: list[Divergence], context: CompareContext, 
     first = min(one_sided, key=lambda d: d.sort_key())
     step = first.step or 0
     shifted = [d for d in divergences if d.category == "random_draws" and d.kind == "changed"
-               and (d.step or 0) >= step and d.evidence.get("shift")]
+               and (d.step or 0) >= step and d.evidence.get("generator") == first.evidence.get("generator")]
     shared = [d for d in shifted if d.step == step and d.order > first.order] or shifted
     term, weight = _loss_term_of(context, step, first.evidence.get("module"))
     branch = f" (loss term {term}, weight {weight})" if term else ""
     run = "run B" if first.kind == "added" else "run A"
     if shared:
         victim = shared[0]
-        after = (f"so later draws on the shared path start {abs(victim.evidence['shift'])} values "
-                 f"{'later' if victim.evidence['shift'] > 0 else 'earlier'} in {'run B' if victim.evidence['shift'] > 0 else 'run A'}"
-                 f" (first: {victim.evidence.get('op')} in {victim.evidence.get('module')} at step {victim.step}), "
-                 f"and their dropout masks differ from step {victim.step}")
+        shift = victim.evidence.get("shift")
+        moved = (f"start {abs(shift)} values {'later' if shift > 0 else 'earlier'} in {'run B' if shift > 0 else 'run A'}"
+                 if isinstance(shift, int) and shift else "start from another generator state")
+        after = (f"so later draws on the shared path {moved} (first: {_draw_text(victim)} at step {victim.step}), "
+                 f"and what they draw (dropout masks) differs from step {victim.step}")
     else:
         after = "but no later draw on the shared path moved"
+    count = first.evidence.get("count")
+    amount = f"{count} random values" if isinstance(count, int) else f"random values from {first.evidence.get('generator')}"
     first.cause = "random_stream_shift"
-    first.explanation = (f"At step {step}, {first.evidence.get('op')} in {first.evidence.get('module')}{branch} "
-                         f"draws {first.evidence.get('count')} random values in {run} only, {after}.")
+    first.explanation = (f"At step {step}, {_draw_text(first)}{branch} draws {amount} in {run} only, {after}.")
     first.evidence.update(loss_term=term, loss_weight=weight, shifted_draws=len(shifted),
                           first_shifted=shared[0].name if shared else None)
     same_module = [d for d in one_sided if d is not first]
@@ -59,7 +61,7 @@ def nan_through_term(divergences: list[Divergence], context: CompareContext, cla
         origin.explanation = (
             f"Loss term {term} with weight {weight} sends NaN/Inf to {evidence.get('parameters')} parameters "
             f"through {evidence.get('node')} ({evidence.get('forward_op')}"
-            f"{' of ' + operands if operands else ''}{saved}) in module {evidence.get('module')} at step "
+            f"{' of ' + operands if operands else ''}{saved}) in {_module_phrase(evidence.get('module'))} at step "
             f"{origin.step}, in {'run B' if evidence.get('run') == 'b' else 'run A'} only.{why}")
         claimed = [d for d in nonfinite if (d.step or 0) >= (origin.step or 0)] if not findings else []
         findings.append(Finding(origin, claimed))
@@ -81,18 +83,61 @@ def hyperparameter_change(divergences: list[Divergence], context: CompareContext
     for divergence in sorted(changes, key=lambda d: d.sort_key()):
         by_key.setdefault((divergence.evidence["hyperparameter"], divergence.evidence["param_group"]), []).append(divergence)
     findings = []
+    settings = [d for d in claims.free(divergences) if d.category == "optimizer" and "scheduler_setting" in d.evidence]
     for (key, group), steps in by_key.items():
         first = steps[0]
-        label = "Learning rate" if key == "lr" else f"Optimizer hyper-parameter {key}"
+        where = "in the update" if group == "update" else f"of param group {group}"
+        label = "Learning rate" if key == "lr" else f"Optimizer hyper-parameter {key}" if group != "update" else \
+            f"Update setting {key}"
         others = [d.step for d in steps[1:]]
         later = f" (and at steps {_named(str(s) for s in others)})" if others else ""
         first.cause = "hyperparameter_change"
-        first.explanation = (f"{label} of param group {group} differs from step {first.step}: "
+        first.explanation = (f"{label} {where} differs from step {first.step}: "
                              f"{first.evidence.get('a')!r} in run A, {first.evidence.get('b')!r} in run B{later}; "
                              f"the same gradients then give other updates.")
         first.evidence["steps"] = [d.step for d in steps]
-        findings.append(Finding(first, steps[1:]))
+        # A scheduler's own settings (max_lr...) go with the learning rate they set.
+        claimed = steps[1:] + (settings if key == "lr" and not findings else [])
+        findings.append(Finding(first, claimed))
+    findings.extend(_gradient_scaling(divergences, claims))
     return findings
+
+
+def _gradient_scaling(divergences: list[Divergence], claims: Claims) -> list[Finding]:
+    """Backward gave the same gradients, the optimizer received them scaled otherwise: clipping or loss
+    scaling between the two differs (seen in attach mode, where that code is the user's)."""
+    gradient_steps = {d.step for d in divergences if d.category == "gradients"}
+    scaled = sorted((d for d in claims.free(divergences) if d.category == "optimizer" and d.evidence.get("measured")
+                     and d.step not in gradient_steps), key=lambda d: d.sort_key())
+    if not scaled:
+        return []
+    first = scaled[0]
+    norms = first.evidence.get("norm_backward") or {}
+    first.cause = "hyperparameter_change"
+    first.explanation = (
+        f"From step {first.step} the optimizer receives the gradients scaled by {_factor_text(first.evidence.get('a'))} "
+        f"in run A and {_factor_text(first.evidence.get('b'))} in run B, while backward computed the same gradients "
+        f"(norm {_norm_text(norms.get('a'))}): gradient clipping or loss scaling between backward and "
+        f"optimizer.step() differs.")
+    return [Finding(first, scaled[1:])]
+
+
+def _factor_text(value: Any) -> str:
+    return "1 (unchanged)" if value is None else f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+
+
+def _norm_text(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) else "unknown"
+
+
+def _module_phrase(path: Any) -> str:
+    shown = display_module(path)
+    return shown if shown.startswith(("the ", "code ")) else f"module {shown}"
+
+
+def _draw_text(divergence: Divergence) -> str:
+    ops = [op for op in divergence.evidence.get("ops") or [divergence.evidence.get("op")] if op]
+    return f"{', '.join(map(str, ops)) or 'an untraced op'} in {display_module(divergence.evidence.get('module'))}"
 
 
 def _loss_term_of(context: CompareContext, step: int, module: Any) -> tuple[Any, Any]:

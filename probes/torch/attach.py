@@ -6,6 +6,7 @@ The same step recorder as the runner's loop does the recording, so both produce 
 
 from __future__ import annotations
 
+import sys
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -14,6 +15,7 @@ import torch
 
 from audit.trace import TraceWriter
 from audit.trace import format as fmt
+from probes.torch.compiled import refuse_compiled_model
 from probes.torch.dispatch_capture import DispatchCapture
 from probes.torch.environment import torch_environment
 from probes.torch.initialisation import initialisation_record
@@ -35,7 +37,6 @@ class AttachedRun:
         self.loss_weights = dict(loss_weights or {})
         config = {"recipe": "<attach>", "framework": "torch", "seed": seed, "label": label,
                   "loss_weights": self.loss_weights, "capture": self.capture}
-        self.writer = TraceWriter(path, framework="torch", config=config, label=label)
         self.ledger = RandomLedger(module_of=lambda: None)
         capture_build = DispatchCapture(self.ledger, lambda: None, record_ops=False, track_storage=True)
         if build is not None:
@@ -45,8 +46,11 @@ class AttachedRun:
                 model, optimizer = build()
         if model is None or optimizer is None:
             raise TypeError("attach needs model= and optimizer= (or build= returning both)")
+        refuse_compiled_model(model, where="attach")
+        # Made once the model is there: a build that fails leaves no locked staging folder behind.
+        self.writer = TraceWriter(path, framework="torch", config=config, label=label)
         self.model, self.optimizer = model, optimizer
-        self.writer.write_json(fmt.ENVIRONMENT, torch_environment(recipe_dir=None))
+        self.writer.write_json(fmt.ENVIRONMENT, torch_environment(recipe_dir=_script_folder()))
         initialisation = initialisation_record(model, capture_build, self.ledger.take_entries(), seed=seed or 0)
         if build is None:
             initialisation["note"] = ("the model was built before attach: creation order and seed offsets were "
@@ -54,8 +58,10 @@ class AttachedRun:
         self.writer.write_json(fmt.INITIALISATION, initialisation)
         self.structure: dict[str, Any] = {"modules": module_tree(model), "graph_steps": []}
         self.writer.write_json(fmt.STRUCTURE, self.structure)
+        # The user's code between backward and optimizer.step() (clipping, unscaling) is not ours to see:
+        # the recorder notes how it changed the gradients.
         self.recorder = TorchStepRecorder(model, optimizer, capture=self.capture, weight_of=self.weight_for,
-                                          ledger=self.ledger)
+                                          ledger=self.ledger, watch_gradient_changes=True)
         self.steps = 0
 
     def weight_for(self, term: str) -> float:
@@ -81,8 +87,17 @@ class AttachedRun:
         self.close(exc)
 
 
+def _script_folder() -> str | None:
+    """The folder of the user's script: its modules are the user's code, compared by source."""
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    return str(Path(main).resolve().parent) if main else None
+
+
 class AttachedStep:
-    """One step of the user's loop: forward, `loss(terms)`, backward, optimizer.step() inside it."""
+    """One step of the user's loop: forward, `loss(terms)`, backward, optimizer.step() inside it.
+
+    Gradient accumulation: call `loss(...)` and `backward(...)` once per micro-batch, then step the
+    optimizer; every micro-batch's loss terms are recorded."""
 
     def __init__(self, run: AttachedRun, batch: Any) -> None:
         self.run = run
@@ -94,9 +109,10 @@ class AttachedStep:
         self.run.recorder.begin_step(self.run.steps, self.batch)
         return self
 
-    def loss(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The weighted total of the named terms (weights from loss_weights, default 1.0)."""
-        return self.run.recorder.combine_loss(terms)
+    def loss(self, terms: Mapping[str, torch.Tensor], *, scale: float = 1.0) -> torch.Tensor:
+        """The weighted total of the named terms (weights from loss_weights, default 1.0), times `scale`
+        (1/micro-batches, where gradients are accumulated)."""
+        return self.run.recorder.combine_loss(terms, scale=scale)
 
     def backward(self, total: torch.Tensor) -> None:
         """total.backward(), keeping the graph so NaN provenance can look again if gradients turn non-finite."""

@@ -13,25 +13,19 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
+from probes.torch.generator_states import torch_state
 from probes.torch.random_ledger import RandomLedger
-
-_COPY_OPS = {"aten::_to_copy", "aten::copy_", "aten::clone", "aten::_copy_from", "aten::lift_fresh_copy"}
-
-
-def storage_key(tensor: torch.Tensor) -> int:
-    try:
-        return int(tensor.untyped_storage().data_ptr())
-    except (RuntimeError, NotImplementedError):
-        return 0
-
+from probes.torch.storage_origins import StorageOrigins
 
 class DispatchCapture(TorchDispatchMode):
     """Records ops (with module, phase and producers) and/or storage events while active."""
 
     def __init__(self, ledger: RandomLedger, module_of: Callable[[], str | None], *, record_ops: bool,
-                 track_storage: bool) -> None:
+                 track_storage: bool, watch: Any = None) -> None:
+        """`watch`, a RandomWatch, is told where each random op left its generator."""
         super().__init__()
         self.ledger = ledger
+        self.watch = watch
         self.module_of = module_of
         self.record_ops = record_ops
         self.track_storage = track_storage
@@ -40,13 +34,8 @@ class DispatchCapture(TorchDispatchMode):
         self.node_to_op: dict[Any, int] = {}
         self._producers: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self._pending: list[tuple[int, torch.Tensor]] = []
-        # Storage events while building: which op created each storage, and which random op filled it.
-        self.event = 0
-        self.creations: dict[int, dict[str, Any]] = {}
-        self.first_random: dict[int, dict[str, Any]] = {}
-        self.last_write: dict[int, str] = {}
-        self.alias: dict[int, int] = {}
-        self.alias_event: dict[int, Any] = {}
+        # Storage events while building: which op created each storage, and which fill its values came from.
+        self.storage = StorageOrigins()
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
                            kwargs: dict[str, Any] | None = None) -> Any:
@@ -55,23 +44,29 @@ class DispatchCapture(TorchDispatchMode):
         name = func._schema.name
         flat_inputs = [value for value in tree_flatten((args, kwargs))[0] if isinstance(value, torch.Tensor)]
         is_random = torch.Tag.nondeterministic_seeded in func.tags
-        fingerprint = ""
         generator = kwargs.get("generator")
         device = flat_inputs[0].device if flat_inputs else _device_kwarg(kwargs)
-        if is_random:
-            fingerprint = self.ledger.fingerprint(generator, device)
+        source = _source_generator(generator, device) if is_random else None
+        before = torch_state(source) if source is not None else None
         out = func(*args, **kwargs)
         flat_outputs = [value for value in tree_flatten(out)[0] if isinstance(value, torch.Tensor)]
-        self.event += 1
         entry = None
         if is_random:
+            after = torch_state(source) if source is not None else None
             filled = flat_inputs[0] if name.endswith("_") and flat_inputs else (flat_outputs or [None])[0]
             count = filled.numel() if filled is not None else 0
-            entry = self.ledger.record(op=name, count=count, generator=self.ledger.generator_name(generator, device),
-                                       fingerprint=fingerprint,
-                                       target=storage_key(filled) if filled is not None else None)
+            generator_name = self.ledger.generator_name(generator, device)
+            if before is None or after != before:  # a random op on an empty tensor draws nothing
+                entry = self.ledger.record(op=name, count=count, generator=generator_name, before=before,
+                                           after=after)
+            if self.watch is not None and after is not None:
+                if generator is not None:
+                    self.watch.track(generator, generator_name)
+                self.watch.synced(generator_name, after)
+                if entry is not None:
+                    self.watch.watch_region()
         if self.track_storage:
-            self._track_storage(name, flat_inputs, flat_outputs, entry)
+            self.storage.observe(name, flat_inputs, flat_outputs, entry, self.ledger.offsets)
         if self.record_ops:
             self._record_op(func, name, flat_inputs, flat_outputs)
         return out
@@ -111,50 +106,16 @@ class DispatchCapture(TorchDispatchMode):
                 self.node_to_op[node] = index
         self._pending = []
 
-    def _alias(self, key: int, source: int) -> None:
-        # The source's creation event is kept so that a freed source whose address a later tensor reuses is
-        # not mistaken for the origin (see `origin_of`).
-        self.alias[key] = source
-        self.alias_event[key] = self.creations.get(source, {}).get("event")
 
-    def origin_of(self, key: int) -> int:
-        """Follow whole-tensor copies back to the storage that was created and initialised."""
-        seen = set()
-        while key and key in self.alias and key not in self.first_random and key not in seen:
-            seen.add(key)
-            source = self.alias[key]
-            if self.creations.get(source, {}).get("event") != self.alias_event.get(key):
-                break  # the source was freed and its address reused by another tensor
-            key = source
-        return key
-
-    def _track_storage(self, name: str, inputs: list[torch.Tensor], outputs: list[torch.Tensor],
-                       random_entry: dict[str, Any] | None) -> None:
-        input_keys = {storage_key(t) for t in inputs}
-        for tensor in outputs:
-            key = storage_key(tensor)
-            if not key:
-                continue
-            if key not in input_keys:
-                # A new storage (or a reused address): forget what was known about the old one.
-                self.creations[key] = {"event": self.event, "offsets": dict(self.ledger.offsets), "op": name}
-                self.first_random.pop(key, None)
-                self.last_write.pop(key, None)
-                self.alias.pop(key, None)
-                if name in _COPY_OPS and inputs and _whole_copy(tensor, inputs[0]):
-                    self._alias(key, storage_key(inputs[0]))
-            else:
-                self.last_write[key] = name
-                # Only a copy of a whole tensor makes this storage "the same values as" the source; a copy
-                # into a slice (`table[:, 0::2] = ...`) writes part of it from a temporary that is soon freed.
-                if name in _COPY_OPS and len(inputs) > 1 and _whole_copy(tensor, inputs[1]):
-                    self._alias(key, storage_key(inputs[1]))
-        if random_entry is not None and random_entry.get("target_storage"):
-            self.first_random.setdefault(random_entry["target_storage"], random_entry)
-
-
-def _whole_copy(target: torch.Tensor, source: torch.Tensor) -> bool:
-    return target.numel() == source.numel() == target.untyped_storage().nbytes() // max(target.element_size(), 1)
+def _source_generator(generator: torch.Generator | None, device: torch.device | None) -> torch.Generator | None:
+    """The generator a random op draws from: its `generator=`, else its device's default one."""
+    if generator is not None:
+        return generator
+    if device is None or device.type == "cpu":
+        return torch.default_generator
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index or 0]
+    return None
 
 
 def _device_kwarg(kwargs: dict[str, Any]) -> torch.device | None:

@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from probes.torch.dispatch_capture import DispatchCapture, storage_key
+from probes.torch.dispatch_capture import DispatchCapture
+from probes.torch.storage_origins import storage_key
 from probes.torch.tensors import dtype_name, summarize
 
 
@@ -28,21 +29,32 @@ def named_tensors(model: torch.nn.Module) -> list[tuple[str, str, torch.Tensor]]
     return found
 
 
+def tied_names(model: torch.nn.Module) -> dict[str, str]:
+    """{alias: name} for tensors registered under several names (tied weights): one tensor, recorded once
+    under the name `named_tensors` gives it."""
+    first: dict[int, str] = {}
+    tied: dict[str, str] = {}
+    for items in (model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False)):
+        for name, tensor in items:
+            if id(tensor) in first and first[id(tensor)] != name:
+                tied[name] = first[id(tensor)]
+            first.setdefault(id(tensor), name)
+    return tied
+
+
 def initialisation_record(model: torch.nn.Module, capture: DispatchCapture, draws: list[dict[str, Any]],
                           *, seed: int) -> dict[str, Any]:
     tensors = named_tensors(model)
-    origins = {name: _origin(storage_key(tensor), capture) for name, _, tensor in tensors}
-    owner_of_storage = {origin: name for name, origin in origins.items() if origin}
+    origins = {name: capture.storage.origin(storage_key(tensor)) for name, _, tensor in tensors}
+    # A draw is the tensor's whose storage it filled (or the storage its values were copied from).
+    owner = {tuple(origin["storage"]): name for name, origin in origins.items() if origin}
     summaries = summarize([tensor for _, _, tensor in tensors])
-    events = {name: capture.creations.get(origins[name], {}).get("event") for name, _, _ in tensors}
-    ranked = sorted((event, position) for position, (name, _, _) in enumerate(tensors)
-                    if (event := events[name]) is not None)
+    ranked = sorted((origin["event"], position) for position, (name, _, _) in enumerate(tensors)
+                    if (origin := origins[name]) is not None)
     creation_index = {tensors[position][0]: index for index, (_, position) in enumerate(ranked)}
     records = []
     for (name, kind, tensor), summary in zip(tensors, summaries):
         origin = origins[name]
-        creation = capture.creations.get(origin)
-        random_fill = capture.first_random.get(origin)
         record: dict[str, Any] = {
             "name": name,
             "kind": kind,
@@ -52,25 +64,22 @@ def initialisation_record(model: torch.nn.Module, capture: DispatchCapture, draw
             "dtype": dtype_name(tensor.dtype),
             "summary": summary,
         }
-        if random_fill is not None:
-            record.update(initialiser=random_fill["op"], generator=random_fill["generator"],
-                          seed_offset=random_fill["offset_before"], rng_fingerprint=random_fill["rng_fingerprint"])
-        elif creation is not None:
-            record.update(initialiser=capture.last_write.get(origin, creation["op"]), generator="cpu",
-                          seed_offset=creation["offsets"].get("cpu", 0), rng_fingerprint=None)
+        fill = origin["fill"] if origin else None
+        if fill is not None:
+            record.update(initialiser=fill["op"], generator=fill["generator"], seed_offset=fill["offset_before"],
+                          rng_fingerprint=fill["rng_fingerprint"])
+        elif origin is not None:
+            record.update(initialiser=origin["fill_op"], generator="cpu",
+                          seed_offset=origin["fill_offsets"].get("cpu", 0), rng_fingerprint=None)
         else:
             record.update(initialiser=None, generator=None, seed_offset=None, rng_fingerprint=None,
                           note="created outside the recipe's build; creation order not observed")
         records.append(record)
     ledger = []
     for draw in draws:
-        entry = {key: value for key, value in draw.items() if key != "target_storage"}
-        target = owner_of_storage.get(_origin(draw.get("target_storage") or 0, capture))
+        entry = {key: value for key, value in draw.items() if key != "target_origin"}
+        target = owner.get(tuple(draw.get("target_origin") or ()))
         entry["target"] = target
         entry["module"] = entry.get("module") or (target.rsplit(".", 1)[0] if target and "." in target else None)
         ledger.append(entry)
-    return {"generators": {"cpu": {"seed": seed}}, "tensors": records, "draws": ledger}
-
-
-def _origin(key: int, capture: DispatchCapture) -> int:
-    return capture.origin_of(key)
+    return {"generators": {"cpu": {"seed": seed}}, "tensors": records, "draws": ledger, "tied": tied_names(model)}

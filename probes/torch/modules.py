@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils.hooks import RemovableHandle
 
-from probes.torch.tensors import dtype_name, tensors_in
+from probes.torch.tensors import dtype_name, flatten_tensors, tensors_in
 
 
 def module_tree(model: torch.nn.Module) -> list[dict[str, Any]]:
@@ -49,6 +49,9 @@ class ModuleCall:
     input_nodes: Sequence[Any] = ()
     output_nodes: Sequence[Any] = ()
     n_outputs: int = 0
+    # Where each output tensor sits in what the module returned (`0`, `1.hidden`): None for a bare tensor.
+    # Named by place, not by count, so `(x, None)` in one run and `(x, y)` in the other still match on x.
+    output_keys: Sequence[str] | None = None
     outputs: Sequence[torch.Tensor] = ()  # kept only where values are written
     summary_positions: list[int] = field(default_factory=list)
     summaries: Sequence[dict[str, Any]] = ()  # one per output, once the step stops
@@ -56,17 +59,22 @@ class ModuleCall:
     activation_counts: dict[int, Any] = field(default_factory=dict)  # [saturated, dead, units] per kind
 
     def output_name(self, index: int) -> str:
-        return self.path if self.n_outputs == 1 else f"{self.path}[{index}]"
+        return self.path if self.output_keys is None else f"{self.path}[{self.output_keys[index]}]"
 
 
 class ModuleTracker:
     """Forward hooks on every module of the model: the module stack and the calls of the current step."""
 
-    def __init__(self, model: torch.nn.Module, *, probe: Any = None, keep_outputs: bool = False) -> None:
+    def __init__(self, model: torch.nn.Module, *, probe: Any = None, keep_outputs: bool = False,
+                 watch: Any = None, on_forward: Callable[[], None] | None = None) -> None:
         """`probe` (an OutputProbe, or None for no output summaries) sees every output as it is returned;
-        `keep_outputs` keeps the tensors too, for values files."""
+        `keep_outputs` keeps the tensors too, for values files. `watch` (a RandomWatch) is told where every
+        module call starts and ends; `on_forward` is called when a call of the top module starts (a
+        forward pass begins: the second micro-batch of an accumulating step, for one)."""
         self.paths = {module: path for path, module in model.named_modules()}
         self.probe = probe
+        self.watch = watch
+        self.on_forward = on_forward
         self.keep_outputs = keep_outputs
         self.stack: list[str] = []
         self.calls: list[ModuleCall] = []
@@ -107,14 +115,15 @@ class ModuleTracker:
     def separate_calls(self) -> Iterator[list[ModuleCall]]:
         """Calls made inside the block go to the yielded list, outputs not kept; the step's own calls,
         counts and stack are as before afterwards (a replayed forward pass must not count twice)."""
-        saved = (self.calls, self._counts, self.stack, self._open, self.active, self.keep_outputs, self.probe)
+        saved = (self.calls, self._counts, self.stack, self._open, self.active, self.keep_outputs, self.probe,
+                 self.watch, self.on_forward)
         self.calls, self._counts, self.stack, self._open = [], {}, [], []
-        self.active, self.keep_outputs, self.probe = True, False, None
+        self.active, self.keep_outputs, self.probe, self.watch, self.on_forward = True, False, None, None, None
         try:
             yield self.calls
         finally:
             (self.calls, self._counts, self.stack, self._open, self.active, self.keep_outputs,
-             self.probe) = saved
+             self.probe, self.watch, self.on_forward) = saved
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -134,10 +143,14 @@ class ModuleTracker:
         path = self.paths.get(module)
         if path is None:
             path = f"<{type(module).__name__}>"
+        if not self.stack and self.active and self.on_forward is not None:
+            self.on_forward()
         self.stack.append(path)
         if not self.active:
             self._open.append(None)
             return
+        if self.watch is not None:
+            self.watch.enter(path)
         count = self._counts.get(path, 0)
         self._counts[path] = count + 1
         call = ModuleCall(path, count, type(module).__name__, len(self.calls), _grad_fns(args, kwargs))
@@ -150,8 +163,15 @@ class ModuleTracker:
         call = self._open.pop() if self._open else None
         if call is None:
             return
+        if self.watch is not None:
+            self.watch.leave()
         # Hooks run for every module call: the common single-tensor output skips the generic walk.
-        tensors = tensors_in(output)
+        if type(output) is torch.Tensor or isinstance(output, torch.Tensor):
+            tensors = [output]
+        else:
+            named = flatten_tensors(output)
+            tensors = [tensor for _, tensor in named]
+            call.output_keys = [key for key, _ in named]
         call.output_nodes = [t.grad_fn for t in tensors if t.grad_fn is not None]
         call.n_outputs = len(tensors)
         if self.keep_outputs:

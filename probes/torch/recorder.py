@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from audit.config import RunConfig
 from audit.errors import RunFailed
-from audit.recipe import as_recipe, loss_takes_step, resolve_recipe, step_batches
+from audit.recipe import Recipe, as_recipe, loss_takes_step, resolve_recipe, step_batches
 from audit.trace import TraceWriter
 from audit.trace import format as fmt
 from probes.torch import require_torch
@@ -18,10 +18,12 @@ def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[[in
     require_torch()
     import torch
 
+    from probes.torch.compiled import compiled_frames, refuse_compiled_model, refuse_compiled_step
     from probes.torch.dispatch_capture import DispatchCapture
     from probes.torch.environment import torch_environment
     from probes.torch.initialisation import initialisation_record
     from probes.torch.modules import module_tree
+    from probes.torch.optimizer_update import optimizer_step, prepare_update, scaled_for_backward
     from probes.torch.random_ledger import RandomLedger
     from probes.torch.step_recorder import TorchStepRecorder
     from probes.torch.tensors import values_for_file
@@ -39,6 +41,7 @@ def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[[in
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise RunFailed(f"recipe {config.recipe}: 'optimizer' must be a torch.optim.Optimizer, got "
                         f"{type(optimizer).__name__}")
+    refuse_compiled_model(model, where=f"recipe {config.recipe}")
     writer.write_json(fmt.ENVIRONMENT, torch_environment(recipe_dir=config.config_dir))
     writer.write_json(fmt.INITIALISATION, initialisation_record(model, capture, ledger.take_entries(),
                                                                  seed=config.seed))
@@ -49,40 +52,49 @@ def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[[in
 
     recorder = TorchStepRecorder(model, optimizer, capture=config.capture, weight_of=config.weight_for,
                                  ledger=ledger, num_classes=recipe.extras.get("num_classes"))
-    pass_step = loss_takes_step(recipe.loss)
-    batches = step_batches(recipe.batches, steps=config.steps, spec=config.recipe)
+    batches = step_batches(recipe.batches, steps=config.steps, spec=config.recipe, per_step=recipe.micro_batches)
     model.train()
     try:
         for step in range(1, config.steps + 1):
             batch = next(batches)
+            micro = batch if recipe.micro_batches > 1 else [batch]
             optimizer.zero_grad(set_to_none=True)
-            def forward(batch: Any = batch, step: int = step) -> Any:
-                return recipe.loss(model, batch, step=step) if pass_step else recipe.loss(model, batch)
-
-            recorder.begin_step(step, batch, replay=forward)
-            terms = forward()
-            try:
-                total = recorder.combine_loss(terms)
-            except TypeError as exc:
-                raise RunFailed(f"recipe {config.recipe}: {exc}") from exc
-            recorder.backward(total)
-            recorder.after_backward()
-            optimizer.step()
+            frames = compiled_frames()
+            recorder.begin_step(step, batch, replay=_forward(recipe, model, micro[0], step))
+            for index, part in enumerate(micro):
+                if index:
+                    recorder.next_micro_batch(replay=_forward(recipe, model, part, step))
+                terms = _forward(recipe, model, part, step)()
+                try:
+                    total = recorder.combine_loss(terms, scale=1.0 / len(micro))
+                except TypeError as exc:
+                    raise RunFailed(f"recipe {config.recipe}: {exc}") from exc
+                recorder.backward(scaled_for_backward(recipe, total))
+                recorder.after_backward()
+            update = prepare_update(recipe, model=model, optimizer=optimizer, step=step, spec=config.recipe)
+            if update:
+                recorder.note_update(update)
+            optimizer_step(recipe, optimizer)
             graph = recorder.finish_graph()
             record = recorder.end_step()
+            refuse_compiled_step(frames, where=f"recipe {config.recipe}")
             if recipe.lr_scheduler is not None:
                 recipe.lr_scheduler.step()
             if graph is not None:
                 writer.write_graph(step, graph)
                 structure["graph_steps"].append(step)
                 writer.write_json(fmt.STRUCTURE, structure)
-            if recorder.values:
-                record["values"] = writer.write_values(step, recorder.values)
-            else:
-                record["values"] = None
+            record["values"] = writer.write_values(step, recorder.values) if recorder.values else None
             writer.append_step(record)
             progress(step)
     finally:
         recorder.close()
     # Modules imported lazily during training belong to the code fingerprint too.
     writer.write_json(fmt.ENVIRONMENT, torch_environment(recipe_dir=config.config_dir))
+
+
+def _forward(recipe: Recipe, model: Any, batch: Any, step: int) -> Callable[[], Any]:
+    """The recipe's loss on one batch, as a call the recorder can replay."""
+    if loss_takes_step(recipe.loss):
+        return lambda: recipe.loss(model, batch, step=step)
+    return lambda: recipe.loss(model, batch)

@@ -1,7 +1,8 @@
 """One training step, recorded: the lifecycle shared by the runner's loop and attach mode.
 
-begin_step -> combine_loss -> backward -> after_backward -> (optimizer.step) -> end_step. The runner owns
-the loop and calls these in order; attach mode calls them around the user's own loop.
+begin_step -> [combine_loss -> backward -> after_backward] per micro-batch -> (gradient clipping, scaling:
+note_update) -> (optimizer.step) -> end_step. The runner owns the loop and calls these in order; attach
+mode calls them around the user's own loop.
 """
 
 from __future__ import annotations
@@ -24,14 +25,17 @@ from probes.torch.autograd_graph import (
 from probes.torch.dispatch_capture import DispatchCapture
 from probes.torch.health import step_health
 from probes.torch.initialisation import named_tensors
+from probes.torch.loss_record import LossTermRecord
 from probes.torch.modules import ModuleTracker
 from probes.torch.nan_provenance import attribute_terms, find_origins
 from probes.torch.optimizer_state import StateHashes, param_groups
 from probes.torch.output_probe import OutputProbe
-from probes.torch.random_ledger import RandomLedger, python_random_wrappers
+from probes.torch.random_ledger import RandomLedger
+from probes.torch.random_watch import RandomWatch
 from probes.torch.repeated_summaries import RepeatedSummaries
 from probes.torch.step_replay import RandomState, replay_forward
 from probes.torch.tensors import as_numpy, flatten_tensors, summarize, values_for_file
+from probes.torch.update_record import GradientChanges
 
 WeightOf = Callable[[str], float]
 
@@ -40,21 +44,31 @@ class TorchStepRecorder:
     """Records steps of one model and optimizer into step records (docs/trace-format.md)."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, capture: Mapping[str, Any],
-                 weight_of: WeightOf, ledger: RandomLedger, num_classes: Any = None) -> None:
+                 weight_of: WeightOf, ledger: RandomLedger, num_classes: Any = None,
+                 watch_gradient_changes: bool = False) -> None:
+        """`watch_gradient_changes`: see whether the user's code changed the gradients between backward and
+        optimizer.step() (clipping, scaling) where the recorder does not own that code (attach mode)."""
         self.model = model
         self.optimizer = optimizer
         self.capture = dict(capture)
         self.weight_of = weight_of
         self.num_classes = num_classes
         self.ledger = ledger
+        self.watch = RandomWatch(ledger) if capture.get("random_draws", True) else None
         probe = (OutputProbe(health=bool(capture.get("health", True)), probe_only=self._probe_only)
                  if capture.get("module_outputs", True) else None)
-        self.tracker = ModuleTracker(model, probe=probe)
+        self.tracker = ModuleTracker(model, probe=probe, watch=self.watch, on_forward=self._forward_starts)
         ledger.module_of = lambda: self.tracker.current
-        self.parameters = [(name, t) for name, kind, t in named_tensors(model) if kind == "parameter"]
+        named = named_tensors(model)
+        self.parameters = [(name, t) for name, kind, t in named if kind == "parameter"]
+        # Frozen parameters get no gradient: attribution and provenance ask only for the others.
+        self.trainable = [(name, t) for name, t in self.parameters if t.requires_grad]
+        self.buffers = [(name, t) for name, kind, t in named if kind == "buffer"]
         self.names = {id(t): name for name, t in self.parameters}
         self._gradient_summaries = RepeatedSummaries()
         self._parameter_summaries = RepeatedSummaries()
+        self._buffer_summaries = RepeatedSummaries()
+        self._changes = GradientChanges(optimizer, self) if watch_gradient_changes else None
         self._state_hashes = StateHashes()
         self.graphs: dict[int, dict[str, Any]] = {}
         self._previous_digest: str | None = None
@@ -73,42 +87,63 @@ class TorchStepRecorder:
         self._reset()
         self._collector.pause()
         self.step = step
-        if replay is not None and step > 1 and self.capture.get("nan_provenance", True):
-            self._replay = replay
-            self._step_start = RandomState(self.ledger.custom_generators)
         self.record = {"step": step, "batch": self._batch_record(batch), "notes": []}
         self.values: dict[str, Any] = {}
         if self._keep_values():
             for name, tensor in flatten_tensors(batch):
                 self.values[f"batch/{name}"] = values_for_file(tensor)
+        full_capture = step == 1 and (self.capture.get("graph", True) or self.capture.get("random_draws", True))
+        if self.watch is not None:
+            self.watch.ops_enabled = not full_capture  # the full capture names random ops itself
+            self.watch.begin_step()
         self.ledger.phase = "forward"
         self.tracker.keep_outputs = self._keep_values() and bool(self.capture.get("module_outputs", True))
         self.tracker.start_step()
-        if step == 1 and (self.capture.get("graph", True) or self.capture.get("random_draws", True)):
+        if full_capture:
             self.dispatch = DispatchCapture(self.ledger, lambda: self.tracker.current,
-                                            record_ops=bool(self.capture.get("graph", True)), track_storage=False)
+                                            record_ops=bool(self.capture.get("graph", True)), track_storage=False,
+                                            watch=self.watch)
             self._contexts.enter_context(self.dispatch)
-        elif self.capture.get("random_draws", True):
-            self._contexts.enter_context(python_random_wrappers(self.ledger))
+        self.next_micro_batch(replay=replay)
 
-    def combine_loss(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Total = sum(weight x term); records every term, and which ops each term's graph holds."""
+    def next_micro_batch(self, *, replay: Callable[[], Any] | None = None) -> None:
+        """A forward pass starts (the first of the step, or the next micro-batch); `replay` runs it again."""
+        self._replay, self._step_start = None, None
+        if replay is not None and self.step > 1 and self.capture.get("nan_provenance", True):
+            self._replay = replay
+            self._step_start = RandomState(self.ledger.custom_generators)
+        self._forward_starts()
+
+    def _forward_starts(self) -> None:
+        """Ops from here on belong to a forward pass (after a micro-batch's backward, the next one's)."""
+        if self.ledger.phase == "forward":
+            return
+        self._set_phase("forward")
+
+    def _set_phase(self, phase: str) -> None:
+        if self.dispatch is not None:
+            self.dispatch.phase = phase
+        if self.watch is not None:
+            self.watch.set_phase(phase)
+        self.ledger.phase = phase
+
+    def combine_loss(self, terms: Mapping[str, torch.Tensor], *, scale: float = 1.0) -> torch.Tensor:
+        """Total = scale x sum(weight x term); records every term, and which ops each term's graph holds.
+
+        Called once per forward pass: a step that accumulates over micro-batches calls it for each, with
+        `scale` 1/micro-batches where the total is averaged."""
         if not isinstance(terms, Mapping) or not terms:
             raise TypeError(f"the loss function must return a non-empty mapping of named terms, got "
                             f"{type(terms).__name__}")
-        weighted, total = self._weighted_total(terms)
-        records: dict[str, Any] = {}
-        for name, value in terms.items():
-            with self._probe_only():
-                records[str(name)] = {"weight": self.weight_of(str(name)), "value": float(value.detach()),
-                                      "hash": hash_array(as_numpy(value.reshape(()).detach()))}
-                if self._keep_values():
-                    self.values[f"loss_terms/{name}"] = values_for_file(value.reshape(1))
-        self.record["loss_terms"] = records
+        weighted, total = self._weighted_total(terms, scale)
         with self._probe_only():
-            self.record["total_loss"] = float(total.detach())
+            self.loss.add(terms, total)
+        self.record["loss_terms"] = self.loss.record()
+        self.record["total_loss"] = self.loss.total()
+        if self.loss.micro_batches > 1:
+            self.record["micro_batches"] = self.loss.micro_batches
         self.weighted = weighted
-        self.weights = {name: record["weight"] for name, record in records.items()}
+        self.weights = {str(name): self.weight_of(str(name)) for name in terms}
         self.total = total
         self._finish_forward()
         return total
@@ -131,12 +166,17 @@ class TorchStepRecorder:
         return provenance and self._replay is None
 
     def after_backward(self) -> None:
-        """Gradients, and where they turned non-finite; call before optimizer.step()."""
-        if self.dispatch is not None:
-            self.dispatch.phase = "optimizer"
-        self.ledger.phase = "optimizer"
+        """Gradients, and where they turned non-finite; call after each backward, before optimizer.step()."""
+        self._set_phase("optimizer")
         with self._probe_only():
             self._record_gradients()
+        if self._changes is not None:
+            self._changes.after_backward(self.record["gradients"])
+
+    def note_update(self, facts: Mapping[str, Any]) -> None:
+        """What happened between backward and optimizer.step() (micro-batches, clipping, gradient scaling):
+        the step record's `update`, compared like hyper-parameters."""
+        self.record.setdefault("update", {}).update(facts)
 
     def _record_gradients(self) -> None:
         grads = [(name, p.grad) for name, p in self.parameters]
@@ -149,9 +189,11 @@ class TorchStepRecorder:
         self._nonfinite_before = bool(nonfinite)
         retained = self._retained and self.total is not None and self.total.grad_fn is not None
         provenance = outbreak and bool(self.capture.get("nan_provenance", True))
-        attribute = bool(self.capture.get("term_attribution", True)) and (self.step == 1 or outbreak)
-        self.record["nan_provenance"] = None
-        self.record["term_attribution"] = None
+        # With micro-batches: attribution of the first forward pass, provenance of the one where NaN entered.
+        self.record.setdefault("nan_provenance", None)
+        self.record.setdefault("term_attribution", None)
+        attribute = (bool(self.capture.get("term_attribution", True)) and (self.step == 1 or outbreak)
+                     and self.record["term_attribution"] is None)
         if (provenance or attribute) and retained:
             self._look_again(self.total, self.weighted, self.tracker.calls, nonfinite, provenance=provenance,
                              attribute=attribute, exact_ops=True)
@@ -160,8 +202,7 @@ class TorchStepRecorder:
         elif outbreak:
             self.record["notes"].append("gradients turned non-finite; NaN provenance was not captured "
                                         "(capture.nan_provenance is off or the graph was not kept)")
-        self.record["optimizer"] = {"type": type(self.optimizer).__name__,
-                                    "param_groups": param_groups(self.optimizer, self.names)}
+        self.record["optimizer"] = self._optimizer_record()
         if self._keep_values():
             for name, g in present:
                 self.values[f"gradients/{name}"] = values_for_file(g)
@@ -171,20 +212,20 @@ class TorchStepRecorder:
         """Provenance and attribution from a graph that is still there: the step's own or a replay's."""
         if provenance:
             dispatch = self.dispatch if exact_ops else None
-            origins = find_origins(total, [t for _, t in self.parameters], weighted=weighted,
+            origins = find_origins(total, [t for _, t in self.trainable], weighted=weighted,
                                    weights=self.weights, calls=calls,
                                    node_to_op=dispatch.node_to_op if dispatch else None,
                                    ops=dispatch.ops if dispatch else None)
             self.record["nan_provenance"] = {"origins": origins, "nonfinite_parameters": nonfinite,
                                              "replayed": not exact_ops, "replay_matches": None}
         if attribute:
-            self.record["term_attribution"] = attribute_terms(weighted, self.weights, self.parameters)
+            self.record["term_attribution"] = attribute_terms(weighted, self.weights, self.trainable)
 
     def _replay_step(self, nonfinite: list[str], *, provenance: bool, attribute: bool) -> None:
         """The outbreak step's forward pass once more, for a graph to look into (see step_replay)."""
         assert self._replay is not None and self._step_start is not None
         replay = self._replay
-        with self.tracker.separate_calls() as calls, self.ledger.paused():
+        with self.tracker.separate_calls() as calls, self.ledger.paused(), self._watch_paused():
             terms = replay_forward(replay, step_start=self._step_start, model=self.model)
             weighted, total = self._weighted_total(terms)
             if total.grad_fn is None:
@@ -197,8 +238,8 @@ class TorchStepRecorder:
             replayed = {str(name): value for name, value in terms.items()}
             recorded = self.record["loss_terms"]
             matches = set(replayed) == set(recorded) and all(
-                hash_array(as_numpy(replayed[name].reshape(()).detach())) == record["hash"]
-                for name, record in recorded.items())
+                hash_array(as_numpy(replayed[name].reshape(()).detach())) == self.loss.last_hash(name)
+                for name in recorded)
         found = self.record["nan_provenance"]
         if found is not None:
             found["replay_matches"] = matches
@@ -207,15 +248,17 @@ class TorchStepRecorder:
                                         "(nondeterministic ops, or a random generator the recorder does not "
                                         "know): NaN provenance and attribution describe the replay")
 
-    def _weighted_total(self, terms: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """{term: weight x term} and their sum, the total the runner trains on."""
+    def _weighted_total(self, terms: Mapping[str, torch.Tensor], scale: float = 1.0
+                        ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """{term: weight x term} and their sum (times `scale`), the total the runner trains on."""
         weighted: dict[str, torch.Tensor] = {}
         for name, value in terms.items():
             if not isinstance(value, torch.Tensor) or value.numel() != 1:
                 raise TypeError(f"loss term {name!r} must be a scalar tensor, got "
                                 f"{getattr(value, 'shape', type(value).__name__)}")
             weighted[str(name)] = value * self.weight_of(str(name))
-        return weighted, torch.stack([w.reshape(()) for w in weighted.values()]).sum()
+        total = torch.stack([w.reshape(()) for w in weighted.values()]).sum()
+        return weighted, total * scale if scale != 1.0 else total
 
     def end_step(self) -> dict[str, Any]:
         """Parameters and optimizer state after the update; returns the finished step record."""
@@ -225,22 +268,29 @@ class TorchStepRecorder:
             self._collector.resume()
 
     def abort_step(self) -> None:
-        """The step stops without a record (the user's code raised): hooks and wrappers off, collector on."""
+        """The step stops without a record (the user's code raised): hooks and modes off, collector on."""
         self._contexts.close()
+        if self.watch is not None:
+            self.watch.close()
+        self.ledger.take_entries()
         self.tracker.stop()
         self._reset()
         self._collector.resume()
 
     def _end_step(self) -> dict[str, Any]:
         self._contexts.close()
+        if self.watch is not None:
+            self.watch.end_step()
         self.tracker.stop()
         found = self._parameter_summaries.summaries([t for _, t in self.parameters])
         self.record["parameters"] = dict(zip([n for n, _ in self.parameters], found))
-        self.record.setdefault("optimizer", {"type": type(self.optimizer).__name__,
-                                             "param_groups": param_groups(self.optimizer, self.names)})
+        # Buffers change in training too (batch-norm statistics, counters): a model saved after the step
+        # holds them, so they are compared like parameters.
+        found = self._buffer_summaries.summaries([t for _, t in self.buffers])
+        self.record["buffers"] = dict(zip([n for n, _ in self.buffers], found))
+        self.record.setdefault("optimizer", self._optimizer_record())
         self.record["optimizer"]["state"] = self._state_hashes(self.optimizer, self.names)
-        self.record["random_draws"] = [{k: v for k, v in entry.items() if k != "target_storage"}
-                                       for entry in self.ledger.take_entries()]
+        self.record["random_draws"] = self.ledger.take_entries()
         if self.capture.get("module_outputs", True):
             self.record["module_outputs"] = self.tracker.summaries()
             if self._keep_values():
@@ -249,6 +299,10 @@ class TorchStepRecorder:
         if self._keep_values():
             for name, tensor in self.parameters:
                 self.values[f"parameters/{name}"] = values_for_file(tensor)
+            for name, tensor in self.buffers:
+                self.values[f"buffers/{name}"] = values_for_file(tensor)
+            for name, array in self.loss.values().items():
+                self.values[f"loss_terms/{name}"] = array
         if self.capture.get("health", True):
             self.record["health"] = step_health(
                 self.tracker.calls, step=self.step,
@@ -260,6 +314,10 @@ class TorchStepRecorder:
 
     def close(self) -> None:
         self._contexts.close()
+        if self.watch is not None:
+            self.watch.close()
+        if self._changes is not None:
+            self._changes.remove()
         self._collector.resume()
         self.tracker.remove()
 
@@ -274,11 +332,23 @@ class TorchStepRecorder:
         self._retained = False
         self._replay: Callable[[], Any] | None = None
         self._step_start: RandomState | None = None
+        self._labelled: set[Any] = set()
+        self.loss = LossTermRecord(self.weight_of)
         self.step = 0
+
+    def _optimizer_record(self) -> dict[str, Any]:
+        """Type and param groups; `own_keys` are the hyper-parameters the optimizer reads (its defaults):
+        other group keys are a scheduler's bookkeeping."""
+        return {"type": type(self.optimizer).__name__, "param_groups": param_groups(self.optimizer, self.names),
+                "own_keys": sorted(map(str, getattr(self.optimizer, "defaults", {}) or {}))}
 
     def _probe_only(self) -> Any:
         """Our own tensor work must not show up in the op graph or the random ledger."""
-        return _disable_current_modes() if self.dispatch is not None else nullcontext()
+        watching_ops = self.watch is not None and self.watch.mode_on
+        return _disable_current_modes() if self.dispatch is not None or watching_ops else nullcontext()
+
+    def _watch_paused(self) -> Any:
+        return self.watch.paused() if self.watch is not None else nullcontext()
 
     def _keep_values(self) -> bool:
         mode = self.capture.get("values", "none")
@@ -294,20 +364,26 @@ class TorchStepRecorder:
 
     def _finish_forward(self) -> None:
         """End of the forward pass: label ops with loss terms, fingerprint the graph, store it if new."""
-        nodes = ordered_nodes(self.total.grad_fn) if self.total is not None else []
+        first = self.loss.micro_batches == 1  # later micro-batches: ops labelled, the graph kept from the first
+        nodes = ordered_nodes(self.total.grad_fn) if self.total is not None and first else []
         digest = graph_digest(nodes)
         graph: dict[str, Any] = {"digest": digest, "nodes": len(nodes), "stored": False}
-        store = self.capture.get("graph", True) and (self.step == 1 or digest != self._previous_digest)
+        store = first and self.capture.get("graph", True) and (self.step == 1 or digest != self._previous_digest)
         # Which terms reach which node matters only where ops are labelled: step 1 and stored graphs.
         membership = term_membership(self.weighted) if store or self.dispatch is not None else {}
         if self.dispatch is not None:
             self.dispatch.finish_forward()
             for node, index in self.dispatch.node_to_op.items():
+                if node in self._labelled:
+                    continue
+                self._labelled.add(node)
                 terms = membership.get(node)
                 self.dispatch.ops[index]["loss_term"] = term_label(terms, len(self.weighted))
                 if terms and len(terms) > 1:
                     self.dispatch.ops[index]["loss_terms"] = terms
-            self.dispatch.phase = "backward"
+        self._set_phase("backward")
+        if not first:
+            return
         if store:
             modules = modules_of_nodes(nodes, self.tracker.calls) if self.step > 1 else {}
             self.graphs[self.step] = {
@@ -320,7 +396,6 @@ class TorchStepRecorder:
             graph["stored"] = True
         self._previous_digest = digest
         self.record["graph"] = graph
-        self.ledger.phase = "backward"
 
     def finish_graph(self) -> dict[str, Any] | None:
         """The full graph of this step for graphs/, completed with the backward and optimizer ops."""

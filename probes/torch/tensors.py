@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -419,11 +419,12 @@ def summarize_one(tensor: torch.Tensor) -> dict[str, Any]:
 
 
 def flatten_tensors(value: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
-    """Named tensors inside a batch or module output (tensors, tuples, lists, dicts, dataclasses)."""
+    """Named tensors inside a batch or module output (tensors, tuples, lists, mappings such as a
+    HuggingFace BatchEncoding, dataclasses), each named by its path: `0.input_ids`, `1`, `logits`."""
     found: list[tuple[str, torch.Tensor]] = []
     if isinstance(value, torch.Tensor):
         found.append((prefix or "0", value))
-    elif isinstance(value, dict):
+    elif isinstance(value, Mapping):
         for key in value:
             found.extend(flatten_tensors(value[key], f"{prefix}.{key}" if prefix else str(key)))
     elif isinstance(value, (list, tuple)):
@@ -448,7 +449,7 @@ def tensors_in(value: Any) -> list[torch.Tensor]:
 def _collect(value: Any, found: list[torch.Tensor]) -> None:
     if isinstance(value, torch.Tensor):
         found.append(value)
-    elif isinstance(value, dict):
+    elif isinstance(value, Mapping):
         for item in value.values():
             _collect(item, found)
     elif isinstance(value, (list, tuple)):

@@ -33,7 +33,7 @@ def parameter_order(trace_a: Trace | None, trace_b: Trace | None) -> list[str]:
         for module in trace.structure.get("modules") or []:
             for parameter in module.get("parameters") or []:
                 names.setdefault(str(parameter["name"]), None)
-        tensors = sorted(trace.initialisation.get("tensors") or [], key=lambda t: t.get("creation_index", 0))
+        tensors = sorted(trace.initialisation.get("tensors") or [], key=lambda t: (t.get("creation_index") is None, t.get("creation_index") or 0))
         for tensor in tensors:
             if tensor.get("kind", "parameter") == "parameter":
                 names.setdefault(str(tensor["name"]), None)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from itertools import zip_longest
 from typing import Any
 
-from audit.divergence import Comparison, Divergence
+from audit.divergence import Comparison, Divergence, display_module
 from audit.trace import Trace
 from reports.html.tree import format_value
 
@@ -42,7 +42,7 @@ def init_view(comparison: Comparison, trace_a: Trace | None, trace_b: Trace | No
     sides = []
     for trace in (trace_a, trace_b):
         tensors = (trace.initialisation.get("tensors") or []) if trace is not None else []
-        sides.append(sorted(tensors, key=lambda t: (t.get("creation_index", 0), str(t.get("name")))))
+        sides.append(sorted(tensors, key=lambda t: (t.get("creation_index") is None, t.get("creation_index") or 0, str(t.get("name")))))
     if not sides[0] and not sides[1]:
         return None
     rows: list[dict[str, Any]] = []
@@ -197,7 +197,7 @@ def _with_group_headers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         key = _group_key(row)
         if key is not None and key != previous:
-            out.append({"group": {"phase": key[0], "module": key[1] or "(no module)",
+            out.append({"group": {"phase": key[0], "module": display_module(key[1]),
                                   "loss_term": key[2] or "(no term)"}})
             previous = key
         out.append(row)
@@ -217,5 +217,5 @@ def _group_summary(rows: list[dict[str, Any]], ops: list[list[dict[str, Any]]]) 
             if cell and cell["mark"] == mark:
                 key = (cell["module"], cell["loss_term"])
                 groups.setdefault(key, {"a": 0, "b": 0, "added": 0, "removed": 0})[mark] += 1
-    return [{"module": module or "(no module)", "loss_term": term or "(no term)", **counts}
+    return [{"module": display_module(module), "loss_term": term or "(no term)", **counts}
             for (module, term), counts in groups.items() if counts["added"] or counts["removed"]]

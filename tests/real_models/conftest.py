@@ -1,0 +1,133 @@
+"""Recordings of the real architectures, made once per session and shared by every test that reads them.
+
+Every run is a real worker subprocess, as `repro-audit` makes them; `check` runs go through the CLI.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from audit.config import load_config
+from audit.runner import record_all
+from audit.trace import Trace
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent.parent
+HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
+CHECK_RUNS = 10
+STEPS = 2
+
+# name -> (recipe, params, loss_weights)
+VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, float]]] = {
+    "resnet_aux": ("resnet", {"aux_head": True}, {"aux_ce": 0.0}),
+    "resnet_momentum": ("resnet", {"bn_momentum": 0.5}, {}),
+    "resnet_fc_first": ("resnet", {"fc_first": True}, {}),
+    "resnet_onecycle_a": ("resnet", {"max_lr": 0.1}, {}),
+    "resnet_onecycle_b": ("resnet", {"max_lr": 0.2}, {}),
+    "encoder_probe": ("encoder", {"probe_branch": True}, {"probe": 0.0}),
+    "encoder_data": ("encoder", {"data_seed": 2}, {}),
+    "tied_lm_entropy": ("tied_lm", {"attention_entropy": True}, {"attention_entropy": 0.0}),
+    "tied_lm_untied": ("tied_lm", {"tie": False}, {}),
+    "gpt2_value_head": ("gpt2", {"value_head": True}, {"value": 0.0}),
+    "gpt2_clip": ("gpt2", {"clip_grad_norm": 0.1}, {}),
+}
+BASELINES = ("resnet", "encoder", "tied_lm", "gpt2")
+
+
+def write_config(folder: Path, name: str, recipe: str, params: dict[str, Any], weights: dict[str, float]) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"recipe": f"architectures:{recipe}", "seed": 0, "steps": STEPS,
+                                    "params": params, "loss_weights": weights, "label": name}), encoding="utf-8")
+    return path
+
+
+def needs(recipe: str) -> None:
+    if recipe == "gpt2" and not HAS_TRANSFORMERS:
+        pytest.skip("transformers is not installed (pip install 'repro-audit[test]')")
+
+
+@pytest.fixture(scope="session")
+def architecture_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("architectures")
+    shutil.copy(HERE / "architectures.py", folder / "architectures.py")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def checked(architecture_folder: Path) -> Callable[[str], tuple[subprocess.CompletedProcess[str], list[Path]]]:
+    """`repro-audit check` of a baseline over CHECK_RUNS runs (made on first use), and its kept traces."""
+    done: dict[str, tuple[subprocess.CompletedProcess[str], list[Path]]] = {}
+
+    def check(recipe: str) -> tuple[subprocess.CompletedProcess[str], list[Path]]:
+        needs(recipe)
+        if recipe not in done:
+            config = write_config(architecture_folder, recipe, recipe, {}, {})
+            keep = architecture_folder / f"{recipe}-check"
+            completed = subprocess.run(
+                [sys.executable, "-m", "audit.cli_main", "check", str(config), "--runs", str(CHECK_RUNS), "-q",
+                 "--keep", str(keep)], capture_output=True, text=True, cwd=architecture_folder, env=_env())
+            done[recipe] = (completed, sorted(keep.glob("*.trace"), key=lambda p: int(p.name.split("-")[0])))
+        return done[recipe]
+
+    return check
+
+
+@pytest.fixture(scope="session")
+def variant_traces(architecture_folder: Path) -> dict[str, Trace]:
+    """Every variant recorded once, two at a time."""
+    jobs = []
+    for name, (recipe, params, weights) in VARIANTS.items():
+        if recipe == "gpt2" and not HAS_TRANSFORMERS:
+            continue
+        config = load_config(write_config(architecture_folder, name, recipe, params, weights))
+        jobs.append((config, architecture_folder / f"{name}.trace"))
+    results = record_all(jobs)
+    failed = [result.failure_line() for result in results if not result.ok]
+    assert not failed, failed
+    return {path.stem: Trace(path) for _, path in jobs}
+
+
+@pytest.fixture(scope="session")
+def baseline(checked: Callable[[str], tuple[Any, list[Path]]]) -> Callable[[str], Trace]:
+    """Run 1 of a baseline's check: the A side of every variant's comparison."""
+    return lambda recipe: Trace(checked(recipe)[1][0])
+
+
+@pytest.fixture(scope="session")
+def attach_traces(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., list[Path]]:
+    """Traces of the attach-mode loop (tests/real_models/attach_loop.py) run as a script."""
+    folder = tmp_path_factory.mktemp("attach")
+    made: dict[tuple[str, ...], list[Path]] = {}
+
+    def run(*args: str, times: int = 1) -> list[Path]:
+        if args not in made:
+            paths = [folder / f"{'_'.join(a.strip('-') for a in args) or 'plain'}-{i}.trace" for i in range(times)]
+
+            def one(path: Path) -> None:
+                completed = subprocess.run([sys.executable, str(HERE / "attach_loop.py"), str(path), *args],
+                                           capture_output=True, text=True, env=_env())
+                assert completed.returncode == 0, completed.stderr[-2000:]
+
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                list(pool.map(one, paths))
+            made[args] = paths
+        return made[args]
+
+    return run
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
