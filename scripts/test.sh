@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 python -m mypy  # the files and settings are in pyproject.toml
-python -m pytest -q -n 2 "$@"
+# --dist loadscope: a module's tests share one worker, so its module-scoped recordings are made once.
+python -m pytest -q -n 2 --dist loadscope "$@"

@@ -138,7 +138,7 @@ def _compare_state(step: int, state_a: dict[str, Any], state_b: dict[str, Any], 
     """Per parameter: state in both runs that differs, or state that only one run keeps (a parameter that
     exists, or is trained, in one run only)."""
     matched_a = {to_a.get(name_b, name_b) for name_b in state_b}
-    names = [(name_b, to_a.get(name_b, name_b)) for name_b in sorted(state_b)]
+    names: list[tuple[str | None, str]] = [(name_b, to_a.get(name_b, name_b)) for name_b in sorted(state_b)]
     names += [(None, name_a) for name_a in sorted(state_a) if name_a not in matched_a]
     for order, (name_b, name_a) in enumerate(names):
         in_a, in_b = name_a in state_a, name_b is not None
@@ -147,10 +147,10 @@ def _compare_state(step: int, state_a: dict[str, Any], state_b: dict[str, Any], 
             kind, run = ("added", "B") if in_b else ("removed", "A")
             found.append(Divergence(
                 "optimizer", f"state of {name}", kind, step=step, order=OPTIMIZER_STATE_ORDER + order,
-                evidence={"keys": sorted((state_b.get(name_b) if in_b else state_a.get(name_a)) or {}), "run": run},
+                evidence={"keys": sorted((state_b.get(name) if in_b else state_a.get(name)) or {}), "run": run},
                 explanation=f"only run {run} keeps optimizer state for {name} after step {step}."))
             continue
-        entry_a, entry_b = state_a.get(name_a) or {}, state_b.get(name_b) or {}
+        entry_a, entry_b = state_a.get(name_a) or {}, state_b.get(name) or {}
         differing = sorted(k for k in set(entry_a) | set(entry_b) if entry_a.get(k) != entry_b.get(k))
         if differing:
             found.append(Divergence(

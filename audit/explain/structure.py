@@ -148,9 +148,9 @@ def _draws_before(context: CompareContext, side: str, limit: int, other_limit: A
     trace, other = (context.trace_b, context.trace_a) if side == "b" else (context.trace_a, context.trace_b)
     rename = context.parameters.a_to_b if side == "b" else context.parameters.b_to_a
     other_draws = [d for d in other.initialisation.get("draws") or [] if isinstance(d, dict)]
-    other_modules = {d.get("module") for d in other_draws}
+    other_modules = {_renamed_module(d, rename) for d in other_draws}
     other_limit = other_limit if isinstance(other_limit, int) else None
-    unmatched = Counter((d.get("module"), d.get("op"), d.get("count"), rename.get(d.get("target"), d.get("target")))
+    unmatched = Counter((d.get("module"), d.get("op"), d.get("count"), rename.get(str(d.get("target")), d.get("target")))
                         for d in other_draws
                         if other_limit is None or _offset(d) < other_limit)
     counts: dict[Any, dict[str, Any]] = {}
@@ -170,6 +170,15 @@ def _draws_before(context: CompareContext, side: str, limit: int, other_limit: A
         entry["draws"] += 1
         entry["ops"].append(str(draw.get("name") or draw.get("target") or draw.get("op")))
     return sorted(counts.values(), key=lambda entry: -entry["count"])
+
+
+def _renamed_module(draw: dict[str, Any], rename: dict[str, str]) -> Any:
+    """The module of a draw under the other run's names: Keras's `dense_1` in run A is `dense_2` in run B
+    when a layer was added before it, and is not the `dense_1` that run B added."""
+    target = draw.get("target")
+    if isinstance(target, str) and rename.get(target, target) != target:
+        return rename[target].rpartition(".")[0] or rename[target].rpartition("/")[0]
+    return draw.get("module")
 
 
 def _offset(draw: dict[str, Any]) -> int:

@@ -82,7 +82,7 @@ def hyperparameter_change(divergences: list[Divergence], context: CompareContext
     by_key: dict[tuple[Any, Any], list[Divergence]] = {}
     for divergence in sorted(changes, key=lambda d: d.sort_key()):
         by_key.setdefault((divergence.evidence["hyperparameter"], divergence.evidence["param_group"]), []).append(divergence)
-    findings = []
+    findings: list[Finding] = []
     settings = [d for d in claims.free(divergences) if d.category == "optimizer" and "scheduler_setting" in d.evidence]
     for (key, group), steps in by_key.items():
         first = steps[0]

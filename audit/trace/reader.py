@@ -154,7 +154,7 @@ class Trace:
         if isinstance(version, bool) or version not in fmt.READABLE_VERSIONS:
             newer = isinstance(version, int) and version > fmt.SCHEMA_VERSION
             hint = "upgrade repro-audit to read it" if newer else "re-record it with this version"
-            readable = " and ".join(map(str, fmt.READABLE_VERSIONS))
+            readable = f"{min(fmt.READABLE_VERSIONS)} to {max(fmt.READABLE_VERSIONS)}"
             raise TraceError(
                 f"trace {self.path} has schema version {version!r}, this repro-audit reads versions {readable}: {hint}"
             )

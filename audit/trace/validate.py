@@ -60,7 +60,7 @@ STRUCTURE = Fields({
 
 _DRAW = {"index": INT_OR_NULL, "op": STR_OR_NULL, "module": STR_OR_NULL, "phase": STR_OR_NULL,
          "generator": STR_OR_NULL, "count": INT_OR_NULL, "offset_before": INT_OR_NULL,
-         "rng_fingerprint": STR_OR_NULL, "rng_after": STR_OR_NULL}
+         "rng_fingerprint": STR_OR_NULL, "rng_after": STR_OR_NULL, "offset_exact": BOOL_OR_NULL}
 INITIALISATION = Fields({
     "tensors": ListOf(Fields({
         "name": STR, "kind": STR_OR_NULL, "module": STR_OR_NULL, "creation_index": INT_OR_NULL,
@@ -69,6 +69,7 @@ INITIALISATION = Fields({
     }, required=("name",)), nullable=True),
     "draws": ListOf(Fields({**_DRAW, "target": STR_OR_NULL, "name": STR_OR_NULL}), nullable=True),
     "generators": ANY,
+    "tied": MapOf(STR_OR_NULL, nullable=True),
 })
 
 _LAYER: dict[str, Schema] = {
@@ -112,7 +113,10 @@ STEP = Fields({
     "parameters": MapOf(SUMMARY, nullable=True),
     "buffers": MapOf(SUMMARY, nullable=True),
     "optimizer": Fields({"type": STR_OR_NULL, "param_groups": ListOf(MapOf(ANY), nullable=True),
+                         "own_keys": ListOf(STR, nullable=True),
                          "state": MapOf(MapOf(ANY, nullable=True), nullable=True)}, nullable=True),
+    "update": MapOf(ANY, nullable=True),
+    "micro_batches": COUNT_OR_NULL,
     "nan_provenance": Fields({"origins": ListOf(_ORIGIN), "nonfinite_parameters": ListOf(STR),
                               "replayed": BOOL_OR_NULL, "replay_matches": BOOL_OR_NULL}, nullable=True),
     "term_attribution": MapOf(_ATTRIBUTION, nullable=True),

@@ -174,4 +174,4 @@ def test_shifted_keras_auto_names_are_renames(traces: dict[str, Trace]) -> None:
     assert "dense_2.kernel" in {d.name for d in gradients} and not [d for d in gradients if d.kind == "removed"]
     [shift] = _with_cause(comparison, "seed_offset_shift")
     assert shift.name == "dense_2.kernel" and shift.evidence["shift"] == 1
-    assert "by dense_1 (1 seed: GlorotUniform)" in shift.explanation
+    assert "by dense_1 (1 seed: GlorotUniform, only in run B)" in shift.explanation

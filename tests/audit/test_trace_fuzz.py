@@ -214,10 +214,6 @@ def test_random_text_as_a_config_loads_or_is_one_config_error(tmp_path: Path, te
     loads_or_config_error(tmp_path / f"run{suffix}", text)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "audit/diff/context.py (_tensor_names) and reports/html/steps.py sort initialisation tensors by "
-    "creation_index, which the torch probe writes as null for tensors created outside the recipe's build "
-    "(attach with model=): a real trace, so the validator accepts it; the sort is theirs to fix"))
 def test_a_tensor_created_outside_the_build_compares(traces: tuple[Path, Path]) -> None:
     clean, work = traces
     try:

@@ -36,7 +36,7 @@ def record(model_type: type, **kwargs: object) -> dict[str, dict]:
 
 def test_creation_order_does_not_depend_on_whether_a_freed_address_is_reused() -> None:
     reused, fresh = record(PositionIds, reuse=True), record(PositionIds, reuse=False)
-    order = lambda found: sorted(found, key=lambda name: found[name]["creation_index"])  # noqa: E731
+    order = lambda found: sorted(found, key=lambda name: found[name]["creation_index"])
     assert order(reused) == order(fresh) == ["first.weight", "first.bias", "position_ids", "last.weight",
                                              "last.bias"]
     assert reused["position_ids"]["initialiser"] == fresh["position_ids"]["initialiser"]

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 
 from audit import Recipe
 
-
 # -- ResNet with BatchNorm -------------------------------------------------------------------------------
 
 class BasicBlock(nn.Module):
