@@ -19,6 +19,19 @@ from torch.utils.hooks import RemovableHandle
 from probes.torch.tensors import dtype_name, flatten_tensors, tensors_in
 
 
+_NN = torch.nn
+DRAW_FREE_TYPES = frozenset({
+    _NN.Linear, _NN.Bilinear, _NN.Embedding, _NN.EmbeddingBag, _NN.Identity, _NN.Flatten, _NN.Unflatten,
+    _NN.Conv1d, _NN.Conv2d, _NN.Conv3d, _NN.ConvTranspose1d, _NN.ConvTranspose2d, _NN.ConvTranspose3d,
+    _NN.LayerNorm, _NN.GroupNorm, _NN.BatchNorm1d, _NN.BatchNorm2d, _NN.BatchNorm3d, _NN.InstanceNorm1d,
+    _NN.InstanceNorm2d, _NN.LocalResponseNorm, *([_NN.RMSNorm] if hasattr(_NN, "RMSNorm") else []),
+    _NN.ReLU, _NN.ReLU6, _NN.GELU, _NN.SiLU, _NN.Mish, _NN.Tanh, _NN.Sigmoid, _NN.LeakyReLU, _NN.ELU, _NN.SELU,
+    _NN.CELU, _NN.Softplus, _NN.Hardswish, _NN.Hardsigmoid, _NN.Hardtanh, _NN.PReLU, _NN.GLU,
+    _NN.Softmax, _NN.LogSoftmax, _NN.MaxPool1d, _NN.MaxPool2d, _NN.MaxPool3d, _NN.AvgPool1d, _NN.AvgPool2d,
+    _NN.AvgPool3d, _NN.AdaptiveAvgPool1d, _NN.AdaptiveAvgPool2d, _NN.AdaptiveMaxPool2d, _NN.Upsample,
+})
+
+
 def module_tree(model: torch.nn.Module) -> list[dict[str, Any]]:
     """Every module in registration order with its own parameters and buffers (structure.json)."""
     modules = []
@@ -72,6 +85,10 @@ class ModuleTracker:
         module call starts and ends; `on_forward` is called when a call of the top module starts (a
         forward pass begins: the second micro-batch of an accumulating step, for one)."""
         self.paths = {module: path for path, module in model.named_modules()}
+        # torch's own layers that cannot draw a random number: no generator is read around their calls (a
+        # draw in one would still be seen, at the next boundary, in its parent). Exact types only: a
+        # subclass may draw in its own forward.
+        self.draw_free = {module for module in self.paths if type(module) in DRAW_FREE_TYPES}
         self.probe = probe
         self.watch = watch
         self.on_forward = on_forward
@@ -149,7 +166,7 @@ class ModuleTracker:
         if not self.active:
             self._open.append(None)
             return
-        if self.watch is not None:
+        if self.watch is not None and module not in self.draw_free:
             self.watch.enter(path)
         count = self._counts.get(path, 0)
         self._counts[path] = count + 1
@@ -163,7 +180,7 @@ class ModuleTracker:
         call = self._open.pop() if self._open else None
         if call is None:
             return
-        if self.watch is not None:
+        if self.watch is not None and module not in self.draw_free:
             self.watch.leave()
         # Hooks run for every module call: the common single-tensor output skips the generic walk.
         if type(output) is torch.Tensor or isinstance(output, torch.Tensor):

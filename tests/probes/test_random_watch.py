@@ -178,3 +178,16 @@ def test_the_watch_changes_no_number_of_training() -> None:
         return [p.detach().clone() for p in model.parameters()]
 
     assert all(torch.equal(a, b) for a, b in zip(final_weights(True), final_weights(False)))
+
+
+class NoisyLinear(torch.nn.Linear):
+    """A subclass of a layer that never draws, which draws in its own forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + 0.01 * torch.randn_like(x[..., :8])
+
+
+def test_a_subclass_of_a_draw_free_layer_is_still_watched() -> None:
+    records = record_steps(NoisyLinear(8, 8))
+    for record in records:
+        assert places(record) == [("part", "forward", "cpu", "aten::randn_like", 32)], record["step"]
