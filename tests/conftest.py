@@ -25,3 +25,36 @@ def write_config(tmp_path: Path) -> Any:
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def tiny_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real 3-step trace of the tiny recipe with step 1's values, shared by the tests that damage copies
+    of it (never edit it in place)."""
+    from audit.config import load_config
+    from audit.runner import record
+
+    folder = tmp_path_factory.mktemp("tiny-trace")
+    shutil.copy(RECIPES / "tiny_mlp.py", folder / "tiny_mlp.py")
+    (folder / "run.yaml").write_text("recipe: tiny_mlp:build\nseed: 0\nsteps: 3\ncapture: {values: first}\n")
+    result = record(load_config(folder / "run.yaml"), folder / "run.trace")
+    assert result.ok, result.error
+    return folder / "run.trace"
+
+
+@pytest.fixture(scope="session")
+def resign() -> Any:
+    """`resign(trace)`: list a trace's files in its manifest as they are now, as the writer would have, so
+    that a test's edits by hand reach the validator instead of stopping at the digests."""
+    import json
+
+    from audit.trace.integrity import inventory
+
+    def sign(trace: Path) -> None:
+        manifest = json.loads((trace / "manifest.json").read_text())
+        if isinstance(manifest, dict):
+            manifest["files"], manifest["step_records"] = inventory(trace)
+            (trace / "manifest.json").write_text(json.dumps(manifest))
+
+    return sign
+

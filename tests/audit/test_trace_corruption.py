@@ -16,14 +16,11 @@ from typing import Any
 
 import pytest
 
-from audit.config import load_config
 from audit.diff.compare import compare_traces
 from audit.diff.compare_run import CONFIG_IGNORED
 from audit.divergence import Comparison
 from audit.errors import TraceError
-from audit.runner import record
 from audit.trace import Trace
-from audit.trace.integrity import inventory
 from reports.text import render_text
 from reports.trace_summary import render_trace_summary
 
@@ -31,14 +28,11 @@ RECIPES = Path(__file__).parents[1] / "recipes"
 
 
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("recorded")
-    shutil.copy(RECIPES / "tiny_mlp.py", folder / "tiny_mlp.py")
-    (folder / "run.yaml").write_text("recipe: tiny_mlp:build\nseed: 0\nsteps: 3\ncapture: {values: first}\n")
-    result = record(load_config(folder / "run.yaml"), folder / "run.trace")
-    assert result.ok, result.error
-    (folder / "run.trace" / "run.log").write_text("what the recipe printed\n" * 20)  # no member: not listed
-    return folder / "run.trace"
+def recorded(tiny_trace: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    trace = tmp_path_factory.mktemp("recorded") / "run.trace"
+    shutil.copytree(tiny_trace, trace)
+    (trace / "run.log").write_text("what the recipe printed\n" * 20)  # no member: not listed
+    return trace
 
 
 @pytest.fixture
@@ -46,13 +40,6 @@ def copy(recorded: Path, tmp_path: Path) -> Path:
     target = tmp_path / "copy.trace"
     shutil.copytree(recorded, target)
     return target
-
-
-def sign(trace: Path) -> None:
-    """List the files as they are now, as the writer would have: edits by hand then pass the digests."""
-    manifest = json.loads((trace / "manifest.json").read_text())
-    manifest["files"], manifest["step_records"] = inventory(trace)
-    (trace / "manifest.json").write_text(json.dumps(manifest))
 
 
 def edit_json(trace: Path, name: str, change: Callable[[Any], Any]) -> None:
@@ -121,52 +108,52 @@ WRONG_STEPS: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
 
 
 @pytest.mark.parametrize(("name", "what", "change", "message"), WRONG_TYPES, ids=[f"{n}:{w}" for n, w, _, _ in WRONG_TYPES])
-def test_a_field_of_the_wrong_type_is_one_error_naming_file_and_field(recorded: Path, copy: Path, name: str,
+def test_a_field_of_the_wrong_type_is_one_error_naming_file_and_field(recorded: Path, copy: Path, resign: Callable[[Path], None], name: str,
                                                                        what: str, change: Callable[[Any], Any],
                                                                        message: str) -> None:
     edit_json(copy, name, change)
-    sign(copy)
+    resign(copy)
     with pytest.raises(TraceError, match=f"^trace {copy} is corrupt: " + message.replace("[", r"\[").replace("]", r"\]")):
         use(recorded, copy)
 
 
 @pytest.mark.parametrize(("what", "change", "message"), WRONG_STEPS, ids=[w for w, _, _ in WRONG_STEPS])
-def test_a_step_field_of_the_wrong_type_names_its_line(recorded: Path, copy: Path, what: str,
+def test_a_step_field_of_the_wrong_type_names_its_line(recorded: Path, copy: Path, resign: Callable[[Path], None], what: str,
                                                         change: Callable[[dict[str, Any]], Any], message: str) -> None:
     edit_step(copy, 2, change)
-    sign(copy)
+    resign(copy)
     with pytest.raises(TraceError) as raised:
         use(recorded, copy)
     assert str(raised.value).startswith(f"trace {copy} is corrupt: steps.jsonl ") and message in str(raised.value)
 
 
-def test_fields_of_newer_probes_are_read(recorded: Path, copy: Path) -> None:
+def test_fields_of_newer_probes_are_read(recorded: Path, copy: Path, resign: Callable[[Path], None]) -> None:
     def newer(record_: dict[str, Any]) -> None:
         record_["buffers"] = {"norm.running_mean": record_["parameters"]["0.bias"]}
         record_["random_draws"][0].update(rng_after="xxh3:00", count=None)
         record_["a_field_from_the_future"] = {"anything": [1, "two"]}
     for number in (1, 2, 3):
         edit_step(copy, number, newer)
-    sign(copy)
+    resign(copy)
     assert use(copy, copy).identical
 
 
-def test_text_that_is_not_utf8_is_corrupt(recorded: Path, copy: Path) -> None:
+def test_text_that_is_not_utf8_is_corrupt(recorded: Path, copy: Path, resign: Callable[[Path], None]) -> None:
     steps = copy / "steps.jsonl"
     lines = steps.read_bytes().split(b"\n")
     lines[1] = lines[1].replace(b'"ce"', b'"c\xff"', 1)
     steps.write_bytes(b"\n".join(lines))
-    sign(copy)
+    resign(copy)
     with pytest.raises(TraceError, match="steps.jsonl line 2: not UTF-8 text"):
         use(recorded, copy)
 
 
 @pytest.mark.parametrize(("depth", "message"), [(100_000, "nested too deep"), (500, "nested at most 32 deep")])
-def test_deep_nesting_is_corrupt(recorded: Path, copy: Path, depth: int, message: str) -> None:
+def test_deep_nesting_is_corrupt(recorded: Path, copy: Path, resign: Callable[[Path], None], depth: int, message: str) -> None:
     environment = copy / "environment.json"
     text = environment.read_text()
     environment.write_text(text.replace('"python":', '"python":' + "[" * depth + "]" * depth + ',"old_python":', 1))
-    sign(copy)
+    resign(copy)
     with pytest.raises(TraceError, match=f"environment.json: .*{message}"):
         use(recorded, copy)
 

@@ -25,9 +25,8 @@ from audit.config import ConfigError, RunConfig, load_config
 from audit.diff.compare import compare_traces
 from audit.errors import UserError
 from audit.health import check_trace
-from audit.runner import record
 from audit.trace import Trace
-from audit.trace.integrity import inventory, member_files
+from audit.trace.integrity import member_files
 from reports.text import render_text
 from reports.trace_summary import render_trace_summary
 
@@ -47,14 +46,11 @@ replacements = st.one_of(st.sampled_from(WRONG), json_values, st.just(DEEP))
 
 
 @pytest.fixture(scope="module")
-def traces(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def traces(tiny_trace: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The recorded trace, and a working copy that each example damages and puts back."""
     folder = tmp_path_factory.mktemp("fuzz")
-    shutil.copy(RECIPES / "tiny_mlp.py", folder / "tiny_mlp.py")
-    (folder / "run.yaml").write_text("recipe: tiny_mlp:build\nseed: 0\nsteps: 3\ncapture: {values: first}\n")
-    result = record(load_config(folder / "run.yaml"), folder / "clean.trace")
-    assert result.ok, result.error
-    shutil.copytree(folder / "clean.trace", folder / "work.trace")
+    shutil.copytree(tiny_trace, folder / "clean.trace")
+    shutil.copytree(tiny_trace, folder / "work.trace")
     return folder / "clean.trace", folder / "work.trace"
 
 
@@ -118,13 +114,6 @@ def dumps(document: Any, data: st.DataObject) -> str:
     return json.dumps(document).replace(json.dumps(DEEP), "[" * depth + "]" * depth)
 
 
-def sign(trace: Path) -> None:
-    manifest = json.loads((trace / "manifest.json").read_text())
-    if isinstance(manifest, dict):
-        manifest["files"], manifest["step_records"] = inventory(trace)
-        (trace / "manifest.json").write_text(json.dumps(manifest))
-
-
 def restore(clean: Path, work: Path) -> None:
     for path in list(work.rglob("*")):
         if path.is_file() and not (clean / path.relative_to(work)).exists():
@@ -135,14 +124,15 @@ def restore(clean: Path, work: Path) -> None:
 
 @FUZZ
 @given(data=st.data())
-def test_a_damaged_trace_reads_or_is_one_user_error(traces: tuple[Path, Path], data: st.DataObject) -> None:
+def test_a_damaged_trace_reads_or_is_one_user_error(traces: tuple[Path, Path], resign: Any,
+                                                     data: st.DataObject) -> None:
     clean, work = traces
     try:
         damage(work, data)
         signed = data.draw(st.integers(0, 4), label="sign") > 0
         if signed:
             try:
-                sign(work)
+                resign(work)
             except (ValueError, RecursionError):
                 pass  # the manifest itself is no longer JSON: it stays as damaged
         try:
@@ -214,14 +204,14 @@ def test_random_text_as_a_config_loads_or_is_one_config_error(tmp_path: Path, te
     loads_or_config_error(tmp_path / f"run{suffix}", text)
 
 
-def test_a_tensor_created_outside_the_build_compares(traces: tuple[Path, Path]) -> None:
+def test_a_tensor_created_outside_the_build_compares(traces: tuple[Path, Path], resign: Any) -> None:
     clean, work = traces
     try:
         path = work / "initialisation.json"
         initialisation = json.loads(path.read_text())
         initialisation["tensors"][1]["creation_index"] = None
         path.write_text(json.dumps(initialisation))
-        sign(work)
+        resign(work)
         compare_traces(Trace(clean), Trace(work))
     finally:
         restore(clean, work)

@@ -28,13 +28,8 @@ RECIPES = ROOT / "tests" / "recipes"
 
 
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("recorded")
-    shutil.copy(RECIPES / "tiny_mlp.py", folder / "tiny_mlp.py")
-    (folder / "run.yaml").write_text("recipe: tiny_mlp:build\nseed: 0\nsteps: 3\ncapture: {values: first}\n")
-    result = record(load_config(folder / "run.yaml"), folder / "run.trace")
-    assert result.ok, result.error
-    return folder / "run.trace"
+def recorded(tiny_trace: Path) -> Path:
+    return tiny_trace
 
 
 @pytest.fixture
