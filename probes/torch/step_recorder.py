@@ -19,7 +19,6 @@ from probes.torch.autograd_graph import (
     graph_digest,
     modules_of_nodes,
     ordered_nodes,
-    term_label,
     term_membership,
 )
 from probes.torch.dispatch_capture import DispatchCapture
@@ -33,6 +32,7 @@ from probes.torch.output_probe import OutputProbe
 from probes.torch.random_ledger import RandomLedger
 from probes.torch.random_watch import RandomWatch
 from probes.torch.repeated_summaries import RepeatedSummaries
+from probes.torch.step_graph import autograd_graph, completed_graph, label_ops
 from probes.torch.step_replay import RandomState, replay_forward
 from probes.torch.tensors import as_numpy, flatten_tensors, summarize, values_for_file
 from probes.torch.update_record import GradientChanges
@@ -373,26 +373,13 @@ class TorchStepRecorder:
         membership = term_membership(self.weighted) if store or self.dispatch is not None else {}
         if self.dispatch is not None:
             self.dispatch.finish_forward()
-            for node, index in self.dispatch.node_to_op.items():
-                if node in self._labelled:
-                    continue
-                self._labelled.add(node)
-                terms = membership.get(node)
-                self.dispatch.ops[index]["loss_term"] = term_label(terms, len(self.weighted))
-                if terms and len(terms) > 1:
-                    self.dispatch.ops[index]["loss_terms"] = terms
+            label_ops(self.dispatch, membership, self._labelled, len(self.weighted))
         self._set_phase("backward")
         if not first:
             return
         if store:
             modules = modules_of_nodes(nodes, self.tracker.calls) if self.step > 1 else {}
-            self.graphs[self.step] = {
-                "step": self.step,
-                "autograd_digest": digest,
-                "autograd_nodes": [{"index": i, "op": node.name(), "module": modules.get(node),
-                                    "loss_term": term_label(membership.get(node), len(self.weighted))}
-                                   for i, node in enumerate(nodes)],
-            }
+            self.graphs[self.step] = autograd_graph(self.step, digest, nodes, modules, membership, len(self.weighted))
             graph["stored"] = True
         self._previous_digest = digest
         self.record["graph"] = graph
@@ -402,19 +389,7 @@ class TorchStepRecorder:
         graph = self.graphs.pop(self.step, None)
         if graph is None:
             return None
+        graph = completed_graph(graph, self.dispatch)
         if self.dispatch is not None:
-            ops = self.dispatch.ops
-            for op in ops:
-                forward = op.get("forward_op")
-                if op["phase"] == "backward" and forward is not None:
-                    op["module"] = ops[forward]["module"]
-                    op["loss_term"] = ops[forward]["loss_term"]
-            graph["level"] = "aten"
-            graph["ops"] = ops
-            graph["digest"] = hash_text("\n".join(f"{op['phase']}:{op['op']}" for op in ops))
-            self.record["graph"]["ops"] = len(ops)
-        else:
-            graph["level"] = "autograd"
-            graph["ops"] = []
-            graph["digest"] = graph["autograd_digest"]
+            self.record["graph"]["ops"] = len(graph["ops"])
         return graph
