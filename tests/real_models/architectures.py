@@ -196,7 +196,24 @@ def tied_lm(params: dict[str, Any]) -> Recipe:
     return Recipe(model=model, optimizer=optimizer, batches=batches, loss=loss)
 
 
-# -- HuggingFace GPT-2 from a config ----------------------------------------------------------------------
+# -- HuggingFace models from a config ---------------------------------------------------------------------
+
+def bert(params: dict[str, Any]) -> Recipe:
+    """BERT registers `position_ids` and `token_type_ids` as buffers and initialises its weights twice."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(num_hidden_layers=2, num_attention_heads=2, hidden_size=32, intermediate_size=64,
+                        vocab_size=64, max_position_embeddings=16)
+    model = BertForMaskedLM(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(1)
+    batches = [{"input_ids": torch.randint(0, 64, (2, 12), generator=generator)} for _ in range(4)]
+
+    def loss(model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        return {"mlm": model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss}
+
+    return Recipe(model=model, optimizer=optimizer, batches=batches, loss=loss)
+
 
 def gpt2(params: dict[str, Any]) -> Recipe:
     from transformers import BatchEncoding, GPT2Config, GPT2LMHeadModel

@@ -39,10 +39,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, float]]] = {
     "encoder_data": ("encoder", {"data_seed": 2}, {}),
     "tied_lm_entropy": ("tied_lm", {"attention_entropy": True}, {"attention_entropy": 0.0}),
     "tied_lm_untied": ("tied_lm", {"tie": False}, {}),
+    "gpt2": ("gpt2", {}, {}),
     "gpt2_value_head": ("gpt2", {"value_head": True}, {"value": 0.0}),
     "gpt2_clip": ("gpt2", {"clip_grad_norm": 0.1}, {}),
 }
-BASELINES = ("resnet", "encoder", "tied_lm", "gpt2")
+HF_RECIPES = ("gpt2", "bert")
 
 
 def write_config(folder: Path, name: str, recipe: str, params: dict[str, Any], weights: dict[str, float]) -> Path:
@@ -53,7 +54,7 @@ def write_config(folder: Path, name: str, recipe: str, params: dict[str, Any], w
 
 
 def needs(recipe: str) -> None:
-    if recipe == "gpt2" and not HAS_TRANSFORMERS:
+    if recipe in HF_RECIPES and not HAS_TRANSFORMERS:
         pytest.skip("transformers is not installed (pip install 'repro-audit[test]')")
 
 
@@ -88,7 +89,7 @@ def variant_traces(architecture_folder: Path) -> dict[str, Trace]:
     """Every variant recorded once, two at a time."""
     jobs = []
     for name, (recipe, params, weights) in VARIANTS.items():
-        if recipe == "gpt2" and not HAS_TRANSFORMERS:
+        if recipe in HF_RECIPES and not HAS_TRANSFORMERS:
             continue
         config = load_config(write_config(architecture_folder, name, recipe, params, weights))
         jobs.append((config, architecture_folder / f"{name}.trace"))
@@ -99,9 +100,10 @@ def variant_traces(architecture_folder: Path) -> dict[str, Trace]:
 
 
 @pytest.fixture(scope="session")
-def baseline(checked: Callable[[str], tuple[Any, list[Path]]]) -> Callable[[str], Trace]:
-    """Run 1 of a baseline's check: the A side of every variant's comparison."""
-    return lambda recipe: Trace(checked(recipe)[1][0])
+def baseline(checked: Callable[[str], tuple[Any, list[Path]]], variant_traces: dict[str, Trace]) -> Callable[[str], Trace]:
+    """The A side of every variant's comparison: run 1 of the model's check, or (GPT-2, whose check is
+    BERT's) its plain recording."""
+    return lambda recipe: variant_traces[recipe] if recipe in variant_traces else Trace(checked(recipe)[1][0])
 
 
 @pytest.fixture(scope="session")
