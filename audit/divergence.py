@@ -57,11 +57,16 @@ CAUSE_SEVERITY: tuple[str, ...] = (
     "random_stream_shift",
     "seed_offset_shift",
     "hyperparameter_change",
+    "decay_through_zero_gradient",
     "environment_change",
     "graph_change",
     "fp_reordering",
     "config_change",
 )
+
+
+# How a cause ranks by its `changes_shared` evidence: numbers both runs share changed, not said, none changed.
+SHARED_RANK: dict[Any, int] = {True: 0, None: 1, False: 2}
 
 
 @dataclass
@@ -177,10 +182,13 @@ class Comparison:
 
     @property
     def causes(self) -> list[Divergence]:
-        """Every divergence an explanation rule named a cause for, most telling first (CAUSE_SEVERITY)."""
+        """Every divergence an explanation rule named a cause for, most telling first: a mechanism that
+        changed numbers both runs share before one that changed none (a draw made in run B only that moved no
+        shared draw), then by CAUSE_SEVERITY."""
         named = [divergence for divergence in self.walk() if divergence.cause]
         rank = {cause: index for index, cause in enumerate(CAUSE_SEVERITY)}
-        return sorted(named, key=lambda d: (rank.get(d.cause or "", len(rank)), d.sort_key()))
+        return sorted(named, key=lambda d: (SHARED_RANK.get(d.evidence.get("changes_shared"), 1),
+                                            rank.get(d.cause or "", len(rank)), d.sort_key()))
 
     def to_dict(self) -> dict[str, Any]:
         first = self.first_divergence

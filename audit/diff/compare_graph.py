@@ -90,53 +90,113 @@ def _op_sequence_change(context: CompareContext, step: int, digests: tuple[Any, 
     tokens_a = [f"{op.get('phase')}:{op.get('op')}" for op in ops_a]
     tokens_b = [f"{op.get('phase')}:{op.get('op')}" for op in ops_b]
     opcodes = difflib.SequenceMatcher(None, tokens_a, tokens_b, autojunk=False).get_opcodes()
-    removed: Counter[tuple[str, str]] = Counter()
-    added: Counter[tuple[str, str]] = Counter()
-    first: dict[tuple[str, str], dict[str, int]] = {}
+    groups: dict[tuple[str, str], OpGroup] = {}
+    feeds_a, feeds_b = SharedPath(ops_a, opcodes, "a"), SharedPath(ops_b, opcodes, "b")
     for tag, a1, a2, b1, b2 in opcodes:
         if tag == "equal":
             continue
         for index in range(a1, a2):
-            group = _group(ops_a[index])
-            removed[group] += 1
-            first.setdefault(group, {}).setdefault("index_a", index)
+            groups.setdefault(_group(ops_a[index]), OpGroup()).add(ops_a[index], "removed", index,
+                                                                   feeds_a.feeds_shared(index))
         for index in range(b1, b2):
-            group = _group(ops_b[index])
-            added[group] += 1
-            first.setdefault(group, {}).setdefault("index_b", index)
-    groups = sorted(set(added) | set(removed), key=lambda g: min(first[g].values()))
-    children = [_group_divergence(step, group, added[group], removed[group], first[group], order)
-                for order, group in enumerate(groups)]
-    total_added, total_removed = sum(added.values()), sum(removed.values())
-    by_group = [{"module": g[0], "loss_term": g[1], "added": added[g], "removed": removed[g]}
-                for g in groups[:MAX_GROUPS]]
-    named = ", ".join(_group_text(g, added[g], removed[g]) for g in groups[:3])
-    more = f" and {len(groups) - 3} more places" if len(groups) > 3 else ""
+            groups.setdefault(_group(ops_b[index]), OpGroup()).add(ops_b[index], "added", index,
+                                                                   feeds_b.feeds_shared(index))
+    ordered = sorted(groups, key=lambda g: groups[g].first)
+    children = [_group_divergence(step, group, groups[group], order) for order, group in enumerate(ordered)]
+    total_added = sum(g.counts["added"] for g in groups.values())
+    total_removed = sum(g.counts["removed"] for g in groups.values())
+    feeding = [g for g in ordered if groups[g].feeds_shared]
+    by_group = [{"module": g[0], "loss_term": g[1], "added": groups[g].counts["added"],
+                 "removed": groups[g].counts["removed"], "ops": groups[g].op_names(),
+                 "feeds_shared": groups[g].feeds_shared} for g in ordered[:MAX_GROUPS]]
+    named = "; ".join(_group_text(g, groups[g]) for g in ordered[:3])
+    more = f"; and {len(ordered) - 3} more places" if len(ordered) > 3 else ""
+    known = feeds_a.known and feeds_b.known
+    shared = (f" {sum(groups[g].feeds_shared for g in feeding)} of them feed the model's shared forward pass "
+              f"(first: {_group_text(feeding[0], groups[feeding[0]])}): it computes otherwise."
+              if feeding else " None of them feeds the model's shared forward pass: a branch of its own, joining "
+              "at most the total loss." if known else "")
     return Divergence(
         "graph", f"op graph at step {step}", "changed", step=step, order=0, children=children,
         explanation=(f"at step {step} run B runs {total_added} ops that run A does not and leaves out "
-                     f"{total_removed} ({len(ops_a)} ops in A, {len(ops_b)} in B): {named}{more}."),
+                     f"{total_removed} ({len(ops_a)} ops in A, {len(ops_b)} in B): {named}{more}.{shared}"),
         evidence={"graph_step": step, "opcodes": [list(code) for code in opcodes],
                   "ops_added": total_added, "ops_removed": total_removed, "counts": {"a": len(ops_a), "b": len(ops_b)},
-                  "by_group": by_group, "groups_cut": max(0, len(groups) - MAX_GROUPS),
+                  "by_group": by_group, "groups_cut": max(0, len(ordered) - MAX_GROUPS),
+                  "feeds_shared": sum(groups[g].feeds_shared for g in feeding) if known else None,
                   "level": graph_b.get("level")})
+
+
+class OpGroup:
+    """The ops one run has and the other lacks, in one module for one loss term."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.names: dict[str, Counter[str]] = {"added": Counter(), "removed": Counter()}
+        self.first = 1 << 62
+        self.indices: dict[str, int] = {}
+        self.feeds_shared = 0
+
+    def add(self, op: dict[str, Any], kind: str, index: int, feeds_shared: bool) -> None:
+        self.counts[kind] += 1
+        self.names[kind][str(op.get("op"))] += 1
+        self.first = min(self.first, index)
+        self.indices.setdefault(f"index_{'a' if kind == 'removed' else 'b'}", index)
+        self.feeds_shared += feeds_shared
+
+    def op_names(self) -> dict[str, dict[str, int]]:
+        return {kind: dict(names.most_common()) for kind, names in self.names.items() if names}
+
+
+class SharedPath:
+    """Which of one run's ops feed an op of the model's forward pass that both runs run (a forward op in a
+    module, in an `equal` block): an added op that does changes what the shared model computes; one that
+    does not is a branch of its own, which joins at most the total loss (as every loss term does)."""
+
+    def __init__(self, ops: list[dict[str, Any]], opcodes: list[tuple[str, int, int, int, int]], side: str) -> None:
+        shared: set[int] = set()
+        for tag, a1, a2, b1, b2 in opcodes:
+            if tag == "equal":
+                shared.update(index for index in (range(a1, a2) if side == "a" else range(b1, b2))
+                              if ops[index].get("phase") == "forward" and ops[index].get("module") is not None)
+        self.known = any("inputs_from" in op for op in ops)
+        self.consumers: dict[int, list[int]] = {}
+        for index, op in enumerate(ops):
+            for producer in op.get("inputs_from") or []:
+                if isinstance(producer, int) and producer >= 0:
+                    self.consumers.setdefault(producer, []).append(index)
+        self.shared = shared
+
+    def feeds_shared(self, index: int) -> bool:
+        return any(consumer in self.shared for consumer in self.consumers.get(index, ()))
 
 
 def _group(op: dict[str, Any]) -> tuple[str, str]:
     return display_module(op.get("module")), str(op.get("loss_term") or "(no loss term)")
 
 
-def _group_text(group: tuple[str, str], added: int, removed: int) -> str:
-    counts = " ".join(part for part in (f"+{added}" if added else "", f"-{removed}" if removed else "") if part)
+MAX_OPS_NAMED = 4  # op names in one group's text; the evidence has them all
+
+
+def _group_text(group: tuple[str, str], ops: OpGroup) -> str:
+    parts = []
+    for kind, sign in (("added", "+"), ("removed", "-")):
+        if ops.counts[kind]:
+            names = ops.names[kind].most_common()
+            shown = ", ".join(f"{name}" + (f" x{n}" if n > 1 else "") for name, n in names[:MAX_OPS_NAMED])
+            cut = f", {len(names) - MAX_OPS_NAMED} more kinds" if len(names) > MAX_OPS_NAMED else ""
+            parts.append(f"{sign}{ops.counts[kind]} ({shown}{cut})")
     term = "" if group[1].startswith("(") else f", loss term {group[1]}"
-    return f"{counts} in {group[0]}{term}"
+    return f"{' '.join(parts)} in {group[0]}{term}"
 
 
-def _group_divergence(step: int, group: tuple[str, str], added: int, removed: int, first: dict[str, int],
-                      order: int) -> Divergence:
+def _group_divergence(step: int, group: tuple[str, str], ops: OpGroup, order: int) -> Divergence:
+    added, removed = ops.counts["added"], ops.counts["removed"]
     kind = "added" if added and not removed else "removed" if removed and not added else "changed"
     evidence: dict[str, Any] = {"module": group[0], "loss_term": group[1], "ops_added": added,
-                                "ops_removed": removed, "graph_step": step}
-    evidence.update(first)
+                                "ops_removed": removed, "graph_step": step, "ops": ops.op_names(),
+                                "feeds_shared": ops.feeds_shared}
+    evidence.update(ops.indices)
+    feeds = f"; {ops.feeds_shared} feed the model's shared forward pass" if ops.feeds_shared else ""
     return Divergence("graph", f"ops in {group[0]} ({group[1]})", kind, step=step, order=order, evidence=evidence,
-                      explanation=f"{_group_text(group, added, removed)} at step {step}.")
+                      explanation=f"{_group_text(group, ops)} at step {step}{feeds}.")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from audit.diff.context import CompareContext
 from audit.divergence import Divergence
+from audit.explain.decay import decay_through_zero_gradient
 from audit.explain.finding import Claims, Finding
 from audit.explain.inputs import code_change, config_change, environment_change
 from audit.explain.nondeterminism import fp_reordering, nondeterminism
@@ -29,6 +30,7 @@ RULES: tuple[Rule, ...] = (
     random_stream_shift,
     build_stream_shift,
     nan_through_term,
+    decay_through_zero_gradient,
     hyperparameter_change,
     fp_reordering,
 )

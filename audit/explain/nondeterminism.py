@@ -50,7 +50,7 @@ def fp_reordering(divergences: list[Divergence], context: CompareContext, claims
         f"{first.category} {first.name} and stay within {largest} ULP (max abs error {max_abs:.3g}) over "
         f"{len(measured)} compared tensors; the same math in another order rounds differently "
         f"(identical at atol={max_abs:.3g}).")
-    first.evidence.update(max_ulp_step=largest, graph_step=step, passes_at_atol=max_abs)
+    first.evidence.update(max_ulp_step=largest, graph_step=step, passes_at_atol=max_abs, changes_shared=True)
     return [Finding(first, [d for d in values if d is not first])]
 
 
@@ -81,7 +81,8 @@ def nondeterminism(divergences: list[Divergence], context: CompareContext, claim
     first.explanation = (
         f"Same config, different results: the runs first differ {where} in {first.category} {first.name}"
         f"{in_use}. {_suggestion(first, environment)}")
-    first.evidence.update(determinism_settings=settings, nondeterministic_ops=ops, devices=devices)
+    first.evidence.update(determinism_settings=settings, nondeterministic_ops=ops, devices=devices,
+                          changes_shared=True)
     return [Finding(first, [])]
 
 

@@ -69,7 +69,7 @@ def seed_offset_shift(divergences: list[Divergence], context: CompareContext, cl
         f"{_tensor_word(first)} {first.name} got other initial values because {abs(shift)} more "
         f"{units[0] if units else 'random values were drawn'} before it in {run} ({offset['a']} vs {offset['b']}), "
         f"{by}; {len(shifted) - 1} tensors created after it are shifted as well.")
-    first.evidence.update(shift=shift, drawn_by=culprits, shifted_tensors=len(shifted))
+    first.evidence.update(shift=shift, drawn_by=culprits, shifted_tensors=len(shifted), changes_shared=True)
     moved = [d for d in divergences if d.category == "initialisation" and d.kind in ("moved", "renamed")]
     others = [d for d in shifted if d is not first]
     return [Finding(first, others + moved)]
@@ -98,7 +98,7 @@ def build_stream_shift(divergences: list[Divergence], context: CompareContext, c
         f"training starts elsewhere in the stream: the first, {_ops(first)} in "
         f"{display_module(first.evidence.get('module'))} at step {first.step}, and what they draw (dropout masks) "
         f"differs from there.")
-    first.evidence.update(build_draws=totals, drawn_by=culprits)
+    first.evidence.update(build_draws=totals, drawn_by=culprits, changes_shared=True)
     return [Finding(first, shifted[1:])]
 
 

@@ -40,7 +40,7 @@ def random_stream_shift(divergences: list[Divergence], context: CompareContext, 
     first.cause = "random_stream_shift"
     first.explanation = (f"At step {step}, {_draw_text(first)}{branch} draws {amount} in {run} only, {after}.")
     first.evidence.update(loss_term=term, loss_weight=weight, shifted_draws=len(shifted),
-                          first_shifted=shared[0].name if shared else None)
+                          first_shifted=shared[0].name if shared else None, changes_shared=bool(shared))
     same_module = [d for d in one_sided if d is not first]
     return [Finding(first, same_module + shifted)]
 
@@ -64,12 +64,14 @@ def nan_through_term(divergences: list[Divergence], context: CompareContext, cla
             f"{' of ' + operands if operands else ''}{saved}) in {_module_phrase(evidence.get('module'))} at step "
             f"{origin.step}, in {'run B' if evidence.get('run') == 'b' else 'run A'} only.{why}")
         claimed = [d for d in nonfinite if (d.step or 0) >= (origin.step or 0)] if not findings else []
+        origin.evidence["changes_shared"] = bool(evidence.get("parameters"))
         findings.append(Finding(origin, claimed))
     if not origins:
         unexplained = claims.free(d for d in nonfinite if d.category == "gradients")
         if unexplained:
             first = min(unexplained, key=lambda d: d.sort_key())
             first.cause = "nan_weighted_term"
+            first.evidence["changes_shared"] = True
             first.explanation = (f"Gradients become NaN/Inf in one run only from step {first.step} (first: "
                                  f"{first.name}); NaN provenance was not recorded, record with "
                                  f"capture.nan_provenance: true to see where it enters.")
@@ -95,7 +97,7 @@ def hyperparameter_change(divergences: list[Divergence], context: CompareContext
         first.explanation = (f"{label} {where} differs from step {first.step}: "
                              f"{first.evidence.get('a')!r} in run A, {first.evidence.get('b')!r} in run B{later}; "
                              f"the same gradients then give other updates.")
-        first.evidence["steps"] = [d.step for d in steps]
+        first.evidence.update(steps=[d.step for d in steps], changes_shared=True)
         # A scheduler's own settings (max_lr...) go with the learning rate they set.
         claimed = steps[1:] + (settings if key == "lr" and not findings else [])
         findings.append(Finding(first, claimed))
@@ -112,6 +114,7 @@ def _gradient_scaling(divergences: list[Divergence], claims: Claims) -> list[Fin
     if not scaled:
         return []
     first = scaled[0]
+    first.evidence["changes_shared"] = True
     norms = first.evidence.get("norm_backward") or {}
     first.cause = "hyperparameter_change"
     first.explanation = (

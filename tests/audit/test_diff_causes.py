@@ -88,6 +88,12 @@ def test_zero_weighted_attention_losses_change_graph_and_seed_offsets_without_na
     assert graph.evidence["ops_added"] > 0 and graph.evidence["ops_removed"] == 0
     assert any("att_loss" in str(group["module"]) for group in graph.evidence["by_group"])
     assert "weight 0.0" in graph.explanation
+    # The added ops are named, and whether they feed the model's shared forward pass is said.
+    entropy = next(group for group in graph.evidence["by_group"] if group["loss_term"] == "att_l0")
+    assert entropy["ops"]["added"] and all(name.startswith("aten::") for name in entropy["ops"]["added"])
+    assert graph.evidence["feeds_shared"] == 0
+    assert "None of them feeds the model's shared forward pass" in graph.explanation
+    assert "aten::" in graph.explanation
     shift = _with_cause(comparison, "seed_offset_shift")[0]
     assert shift.evidence["shift"] == 132
     assert shift.evidence["drawn_by"][0]["module"] == "decoder.layers.0.att_loss.head_gate"
