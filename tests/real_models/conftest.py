@@ -44,12 +44,29 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, float]]] = {
     "gpt2_clip": ("gpt2", {"clip_grad_norm": 0.1}, {}),
 }
 HF_RECIPES = ("gpt2", "bert")
+# Keras models (keras_architectures.py): name -> (recipe, params, loss_weights); every one is recorded once.
+KERAS_VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, float]]] = {
+    "mobilenet_momentum": ("mobilenet", {"bn_momentum": 0.5}, {}),
+    "transformer_noise": ("transformer", {"noise_branch": True, "mode": "eager"}, {"noise": 0.0}),
+    "transformer_probe_first": ("transformer", {"probe_first": True, "mode": "eager"}, {}),
+    "transformer_decay": ("transformer", {"decay": 0.1, "probe_first": True, "mode": "eager"}, {}),
+    "transformer_decay_probe": ("transformer", {"decay": 0.1, "probe_term": True, "mode": "eager"}, {"probe": 0.0}),
+}
+# (recipe, mode) -> how many runs `check` makes: ten for one model per mode, three for the other pairs.
+KERAS_CHECKS: dict[tuple[str, str], int] = {
+    ("mobilenet", "function"): 10, ("transformer", "eager"): 10, ("graph_transformer", "graph"): 10,
+    ("mobilenet", "eager"): 3, ("transformer", "function"): 3,
+}
 
 
-def write_config(folder: Path, name: str, recipe: str, params: dict[str, Any], weights: dict[str, float]) -> Path:
+def write_config(folder: Path, name: str, recipe: str, params: dict[str, Any], weights: dict[str, float], *,
+                 keras: bool = False) -> Path:
     path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"recipe": f"architectures:{recipe}", "seed": 0, "steps": STEPS,
-                                    "params": params, "loss_weights": weights, "label": name}), encoding="utf-8")
+    fields = {"recipe": f"{'keras_architectures' if keras else 'architectures'}:{recipe}", "seed": 0,
+              "steps": STEPS, "params": params, "loss_weights": weights, "label": name}
+    if keras:
+        fields["framework"] = "tensorflow"
+    path.write_text(yaml.safe_dump(fields), encoding="utf-8")
     return path
 
 
@@ -62,6 +79,7 @@ def needs(recipe: str) -> None:
 def architecture_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("architectures")
     shutil.copy(HERE / "architectures.py", folder / "architectures.py")
+    shutil.copy(HERE / "keras_architectures.py", folder / "keras_architectures.py")
     return folder
 
 
@@ -82,6 +100,45 @@ def checked(architecture_folder: Path) -> Callable[[str], tuple[subprocess.Compl
         return done[recipe]
 
     return check
+
+
+@pytest.fixture(scope="session")
+def keras_checked(architecture_folder: Path) -> Callable[[str, str], tuple[subprocess.CompletedProcess[str], list[Path]]]:
+    """`repro-audit check` of a Keras baseline in one mode (KERAS_CHECKS says how many runs), and its traces.
+    `graph_transformer` is the tf.compat.v1 Transformer of fixtures/configs/tf (graph mode has no Keras 3)."""
+    pytest.importorskip("tensorflow")
+    done: dict[tuple[str, str], tuple[subprocess.CompletedProcess[str], list[Path]]] = {}
+
+    def check(recipe: str, mode: str) -> tuple[subprocess.CompletedProcess[str], list[Path]]:
+        if (recipe, mode) not in done:
+            if recipe == "graph_transformer":
+                config = ROOT / "fixtures" / "configs" / "tf" / "graph_baseline.yaml"
+                extra = ["--steps", str(STEPS)]
+            else:
+                config = write_config(architecture_folder, f"keras-{recipe}-{mode}", recipe, {"mode": mode}, {},
+                                      keras=True)
+                extra = []
+            keep = architecture_folder / f"keras-{recipe}-{mode}-check"
+            completed = subprocess.run(
+                [sys.executable, "-m", "audit.cli_main", "check", str(config), "--runs",
+                 str(KERAS_CHECKS[recipe, mode]), "-q", "--keep", str(keep), *extra],
+                capture_output=True, text=True, cwd=architecture_folder, env=_env())
+            done[recipe, mode] = (completed, sorted(keep.glob("*.trace"), key=lambda p: int(p.name.split("-")[0])))
+        return done[recipe, mode]
+
+    return check
+
+
+@pytest.fixture(scope="session")
+def keras_variant_traces(architecture_folder: Path) -> dict[str, Trace]:
+    """Every Keras variant recorded once, two at a time."""
+    pytest.importorskip("tensorflow")
+    jobs = [(load_config(write_config(architecture_folder, name, recipe, params, weights, keras=True)),
+             architecture_folder / f"{name}.trace") for name, (recipe, params, weights) in KERAS_VARIANTS.items()]
+    results = record_all(jobs)
+    failed = [result.failure_line() for result in results if not result.ok]
+    assert not failed, failed
+    return {path.stem: Trace(path) for _, path in jobs}
 
 
 @pytest.fixture(scope="session")

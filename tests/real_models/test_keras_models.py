@@ -1,0 +1,114 @@
+"""Real Keras models (keras_architectures.py): deterministic runs compare identical in every mode, and a
+BatchNorm statistic difference, an extra random op, an extra layer created first and a decay-only effect
+are each found and named by the mechanism that changes the numbers.
+
+The recordings are shared through the session fixtures of conftest.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from audit.diff import compare_traces
+from audit.divergence import Comparison, Divergence
+from audit.trace import Trace
+from reports.text import render_text
+
+from .conftest import KERAS_CHECKS
+
+pytestmark = pytest.mark.tensorflow
+pytest.importorskip("tensorflow")
+
+
+def causes(comparison: Comparison) -> list[Divergence]:
+    return [d for d in comparison.walk() if d.cause]
+
+
+def cause_named(comparison: Comparison, cause: str) -> Divergence:
+    found = [d for d in causes(comparison) if d.cause == cause]
+    assert found, f"no {cause} among {[(d.cause, d.name, d.explanation) for d in causes(comparison)]}"
+    return found[0]
+
+
+def baseline(keras_checked: Callable[[str, str], Any], recipe: str, mode: str) -> Trace:
+    return Trace(keras_checked(recipe, mode)[1][0])
+
+
+@pytest.mark.parametrize(("recipe", "mode"), list(KERAS_CHECKS))
+def test_runs_of_a_deterministic_keras_model_are_identical(keras_checked: Callable[[str, str], Any], recipe: str,
+                                                           mode: str) -> None:
+    completed, traces = keras_checked(recipe, mode)
+    runs = KERAS_CHECKS[recipe, mode]
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-2000:]
+    assert f"IDENTICAL: {runs} runs" in completed.stdout
+    assert len(traces) == runs
+    first = Trace(traces[0])
+    assert len(first.steps) == 2
+    for record in first.steps:
+        assert record["random_draws"], "dropout draws are recorded"
+        assert all(draw["rng_fingerprint"] != "unavailable" for draw in record["random_draws"]), record["notes"]
+        assert not [note for note in record["notes"] if "not captured" in note or "not readable" in note]
+    if recipe == "mobilenet":  # BatchNorm's moving statistics are training state, recorded every step
+        moving = [name for name in first.steps[0]["buffers"] if name.endswith("moving_mean")]
+        assert len(moving) > 10
+        assert first.steps[0]["buffers"][moving[0]]["hash"] != first.steps[1]["buffers"][moving[0]]["hash"]
+        assert first.steps[1]["optimizer"]["scalars"]["iterations"] == 2
+
+
+def test_batchnorm_momentum_is_found_in_the_moving_statistics(keras_checked: Callable[[str, str], Any],
+                                                               keras_variant_traces: dict[str, Trace]) -> None:
+    comparison = compare_traces(baseline(keras_checked, "mobilenet", "function"),
+                                keras_variant_traces["mobilenet_momentum"])
+    assert not comparison.identical
+    assert cause_named(comparison, "config_change").evidence  # bn_momentum is named as what changed
+    flat = list(comparison.walk())
+    moving = [d for d in flat if d.category == "buffers" and "moving_mean" in d.name]
+    assert moving and moving[0].step == 1, render_text(comparison)
+    # Training normalises with the batch's own statistics: the parameters follow the same path.
+    assert not [d for d in flat if d.category in ("parameters", "gradients", "loss_terms")], render_text(comparison)
+
+
+def test_extra_random_op_in_a_zero_weighted_branch_is_named(keras_checked: Callable[[str, str], Any],
+                                                           keras_variant_traces: dict[str, Trace]) -> None:
+    comparison = compare_traces(baseline(keras_checked, "transformer", "eager"),
+                                keras_variant_traces["transformer_noise"])
+    text = render_text(comparison)
+    draws = [d for d in comparison.walk() if d.category == "random_draws"]
+    added = [d for d in draws if d.kind == "added"]
+    assert added and added[0].evidence["op"] == "keras.random.normal", text
+    shift = cause_named(comparison, "random_stream_shift")
+    assert "keras.random.normal" in shift.explanation and "noise" in shift.explanation
+    # The shared token dropout draws from the same global generator after it: its mask moved.
+    assert shift.evidence["first_shifted"] and "token_dropout" in shift.evidence["first_shifted"], text
+
+
+def test_extra_layer_created_first_is_a_seed_offset_shift(keras_checked: Callable[[str, str], Any],
+                                                          keras_variant_traces: dict[str, Trace]) -> None:
+    comparison = compare_traces(baseline(keras_checked, "transformer", "eager"),
+                                keras_variant_traces["transformer_probe_first"])
+    headline = comparison.causes[0]
+    assert headline.cause == "seed_offset_shift", render_text(comparison)
+    assert "probe" in headline.explanation
+    shifted = {d.name for d in comparison.walk() if d.category == "initialisation" and d.kind == "changed"}
+    assert any("embed" in name for name in shifted) and any("classifier" in name for name in shifted)
+
+
+def test_zero_weighted_probe_moves_its_head_only_through_adamw_decay(
+        keras_variant_traces: dict[str, Trace]) -> None:
+    comparison = compare_traces(keras_variant_traces["transformer_decay"],
+                                keras_variant_traces["transformer_decay_probe"])
+    decay = cause_named(comparison, "decay_through_zero_gradient")
+    assert "probe" in decay.explanation and "weight_decay" in decay.explanation
+    moved = {d.name for d in comparison.walk() if d.category == "parameters"}
+    assert moved and all("probe" in name for name in moved), moved
+
+
+def test_keras_traces_compare_identical_across_processes(keras_checked: Callable[[str, str], Any]) -> None:
+    """The kept traces of a check compare identical pairwise through the library too."""
+    _, traces = keras_checked("transformer", "function")
+    assert compare_traces(Trace(traces[0]), Trace(traces[-1])).identical
+    assert Path(traces[0]).is_dir()
