@@ -132,6 +132,9 @@ class Capture:
         self.random_calls: list[RandomCall] = []
         self.default_seeds: list[int] = []  # every seed Keras drew from Python's random, in order
         self.seed_owners: list[SeedOwner] = []  # who drew each of them
+        # Keras creates its global seed generator at the first unseeded draw, inside a step: its state at
+        # creation ([seed, 0]), which no snapshot before the step could hold.
+        self.created_generator_states: dict[str, np.ndarray] = {}
         self._counts: dict[str, int] = {}
         self._in_random = False
         self._restore: list[Callable[[], None]] = []
@@ -292,8 +295,11 @@ class Capture:
         if isinstance(seed, int):
             return "keras-int-seed", True, np.array([seed, 0], dtype=np.int64), None
         if seed is None:
+            seeds_before = len(self.default_seeds)
             seed, ordered = global_seed_generator(), False
             name = "keras-global-seed-generator"
+            if len(self.default_seeds) > seeds_before:  # created just now, from the seed it drew
+                self.created_generator_states[name] = np.array([self.default_seeds[-1], 0], dtype=np.int64)
         elif isinstance(seed, SeedGenerator):
             ordered = True
             name = self.generator_names.get(id(seed)) or f"keras-seed-generator:{seed.name}"

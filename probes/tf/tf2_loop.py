@@ -48,7 +48,7 @@ class Tf2Recording:
         writer.write_json(fmt.INITIALISATION, initialisation_record(tree, ledger, capture, seed=config.seed))
         self.structure: dict[str, Any] = {"modules": tree.structure(), "graph_steps": [], "mode": mode}
         writer.write_json(fmt.STRUCTURE, self.structure)
-        self.config, self.writer, self.recipe = config, writer, recipe
+        self.config, self.writer, self.recipe, self.capture = config, writer, recipe, capture
         replays = bool(config.capture.get("nan_provenance", True) or config.capture.get("term_attribution", True))
         self.program = StepProgram(recipe, tree, capture, mode=mode, weight_of=config.weight_for,
                                    keep_module_outputs=bool(config.capture.get("module_outputs", True)), spec=spec,
@@ -81,6 +81,7 @@ class Tf2Recording:
         batch_summary, batch_values = batch_record(batch)
         result = program.run(step, batch, keep_values=keep_values(self.config, step))
         meta = result.meta
+        before = self._with_created_generators(before, result.values)
         record = assemble(step, batch=batch_summary, summaries=result.summaries, values=result.values,
                           term_names=meta.term_names, weights=meta.weights, parameter_names=self.param_names,
                           optimizer=program.optimizer_view)
@@ -125,6 +126,16 @@ class Tf2Recording:
                 loss_terms={name: term["value"] for name, term in record["loss_terms"].items()})
         self.writer.append_step(record)
         return after
+
+    def _with_created_generators(self, before: dict[str, np.ndarray], values: dict[str, np.ndarray]
+                                 ) -> dict[str, np.ndarray]:
+        """`before` with the state a generator created during the step started from (Keras's global one)."""
+        keys = self.program.generator_keys()
+        created = {keys[name]: state for name, state in self.capture.created_generator_states.items()
+                   if name in keys and keys[name] not in before and keys[name] in values}
+        if not created:
+            return before
+        return {**before, **{key: state.astype(values[key].dtype) for key, state in created.items()}}
 
     def _draws(self, meta: TraceMeta, values: dict[str, np.ndarray], before: dict[str, np.ndarray],
                notes: list[str]) -> list[dict[str, Any]]:

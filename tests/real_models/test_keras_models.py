@@ -81,9 +81,12 @@ def test_extra_random_op_in_a_zero_weighted_branch_is_named(keras_checked: Calla
     added = [d for d in draws if d.kind == "added"]
     assert added and added[0].evidence["op"] == "keras.random.normal", text
     shift = cause_named(comparison, "random_stream_shift")
-    assert "keras.random.normal" in shift.explanation and "noise" in shift.explanation
+    assert "keras.random.normal" in shift.explanation and "root module" in shift.explanation
     # The shared token dropout draws from the same global generator after it: its mask moved.
     assert shift.evidence["first_shifted"] and "token_dropout" in shift.evidence["first_shifted"], text
+    # The extra head's kernel seed is drawn before MultiHeadAttention builds its projections at first call.
+    offset = cause_named(comparison, "seed_offset_shift")
+    assert "noise_head" in offset.explanation and "attention" in offset.name, text
 
 
 def test_extra_layer_created_first_is_a_seed_offset_shift(keras_checked: Callable[[str, str], Any],
