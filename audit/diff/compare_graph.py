@@ -1,7 +1,8 @@
 """Graph: the module tree, and the op sequence of each step aligned between the runs.
 
-Op sequences are aligned with difflib (as `diff` aligns lines) on op type and phase only, so a renamed
-module does not break the alignment; what was added or removed is then grouped by the module and loss
+Op sequences are aligned with difflib (as `diff` aligns lines) on op type, phase and module, B's modules
+named as their match in A, so a renamed module does not break the alignment and an op is not aligned with
+one of the same type in another layer; what was added or removed is then grouped by the module and loss
 term the probes attributed each op to. A no-op branch (a loss term weighted 0.0) is still a different
 computation, and this is where it shows.
 """
@@ -65,6 +66,14 @@ def _compare_modules(context: CompareContext) -> CategoryResult:
     return result
 
 
+def _module_names_as_in_a(context: CompareContext) -> dict[Any, str]:
+    """B's module paths under the name their match has in A (renamed Keras layers align with theirs)."""
+    modules_a, modules_b = _modules(context.trace_a), _modules(context.trace_b)
+    match = match_names(list(modules_a), list(modules_b),
+                        signature=lambda side, path: (modules_a if side == "a" else modules_b)[path]["type"])
+    return {path_b: path_a for path_a, path_b in match.pairs}
+
+
 def _modules(trace: Trace) -> dict[str, dict[str, Any]]:
     modules = {}
     for position, module in enumerate(trace.structure.get("modules") or []):
@@ -87,8 +96,9 @@ def _op_sequence_change(context: CompareContext, step: int, digests: tuple[Any, 
             explanation=f"the op sequence of step {step} differs (its digest; no full graph was stored).",
             evidence={"digest": {"a": digests[0], "b": digests[1]}})
     ops_a, ops_b = list(graph_a.get("ops") or []), list(graph_b.get("ops") or [])
-    tokens_a = [f"{op.get('phase')}:{op.get('op')}" for op in ops_a]
-    tokens_b = [f"{op.get('phase')}:{op.get('op')}" for op in ops_b]
+    as_in_a = _module_names_as_in_a(context)
+    tokens_a = [f"{op.get('phase')}:{op.get('op')}:{op.get('module')}" for op in ops_a]
+    tokens_b = [f"{op.get('phase')}:{op.get('op')}:{as_in_a.get(op.get('module'), op.get('module'))}" for op in ops_b]
     opcodes = difflib.SequenceMatcher(None, tokens_a, tokens_b, autojunk=False).get_opcodes()
     groups: dict[tuple[str, str], OpGroup] = {}
     feeds_a, feeds_b = SharedPath(ops_a, opcodes, "a"), SharedPath(ops_b, opcodes, "b")
