@@ -49,6 +49,8 @@ def compare_random_draws(context: CompareContext) -> CategoryResult:
     region was not yet watched op by op) is the same draw."""
     result = CategoryResult()
     for step, record_a, record_b in context.step_pairs():
+        if not captured_in_both(record_a, record_b, "random_draws"):
+            continue
         draws_a = group_draws(record_a.get("random_draws") or [])
         draws_b = group_draws(record_b.get("random_draws") or [])
         result.compared += max(len(draws_a), len(draws_b))
@@ -67,6 +69,12 @@ def compare_random_draws(context: CompareContext) -> CategoryResult:
             for index in range(b1, b2):
                 result.divergences.append(_one_sided_draw(step, draws_b[index], "added", index))
     return result
+
+
+def captured_in_both(record_a: dict[str, Any], record_b: dict[str, Any], key: str) -> bool:
+    """A section that is null in a step record was not captured (the Keras fit callback cannot see layer
+    outputs or draws inside `fit`): nothing to compare, not a run that drew or computed nothing."""
+    return record_a.get(key, []) is not None and record_b.get(key, []) is not None
 
 
 def group_draws(draws: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -157,6 +165,8 @@ def _ops_text(draw: dict[str, Any]) -> str:
 def compare_module_outputs(context: CompareContext) -> CategoryResult:
     result = CategoryResult()
     for step, record_a, record_b in context.step_pairs():
+        if not captured_in_both(record_a, record_b, "module_outputs"):
+            continue
         outputs_a = {(o.get("module"), o.get("call")): o for o in record_a.get("module_outputs") or []}
         outputs_b = {(o.get("module"), o.get("call")): o for o in record_b.get("module_outputs") or []}
         position_b = {key: index for index, key in enumerate(outputs_b)}

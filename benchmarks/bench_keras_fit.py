@@ -1,0 +1,111 @@
+"""Cost of recording `model.fit` with AuditCallback, as a ratio against a plain `fit` step in the same process.
+
+    python benchmarks/bench_keras_fit.py [--rounds 5] [--steps 15] [--batch 32]
+
+The model is keras.applications.MobileNetV2(alpha=0.35, input_shape=(64, 64, 3), classes=10, weights=None)
+(~400k parameters, 158 variables with BatchNorm statistics, ~50-300 ms a step on two cores), compiled
+with Adam and the default tf.function step (jit_compile off, steps_per_execution=1).
+
+Rounds alternate on the same model: a plain `fit` of `--steps` batches, then the same with the callback
+writing a trace. A step is timed by a callback listed last, from its on_train_batch_begin (just before
+Keras's train function) to its on_train_batch_end (after the AuditCallback has read, summarised and
+written the step), so the recorded time includes everything the callback does per batch. The first two
+steps of each fit (tracing) and the per-fit set-up (environment, initial values) are left out. The
+reported ratio is the median over rounds of (median recorded step / median plain step). No timed
+assertion anywhere: this prints numbers. Target (issue 19): at most 1.3x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+WARMUP_STEPS = 2
+
+
+def build(batch: int) -> tuple[Any, Any, Any]:
+    import keras
+    import numpy as np
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(alpha=0.35, input_shape=(64, 64, 3), classes=10, weights=None)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  jit_compile=False)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch * 8, 64, 64, 3), dtype=np.float32)
+    y = rng.integers(0, 10, size=(batch * 8,))
+    return model, x, y
+
+
+def step_timer() -> Any:
+    import keras
+
+    class StepTimer(keras.callbacks.Callback):
+        """Seconds per batch, from just before the train function to after every other callback's batch end."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.times: list[float] = []
+            self._start = 0.0
+
+        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            self._start = time.perf_counter()
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            self.times.append(time.perf_counter() - self._start)
+
+    return StepTimer()
+
+
+def timed_fit(model: Any, x: Any, y: Any, *, batch: int, steps: int, trace: Path | None) -> float:
+    """Median seconds per step of one fit, warm-up steps left out."""
+    from audit.keras import AuditCallback
+
+    timer = step_timer()
+    callbacks = ([AuditCallback(trace, seed=0)] if trace is not None else []) + [timer]
+    epochs = -(-steps // (len(x) // batch))
+    model.fit(x, y, batch_size=batch, epochs=epochs, steps_per_epoch=min(steps, len(x) // batch), shuffle=False,
+              verbose=0, callbacks=callbacks)
+    return statistics.median(timer.times[WARMUP_STEPS:])
+
+
+def measure(*, rounds: int, steps: int, batch: int) -> dict[str, Any]:
+    model, x, y = build(batch)
+    plain, recorded, ratios = [], [], []
+    with tempfile.TemporaryDirectory() as folder:
+        timed_fit(model, x, y, batch=batch, steps=WARMUP_STEPS + 1, trace=None)  # trace the plain step once
+        for index in range(rounds):
+            plain.append(timed_fit(model, x, y, batch=batch, steps=steps, trace=None))
+            recorded.append(timed_fit(model, x, y, batch=batch, steps=steps, trace=Path(folder) / f"r{index}.trace"))
+            ratios.append(recorded[-1] / plain[-1])
+    return {"plain_ms": 1000 * statistics.median(plain), "recorded_ms": 1000 * statistics.median(recorded),
+            "ratio": statistics.median(ratios), "ratios": ratios, "variables": len(model.variables),
+            "parameters": model.count_params()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=15, help="batches per fit (the first two are not timed)")
+    parser.add_argument("--batch", type=int, default=32)
+    args = parser.parse_args(argv)
+    found = measure(rounds=args.rounds, steps=args.steps, batch=args.batch)
+    print(f"MobileNetV2(alpha=0.35, 64x64, 10 classes, weights=None): {found['parameters']} parameters, "
+          f"{found['variables']} variables, batch {args.batch}")
+    print(f"plain fit step:    {found['plain_ms']:.1f} ms (median of {args.rounds} rounds)")
+    print(f"recorded fit step: {found['recorded_ms']:.1f} ms")
+    print(f"ratio:             {found['ratio']:.2f}x (median; rounds: "
+          f"{', '.join(f'{r:.2f}' for r in found['ratios'])}); target 1.3x")
+
+
+if __name__ == "__main__":
+    main()
