@@ -47,6 +47,7 @@ class TraceMeta:
     traced: TracedStep | None = None
     _graph: dict[str, Any] | None = None
     _stateful: list[str] | None = None
+    _unrecorded: list[str] | None = None
 
     def graph(self, step: int) -> dict[str, Any] | None:
         if self.traced is None:
@@ -67,10 +68,12 @@ class TraceMeta:
         """Stateful random ops in the traced step that no wrapper saw (created through tf.raw_ops...)."""
         if self.traced is None:
             return []
-        seen = {call.stream for call in self.random_calls if call.kind == "tf-op-seed"}
-        return [op.name for op in self.traced.graph.get_operations()
-                if self.traced.start < op._id <= self.traced.end and op.type in STATEFUL_RANDOM_OPS
-                and op.name not in seen]
+        if self._unrecorded is None:  # once per trace: the record of every step asks
+            seen = {call.stream for call in self.random_calls if call.kind == "tf-op-seed"}
+            self._unrecorded = [op.name for op in self.traced.graph.get_operations()
+                                if self.traced.start < op._id <= self.traced.end and op.type in STATEFUL_RANDOM_OPS
+                                and op.name not in seen]
+        return self._unrecorded
 
 
 @dataclass
