@@ -26,7 +26,20 @@ def random_stream_shift(divergences: list[Divergence], context: CompareContext, 
     term, weight = _loss_term_of(context, step, first.evidence.get("module"))
     branch = f" (loss term {term}, weight {weight})" if term else ""
     run = "run B" if first.kind == "added" else "run A"
-    if shared:
+    why = ""
+    if shared and first.evidence.get("generator") == TF_OP_SEED:
+        victim = shared[0]
+        moved, why = _op_seed_move(context)
+        after = (f"so {moved} (first: {_draw_text(victim)} at step {victim.step}{_op_seed_text(context, victim)}), "
+                 f"and what they draw (dropout masks) differs from step {victim.step}")
+    elif shared and str(first.evidence.get("generator")).startswith(TF_GENERATOR):
+        victim = shared[0]
+        shift = victim.evidence.get("shift")
+        moved = (f"start {abs(shift)} values {'later' if shift > 0 else 'earlier'} in {'run B' if shift > 0 else 'run A'}"
+                 if isinstance(shift, int) and shift else "start from another generator state")
+        after = (f"so later draws of the same tf.random.Generator {moved} (first: {_draw_text(victim)} at step "
+                 f"{victim.step}), and what they draw differs from step {victim.step}")
+    elif shared:
         victim = shared[0]
         shift = victim.evidence.get("shift")
         moved = (f"start {abs(shift)} values {'later' if shift > 0 else 'earlier'} in {'run B' if shift > 0 else 'run A'}"
@@ -38,11 +51,40 @@ def random_stream_shift(divergences: list[Divergence], context: CompareContext, 
     count = first.evidence.get("count")
     amount = f"{count} random values" if isinstance(count, int) else f"random values from {first.evidence.get('generator')}"
     first.cause = "random_stream_shift"
-    first.explanation = (f"At step {step}, {_draw_text(first)}{branch} draws {amount} in {run} only, {after}.")
+    first.explanation = f"At step {step}, {_draw_text(first)}{branch} draws {amount} in {run} only, {after}.{why}"
     first.evidence.update(loss_term=term, loss_weight=weight, shifted_draws=len(shifted),
                           first_shifted=shared[0].name if shared else None, changes_shared=bool(shared))
     same_module = [d for d in one_sided if d is not first]
     return [Finding(first, same_module + shifted)]
+
+
+TF_OP_SEED = "tf-op-seed"  # a stateful TF random op: its stream is chosen by its op seed, not a position
+TF_GENERATOR = "tf-random-generator"
+
+
+def _op_seed_move(context: CompareContext) -> tuple[str, str]:
+    """How an added unseeded TF random op moves the others, and why: eagerly, each unseeded op takes the
+    next op seed of the global seed's sequence; traced (tf.function, v1 graph), the graph counts them."""
+    if context.trace_b.structure.get("mode") == "eager":
+        return ("every later unseeded random op takes another op seed",
+                " Run eagerly, each unseeded TF random op takes the next op seed of the global seed's sequence.")
+    return ("the op seeds of the unseeded random ops traced after it move",
+            " An unseeded TF random op's seed counts the unseeded random ops traced before it in the graph.")
+
+
+def _op_seed_text(context: CompareContext, victim: Divergence) -> str:
+    """`, op seed X in run A and Y in run B` for a shifted stateful op, from the two step records."""
+    seeds = []
+    for trace in (context.trace_a, context.trace_b):
+        record = trace.step(victim.step) if victim.step else None
+        draws = [d for d in (record or {}).get("random_draws") or [] if isinstance(d, dict)
+                 and d.get("generator") == TF_OP_SEED and d.get("module") == victim.evidence.get("module")
+                 and d.get("op") == victim.evidence.get("op")]
+        seed = draws[0].get("seed") if draws else None
+        seeds.append(seed[1] if isinstance(seed, list) and len(seed) == 2 else None)
+    if None in seeds or seeds[0] == seeds[1]:
+        return ""
+    return f", op seed {seeds[0]} in run A and {seeds[1]} in run B"
 
 
 def nan_through_term(divergences: list[Divergence], context: CompareContext, claims: Claims) -> list[Finding]:

@@ -9,6 +9,7 @@ while `active` is off:
 - Keras's backend random functions: every draw with its seed source (SeedGenerator, int seed, global);
 - Keras's `make_default_seed`: the integer seeds Keras draws from Python's `random` when a layer or
   initializer is built without a seed. Their order is the Keras 3 counterpart of a seed offset.
+Raw TF random draws (stateful random ops, `tf.random.Generator`) are wrapped by probes.tf.stateful_random.
 """
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ class RandomCall:
     seed_object: Any = None
     ops_before: int = 0
     seeds_before: int = 0  # Keras default seeds drawn before the call (its place in the seed stream)
+    kind: str = "keras"  # or "tf-op-seed" (a stateful TF random op), "tf-random-generator"
+    seed: tuple[int, int] | None = None  # tf-op-seed: the op's (seed, seed2)
+    stream: str | None = None  # tf-op-seed: the op's name (traced) or scope and type (eager); a Generator's variable
+    position: int | None = None  # eager tf-op-seed: runs of its kernel before (traced: counted per execution)
+    state_tensor: Any = None  # traced tf.random.Generator draw: its state before, returned by the step
 
 
 @dataclass
@@ -153,7 +159,10 @@ class Capture:
     # -- installing ------------------------------------------------------------------------------------
 
     def install(self) -> None:
+        from probes.tf.stateful_random import StatefulRandomWatch
+
         self._wrap_gradient_registry()
+        self._restore.extend(StatefulRandomWatch(self).install())
         try:
             import keras  # noqa: F401
         except ImportError:
@@ -264,7 +273,7 @@ class Capture:
                 capture._in_random = False
             capture.random_calls.append(RandomCall(
                 op=label, generator=generator, ordered=ordered, module=capture.current_module,
-                phase=capture.phase, count=_count(result), state=state, seed_object=seed_object,
+                phase=capture.phase, count=result_count(result), state=state, seed_object=seed_object,
                 ops_before=ops_before, seeds_before=len(capture.default_seeds)))
             return result
 
@@ -348,7 +357,8 @@ def _forward_op(op: Any) -> Any:
     return None
 
 
-def _count(result: Any) -> Any:
+def result_count(result: Any) -> Any:
+    """Number of values drawn: an int, or a size tensor while tracing a dynamic shape."""
     import tensorflow as tf
 
     if not isinstance(result, tf.Tensor):

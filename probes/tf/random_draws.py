@@ -4,8 +4,10 @@ Keras 3 random ops are stateless: each draw takes its seed from a SeedGenerator'
 which `next()` then moves on (counter + 1, or a scramble for the global generator). While tracing, the
 state is symbolic, so the draws seen at trace time are replayed here from the generators' states at the
 start of the step; an eager step knows the states directly. Raw TF stateful random ops (tf.random.uniform,
-tf.compat.v1 dropout) draw from a stream held by their kernel and seeded by the op's (seed, seed2): they
-are listed from the graph, with the number of times the op has run as its position in that stream.
+tf.nn.dropout without a seed) draw from a stream held by their kernel and seeded by the op's (seed, seed2):
+their entries (`generator: tf-op-seed`) carry the seed pair, the op's `stream` and, in the seed state, how
+often that kernel ran before (probes.tf.stateful_random). In graph mode they are listed from the graph.
+A `tf.random.Generator` draw carries the generator's state before it.
 """
 
 from __future__ import annotations
@@ -34,13 +36,30 @@ class DrawLedger:
         self.executions: dict[str, int] = {}
 
     def entries(self, calls: Sequence[RandomCall], *, start_states: Mapping[str, np.ndarray],
-                counts: Mapping[int, int], generator_keys: Mapping[int, str]) -> tuple[list[dict[str, Any]], list[str]]:
-        """Ledger entries of one step's Keras draws; `start_states` by generator, when calls were traced."""
+                counts: Mapping[int, int], generator_keys: Mapping[int, str],
+                drawn_states: Mapping[int, np.ndarray] | None = None, trace: int | None = None
+                ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Ledger entries of one step's draws. For traced calls: `start_states` of Keras generators,
+        `counts` and `drawn_states` (a tf.random.Generator's state) by call index from the step's outputs,
+        and the `trace` that ran (a traced op's kernel lives as long as its concrete function)."""
         notes: list[str] = []
         states = {name: np.array(state) for name, state in start_states.items()}
-        records = []
+        records: list[dict[str, Any]] = []
         for index, call in enumerate(calls):
+            count = counts.get(index, call.count) if not isinstance(call.count, int) else call.count
+            if call.kind == "tf-op-seed":
+                records.append(self._op_seed_entry(len(records), call, int(count), trace))
+                continue
             state = call.state
+            if call.kind == "tf-random-generator" and state is None:
+                state = (drawn_states or {}).get(index)
+            if call.kind != "keras":
+                records.append(self._entry(len(records), op=call.op, module=call.module, phase=call.phase,
+                                           generator=call.generator, count=int(count), state=state))
+                records[-1]["stream"] = call.stream
+                if state is None:
+                    notes.append(f"random draw {call.op} in {call.module}: generator state not readable")
+                continue
             if state is None:
                 state = states.get(call.generator)
                 if state is None and call.seed_object is not None:
@@ -48,12 +67,24 @@ class DrawLedger:
                     state = states.get(key) if key else None
                 if state is not None:
                     states[call.generator] = next_state(state, call.ordered)
-            count = counts.get(index, call.count) if not isinstance(call.count, int) else call.count
             records.append(self._entry(len(records), op=call.op, module=call.module, phase=call.phase,
                                        generator=call.generator, count=int(count), state=state))
             if state is None:
                 notes.append(f"random draw {call.op} in {call.module}: generator state not readable")
         return records, notes
+
+    def _op_seed_entry(self, index: int, call: RandomCall, count: int, trace: int | None) -> dict[str, Any]:
+        """A stateful op's entry: its seed pair and its kernel's runs before (eager: counted as it ran)."""
+        seeds = call.seed or (0, 0)
+        runs = call.position
+        kernel = f"tf-op-seed:{'eager' if runs is not None else trace}:{call.stream}:{seeds[0]}:{seeds[1]}"
+        if runs is None:
+            runs = self.executions.get(kernel, 0)
+            self.executions[kernel] = runs + 1
+        entry = self._entry(index, op=call.op, module=call.module, phase=call.phase, generator=kernel, count=count,
+                            state=np.array([*seeds, runs], dtype=np.int64))
+        entry.update(generator="tf-op-seed", stream=call.stream, seed=list(seeds))
+        return entry
 
     def stateful_entries(self, ops: Sequence[tuple[Any, str | None, str, int]], *, start_index: int
                          ) -> list[dict[str, Any]]:

@@ -42,10 +42,12 @@ class TraceMeta:
     layer_calls: list[LayerCall]
     random_calls: list[RandomCall]
     dynamic_counts: dict[int, str] = field(default_factory=dict)  # random call index -> output key
+    drawn_states: dict[int, str] = field(default_factory=dict)  # traced Generator draw's index -> its state's key
     activations: list[ActivationOutput] | None = None  # layer outputs the health record describes
     traced: TracedStep | None = None
     _graph: dict[str, Any] | None = None
     _stateful: list[str] | None = None
+    _unrecorded: list[str] | None = None
 
     def graph(self, step: int) -> dict[str, Any] | None:
         if self.traced is None:
@@ -55,12 +57,23 @@ class TraceMeta:
         return {**self._graph, "step": step}
 
     def stateful_random_ops(self) -> list[str]:
+        """Stateful random ops and tf.random.Generator draws of the step (a replay would advance them):
+        those recorded, then any other stateful op of the traced graph."""
+        if self._stateful is None:
+            recorded = [call.stream or call.op for call in self.random_calls if call.kind != "keras"]
+            self._stateful = list(dict.fromkeys(recorded + self.unrecorded_random_ops()))
+        return self._stateful
+
+    def unrecorded_random_ops(self) -> list[str]:
+        """Stateful random ops in the traced step that no wrapper saw (created through tf.raw_ops...)."""
         if self.traced is None:
             return []
-        if self._stateful is None:
-            self._stateful = [op.name for op in self.traced.graph.get_operations()
-                              if self.traced.start < op._id <= self.traced.end and op.type in STATEFUL_RANDOM_OPS]
-        return self._stateful
+        if self._unrecorded is None:  # once per trace: the record of every step asks
+            seen = {call.stream for call in self.random_calls if call.kind == "tf-op-seed"}
+            self._unrecorded = [op.name for op in self.traced.graph.get_operations()
+                                if self.traced.start < op._id <= self.traced.end and op.type in STATEFUL_RANDOM_OPS
+                                and op.name not in seen]
+        return self._unrecorded
 
 
 @dataclass
@@ -312,10 +325,13 @@ class StepProgram:
         for call in meta.layer_calls:
             for suffix, tensor in call.outputs:
                 named.append((f"module_outputs/{call.path}{suffix}#{call.call}", tensor))
-        for index, call in enumerate(meta.random_calls):
-            if not isinstance(call.count, int):
+        for index, draw in enumerate(meta.random_calls):
+            if not isinstance(draw.count, int):
                 meta.dynamic_counts[index] = f"random_counts/{index}"
-                named.append((meta.dynamic_counts[index], call.count))
+                named.append((meta.dynamic_counts[index], draw.count))
+            if draw.state_tensor is not None:
+                meta.drawn_states[index] = f"random_states/{index}"
+                named.append((meta.drawn_states[index], draw.state_tensor))
         return named
 
     def _pack_eagerly(self, named: list[tuple[str, Any]], activations: list[ActivationOutput] | None

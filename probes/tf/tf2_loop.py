@@ -144,13 +144,15 @@ class Tf2Recording:
         keys = self.program.generator_keys()
         start_states = {name: before[key] for name, key in keys.items() if key in before}
         counts = {index: int(values[key]) for index, key in meta.dynamic_counts.items() if key in values}
+        drawn = {index: values[key] for index, key in meta.drawn_states.items() if key in values}
         entries, problems = self.draws.entries(meta.random_calls, start_states=start_states, counts=counts,
-                                               generator_keys=self.program.tree.seed_generators)
+                                               generator_keys=self.program.tree.seed_generators,
+                                               drawn_states=drawn, trace=meta.trace_id)
         notes.extend(problems)
-        stateful = meta.stateful_random_ops()
-        if stateful:
-            notes.append(f"stateful TF random ops in the step ({', '.join(stateful[:3])}): listed in the graph "
-                         f"with their seeds; prefer keras.random with a SeedGenerator")
+        unrecorded = meta.unrecorded_random_ops()
+        if unrecorded:
+            notes.append(f"stateful TF random ops not recorded as draws ({', '.join(unrecorded[:3])}): listed "
+                         f"in the graph with their seeds")
         return entries
 
     def _graph(self, step: int, batch: Any, meta: TraceMeta, record: dict[str, Any]) -> None:
