@@ -39,6 +39,14 @@ def random_stream_shift(divergences: list[Divergence], context: CompareContext, 
                  if isinstance(shift, int) and shift else "start from another generator state")
         after = (f"so later draws of the same tf.random.Generator {moved} (first: {_draw_text(victim)} at step "
                  f"{victim.step}), and what they draw differs from step {victim.step}")
+    elif shared and str(first.evidence.get("op")).startswith(KERAS_RANDOM):
+        victim = shared[0]
+        extra = sum(1 for d in one_sided if d.evidence.get("generator") == first.evidence.get("generator")
+                    and d.step == step and d.kind == first.kind)
+        after = (f"so later draws of that Keras seed generator take its state {extra} draw"
+                 f"{'s' if extra > 1 else ''} later in {run} (first: {_draw_text(victim)} at step {victim.step}), "
+                 f"and what they draw (dropout masks) differs from step {victim.step}")
+        why = " A Keras seed generator moves its state one step per draw, whatever the draw's size."
     elif shared:
         victim = shared[0]
         shift = victim.evidence.get("shift")
@@ -60,6 +68,7 @@ def random_stream_shift(divergences: list[Divergence], context: CompareContext, 
 
 TF_OP_SEED = "tf-op-seed"  # a stateful TF random op: its stream is chosen by its op seed, not a position
 TF_GENERATOR = "tf-random-generator"
+KERAS_RANDOM = "keras.random."  # a Keras draw: its SeedGenerator's state moves one step per draw
 
 
 def _op_seed_move(context: CompareContext) -> tuple[str, str]:

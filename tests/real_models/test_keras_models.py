@@ -82,6 +82,8 @@ def test_extra_random_op_in_a_zero_weighted_branch_is_named(keras_checked: Calla
     assert added and added[0].evidence["op"] == "keras.random.normal", text
     shift = cause_named(comparison, "random_stream_shift")
     assert "keras.random.normal" in shift.explanation and "root module" in shift.explanation
+    # A Keras generator moves one step per draw, whatever its size: one draw later, not "128 values later".
+    assert "state 1 draw later in run B" in shift.explanation and "values later" not in shift.explanation, text
     # The shared token dropout draws from the same global generator after it: its mask moved.
     assert shift.evidence["first_shifted"] and "token_dropout" in shift.evidence["first_shifted"], text
     # The extra head's kernel seed is drawn before MultiHeadAttention builds its projections at first call.
