@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from audit.diff.context import CompareContext
@@ -163,7 +164,7 @@ class SharedPath:
     module, in an `equal` block): an added op that does changes what the shared model computes; one that
     does not is a branch of its own, which joins at most the total loss (as every loss term does)."""
 
-    def __init__(self, ops: list[dict[str, Any]], opcodes: list[tuple[str, int, int, int, int]], side: str) -> None:
+    def __init__(self, ops: list[dict[str, Any]], opcodes: Sequence[tuple[str, int, int, int, int]], side: str) -> None:
         shared: set[int] = set()
         for tag, a1, a2, b1, b2 in opcodes:
             if tag == "equal":
