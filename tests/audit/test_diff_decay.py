@@ -22,17 +22,20 @@ def decayed(comparison):  # type: ignore[no-untyped-def]
     return found[0]
 
 
-def test_adamw_decays_a_probe_only_a_zero_weighted_term_reaches(write_config, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("optimizer", "named"), [("adamw", "AdamW, weight_decay 0.1"), ("sgd", "SGD, weight_decay 0.1")])
+def test_decay_moves_a_probe_only_a_zero_weighted_term_reaches(write_config, tmp_path: Path, optimizer: str,
+                                                               named: str) -> None:
     jobs = [(load_config(write_config(name, recipe="decay_recipes:build", steps=2, **fields)), tmp_path / f"{name}.trace")
-            for name, fields in (("plain", {}), ("probe", {"params": {"probe_term": True},
-                                                           "loss_weights": {"probe": 0.0}}))]
+            for name, fields in (("plain", {"params": {"optimizer": optimizer}}),
+                                 ("probe", {"params": {"optimizer": optimizer, "probe_term": True},
+                                            "loss_weights": {"probe": 0.0}}))]
     assert all(result.ok for result in record_all(jobs))
     plain, probe = (Trace(path) for _, path in jobs)
     assert plain.steps[0]["gradients"]["probe.weight"] is None
     assert probe.steps[0]["gradients"]["probe.weight"]["norm"] == 0.0
     cause = decayed(compare_traces(plain, probe))
     assert cause.step == 1 and cause.name in ("probe.weight", "probe.bias")
-    assert "probe.weight" in cause.explanation and "AdamW, weight_decay 0.1" in cause.explanation
+    assert "probe.weight" in cause.explanation and named in cause.explanation
     assert "probe (weight 0.0)" in cause.explanation and "in run B only" in cause.explanation
 
 
