@@ -34,11 +34,8 @@ def random_stream_shift(divergences: list[Divergence], context: CompareContext, 
                  f"and what they draw (dropout masks) differs from step {victim.step}")
     elif shared and str(first.evidence.get("generator")).startswith(TF_GENERATOR):
         victim = shared[0]
-        shift = victim.evidence.get("shift")
-        moved = (f"start {abs(shift)} values {'later' if shift > 0 else 'earlier'} in {'run B' if shift > 0 else 'run A'}"
-                 if isinstance(shift, int) and shift else "start from another generator state")
-        after = (f"so later draws of the same tf.random.Generator {moved} (first: {_draw_text(victim)} at step "
-                 f"{victim.step}), and what they draw differs from step {victim.step}")
+        after = (f"so later draws of the same tf.random.Generator {_values_moved(victim)} (first: "
+                 f"{_draw_text(victim)} at step {victim.step}), and what they draw differs from step {victim.step}")
     elif shared and str(first.evidence.get("op")).startswith(KERAS_RANDOM):
         victim = shared[0]
         extra = sum(1 for d in one_sided if d.evidence.get("generator") == first.evidence.get("generator")
@@ -49,11 +46,8 @@ def random_stream_shift(divergences: list[Divergence], context: CompareContext, 
         why = " A Keras seed generator moves its state one step per draw, whatever the draw's size."
     elif shared:
         victim = shared[0]
-        shift = victim.evidence.get("shift")
-        moved = (f"start {abs(shift)} values {'later' if shift > 0 else 'earlier'} in {'run B' if shift > 0 else 'run A'}"
-                 if isinstance(shift, int) and shift else "start from another generator state")
-        after = (f"so later draws on the shared path {moved} (first: {_draw_text(victim)} at step {victim.step}), "
-                 f"and what they draw (dropout masks) differs from step {victim.step}")
+        after = (f"so later draws on the shared path {_values_moved(victim)} (first: {_draw_text(victim)} at step "
+                 f"{victim.step}), and what they draw (dropout masks) differs from step {victim.step}")
     else:
         after = "but no later draw on the shared path moved"
     count = first.evidence.get("count")
@@ -69,6 +63,14 @@ def random_stream_shift(divergences: list[Divergence], context: CompareContext, 
 TF_OP_SEED = "tf-op-seed"  # a stateful TF random op: its stream is chosen by its op seed, not a position
 TF_GENERATOR = "tf-random-generator"
 KERAS_RANDOM = "keras.random."  # a Keras draw: its SeedGenerator's state moves one step per draw
+
+
+def _values_moved(victim: Divergence) -> str:
+    """How far a shifted draw's stream moved, for generators whose position counts values (torch, TF)."""
+    shift = victim.evidence.get("shift")
+    if not isinstance(shift, int) or not shift:
+        return "start from another generator state"
+    return f"start {abs(shift)} values {'later' if shift > 0 else 'earlier'} in {'run B' if shift > 0 else 'run A'}"
 
 
 def _op_seed_move(context: CompareContext) -> tuple[str, str]:

@@ -14,24 +14,14 @@ from typing import Any
 import pytest
 
 from audit.diff import compare_traces
-from audit.divergence import Comparison, Divergence
 from audit.trace import Trace
 from reports.text import render_text
 
 from .conftest import KERAS_CHECKS
+from .verdicts import cause_named
 
 pytestmark = pytest.mark.tensorflow
 pytest.importorskip("tensorflow")
-
-
-def causes(comparison: Comparison) -> list[Divergence]:
-    return [d for d in comparison.walk() if d.cause]
-
-
-def cause_named(comparison: Comparison, cause: str) -> Divergence:
-    found = [d for d in causes(comparison) if d.cause == cause]
-    assert found, f"no {cause} among {[(d.cause, d.name, d.explanation) for d in causes(comparison)]}"
-    return found[0]
 
 
 def baseline(keras_checked: Callable[[str, str], Any], recipe: str, mode: str) -> Trace:

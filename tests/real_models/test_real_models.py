@@ -15,21 +15,12 @@ from typing import Any
 import pytest
 
 from audit.diff import compare_traces
-from audit.divergence import Comparison, Divergence
 from audit.trace import Trace
 from reports.text import render_text
 
+from .verdicts import cause_named, causes
+
 CHECK_RUNS = 10  # as tests/real_models/conftest.py records them
-
-
-def causes(comparison: Comparison) -> list[Divergence]:
-    return [d for d in comparison.walk() if d.cause]
-
-
-def cause_named(comparison: Comparison, cause: str) -> Divergence:
-    found = [d for d in causes(comparison) if d.cause == cause]
-    assert found, f"no {cause} among {[(d.cause, d.name, d.explanation) for d in causes(comparison)]}"
-    return found[0]
 
 
 def no_odd_names(text: str) -> None:
