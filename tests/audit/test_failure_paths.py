@@ -11,22 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from audit.cli import cli
+from tests.helpers import one_line, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def run_cli(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args))
-    return result.exit_code, result.stdout, result.stderr
-
-
-def one_line(stderr: str) -> str:
-    lines = stderr.splitlines()
-    assert len(lines) == 1 and lines[0].strip() and "Traceback" not in stderr, stderr
-    return lines[0]
 
 
 def is_gone(pid: int) -> bool:

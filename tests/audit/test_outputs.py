@@ -15,24 +15,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from audit.cli import cli
+from tests.helpers import one_line, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 HEALTH_WIRED = "step_health" in (ROOT / "probes" / "torch" / "step_recorder.py").read_text(encoding="utf-8") or \
     "step_health" in (ROOT / "probes" / "torch" / "recorder.py").read_text(encoding="utf-8")
-
-
-def run_cli(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args))
-    return result.exit_code, result.stdout, result.stderr
-
-
-def one_line(stderr: str) -> str:
-    lines = stderr.splitlines()
-    assert len(lines) == 1 and lines[0].strip() and "Traceback" not in stderr, stderr
-    return lines[0]
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -29,6 +29,7 @@ from audit.trace import Trace
 from audit.trace.integrity import member_files
 from reports.text import render_text
 from reports.trace_summary import render_trace_summary
+from tests.helpers import paths_in
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
@@ -52,15 +53,6 @@ def traces(tiny_trace: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     shutil.copytree(tiny_trace, folder / "clean.trace")
     shutil.copytree(tiny_trace, folder / "work.trace")
     return folder / "clean.trace", folder / "work.trace"
-
-
-def paths_in(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Every place in a JSON document, the document itself included."""
-    found = [prefix]
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        found += paths_in(item, (*prefix, key))
-    return found
 
 
 def mutate(document: Any, data: st.DataObject) -> Any:

@@ -21,6 +21,7 @@ from audit.errors import TraceError
 from audit.health import Finding, HealthReport
 from reports.json_report import comparison_from_json, render_json
 from reports.text import render_text
+from tests.helpers import paths_in
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -54,14 +55,6 @@ def with_health() -> str:
 
 
 BASES = [DOCUMENTED, with_health()]
-
-
-def paths_in(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    found = [prefix]
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        found += paths_in(item, (*prefix, key))
-    return found
 
 
 @st.composite
