@@ -162,6 +162,19 @@ def test_graph_mode_gate_before_a_variable_moves_its_op_seed_and_values(traces: 
     assert not [d for d in comparison.walk() if d.category == "initialisation" and d.name == "first.kernel"]
 
 
+def test_graph_mode_op_diff_names_the_added_ops_and_aligns_them_by_module(traces: dict[str, Trace]) -> None:
+    comparison = compare_traces(traces["graph_plain"], traces["graph_gate"])
+    graph = next(d for d in comparison.walk() if d.category == "graph" and d.name == "op graph at step 1")
+    groups = {(group["module"], group["loss_term"]): group for group in graph.evidence["by_group"]}
+    # The gate's own variable is the added VarHandleOp; the shared layer `second` gains nothing (aligned on
+    # op type alone, its VarHandleOp was once reported as added).
+    assert groups["gate", "gate"]["ops"]["added"] == {"VarHandleOp": 1}
+    assert not [key for key in groups if key[0] == "second"], groups
+    assert graph.evidence["feeds_shared"] == 0
+    assert "None of them feeds the model's shared forward pass" in graph.explanation
+    assert "MatMul" in graph.explanation
+
+
 def test_shifted_keras_auto_names_are_renames(traces: dict[str, Trace]) -> None:
     comparison = compare_traces(traces["dense_2_layers"], traces["dense_3_layers"])
     initialisation = [d for d in comparison.walk() if d.category == "initialisation"]
