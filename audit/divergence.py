@@ -190,10 +190,27 @@ class Comparison:
         return sorted(named, key=lambda d: (SHARED_RANK.get(d.evidence.get("changes_shared"), 1),
                                             rank.get(d.cause or "", len(rank)), d.sort_key()))
 
+    @property
+    def mechanisms(self) -> list[Any]:
+        """The verdict's mechanisms (audit.mechanisms.Mechanism), grouped by cause, most telling first."""
+        from audit.mechanisms import mechanisms
+
+        return mechanisms(self)
+
+    @property
+    def changed_inputs(self) -> list[Divergence]:
+        """The roots that are inputs the user changed: config, code, environment."""
+        from audit.mechanisms import changed_inputs
+
+        return changed_inputs(self)
+
     def to_dict(self) -> dict[str, Any]:
         first = self.first_divergence
         return {
             "identical": self.identical,
+            "changed": [{"category": d.category, "name": d.name, "explanation": d.explanation}
+                        for d in self.changed_inputs],
+            "mechanisms": [mechanism.to_dict() for mechanism in self.mechanisms],
             "partial": self.partial,
             "run_a": self.run_a.to_dict(),
             "run_b": self.run_b.to_dict(),

@@ -12,6 +12,7 @@ from typing import Any
 
 from audit.divergence import CATEGORIES, Comparison, Divergence
 from audit.health import RULE_TITLES
+from audit.mechanisms import Mechanism, input_summary
 
 WIDTH = 100  # columns the explanation is wrapped to
 CAUSE_LINE_LIMIT = 300  # characters of one line under "Other causes": the sentence is the point
@@ -43,7 +44,14 @@ def render_text(comparison: Comparison, *, max_consequences: int = 5, max_rows: 
     """The whole report; `max_consequences` and `max_rows` cap the listed consequences, causes and rows."""
     lines = _verdict(comparison, color)
     first = comparison.first_divergence
-    if first is not None:
+    mechanisms = comparison.mechanisms if comparison.changed_inputs else []
+    if first is not None and mechanisms:
+        lines += _why(mechanisms, color)
+        lines += ["", _style("What you changed:", "bold", color)] + _first_block(comparison, first)
+        shown = {id(m.instances[0]) for m in mechanisms}
+        lines += _other_causes(comparison, first, max_rows, color, skip=shown)
+        lines += _consequences(first, max_consequences, color)
+    elif first is not None:
         lines += ["", _style("First divergence:", "bold", color)] + _first_block(comparison, first)
         lines += _other_causes(comparison, first, max_rows, color)
         lines += _consequences(first, max_consequences, color)
@@ -63,10 +71,8 @@ def _verdict(comparison: Comparison, color: bool) -> list[str]:
         how = f"within {tolerance}" if tolerance else "bitwise"
         lines = [_style("IDENTICAL", "green", color) + f": {label_a} and {label_b} match {how} ({steps} steps compared)"]
     else:
-        where = "before training," if first.step is None else f"at step {first.step}"
         at = f" (at {tolerance})" if tolerance else ""
-        lines = [_style("DIVERGED", "red", color)
-                 + f": {label_a} vs {label_b}: first divergence {where} in {_clean(first.category)}{at}"]
+        lines = [_style("DIVERGED", "red", color) + f": {label_a} vs {label_b}: {_headline(comparison, first)}{at}"]
     if comparison.partial:
         # The differ's notes say why a run stopped; without notes, the run's own error says it.
         stopped = [f"run {side} ({_clean(run.label)}) stopped early"
@@ -75,6 +81,33 @@ def _verdict(comparison: Comparison, color: bool) -> list[str]:
         lines.append(_style("PARTIAL", "yellow", color) + ": " + "".join(f"{text}; " for text in stopped)
                      + f"only the {steps} steps both runs recorded were compared")
         lines += [f"  - {_clean(note)}" for note in comparison.notes]
+    return lines
+
+
+def _headline(comparison: Comparison, first: Divergence) -> str:
+    """The chain "what you changed -> how it changed the numbers" when an input changed; else where the
+    first divergence is."""
+    inputs, mechanisms = comparison.changed_inputs, comparison.mechanisms
+    if inputs and mechanisms:
+        changed = " and ".join(input_summary(root) for root in inputs)
+        return f"{changed} -> " + "; ".join(m.title for m in mechanisms)
+    where = "before training," if first.step is None else f"at step {first.step}"
+    return f"first divergence {where} in {_clean(first.category)}"
+
+
+def _why(mechanisms: list[Mechanism], color: bool) -> list[str]:
+    """Each mechanism with its first instance's sentence, whole: the answer to "why" is not cut."""
+    lines = ["", _style("Why:", "bold", color)]
+    for index, mechanism in enumerate(mechanisms, 1):
+        shared = {True: "changes numbers both runs share", False: "changes no shared number",
+                  None: "effect on shared numbers not known"}[mechanism.changes_shared]
+        head = f"  {index}. {mechanism.title} ({shared}): "
+        text = _cut(_clean(mechanism.explanation), MAX_EXPLANATION_CHARS)
+        more = mechanism.instances[1:]
+        if more:
+            text += f" (and {len(more)} more: {', '.join(_clean(d.name) for d in more[:3])}{', ...' if len(more) > 3 else ''})"
+        wrapped = textwrap.wrap(head + text, width=WIDTH, subsequent_indent="     ", break_on_hyphens=False)
+        lines += wrapped
     return lines
 
 
@@ -122,10 +155,12 @@ def _evidence_rank(key: Any, evidence: dict[Any, Any]) -> tuple[int, str]:
     return (EVIDENCE_ORDER.index(key) if known else len(EVIDENCE_ORDER), str(key))
 
 
-def _other_causes(comparison: Comparison, first: Divergence, max_rows: int, color: bool) -> list[str]:
-    """Other roots of the tree, and divergences anywhere below a root that an explanation rule named a cause for."""
+def _other_causes(comparison: Comparison, first: Divergence, max_rows: int, color: bool,
+                  skip: set[int] = frozenset()) -> list[str]:  # type: ignore[assignment]
+    """Other roots of the tree, and divergences anywhere below a root that an explanation rule named a cause
+    for, less those already told (`skip`, by id)."""
     # Named causes, most telling first as the differ ranks them, then the other roots.
-    others = [d for d in comparison.causes if d is not first]
+    others = [d for d in comparison.causes if d is not first and id(d) not in skip]
     others += [root for root in comparison.divergences if root is not first and not root.cause]
     if not others:
         return []

@@ -23,7 +23,7 @@ from reports.text import render_text
 KEY = "loss.terms.att_entropy_l0.weight"
 ENTROPY = "decoder.layers.0.cross_attn.entropy"
 TOP_LEVEL = {"schema", "schema_version", "identical", "partial", "run_a", "run_b", "tolerance", "first_divergence",
-             "divergences", "category_counts", "notes"}
+             "divergences", "category_counts", "notes", "changed", "mechanisms"}
 DIVERGENCE_KEYS = {"category", "step", "name", "kind", "explanation", "cause", "evidence", "children"}
 HOSTILE = "\u202e</script>\x1b[2J\"\\\n" + "w" * 100_000
 

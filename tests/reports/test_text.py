@@ -106,10 +106,16 @@ def nan_comparison() -> Comparison:
                       notes=["run B (nan) is incomplete: crash at step 3", "run A recorded 3 steps and run B 2"])
 
 
-def test_verdict_leads_then_first_divergence_and_its_explanation() -> None:
+def test_verdict_leads_with_the_change_and_its_mechanisms_then_why_then_what_changed() -> None:
     lines = render_text(config_comparison()).splitlines()
-    assert lines[0] == "DIVERGED: baseline vs entropy: first divergence before training, in config"
-    block = lines[lines.index("First divergence:"):]
+    assert lines[0] == ("DIVERGED: baseline vs entropy: the config (1 key) -> seed-offset shift of shared parameters; "
+                        "changed graph")
+    why = lines[lines.index("Why:") + 1:lines.index("What you changed:")]
+    assert why[0].startswith("  1. seed-offset shift of shared parameters (")
+    assert any(line.startswith("  2. changed graph (") for line in why)
+    assert "(and 1 more: op graph at step 1)" in " ".join(why)
+    assert all(len(line) <= 100 for line in why)
+    block = lines[lines.index("What you changed:"):]
     assert block[1:6] == ["  category:    config", "  step:        before training", "  name:        config change",
                           "  kind:        changed", "  cause:       config_change"]
     # Wrapped to about 100 columns, under its label.
@@ -123,12 +129,11 @@ def test_verdict_leads_then_first_divergence_and_its_explanation() -> None:
 def test_other_causes_are_explained_nodes_below_and_beside_the_first_most_telling_first() -> None:
     lines = render_text(config_comparison()).splitlines()
     start = lines.index("Other causes:")
-    # The differ's ranking (CAUSE_SEVERITY): the seed-offset shift before the graph changes.
-    assert lines[start + 1] == f"  [before training] initialisation decoder.out.weight: {SHIFT_EXPLANATION}"
-    assert lines[start + 2] == (f"  [before training] graph module tree: The model is built differently: run B has 1 "
-                                f"modules run A lacks ({ENTROPY}).")
-    assert lines[start + 3] == f"  [step 1] graph op graph at step 1: {GRAPH_EXPLANATION}"
-    assert lines[start + 4] == ""
+    # Each mechanism's first instance is told under "Why:"; the other instances follow here.
+    assert lines[start + 1] == f"  [step 1] graph op graph at step 1: {GRAPH_EXPLANATION}"
+    assert lines[start + 2] == ""
+    why = "\n".join(lines[lines.index("Why:"):start])
+    assert "decoder.out.weight" in why and "The model is built differently" in why
 
 
 def test_consequences_are_counted_per_category_in_causal_order_and_capped() -> None:
