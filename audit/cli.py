@@ -52,4 +52,4 @@ def main() -> None:
     cli()
 
 
-from audit import cli_commands, cli_compare, cli_health  # noqa: F401  (registers the commands on `cli`)
+from audit import cli_commands, cli_compare, cli_health, cli_verify  # noqa: F401  (registers the commands on `cli`)

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -28,6 +28,9 @@ from audit.outputs import (
 )
 from audit.runner import raise_for_failures, record_all
 from audit.trace import Trace
+
+if TYPE_CHECKING:
+    from audit.cli_verify import Annotate
 
 CATEGORY_NAMES = tuple(category for category in CATEGORIES if category != "health")  # health: `repro-audit health`
 
@@ -62,9 +65,11 @@ def _tolerance_options(function: Any) -> Any:
 @click.option("--steps", type=click.IntRange(min=1), help="Number of steps for both runs.")
 @click.option("--values", type=click.Choice(["none", "first", "all"]), help="Keep tensor values.")
 @click.option("--keep", type=click.Path(file_okay=False), help="Keep both traces in this folder.")
+@click.option("--verify", is_flag=True,
+              help="Prove each named mechanism: re-run B with it neutralised and report the effect (keeps values).")
 @_tolerance_options
 def diff_command(config_a: str, config_b: str | None, set_a: tuple[str, ...], set_b: tuple[str, ...],
-                 steps: int | None, values: str | None, keep: str | None, **options: Any) -> int:
+                 steps: int | None, values: str | None, keep: str | None, verify: bool, **options: Any) -> int:
     """Run two configs in separate processes and explain where they first diverge.
 
     \b
@@ -74,6 +79,10 @@ def diff_command(config_a: str, config_b: str | None, set_a: tuple[str, ...], se
     """
     if config_b is None and not set_b:
         raise click.UsageError("give CONFIG_B, or --set-b to compare CONFIG_A against itself with an override")
+    if verify:
+        from audit.cli_verify import verified_values
+
+        values = verified_values(values)
     first = load_config(config_a, overrides=set_a, steps=steps, values=values)
     second = load_config(config_b or config_a, overrides=set_b, steps=steps, values=values)
     if first.label == second.label:
@@ -83,7 +92,12 @@ def diff_command(config_a: str, config_b: str | None, set_a: tuple[str, ...], se
     reports = _checked_outputs(configs, keep, inputs, options)
     with _run_folder(keep) as folder:
         traces = _record(configs, folder=folder, kept=keep is not None, quiet=options["quiet"])
-        return _compare_and_report(traces[0], traces[1], reports, **options)
+        proof = None
+        if verify:
+            from audit.cli_verify import verification_step
+
+            proof = verification_step(second, folder, quiet=options["quiet"])
+        return _compare_and_report(traces[0], traces[1], reports, annotate=proof, **options)
 
 
 @cli.command("compare")
@@ -221,12 +235,16 @@ def _record(configs: Sequence[RunConfig], *, folder: Path, kept: bool, quiet: bo
     return [Trace(path) for _, path in jobs]
 
 
-def _compare_and_report(trace_a: Trace, trace_b: Trace, reports: list[ReportTarget], **options: Any) -> int:
+def _compare_and_report(trace_a: Trace, trace_b: Trace, reports: list[ReportTarget], *,
+                        annotate: Annotate | None = None, **options: Any) -> int:
+    """`annotate` adds to the comparison before it is presented (`--verify`'s table)."""
     from audit.diff import compare_traces
     from reports.text import render_text
 
     comparison = compare_traces(trace_a, trace_b, rtol=options["rtol"], atol=options["atol"],
                                 ignore=tuple(options["ignore"]), health_thresholds=thresholds_from(options))
+    if annotate is not None:
+        annotate(comparison, trace_a, trace_b)
     if _stdout_is_free(reports):
         click.echo(render_text(comparison))
     _write_outputs(comparison, trace_a, trace_b, reports, options)

@@ -22,7 +22,8 @@ from audit.errors import ConfigError
 
 FRAMEWORKS = ("torch", "tensorflow")
 VALUE_MODES = ("none", "first", "all")
-TOP_LEVEL_KEYS = {"recipe", "framework", "seed", "steps", "params", "loss_weights", "capture", "timeout", "label"}
+TOP_LEVEL_KEYS = {"recipe", "framework", "seed", "steps", "params", "loss_weights", "capture", "timeout", "label",
+                  "interventions"}
 CAPTURE_DEFAULTS: dict[str, Any] = {
     "values": "none",  # keep tensor values: none, first (step 1), all
     "graph": True,  # op-level graph of step 1 and of steps whose op sequence changes
@@ -52,6 +53,8 @@ class RunConfig:
     capture: dict[str, Any] = field(default_factory=lambda: dict(CAPTURE_DEFAULTS))
     timeout: float = DEFAULT_TIMEOUT_S
     label: str = "run"
+    # Set by `--verify` only (audit/verify): what to neutralise in this run; empty for every ordinary run.
+    interventions: dict[str, Any] = field(default_factory=dict)
     config_dir: str | None = None
     source: str | None = None
 
@@ -70,6 +73,8 @@ class RunConfig:
             "capture": dict(self.capture),
             "timeout": self.timeout,
             "label": self.label,
+            # Written only when set, so ordinary traces and their config comparison read as before.
+            **({"interventions": copy.deepcopy(self.interventions)} if self.interventions else {}),
         }
 
     @classmethod
@@ -166,10 +171,13 @@ def validate(raw: dict[str, Any], *, config_dir: str | None, source: str | None,
     label = raw.get("label", default_label)
     if not isinstance(label, str) or not label.strip() or not label.isprintable():
         raise ConfigError(f"{where}: label must be a non-empty string on one line, got {label!r}")
+    from audit.verify.spec import validate_interventions
+
+    interventions = validate_interventions(_mapping(raw, "interventions", where), where)
     return RunConfig(
         recipe=recipe, framework=framework, seed=seed, steps=steps, params=params,
         loss_weights={str(k): float(v) for k, v in weights.items()}, capture=capture,
-        timeout=float(timeout), label=label, config_dir=config_dir, source=source,
+        timeout=float(timeout), label=label, interventions=interventions, config_dir=config_dir, source=source,
     )
 
 

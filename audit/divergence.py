@@ -54,6 +54,7 @@ CAUSE_SEVERITY: tuple[str, ...] = (
     "nan_weighted_term",
     "code_change",
     "nondeterminism",
+    "data_change",
     "random_stream_shift",
     "seed_offset_shift",
     "hyperparameter_change",
@@ -167,6 +168,9 @@ class Comparison:
     # trace recorded no health statistics; None when neither did. Kept apart from the divergence tree: two
     # runs can be identical and equally unhealthy.
     health: dict[str, Any] | None = None
+    # `--verify`'s table (audit.verify.Verification): each mechanism neutralised in a re-run of run B, and
+    # what that changed. None unless asked for.
+    verification: Any = None
 
     @property
     def identical(self) -> bool:
@@ -221,6 +225,7 @@ class Comparison:
             "notes": list(self.notes),
             # Written only when there is something to say, so documents without health read as before.
             **({"health": self.health} if self.health is not None else {}),
+            **({"verification": self.verification.to_dict()} if self.verification is not None else {}),
         }
 
 

@@ -87,14 +87,14 @@ def record(config: RunConfig, trace_path: str | os.PathLike[str], *,
 
 
 def record_all(jobs: Sequence[tuple[RunConfig, Path]], *, progress: ProgressCallback | None = None,
-               parallel: bool | None = None) -> list[RunResult]:
-    """Record several configs, two at a time where the machine has the cores for it."""
+               parallel: bool | None = None, workers: int = 2) -> list[RunResult]:
+    """Record several configs, `workers` at a time (two by default) where the machine has the cores."""
     if parallel is None:
         parallel = (os.cpu_count() or 1) >= 2 and len(jobs) > 1
     if not parallel:
         return [record(config, path, progress=progress) for config, path in jobs]
     stop = Stop()
-    pool = ThreadPoolExecutor(max_workers=2)
+    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs), os.cpu_count() or 1)))
     try:
         futures = [pool.submit(record, config, path, progress=progress, stop=stop) for config, path in jobs]
         results = [future.result() for future in futures]

@@ -13,6 +13,7 @@ from typing import Any
 from audit.divergence import CATEGORIES, Comparison, Divergence
 from audit.health import RULE_TITLES
 from audit.mechanisms import Mechanism, input_summary
+from reports.text_verification import verification_lines
 
 WIDTH = 100  # columns the explanation is wrapped to
 CAUSE_LINE_LIMIT = 300  # characters of one line under "Other causes": the sentence is the point
@@ -47,6 +48,7 @@ def render_text(comparison: Comparison, *, max_consequences: int = 5, max_rows: 
     mechanisms = comparison.mechanisms if comparison.changed_inputs else []
     if first is not None and mechanisms:
         lines += _why(mechanisms, color)
+        lines += verification_lines(comparison.verification, width=WIDTH)
         lines += ["", _style("What you changed:", "bold", color)] + _first_block(comparison, first)
         shown = {id(m.instances[0]) for m in mechanisms}
         lines += _other_causes(comparison, first, max_rows, color, skip=shown)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from audit.diff.context import CompareContext
 from audit.divergence import Divergence
+from audit.explain.data import data_change
 from audit.explain.decay import decay_through_zero_gradient
 from audit.explain.finding import Claims, Finding
 from audit.explain.inputs import code_change, config_change, environment_change
@@ -25,10 +26,11 @@ RULES: tuple[Rule, ...] = (
     code_change,
     config_change,
     nondeterminism,
+    data_change,
     graph_change,
     seed_offset_shift,
+    build_stream_shift,  # before the training-time rule: build-time draws shift even the draws before it
     random_stream_shift,
-    build_stream_shift,
     nan_through_term,
     decay_through_zero_gradient,
     hyperparameter_change,

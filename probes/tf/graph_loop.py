@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from audit.config import RunConfig
+from audit.errors import RunFailed
 from audit.recipe import Recipe
 from audit.trace import TraceWriter
 from audit.trace import format as fmt
@@ -26,6 +27,9 @@ class GraphRecording:
     """A tf.compat.v1 graph run being recorded: one session.run per `step`, everything fetched with it."""
 
     def __init__(self, config: RunConfig, writer: TraceWriter, recipe: Recipe, capture: Capture) -> None:
+        if config.interventions:
+            raise RunFailed("--verify is not available for tf.compat.v1 graph mode: run the model eagerly or "
+                            "in a tf.function to verify its mechanisms")
         self.config, self.writer, self.recipe = config, writer, recipe
         self.program = program = GraphProgram(recipe, capture, weight_of=config.weight_for, spec=config.recipe,
                                               health=bool(config.capture.get("health", True)))

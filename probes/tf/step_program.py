@@ -89,7 +89,8 @@ class StepProgram:
 
     def __init__(self, recipe: Recipe, tree: ModelTree, capture: Capture, *, mode: str,
                  weight_of: Callable[[str], float], keep_module_outputs: bool, spec: str,
-                 keep_pre_step_state: bool = True, health: bool = False) -> None:
+                 keep_pre_step_state: bool = True, health: bool = False,
+                 dropped_terms: frozenset[str] = frozenset()) -> None:
         import tensorflow as tf
 
         self.tf = tf
@@ -100,6 +101,7 @@ class StepProgram:
         self.capture = capture
         self.mode = mode
         self.weight_of = weight_of
+        self.dropped_terms = dropped_terms  # recorded, left out of the total (`--verify`)
         self.keep_module_outputs = keep_module_outputs
         self.health = health
         self.spec = spec
@@ -286,7 +288,7 @@ class StepProgram:
                 weights = {name: self.weight_of(name) for name in names}
                 values = [tf.reshape(tf.convert_to_tensor(terms[name]), []) for name in names]
                 total = tf.add_n([tf.cast(value, values[0].dtype) * weights[name]
-                                  for name, value in zip(names, values)])
+                                  for name, value in zip(names, values) if name not in self.dropped_terms])
             forward_end = graph_mark()
             capture.phase = "backward"
             grads = tape.gradient(total, self.train_vars)

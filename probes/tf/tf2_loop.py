@@ -22,6 +22,7 @@ from probes.tf.nan_provenance import attribute_terms, find_origins
 from probes.tf.optimizer_state import is_keras_optimizer
 from probes.tf.random_draws import DrawLedger
 from probes.tf.recorder import keep_values
+from probes.tf.interventions import TfInterventions, generator_states
 from probes.tf.step_program import StepProgram, TraceMeta
 from probes.tf.step_record import assemble, batch_record, kept_values, nonfinite_parameters
 
@@ -49,14 +50,20 @@ class Tf2Recording:
         self.structure: dict[str, Any] = {"modules": tree.structure(), "graph_steps": [], "mode": mode}
         writer.write_json(fmt.STRUCTURE, self.structure)
         self.config, self.writer, self.recipe, self.capture = config, writer, recipe, capture
+        self.interventions = TfInterventions(config.interventions)
+        self.interventions.load_initial_values(tree.variables)
         replays = bool(config.capture.get("nan_provenance", True) or config.capture.get("term_attribution", True))
         self.program = StepProgram(recipe, tree, capture, mode=mode, weight_of=config.weight_for,
                                    keep_module_outputs=bool(config.capture.get("module_outputs", True)), spec=spec,
-                                   keep_pre_step_state=replays, health=bool(config.capture.get("health", True)))
+                                   keep_pre_step_state=replays, health=bool(config.capture.get("health", True)),
+                                   dropped_terms=self.interventions.dropped_terms)
         self.module_types = {entry.path: entry.type for entry in tree.modules}
         initial = self.program.snapshot()
         if config.capture.get("values", "none") != "none":
-            writer.write_values(0, {f"initial/{t.name}": initial[_state_key(t)] for t in tree.variables})
+            # The generators' state after build too: `--verify` starts run B's training from run A's.
+            writer.write_values(0, {**{f"initial/{t.name}": initial[_state_key(t)] for t in tree.variables},
+                                    **generator_states()})
+        self.interventions.set_generators()
         # The small state the next step starts from; the large state is in the program's shadows.
         self.before = {key: value for key, value in initial.items() if key not in self.program.shadowed()}
         self.draws = DrawLedger()
@@ -68,6 +75,8 @@ class Tf2Recording:
         self.collector = CollectorPause()
 
     def step(self, step: int, batch: Any) -> None:
+        self.interventions.apply_hyperparameters(self.recipe.optimizer, step)
+        batch = self.interventions.batch(step, batch)
         with self.collector.held():  # see probes/common/collector
             self.before = self._step(step, batch, self.before)
         if callable(self.recipe.lr_scheduler):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +23,7 @@ def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[[in
     from probes.torch.dispatch_capture import DispatchCapture
     from probes.torch.environment import torch_environment
     from probes.torch.initialisation import initialisation_record
+    from probes.torch.interventions import TorchInterventions, generator_states
     from probes.torch.modules import module_tree
     from probes.torch.optimizer_update import optimizer_step, prepare_update, scaled_for_backward
     from probes.torch.random_ledger import RandomLedger
@@ -47,16 +49,24 @@ def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[[in
                                                                  seed=config.seed))
     structure: dict[str, Any] = {"modules": module_tree(model), "graph_steps": []}
     writer.write_json(fmt.STRUCTURE, structure)
+    interventions = TorchInterventions(config.interventions)
+    interventions.load_initial_values(model)
     if config.capture.get("values", "none") != "none":
-        writer.write_values(0, {f"initial/{name}": values_for_file(t) for name, t in model.state_dict().items()})
+        # The generators' state after build too: `--verify` starts run B's training from run A's.
+        writer.write_values(0, {**{f"initial/{name}": values_for_file(t) for name, t in model.state_dict().items()},
+                                **generator_states()})
+    interventions.set_generators()
 
     recorder = TorchStepRecorder(model, optimizer, capture=config.capture, weight_of=config.weight_for,
-                                 ledger=ledger, num_classes=recipe.extras.get("num_classes"))
+                                 ledger=ledger, num_classes=recipe.extras.get("num_classes"),
+                                 dropped_terms=interventions.dropped_terms)
     batches = step_batches(recipe.batches, steps=config.steps, spec=config.recipe, per_step=recipe.micro_batches)
     model.train()
+    private = ExitStack()
+    private.enter_context(interventions.private_generators(model))
     try:
         for step in range(1, config.steps + 1):
-            batch = next(batches)
+            batch = interventions.batch(step, next(batches))
             micro = batch if recipe.micro_batches > 1 else [batch]
             optimizer.zero_grad(set_to_none=True)
             frames = compiled_frames()
@@ -74,6 +84,7 @@ def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[[in
             update = prepare_update(recipe, model=model, optimizer=optimizer, step=step, spec=config.recipe)
             if update:
                 recorder.note_update(update)
+            interventions.apply_hyperparameters(optimizer, step)
             optimizer_step(recipe, optimizer)
             graph = recorder.finish_graph()
             record = recorder.end_step()
@@ -88,6 +99,7 @@ def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[[in
             writer.append_step(record)
             progress(step)
     finally:
+        private.close()
         recorder.close()
     # Modules imported lazily during training belong to the code fingerprint too.
     writer.write_json(fmt.ENVIRONMENT, torch_environment(recipe_dir=config.config_dir))

@@ -45,9 +45,11 @@ class TorchStepRecorder:
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, capture: Mapping[str, Any],
                  weight_of: WeightOf, ledger: RandomLedger, num_classes: Any = None,
-                 watch_gradient_changes: bool = False) -> None:
+                 watch_gradient_changes: bool = False, dropped_terms: frozenset[str] = frozenset()) -> None:
         """`watch_gradient_changes`: see whether the user's code changed the gradients between backward and
-        optimizer.step() (clipping, scaling) where the recorder does not own that code (attach mode)."""
+        optimizer.step() (clipping, scaling) where the recorder does not own that code (attach mode).
+        `dropped_terms`: recorded, but left out of the total (`--verify`'s intervention on NaN terms)."""
+        self.dropped_terms = dropped_terms
         self.model = model
         self.optimizer = optimizer
         self.capture = dict(capture)
@@ -257,7 +259,10 @@ class TorchStepRecorder:
                 raise TypeError(f"loss term {name!r} must be a scalar tensor, got "
                                 f"{getattr(value, 'shape', type(value).__name__)}")
             weighted[str(name)] = value * self.weight_of(str(name))
-        total = torch.stack([w.reshape(()) for w in weighted.values()]).sum()
+        kept = [w.reshape(()) for name, w in weighted.items() if name not in self.dropped_terms]
+        if not kept:
+            raise TypeError("every loss term is dropped from the total")
+        total = torch.stack(kept).sum()
         return weighted, total * scale if scale != 1.0 else total
 
     def end_step(self) -> dict[str, Any]:
