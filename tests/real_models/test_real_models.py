@@ -93,7 +93,14 @@ def test_encoder_probe_branch_dropout_moves_the_shared_dropout_masks(baseline: A
     comparison = compare_traces(baseline("encoder"), variant_traces["encoder_probe"])
     first = comparison.first_divergence
     assert first is not None and first.cause != "nondeterminism"
-    stream = cause_named(comparison, "random_stream_shift")
+    # Two stream shifts: the probe's Linear drew at build (every training draw starts 33 values later), and its
+    # Dropout draws in training (the shared draws after it move further).
+    shifts = [d for d in comparison.causes if d.cause == "random_stream_shift"]
+    assert len(shifts) == 2, [d.explanation for d in shifts]
+    build = next(d for d in shifts if "build_draws" in d.evidence)
+    assert build.explanation.startswith("Building the model drew 33 more random values") and "probe.1" in \
+        build.explanation
+    stream = next(d for d in shifts if d is not build)
     assert "probe" in stream.explanation and "in run B only" in stream.explanation
     assert "layers.1" in stream.explanation, "the first shared draw it moves is named"
     no_odd_names(render_text(comparison))
