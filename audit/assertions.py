@@ -33,7 +33,8 @@ TRACEBACK_LINES = 6  # last lines of a crashed recipe's traceback quoted in the 
 
 
 class RunsDiverged(AssertionError):
-    """Runs that should be identical are not; the message is the compact text rendering of the comparison."""
+    """Runs that should be identical are not; the message is a few lines naming the cause
+    (reports/pytest_message.py)."""
 
     def __init__(self, message: str, *, comparison: Comparison, comparisons: Sequence[Comparison] = (),
                  report_path: Path | None = None, trace_dir: Path | None = None) -> None:
@@ -59,6 +60,7 @@ class Auditor:
     report_name: str = "repro-audit"
     base_dir: Path | None = None
     parallel: bool | None = None
+    verbose: int = 0  # pytest's -v count: a longer failure message, still a few lines
     reports: list[Path] = field(default_factory=list)
     _assertions: int = field(default=0, init=False, repr=False)
 
@@ -183,18 +185,16 @@ class Auditor:
     def _fail(self, headline: str, comparison: Comparison, folder: _AssertionFolder, trace_a: Trace,
               trace_b: Trace, *, check: Sequence[Comparison] | None = None) -> None:
         __tracebackhide__ = True
-        from reports.text import render_text
+        from reports.pytest_message import failure_message
 
-        lines = [headline, "", render_text(comparison, max_consequences=2, max_rows=5, color=False).rstrip()]
         report_path = None
         if self.report_dir is not None:
             report_path = self._write_report(comparison, trace_a, trace_b, check)
-            lines += ["", f"HTML report: {report_path}"]
         kept = folder.path if folder.keeps_failures else None
-        if kept is not None:
-            lines.append(f"traces kept in {kept}")
-        raise RunsDiverged("\n".join(lines), comparison=comparison, comparisons=check or (),
-                           report_path=report_path, trace_dir=kept)
+        message = failure_message(headline, comparison, report=str(report_path) if report_path else None,
+                                  traces=str(kept) if kept else None, verbose=self.verbose)
+        raise RunsDiverged(message, comparison=comparison, comparisons=check or (), report_path=report_path,
+                           trace_dir=kept)
 
     def _write_report(self, comparison: Comparison, trace_a: Trace, trace_b: Trace,
                       check: Sequence[Comparison] | None) -> Path:

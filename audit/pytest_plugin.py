@@ -67,6 +67,7 @@ def repro_audit(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         report_dir=Path(request.config.invocation_params.dir, report_dir) if report_dir else None,
         report_name=report_name(node.nodeid),
         base_dir=request.config.rootpath,
+        verbose=max(0, int(request.config.getoption("verbose") or 0)),
     )
     node.stash[_auditor_key] = auditor
     return auditor
@@ -92,11 +93,15 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     if config is None and returned is None:
         pytest.fail(f"@pytest.mark.{MARKER} has no config: give config= or return the config (a path, a "
                     "RunConfig or a mapping) from the test", pytrace=False)
+    failure = None
     try:
         pyfuncitem.stash[_auditor_key].assert_deterministic(returned if config is None else config, **options)
     except (RunsDiverged, UserError, ValueError, TypeError) as exc:
-        # No line of the test to point at: the message is the whole story, without our frames around it.
-        pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)
+        failure = f"{type(exc).__name__}: {exc}"
+    if failure is not None:
+        # Outside the except block, so pytest prints the message once, not chained to the exception; no line
+        # of the test to point at: the message is the whole story, without our frames around it.
+        pytest.fail(failure, pytrace=False)
     return True
 
 

@@ -184,17 +184,8 @@ def test_marker_tf_baseline_passes():
     pass
 
 
-def test_deterministic_graph_mode_passes(repro_audit):
-    repro_audit.assert_deterministic(TF + "/graph_baseline.yaml", steps=2)
-
-
 def test_identical_fails_on_nan(repro_audit):
     repro_audit.assert_identical(TF + "/baseline.yaml", TF + "/zero_entropy_loss.yaml", steps=1)
-
-
-def test_identical_values_only_passes_for_a_zero_weighted_term(repro_audit):
-    repro_audit.assert_identical(TF + "/pretrain.yaml", TF + "/baseline.yaml", steps=2,
-                                 ignore=["config", "graph"])
 
 
 def test_recipes_identical_passes(repro_audit):
@@ -224,6 +215,7 @@ def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
     """An inner session folder with the helper recipes; runs use one intra-op thread each."""
     # Two runs at a time per session, two sessions under xdist: more threads only spin on two cores.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("COLUMNS", "400")  # the short summary line shows its whole first line
     # pytester points HOME at the session folder; keep per-user caches out of it: matplotlib's (HTML
     # charts) and the summary kernel's (which would otherwise land in HOME/.cache, or XDG_CACHE_HOME).
     monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path_factory.mktemp("mpl")))
@@ -235,7 +227,10 @@ def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
 def failure_sections(output: str) -> dict[str, str]:
     """The failure text of each test, keyed by test name, from a session's output."""
     parts = re.split(r"^_{3,} (test_\w+) _{3,}$", output, flags=re.M)
-    return {name: text for name, text in zip(parts[1::2], parts[2::2])}
+    # The last failure runs on into the session's closing sections ("--- repro-audit HTML reports ---", "===
+    # short test summary info ==="): they are not part of it.
+    return {name: re.split(r"^[-=]{3,} ", text, maxsplit=1, flags=re.M)[0]
+            for name, text in zip(parts[1::2], parts[2::2])}
 
 
 def error_lines(section: str) -> list[str]:
@@ -244,7 +239,7 @@ def error_lines(section: str) -> list[str]:
 
 def test_every_form_under_xdist_writes_reports_of_failures(inner: pytest.Pytester) -> None:
     inner.makepyfile(test_forms=FORMS.format(torch=str(TORCH)))
-    result = inner.runpytest_subprocess(*plugin_args(), "-n", "2", "--repro-audit-report", "reports",
+    result = inner.runpytest_subprocess(*plugin_args(), "-n", "2", "-rf", "--repro-audit-report", "reports",
                                         timeout=INNER_TIMEOUT_S)
     output = result.stdout.str()
     outcomes = result.parseoutcomes()
@@ -258,7 +253,14 @@ def test_every_form_under_xdist_writes_reports_of_failures(inner: pytest.Pyteste
 
     nan = sections["test_identical_fails_on_nan"]
     assert "RunsDiverged" in nan and "att_entropy" in nan and "NaN" in nan, nan
-    assert len(error_lines(nan)) <= 50, "the failure message is a summary, not a dump"
+    for name in ("test_identical_fails_on_nan", "test_deterministic_fails", "test_marker_returned_config_fails"):
+        lines = error_lines(sections[name]) or [line for line in sections[name].splitlines() if line.strip()]
+        assert len([line for line in lines if line.strip() not in ("E", "")]) <= 12, sections[name]
+        assert "During handling" not in sections[name] and sections[name].count("not deterministic") <= 1 \
+            and sections[name].count("are not identical") <= 1, "printed once"
+    # The short summary names the cause, first.
+    summary = [line for line in output.splitlines() if line.startswith("FAILED test_forms.py::test_identical_fails_on_nan")]
+    assert summary and "NaN through a zero-weighted loss term" in summary[0], output
     seed = "\n".join(error_lines(sections["test_identical_fails_on_seed"]))
     assert "config" in seed and "seed" in seed, seed
     assert "not deterministic" in sections["test_deterministic_fails"]
@@ -306,12 +308,12 @@ def test_every_form_on_tensorflow_runs(inner: pytest.Pytester) -> None:
     inner.makepyfile(tf_recipes=TF_RECIPES, test_tf=TF_FORMS.format(tf=str(TF)))
     result = inner.runpytest_subprocess(*plugin_args(), "--repro-audit-report", "reports", timeout=INNER_TIMEOUT_S)
     output = result.stdout.str()
-    assert (result.parseoutcomes().get("passed"), result.parseoutcomes().get("failed")) == (4, 2), output
+    assert (result.parseoutcomes().get("passed"), result.parseoutcomes().get("failed")) == (2, 2), output
     sections = failure_sections(output)
     assert set(sections) == {"test_identical_fails_on_nan", "test_recipes_identical_fails"}, output
     nan = sections["test_identical_fails_on_nan"]
     assert "RunsDiverged" in nan and "att_entropy_l0 with weight 0.0" in nan and "NaN" in nan, nan
-    assert len(error_lines(nan)) <= 50, "the failure message is a summary, not a dump"
+    assert len(error_lines(nan)) <= 12, "the failure message is a summary, not a dump"
     assert "build_relu" in sections["test_recipes_identical_fails"]
     reports = sorted(path.name for path in (inner.path / "reports").iterdir())
     assert reports == ["test_tf.py_test_identical_fails_on_nan.html", "test_tf.py_test_recipes_identical_fails.html"]
