@@ -97,7 +97,8 @@ def diff_command(config_a: str, config_b: str | None, set_a: tuple[str, ...], se
             from audit.cli_verify import verification_step
 
             proof = verification_step(second, folder, quiet=options["quiet"])
-        return _compare_and_report(traces[0], traces[1], reports, annotate=proof, **options)
+        return _compare_and_report(traces[0], traces[1], reports, annotate=proof,
+                                   temporary=None if keep is not None else folder, **options)
 
 
 @cli.command("compare")
@@ -140,17 +141,20 @@ def check_command(config_path: str, runs: int, overrides: tuple[str, ...], steps
     reports = _checked_outputs(configs, keep, [Path(config_path)], options)
     with _run_folder(keep) as folder:
         traces = _record(configs, folder=folder, kept=keep is not None, quiet=options["quiet"])
-        return _check_and_report(traces, configs[0].label.rsplit(" run ", 1)[0], reports, options)
+        return _check_and_report(traces, configs[0].label.rsplit(" run ", 1)[0], reports, options,
+                                 temporary=None if keep is not None else folder)
 
 
 def _check_and_report(traces: list[Trace], name: str, reports: list[ReportTarget],
-                      options: dict[str, Any]) -> int:
+                      options: dict[str, Any], *, temporary: Path | None = None) -> int:
     from audit.diff import compare_check
     from reports.text import render_text
 
     runs = len(traces)
     comparisons = compare_check(traces, rtol=options["rtol"], atol=options["atol"], ignore=tuple(options["ignore"]),
                                 health_thresholds=thresholds_from(options))
+    for comparison in comparisons:
+        forget_trace_paths(comparison, temporary)
     diverged = [c for c in comparisons if not c.identical]
     text = _stdout_is_free(reports)
     if diverged and text:
@@ -236,8 +240,9 @@ def _record(configs: Sequence[RunConfig], *, folder: Path, kept: bool, quiet: bo
 
 
 def _compare_and_report(trace_a: Trace, trace_b: Trace, reports: list[ReportTarget], *,
-                        annotate: Annotate | None = None, **options: Any) -> int:
-    """`annotate` adds to the comparison before it is presented (`--verify`'s table)."""
+                        annotate: Annotate | None = None, temporary: Path | None = None, **options: Any) -> int:
+    """`annotate` adds to the comparison before it is presented (`--verify`'s table); `temporary`: a folder
+    removed when the command ends, so no output points at the traces in it."""
     from audit.diff import compare_traces
     from reports.text import render_text
 
@@ -245,12 +250,24 @@ def _compare_and_report(trace_a: Trace, trace_b: Trace, reports: list[ReportTarg
                                 ignore=tuple(options["ignore"]), health_thresholds=thresholds_from(options))
     if annotate is not None:
         annotate(comparison, trace_a, trace_b)
+    forget_trace_paths(comparison, temporary)
     if _stdout_is_free(reports):
         click.echo(render_text(comparison))
     _write_outputs(comparison, trace_a, trace_b, reports, options)
     if comparison.identical and comparison.partial:
         return EXIT_TROUBLE  # a run stopped early: "identical so far" is not "identical"
     return EXIT_SAME if comparison.identical else EXIT_DIFFERENT
+
+
+def forget_trace_paths(comparison: Comparison, temporary: Path | None) -> None:
+    """Traces in a temporary folder are gone once the command ends: no report may point at them."""
+    if temporary is None:
+        return
+    holders = [comparison.run_a, comparison.run_b] + list(comparison.verification.rows if comparison.verification
+                                                          else [])
+    for holder in holders:
+        if holder.trace_path and Path(holder.trace_path).resolve().is_relative_to(temporary.resolve()):
+            holder.trace_path = None
 
 
 def _write_outputs(comparison: Comparison, trace_a: Trace, trace_b: Trace, reports: Sequence[ReportTarget],

@@ -76,7 +76,7 @@ def verify_command(trace_a: str, trace_b: str, config_a: str, config_b: str, set
             if not options["quiet"]:
                 click.echo("recording both runs again with values kept (verification reads them)", err=True)
             traces = _record(configs, folder=folder, kept=keep is not None, quiet=options["quiet"])
-        return _compare_and_report(traces[0], traces[1], reports,
+        return _compare_and_report(traces[0], traces[1], reports, temporary=None if keep is not None else folder,
                                    annotate=verification_step(configs[1], folder, quiet=options["quiet"]), **options)
 
 

@@ -135,7 +135,7 @@ class RunInfo:
     """What the report says about one side of the comparison."""
 
     label: str
-    trace_path: str
+    trace_path: str | None  # None when the trace was not kept (`diff` without --keep removes it)
     framework: str
     complete: bool
     steps_recorded: int
@@ -219,7 +219,9 @@ class Comparison:
             "run_a": self.run_a.to_dict(),
             "run_b": self.run_b.to_dict(),
             "tolerance": self.tolerance,
-            "first_divergence": first.to_dict() if first else None,
+            # The root itself, without its children: they are in `divergences[0]` (written once, not twice).
+            "first_divergence": {key: value for key, value in first.to_dict().items() if key != "children"}
+            if first else None,
             "divergences": [d.to_dict() for d in self.divergences],
             "category_counts": self.category_counts,
             "notes": list(self.notes),

@@ -113,7 +113,9 @@ def comparison_from_json(text: str) -> Comparison:
 
 
 def _run_info(data: dict[str, Any]) -> RunInfo:
-    return RunInfo(label=str(data["label"]), trace_path=str(data["trace_path"]), framework=str(data["framework"]),
+    path = data["trace_path"]
+    return RunInfo(label=str(data["label"]), trace_path=None if path is None else str(path),
+                   framework=str(data["framework"]),
                    complete=bool(data["complete"]), steps_recorded=int(data["steps_recorded"]),
                    error=data.get("error"))
 

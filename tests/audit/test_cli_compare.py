@@ -49,6 +49,8 @@ def test_zero_entropy_loss_diff_explains_nan_and_writes_json_and_html(tmp_path: 
     result = json.loads(json_path.read_text(), parse_constant=lambda token: pytest.fail(f"bare {token} in JSON"))
     assert result["identical"] is False
     assert result["first_divergence"]["category"] == "config"
+    # Without --keep the traces are removed: nothing points at them.
+    assert result["run_a"]["trace_path"] is None and result["run_b"]["trace_path"] is None
     assert set(result["first_divergence"]) >= {"category", "step", "name", "kind", "explanation", "evidence"}
     nan = [d for d in _walk(result["divergences"]) if d["cause"] == "nan_zero_weight_term"]
     assert nan and nan[0]["evidence"]["loss_term"] == "att_entropy_l0" and nan[0]["evidence"]["loss_weight"] == 0.0
