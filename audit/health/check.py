@@ -7,7 +7,7 @@ from typing import Any
 
 from audit.errors import TraceError
 from audit.health.findings import Finding, HealthReport, Thresholds
-from audit.health.rules import RULES, RunHealth
+from audit.health.rules import ECHOES_OF_NAN, RULES, RunHealth
 
 
 def check_steps(steps: Sequence[Mapping[str, Any]], *, thresholds: Thresholds | None = None,
@@ -22,6 +22,9 @@ def check_steps(steps: Sequence[Mapping[str, Any]], *, thresholds: Thresholds | 
     findings: list[Finding] = []
     for _, rule in RULES:
         findings.extend(rule(run, limits))
+    nonfinite = run.first_nonfinite_step()
+    if nonfinite is not None:
+        findings = [f for f in findings if f.rule not in ECHOES_OF_NAN or f.step < nonfinite]
     layer_order = _layer_order(run)
     findings.sort(key=lambda f: (order[f.rule], layer_order.get(f.layer, len(layer_order)), f.layer, f.step))
     return HealthReport(label=label, steps=max(step for step, _ in run.records), findings=findings,

@@ -13,6 +13,7 @@ from typing import Any
 
 # What each rule is called in a report, in the order the rules run.
 RULE_TITLES = {
+    "nonfinite_gradients": "non-finite gradients",
     "exploding_gradients": "exploding gradients",
     "vanishing_gradients": "vanishing gradients",
     "saturation": "saturated activations",

@@ -27,6 +27,8 @@ class RunHealth:
     records: list[tuple[int, dict[str, Any]]]
     loss_terms: dict[str, float] = field(default_factory=dict)  # step-1 value of every loss term
     graph: dict[str, Any] | None = None  # the step-1 op graph, for inferring class counts
+    # Step 1's per-term attribution: term -> (weight, the parameters its gradient reaches).
+    term_reach: dict[str, tuple[float, set[str]]] = field(default_factory=dict)
 
     @classmethod
     def from_steps(cls, steps: Sequence[Mapping[str, Any]], *, graph: dict[str, Any] | None = None) -> RunHealth:
@@ -38,7 +40,27 @@ class RunHealth:
         terms = (first or {}).get("loss_terms") or {}
         values = {str(name): float(entry["value"]) for name, entry in terms.items()
                   if isinstance(entry, dict) and isinstance(entry.get("value"), (int, float))}
-        return cls(records=records, loss_terms=values, graph=graph)
+        reach = {str(term): (float(entry.get("weight", 1.0)),
+                             set(entry.get("nonzero") or {}) | set(entry.get("nonfinite") or {}))
+                 for term, entry in ((first or {}).get("term_attribution") or {}).items()
+                 if isinstance(entry, dict) and isinstance(entry.get("weight", 1.0), (int, float))}
+        return cls(records=records, loss_terms=values, graph=graph, term_reach=reach)
+
+    def zero_weight_only(self, layer: str) -> list[str]:
+        """The zero-weighted terms that alone reach `layer`'s parameters (a probe head, say): its gradient is
+        0 x something by design, not vanishing. Empty when a weighted term reaches it, or nothing is known."""
+        prefix = f"{layer}." if layer else ""
+        reaching = {term: weight for term, (weight, params) in self.term_reach.items()
+                    if any(param.startswith(prefix) for param in params)}
+        if not reaching or any(weight != 0.0 for weight in reaching.values()):
+            return []
+        return sorted(reaching)
+
+    def first_nonfinite_step(self) -> int | None:
+        """The first step with a non-finite gradient norm in any layer: every finding from there on is about
+        the NaN, not the layer."""
+        steps = [step for step, layer, stats in _layers(self) if _nonfinite(stats.get("grad_norm"))]
+        return min(steps) if steps else None
 
     def initial_loss(self) -> dict[str, Any]:
         first = next((health for step, health in self.records if step == 1), None)
@@ -49,7 +71,9 @@ class RunHealth:
         inferred = infer_num_classes(self.graph) if self.graph else {}
         counts = dict(inferred)
         for term, entry in self.initial_loss().items():
-            if isinstance(entry, dict) and entry.get("num_classes"):
+            # A count the recipe declares is the model's; where the graph shows which terms are
+            # classification losses, only those get it (an auxiliary or regression term is no uniform guess).
+            if isinstance(entry, dict) and entry.get("num_classes") and (not inferred or term in inferred):
                 counts[term] = ClassCount(int(entry["num_classes"]), "declared by the recipe")
         return counts
 
@@ -57,12 +81,34 @@ class RunHealth:
 Hit = tuple[int, float, dict[str, Any]]  # (step, value, evidence)
 
 
+def nonfinite_gradients(run: RunHealth, limits: Thresholds) -> list[Finding]:
+    """Gradients that turn NaN or Inf: one finding for the run, at the first step and its first layer, with
+    every layer it reached; the NaN provenance of a comparison says where it came from."""
+    first = run.first_nonfinite_step()
+    if first is None:
+        return []
+    layers = [layer for step, layer, stats in _layers(run) if step == first and _nonfinite(stats.get("grad_norm"))]
+    steps = sorted({step for step, _, stats in _layers(run) if _nonfinite(stats.get("grad_norm"))})
+    value = float(next(stats["grad_norm"] for step, layer, stats in _layers(run)
+                       if step == first and layer == layers[0]))
+    return [Finding(rule="nonfinite_gradients", layer=layers[0], step=first, measure="gradient norm", value=value,
+                    threshold=math.inf, steps=steps,
+                    message=f"gradients are {format_number(value)} from step {first} in {len(layers)} layer"
+                            f"{'s' if len(layers) != 1 else ''} (first: {_layer_name(layers[0])}); later "
+                            f"gradient and activation findings would only echo it",
+                    evidence={"layers": layers})]
+
+
+def _nonfinite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not math.isfinite(value)
+
+
 def exploding_gradients(run: RunHealth, limits: Thresholds) -> list[Finding]:
-    """A layer's gradient norm above `max_grad_norm`, or not finite."""
+    """A layer's finite gradient norm above `max_grad_norm` (non-finite ones: nonfinite_gradients)."""
     hits: dict[str, list[Hit]] = {}
     for step, layer, stats in _layers(run):
         norm = stats.get("grad_norm")
-        if norm is not None and (not math.isfinite(norm) or norm > limits.max_grad_norm):
+        if norm is not None and math.isfinite(norm) and norm > limits.max_grad_norm:
             hits.setdefault(layer, []).append((step, norm, {"grad_max_abs": stats.get("grad_max_abs"),
                                                             "type": stats.get("type")}))
     return [_finding("exploding_gradients", layer, found, measure="gradient norm", threshold=limits.max_grad_norm,
@@ -82,6 +128,8 @@ def vanishing_gradients(run: RunHealth, limits: Thresholds) -> list[Finding]:
         top_layer = max(norms, key=lambda layer: norms[layer])
         top = norms[top_layer]
         for layer, norm in norms.items():
+            if run.zero_weight_only(layer):
+                continue  # only zero-weighted terms reach it: a zero gradient is what they ask for
             ratio = norm / top if top > 0 else 1.0
             if norm < limits.min_grad_norm or ratio < limits.min_grad_ratio:
                 threshold = limits.min_grad_norm if norm < limits.min_grad_norm else limits.min_grad_ratio
@@ -188,6 +236,8 @@ def memory_growth(run: RunHealth, limits: Thresholds) -> list[Finding]:
 
 
 HEAP_LABEL = "CPU heap in use"
+# Rules about gradients and activations: from the first non-finite step on they only echo the NaN.
+ECHOES_OF_NAN = frozenset({"exploding_gradients", "vanishing_gradients", "saturation", "dead_units"})
 
 
 def _series(run: RunHealth, key: str) -> list[tuple[int, int]]:
@@ -213,6 +263,7 @@ def _memory_series(run: RunHealth) -> list[tuple[str, str]]:
 
 Rule = Callable[[RunHealth, Thresholds], list[Finding]]
 RULES: tuple[tuple[str, Rule], ...] = (
+    ("nonfinite_gradients", nonfinite_gradients),
     ("exploding_gradients", exploding_gradients),
     ("vanishing_gradients", vanishing_gradients),
     ("saturation", saturation),

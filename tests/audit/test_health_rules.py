@@ -111,8 +111,11 @@ def test_exploding_gradients_flags_every_layer_and_the_nan_that_follows() -> Non
     report = report_for("exploding_gradients")
     exploding = [f for f in report.findings if f.rule == "exploding_gradients"]
     assert len(exploding) == 11 and all(f.step == 1 and f.value > 1e3 for f in exploding)
-    assert exploding[0].layer == "0" and exploding[0].worst["step"] == 2  # NaN at step 2 is worse than any number
+    assert exploding[0].layer == "0" and exploding[0].steps == [1]  # the NaN of step 2 is its own finding
     assert "gradient norm" in exploding[0].message and "> 1e+03" in exploding[0].message
+    nonfinite = [f for f in report.findings if f.rule == "nonfinite_gradients"]
+    assert len(nonfinite) == 1 and nonfinite[0].step == 2 and "nan" not in exploding[0].message.lower()
+    assert nonfinite[0].message.startswith("gradients are nan from step 2 in 11 layers (first: 0)")
 
 
 def test_wrong_initial_loss_infers_ten_classes_from_the_graph() -> None:
@@ -200,12 +203,13 @@ def test_records_as_written_are_completed_by_the_rules() -> None:
         {(f.rule, f.layer, f.step) for f in check_steps(read, graph=graph).findings}
 
 
-def test_nonfinite_gradient_norm_explodes_at_any_threshold(dead_relu_records: Any) -> None:
+def test_a_nonfinite_gradient_is_one_finding_and_silences_what_follows_it(dead_relu_records: Any) -> None:
     records = copy.deepcopy(dead_relu_records[0])
     records[1]["health"]["layers"]["2"]["grad_norm"] = float("nan")
-    found = [f for f in check_steps(records, thresholds=Thresholds(max_grad_norm=float("inf"))).findings
-             if f.rule == "exploding_gradients"]
-    assert [(f.layer, f.step) for f in found] == [("2", 2)]
+    found = check_steps(records, thresholds=Thresholds(max_grad_norm=float("inf"))).findings
+    assert [(f.rule, f.layer, f.step) for f in found if f.rule in ("nonfinite_gradients", "exploding_gradients")] \
+        == [("nonfinite_gradients", "2", 2)]
+    assert not [f for f in found if f.rule in ("vanishing_gradients", "saturation", "dead_units") and f.step >= 2]
 
 
 def test_memory_growth_needs_growth_at_every_step(dead_relu_records: Any) -> None:
@@ -308,3 +312,24 @@ def test_text_summary_golden() -> None:
     capped = HealthReport(label="demo", steps=3, findings=[copy.deepcopy(findings[0]) for _ in range(3)])
     assert render_text(capped, limit=2).endswith("    ... and 1 more (--all shows them)")
     assert render_text(HealthReport(label="ok", steps=6, findings=[])) == "health of 'ok' (6 steps): healthy"
+
+
+def test_a_layer_only_zero_weighted_terms_reach_is_not_vanishing(dead_relu_records: Any) -> None:
+    records, graph = copy.deepcopy(dead_relu_records[0]), dead_relu_records[1]
+    assert [f.layer for f in check_steps(records, graph=graph).findings if f.rule == "vanishing_gradients"] == ["0"]
+    # Say a probe term weighted 0.0 is what reaches layer 0: its zero gradient is by design.
+    records[0]["term_attribution"] = {"ce": {"weight": 1.0, "nonzero": {"2.weight": 10}, "nonfinite": {}},
+                                      "probe": {"weight": 0.0, "nonzero": {"0.weight": 10}, "nonfinite": {}}}
+    assert not [f for f in check_steps(records, graph=graph).findings if f.rule == "vanishing_gradients"]
+    records[0]["term_attribution"]["probe"]["weight"] = 0.5  # a weighted term reaches it: vanishing again
+    assert [f.layer for f in check_steps(records, graph=graph).findings if f.rule == "vanishing_gradients"] == ["0"]
+
+
+def test_a_declared_class_count_applies_only_to_the_classification_terms_the_graph_shows() -> None:
+    records, graph = record_in_process(HEALTH / "wrong_initial_loss.yaml", overrides=["params.declare_classes=true"])
+    records = copy.deepcopy(records)
+    health = records[0]["health"]
+    health["initial_loss"]["aux"] = {**health["initial_loss"]["ce"], "value": 40.0}  # a regression term
+    records[0]["loss_terms"]["aux"] = {**records[0]["loss_terms"]["ce"], "value": 40.0}
+    flagged = {f.layer for f in check_steps(records, graph=graph).findings if f.rule == "initial_loss"}
+    assert flagged == {"ce"}
