@@ -94,3 +94,12 @@ def input_summary(root: Divergence) -> str:
     unit = "key" if root.category == "config" else "difference"
     count = sum(1 for child in root.children if child.category == root.category) if root.cause else 1
     return f"the {noun} ({count} {unit}{'' if count == 1 else 's'})" if count else f"the {noun}"
+
+
+def chain(comparison: Comparison) -> str | None:
+    """`the config (3 keys) -> NaN through a zero-weighted loss term; seed-offset shift...`: the verdict's
+    headline when an input changed and a mechanism was named; None otherwise."""
+    inputs, found = changed_inputs(comparison), mechanisms(comparison)
+    if not inputs or not found:
+        return None
+    return " and ".join(input_summary(root) for root in inputs) + " -> " + "; ".join(m.title for m in found)

@@ -12,7 +12,7 @@ from typing import Any
 
 from audit.divergence import CATEGORIES, Comparison, Divergence
 from audit.health import RULE_TITLES
-from audit.mechanisms import Mechanism, input_summary
+from audit.mechanisms import Mechanism, chain
 from reports.text_verification import verification_lines
 
 WIDTH = 100  # columns the explanation is wrapped to
@@ -89,10 +89,9 @@ def _verdict(comparison: Comparison, color: bool) -> list[str]:
 def _headline(comparison: Comparison, first: Divergence) -> str:
     """The chain "what you changed -> how it changed the numbers" when an input changed; else where the
     first divergence is."""
-    inputs, mechanisms = comparison.changed_inputs, comparison.mechanisms
-    if inputs and mechanisms:
-        changed = " and ".join(input_summary(root) for root in inputs)
-        return f"{changed} -> " + "; ".join(m.title for m in mechanisms)
+    headline = chain(comparison)
+    if headline:
+        return headline
     where = "before training," if first.step is None else f"at step {first.step}"
     return f"first divergence {where} in {_clean(first.category)}"
 

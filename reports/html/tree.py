@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from audit.divergence import CATEGORIES, RUN_CATEGORIES, STEP_CATEGORIES, Comparison, Divergence
+from audit.mechanisms import chain
 
 MAX_CHILDREN = 50  # consequences shown under one cause; the rest are counted
 MAX_TREE_NODES = 2000  # nodes rendered in the whole tree
@@ -102,12 +103,19 @@ def verdict(comparison: Comparison, tree: TreeView) -> dict[str, Any]:
     """Above the fold: identical or not, the first divergence, and the other explained causes."""
     first = comparison.first_divergence
     # The named causes anywhere in the tree, most telling first (the differ ranks them), then other roots.
-    explained = [d for d in comparison.causes if d is not first] + \
+    mechanisms = comparison.mechanisms if comparison.changed_inputs else []
+    told = {id(m.instances[0]) for m in mechanisms}  # each mechanism's first instance is told under "why"
+    explained = [d for d in comparison.causes if d is not first and id(d) not in told] + \
         [root for root in comparison.divergences[1:] if root.explanation and not root.cause]
     others = [{**node_fields(root), "anchor": tree.anchors.get(id(root))} for root in explained[:MAX_OTHER_CAUSES]]
     return {
         "identical": comparison.identical,
         "partial": comparison.partial,
+        "chain": chain(comparison),
+        "mechanisms": [{"title": m.title, "shared": m.changes_shared, "explanation": m.explanation,
+                        "more": len(m.instances) - 1, "anchor": tree.anchors.get(id(m.instances[0]))}
+                       for m in mechanisms],
+        "verification": comparison.verification.to_dict() if comparison.verification is not None else None,
         "first": {**node_fields(first), "anchor": tree.anchors.get(id(first))} if first else None,
         "others": others,
         "others_cut": len(explained) - len(others),

@@ -22,7 +22,7 @@ def _verified(folder: Path, framework: str) -> tuple[int, str, dict[str, Any]]:
     report = folder / "result.json"
     code, out, err = run_cli("diff", str(FIXTURES / framework / "baseline.yaml"),
                              str(FIXTURES / framework / "zero_entropy_loss.yaml"), "--steps", "2", "--verify", "-q",
-                             "--keep", str(folder / "runs"), "--json", str(report))
+                             "--keep", str(folder / "runs"), "--json", str(report), "--html", str(folder / "r.html"))
     assert code == 1, out + err
     return code, out, json.loads(report.read_text(encoding="utf-8"))
 
@@ -124,3 +124,14 @@ def test_an_unknown_intervention_in_a_config_is_one_line(tmp_path: Path) -> None
     config.write_text("recipe: nmt_recipe:build\ninterventions:\n  drop_everything: true\n", encoding="utf-8")
     code, _, err = run_cli("record", str(config), "-o", str(tmp_path / "x.trace"))
     assert code == 2 and "unknown intervention 'drop_everything'" in one_line(err)
+
+
+def test_the_html_report_leads_with_the_mechanisms_and_their_proof(torch_verified: Any) -> None:
+    _, _, result = torch_verified
+    html = (Path(result["verification"]["rows"][0]["trace_path"]).parent.parent / "r.html").read_text(encoding="utf-8")
+    verdict = html.split('id="verdict"', 1)[1].split("</section>", 1)[0]
+    assert verdict.index('id="why"') < verdict.index('id="verification"') < verdict.index("What you changed")
+    table = verdict.split('id="verification"', 1)[1]
+    assert table.count("<tr class=") == len(result["verification"]["rows"])
+    assert '<tr class="same"><td>all of them together</td>' in table
+    assert "What remains after every intervention: nothing; every shared number matches run A." in table

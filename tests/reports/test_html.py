@@ -244,7 +244,10 @@ def test_output_is_deterministic(tmp_path: Path) -> None:
 def test_verdict_and_first_divergence_come_first(case: dict[str, Any]) -> None:
     html = render_case(case)
     verdict = section(html, "verdict")
-    assert "the runs differ" in verdict and CONFIG_EXPLANATION in verdict
+    assert "Verdict: the config (1 key) -&gt; NaN through a zero-weighted loss term" in verdict
+    assert CONFIG_EXPLANATION in verdict and "What you changed" in verdict
+    assert verdict.index('id="why"') < verdict.index("What you changed"), "the mechanisms lead"
+    assert "<title>DIVERGED: " in html and "-&gt; NaN through a zero-weighted loss term" in html.split("</title>")[0]
     assert "loss_weights.att_entropy_l0" in verdict and "A: —" in verdict and "B: 0.0" in verdict
     assert NAN_EXPLANATION in verdict and SHIFT_EXPLANATION in verdict, "explained causes shown above the fold"
     assert "1 of 2 runs differ" in verdict
