@@ -135,3 +135,20 @@ def test_the_html_report_leads_with_the_mechanisms_and_their_proof(torch_verifie
     assert table.count("<tr class=") == len(result["verification"]["rows"])
     assert '<tr class="same"><td>all of them together</td>' in table
     assert "What remains after every intervention: nothing; every shared number matches run A." in table
+
+
+@pytest.mark.parametrize(("ulp", "nan_b", "said"), [
+    (3, 0, "differs by 3 ULP (largest |A - B| 1e-07), all values finite: floating-point reordering of the same computation, not a cause"),
+    (2_000_000, 0, "still differs (the output differs.): a cause no intervention here explains"),
+    (3, 5, "still differs (the output differs.): a cause no intervention here explains"),
+])
+def test_what_remains_is_reordering_only_within_a_few_ulp_of_finite_values(ulp: int, nan_b: int, said: str) -> None:
+    from audit.divergence import Divergence
+    from audit.verify.effect import Effect
+    from audit.verify.result import Row, Verification
+
+    remaining = Divergence("module_outputs", "decoder#0", "changed", step=2, explanation="the output differs.",
+                           evidence={"max_ulp": ulp, "max_abs_error": 1e-7, "nan_a": 0, "nan_b": nan_b})
+    effect = Effect(equal=False, first=remaining, parameter_distance=1e-6, loss_difference=0.0, last_step=2)
+    verification = Verification(rows=[Row("all of them together", "all", ["seed_offset_shift"], effect)])
+    assert verification.remains == f"module_outputs decoder#0 at step 2 {said}"
