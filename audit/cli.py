@@ -52,4 +52,5 @@ def main() -> None:
     cli()
 
 
-from audit import cli_commands, cli_compare, cli_health, cli_verify  # noqa: F401  (registers the commands on `cli`)
+# Imported for their side effect: each registers its commands on `cli`.
+from audit import cli_commands, cli_compare, cli_env, cli_health, cli_verify  # noqa: F401,E402

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -20,16 +21,21 @@ from audit.runner import record as record_config
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config field.")
 @click.option("--steps", type=click.IntRange(min=1), help="Number of steps (overrides the config).")
 @click.option("--values", type=click.Choice(["none", "first", "all"]), help="Keep tensor values.")
+@click.option("--python", "python", type=click.Path(exists=True, dir_okay=False),
+              help="Run with this Python interpreter (another virtual environment).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def record_command(config_path: str, output: str, overrides: tuple[str, ...], steps: int | None,
-                   values: str | None, quiet: bool) -> int:
+                   values: str | None, python: str | None, quiet: bool) -> int:
     """Run CONFIG in a fresh subprocess and write its trace.
 
     \b
     Example:
       repro-audit record fixtures/configs/torch/baseline.yaml -o baseline.trace --steps 3
     """
+    from audit.cli_compare import interpreter
+
     config = load_config(config_path, overrides=overrides, steps=steps, values=values)
+    config.python = interpreter(python)
     target = check_trace_destination(output, option="-o", protected=[Path(config_path)])
     try:
         with Progress(quiet=quiet) as progress:
@@ -42,6 +48,7 @@ def record_command(config_path: str, output: str, overrides: tuple[str, ...], st
     from audit.trace import Trace
 
     trace = Trace(target)
+    warn_local_changes(trace)
     if not quiet:
         from reports.trace_summary import render_trace_summary
 
@@ -61,5 +68,19 @@ def show_command(trace_path: str) -> int:
     from audit.trace import Trace
     from reports.trace_summary import render_trace_summary
 
-    click.echo(render_trace_summary(Trace(trace_path)))
+    trace = Trace(trace_path)
+    warn_local_changes(trace)
+    click.echo(render_trace_summary(trace))
     return 0
+
+
+def warn_local_changes(trace: Any) -> None:
+    """One line on stderr per installed package the run used with local changes: they are easy to forget
+    and change results without a version change (the seed's real cause)."""
+    for name, info in (trace.environment.get("local_changes") or {}).items():
+        files = info.get("modified") or []
+        if files:
+            shown = ", ".join(files[:4]) + (f" and {len(files) - 4} more" if len(files) > 4 else "")
+            click.echo(f"warning: package {name} {info.get('version')} has {len(files)} file"
+                       f"{'s' if len(files) != 1 else ''} that differ from what was installed (local changes): "
+                       f"{shown}", err=True)

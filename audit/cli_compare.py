@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -17,7 +18,7 @@ from audit.cli_progress import Progress
 from audit.cli_thresholds import health_threshold_options, thresholds_from
 from audit.config import RunConfig, load_config
 from audit.divergence import CATEGORIES, Comparison
-from audit.errors import Interrupted, OutputError, RunFailed
+from audit.errors import Interrupted, OutputError, RunFailed, UserError
 from audit.outputs import (
     ReportTarget,
     check_keep_folder,
@@ -65,11 +66,16 @@ def _tolerance_options(function: Any) -> Any:
 @click.option("--steps", type=click.IntRange(min=1), help="Number of steps for both runs.")
 @click.option("--values", type=click.Choice(["none", "first", "all"]), help="Keep tensor values.")
 @click.option("--keep", type=click.Path(file_okay=False), help="Keep both traces in this folder.")
+@click.option("--python-a", "python_a", type=click.Path(exists=True, dir_okay=False),
+              help="Run A with this Python interpreter (another virtual environment).")
+@click.option("--python-b", "python_b", type=click.Path(exists=True, dir_okay=False),
+              help="Run B with this Python interpreter (another virtual environment).")
 @click.option("--verify", is_flag=True,
               help="Prove each named mechanism: re-run B with it neutralised and report the effect (keeps values).")
 @_tolerance_options
 def diff_command(config_a: str, config_b: str | None, set_a: tuple[str, ...], set_b: tuple[str, ...],
-                 steps: int | None, values: str | None, keep: str | None, verify: bool, **options: Any) -> int:
+                 steps: int | None, values: str | None, keep: str | None, python_a: str | None,
+                 python_b: str | None, verify: bool, **options: Any) -> int:
     """Run two configs in separate processes and explain where they first diverge.
 
     \b
@@ -87,6 +93,7 @@ def diff_command(config_a: str, config_b: str | None, set_a: tuple[str, ...], se
     second = load_config(config_b or config_a, overrides=set_b, steps=steps, values=values)
     if first.label == second.label:
         first.label, second.label = f"{first.label} (A)", f"{second.label} (B)"
+    first.python, second.python = interpreter(python_a), interpreter(python_b)
     configs = [first, second]
     inputs = [Path(config_a), Path(config_b or config_a)]
     reports = _checked_outputs(configs, keep, inputs, options)
@@ -141,6 +148,9 @@ def check_command(config_path: str, runs: int, overrides: tuple[str, ...], steps
     reports = _checked_outputs(configs, keep, [Path(config_path)], options)
     with _run_folder(keep) as folder:
         traces = _record(configs, folder=folder, kept=keep is not None, quiet=options["quiet"])
+        from audit.cli_commands import warn_local_changes
+
+        warn_local_changes(traces[0])
         return _check_and_report(traces, configs[0].label.rsplit(" run ", 1)[0], reports, options,
                                  temporary=None if keep is not None else folder)
 
@@ -257,6 +267,22 @@ def _compare_and_report(trace_a: Trace, trace_b: Trace, reports: list[ReportTarg
     if comparison.identical and comparison.partial:
         return EXIT_TROUBLE  # a run stopped early: "identical so far" is not "identical"
     return EXIT_SAME if comparison.identical else EXIT_DIFFERENT
+
+
+def interpreter(path: str | None) -> str | None:
+    """An interpreter given by the user, checked before any run: it must start and find repro-audit's
+    dependencies (the worker runs with this checkout on its PYTHONPATH)."""
+    if path is None:
+        return None
+    import subprocess
+
+    probe = subprocess.run([path, "-c", "import numpy, yaml, safetensors, xxhash, deepdiff"], capture_output=True,
+                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": ""})
+    if probe.returncode != 0:
+        missing = (probe.stderr.strip().splitlines() or ["it does not start"])[-1]
+        raise UserError(f"interpreter {path} cannot run repro-audit's worker: {missing} (install repro-audit's "
+                        f"dependencies into that environment)")
+    return str(Path(path).absolute())
 
 
 def forget_trace_paths(comparison: Comparison, temporary: Path | None) -> None:

@@ -57,6 +57,9 @@ class RunConfig:
     interventions: dict[str, Any] = field(default_factory=dict)
     config_dir: str | None = None
     source: str | None = None
+    # The interpreter the run's worker starts with (`--python-b`): another environment, same config. Not part
+    # of the config: the environment fingerprint records what it changed.
+    python: str | None = None
 
     def weight_for(self, term: str) -> float:
         return term_weight(self.loss_weights, term)

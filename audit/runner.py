@@ -128,7 +128,7 @@ class _Worker:
         env = dict(os.environ)
         project_root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = project_root + os.pathsep + env.get("PYTHONPATH", "")
-        command = [sys.executable, "-m", "audit.worker", "--trace", str(self.trace_path),
+        command = [self.config.python or sys.executable, "-m", "audit.worker", "--trace", str(self.trace_path),
                    "--events-fd", str(write_fd), "--parent-pid", str(os.getpid())]
         try:
             # A session of its own: the terminal's Ctrl-C goes to us, not to the worker, and one killpg ends

@@ -6,6 +6,8 @@ A difference here is a candidate root cause: nothing recorded later can change t
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from deepdiff import DeepDiff
@@ -54,6 +56,9 @@ def compare_code(context: CompareContext) -> CategoryResult:
                 evidence={"package": name, "a": a, "b": b}))
     result.compared += _compare_modules(env_a.get("modules") or {}, env_b.get("modules") or {},
                                         packages_a, packages_b, result.divergences)
+    result.compared += _compare_local_changes(env_a.get("local_changes") or {}, env_b.get("local_changes") or {},
+                                              result.divergences)
+    _attach_source_diffs(result.divergences, _sources(env_a), _sources(env_b))
     git_a, git_b = env_a.get("git") or {}, env_b.get("git") or {}
     for key in ("commit", "dirty"):
         result.compared += 1
@@ -64,6 +69,98 @@ def compare_code(context: CompareContext) -> CategoryResult:
                             f"{git_b.get(key)!r} in run B.",
                 evidence={"a": git_a.get(key), "b": git_b.get(key), "root": git_b.get("root") or git_a.get("root")}))
     return result
+
+
+def _compare_local_changes(changes_a: dict[str, Any], changes_b: dict[str, Any], found: list[Divergence]) -> int:
+    """Installed packages edited after their install (files that differ from pip's RECORD), or editable
+    installs at another commit or dirty state, in one run and not the other."""
+    compared = 0
+    for name in sorted(set(changes_a) | set(changes_b)):
+        compared += 1
+        a, b = changes_a.get(name) or {}, changes_b.get(name) or {}
+        modified_a, modified_b = a.get("modified") or [], b.get("modified") or []
+        git_a, git_b = (a.get("editable") or {}).get("git") or {}, (b.get("editable") or {}).get("git") or {}
+        if modified_a == modified_b and git_a == git_b:
+            continue
+        version = b.get("version") or a.get("version")
+        parts = []
+        for run, files, other in (("B", modified_b, modified_a), ("A", modified_a, modified_b)):
+            only = [f for f in files if f not in other]
+            if only:
+                parts.append(f"run {run} used {name} {version} with local changes to {', '.join(only[:4])}"
+                             f"{' and more' if len(only) > 4 else ''} (installed files that differ from what pip "
+                             f"installed)")
+        if git_a != git_b:
+            parts.append(f"{name} is an editable install at git {_git_text(git_a)} in run A and {_git_text(git_b)} "
+                         f"in run B")
+        found.append(Divergence(
+            "code", f"local changes {name}", "changed", order=0, explanation="; ".join(parts) + ".",
+            evidence={"package": name, "version": version, "modified": {"a": modified_a, "b": modified_b},
+                      "git": {"a": git_a or None, "b": git_b or None}}))
+    return compared
+
+
+def _git_text(git: dict[str, Any]) -> str:
+    if not git:
+        return "(none)"
+    return f"{str(git.get('commit'))[:10]}{' with uncommitted changes' if git.get('dirty') else ''}"
+
+
+MAX_DIFF_LINES = 60  # lines of a module's unified diff kept in its evidence
+
+
+def _sources(env: dict[str, Any]) -> dict[str, str | _OnDisk]:
+    """The sources a run kept, and, for a module it did not keep, its file if it is still on this machine
+    (a run in another virtual environment of the same machine): read only when a diff needs it."""
+    sources: dict[str, str | _OnDisk] = dict(env.get("sources") or {})
+    for name, entry in (env.get("modules") or {}).items():
+        path = Path(str(entry.get("path") or ""))
+        if name not in sources and path.is_absolute():
+            sources[name] = _OnDisk(path, entry.get("hash"))
+    return sources
+
+
+@dataclass
+class _OnDisk:
+    """A module file a run hashed: its text counts only while it still has that content."""
+
+    path: Path
+    digest: Any
+
+    def text(self) -> str | None:
+        from probes.common.hashing import hash_bytes
+
+        try:
+            data = self.path.read_bytes()
+        except OSError:
+            return None
+        return data.decode("utf-8", "replace") if hash_bytes(data) == self.digest else None
+
+
+def _attach_source_diffs(found: list[Divergence], sources_a: dict[str, str | _OnDisk],
+                         sources_b: dict[str, str | _OnDisk]) -> None:
+    """The changed lines of each changed module whose source both runs kept (the user's modules, modified
+    installed files), as a unified diff in its evidence."""
+    import difflib
+
+    for divergence in found:
+        module = divergence.evidence.get("module")
+        if divergence.kind != "changed" or module not in sources_a or module not in sources_b:
+            continue
+        text_a, text_b = (_text(sources[module]) for sources in (sources_a, sources_b))
+        if text_a is None or text_b is None:
+            continue
+        lines = list(difflib.unified_diff(text_a.splitlines(), text_b.splitlines(),
+                                          f"run A: {module}", f"run B: {module}", lineterm="", n=2))
+        changed = sum(1 for line in lines if line[:1] in "+-" and not line.startswith(("+++", "---")))
+        divergence.evidence["diff"] = "\n".join(lines[:MAX_DIFF_LINES]) + (
+            f"\n... {len(lines) - MAX_DIFF_LINES} more lines" if len(lines) > MAX_DIFF_LINES else "")
+        divergence.evidence["changed_lines"] = changed
+        divergence.explanation = divergence.explanation.rstrip(".") + f": {changed} changed lines."
+
+
+def _text(source: str | _OnDisk) -> str | None:
+    return source.text() if isinstance(source, _OnDisk) else source
 
 
 def _compare_modules(modules_a: dict[str, Any], modules_b: dict[str, Any], packages_a: dict[str, Any],

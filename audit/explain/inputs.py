@@ -15,9 +15,10 @@ def code_change(divergences: list[Divergence], context: CompareContext, claims: 
     found = claims.free(d for d in divergences if d.category == "code")
     if not found or (_imports_only(found) and any(d.category == "config" for d in divergences)):
         return []  # another recipe imports other modules: that follows from the config change
+    local = [d for d in found if d.name.startswith("local changes ")]
     packages = [d for d in found if d.name.startswith("package ")]
     modules = [d for d in found if d.name.startswith("module ")]
-    parts = []
+    parts = [d.explanation.rstrip(".") for d in local]  # the seed's real cause: say it first, in words
     if packages:
         parts.append("package versions differ: " + _named(
             f"{d.evidence.get('package')} {d.evidence.get('a') or '(none)'} -> {d.evidence.get('b') or '(none)'}"
@@ -25,7 +26,7 @@ def code_change(divergences: list[Divergence], context: CompareContext, claims: 
     changed = [d for d in modules if d.kind == "changed"]
     if changed:
         parts.append("imported modules have other source: " + _named(_module_text(d) for d in changed))
-    others = [d for d in found if d not in packages and d not in changed]
+    others = [d for d in found if d not in packages and d not in changed and d not in local]
     if others and not parts:
         parts.append(others[0].explanation.rstrip("."))
     root = _summary("code", "code change", "code_change",

@@ -34,6 +34,10 @@ DETERMINISM_ENV_VARS = (
 
 def base_environment(*, recipe_dir: str | None) -> dict[str, Any]:
     """Everything except the framework section; module hashes are taken at the moment of the call."""
+    from probes.common.installed_files import local_changes, modified_sources
+
+    modules = imported_module_hashes(recipe_dir=recipe_dir)
+    changes = local_changes()
     return {
         "python": {"version": platform.python_version(), "implementation": platform.python_implementation(),
                    "executable_prefix": sys.prefix == sys.base_prefix and "system" or "venv"},
@@ -41,9 +45,37 @@ def base_environment(*, recipe_dir: str | None) -> dict[str, Any]:
         "cpu": {"model": cpu_model(), "count": os.cpu_count()},
         "env_vars": {name: os.environ.get(name) for name in DETERMINISM_ENV_VARS},
         "packages": installed_packages(),
-        "modules": imported_module_hashes(recipe_dir=recipe_dir),
+        "modules": modules,
         "git": git_state(recipe_dir),
+        # Installed packages whose imported files differ from what pip installed, and editable installs.
+        "local_changes": changes,
+        # Sources a comparison shows changed lines of: the user's modules and modified installed files.
+        "sources": {**user_sources(modules, recipe_dir), **modified_sources(changes)},
     }
+
+
+MAX_USER_SOURCE_BYTES = 256 * 1024  # one module's source kept for diffs
+MAX_USER_SOURCES_BYTES = 2 * 1024 * 1024  # all of them together
+
+
+def user_sources(modules: dict[str, dict[str, str]], recipe_dir: str | None) -> dict[str, str]:
+    """Source of each imported module under the recipe's folder (its path is stored relative), capped."""
+    if not recipe_dir:
+        return {}
+    root, kept, total = Path(recipe_dir), {}, 0
+    for name, entry in modules.items():
+        path = entry["path"]
+        if path.startswith("/") or name.split(".")[0] in ("audit", "probes", "reports"):
+            continue
+        try:
+            data = (root / path).read_bytes()[:MAX_USER_SOURCE_BYTES]
+        except OSError:
+            continue
+        if total + len(data) > MAX_USER_SOURCES_BYTES:
+            break
+        kept[name] = data.decode("utf-8", "replace")
+        total += len(data)
+    return kept
 
 
 def cpu_model() -> str:

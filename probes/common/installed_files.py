@@ -1,0 +1,146 @@
+"""Installed packages whose files are not what was installed: the library with local changes.
+
+pip writes a RECORD for every distribution it installs: each file with its sha256. An imported module file
+whose hash no longer matches was edited in place after the install (the seed's real cause: "another RETURNN
+version with local changes"). An editable install has no RECORD for its sources: its checkout's git commit
+and dirty state stand in. Only the files of imported modules are hashed, once per process.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import sys
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from probes.common.environment import git_state
+
+MAX_SOURCE_BYTES = 256 * 1024
+OWN_CHECKOUT = Path(__file__).resolve().parents[2]
+OWN_DISTRIBUTION = "repro-audit"  # a modified file's source is kept in the trace up to this size, for diffs
+
+
+def local_changes() -> dict[str, dict[str, Any]]:
+    """{distribution: {"version", "modified": [file...], "editable": {...} or absent}} for each
+    distribution of an imported module whose installed files differ from its RECORD, or that is an editable
+    install (with its checkout's git state)."""
+    recorded = _recorded_hashes()
+    found: dict[str, dict[str, Any]] = {}
+    for file in _imported_files():
+        entry = recorded.get(file)
+        if entry is None:
+            continue
+        dist, expected = entry
+        if _sha256(file) not in (expected, None):
+            found.setdefault(dist.name, {"version": dist.version, "modified": []})["modified"].append(
+                _relative(dist, file))
+    for editable in _editable_distributions():
+        info = found.setdefault(editable["name"], {"version": editable["version"], "modified": []})
+        info["editable"] = {"path": editable["path"], "git": git_state(editable["path"])}
+    for info in found.values():
+        info["modified"].sort()
+    return dict(sorted(found.items()))
+
+
+def modified_sources(changes: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The source of every modified installed file (up to MAX_SOURCE_BYTES each), keyed by module name, so
+    a comparison can show the changed lines against the other run's copy."""
+    modified = {(name, path) for name, info in changes.items() for path in info.get("modified") or []}
+    if not modified:
+        return {}
+    sources = {}
+    for module_name, module in sorted(list(sys.modules.items())):
+        file = getattr(module, "__file__", None)
+        if not isinstance(file, str):
+            continue
+        resolved = str(Path(file).resolve())
+        entry = _recorded_hashes().get(resolved)
+        if entry is None or (entry[0].name, _relative(entry[0], resolved)) not in modified:
+            continue
+        try:
+            sources[module_name] = Path(file).read_bytes()[:MAX_SOURCE_BYTES].decode("utf-8", "replace")
+        except OSError:
+            continue
+    return sources
+
+
+class _Dist:
+    def __init__(self, name: str, version: str, root: Path) -> None:
+        self.name, self.version, self.root = name, version, root
+
+
+@lru_cache(maxsize=1)
+def _recorded_hashes() -> dict[str, tuple[_Dist, str]]:
+    """Absolute path of every .py file a RECORD lists -> (its distribution, its recorded sha256). RECORD is
+    read as text: building importlib's PackagePath objects for torch's 10,000 lines costs a second."""
+    found: dict[str, tuple[_Dist, str]] = {}
+    for dist in metadata.distributions():
+        name = (dist.metadata.get_all("Name") or [None])[0]
+        text = dist.read_text("RECORD")
+        if not name or not text:
+            continue
+        root = Path(str(dist.locate_file(""))).resolve()
+        record = _Dist(name.lower(), dist.version, root)
+        for line in text.splitlines():
+            parts = line.split(",")  # path,sha256=<urlsafe base64>,size (a path with a comma is quoted: skipped)
+            if len(parts) != 3 or not parts[0].endswith(".py") or not parts[1].startswith("sha256="):
+                continue
+            path, digest = parts[0], parts[1]
+            found[os.path.normpath(root / path)] = (record, digest[len("sha256="):])
+    return found
+
+
+def _imported_files() -> list[str]:
+    files = set()
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if file and file.endswith(".py"):
+            files.add(str(Path(file).resolve()))
+    return sorted(files)
+
+
+def _editable_distributions() -> list[dict[str, Any]]:
+    """Distributions installed in editable mode (PEP 610 direct_url.json) whose modules are imported."""
+    imported = {name.split(".")[0] for name in sys.modules}
+    found = []
+    for dist in metadata.distributions():
+        text = dist.read_text("direct_url.json")
+        if not text:
+            continue
+        try:
+            direct = json.loads(text)
+        except ValueError:
+            continue
+        if not (direct.get("dir_info") or {}).get("editable"):
+            continue
+        top = {line.strip() for line in (dist.read_text("top_level.txt") or "").splitlines() if line.strip()}
+        name = (dist.metadata.get_all("Name") or [""])[0] or ""
+        if top and not top & imported and name.replace("-", "_") not in imported:
+            continue
+        path = str(direct.get("url", "")).removeprefix("file://")
+        if name.lower() == OWN_DISTRIBUTION or Path(path).resolve() == OWN_CHECKOUT:
+            continue  # repro-audit itself: the tool, not the code under audit
+        found.append({"name": name.lower(), "version": dist.version, "path": path})
+    return found
+
+
+@lru_cache(maxsize=None)
+def _sha256(path: str) -> str | None:
+    """The file's hash as RECORD writes it; None where it cannot be read (never reported as a change)."""
+    try:
+        digest = hashlib.sha256(Path(path).read_bytes()).digest()
+    except OSError:
+        return None
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def _relative(dist: _Dist, file: str) -> str:
+    try:
+        return str(Path(file).relative_to(dist.root.resolve()))
+    except ValueError:
+        return file
