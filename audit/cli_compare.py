@@ -70,12 +70,14 @@ def _tolerance_options(function: Any) -> Any:
               help="Run A with this Python interpreter (another virtual environment).")
 @click.option("--python-b", "python_b", type=click.Path(exists=True, dir_okay=False),
               help="Run B with this Python interpreter (another virtual environment).")
+@click.option("--ref-a", "ref_a", metavar="REV", help="Run A's config as it is at this git commit.")
+@click.option("--ref-b", "ref_b", metavar="REV", help="Run B's config as it is at this git commit.")
 @click.option("--verify", is_flag=True,
               help="Prove each named mechanism: re-run B with it neutralised and report the effect (keeps values).")
 @_tolerance_options
 def diff_command(config_a: str, config_b: str | None, set_a: tuple[str, ...], set_b: tuple[str, ...],
                  steps: int | None, values: str | None, keep: str | None, python_a: str | None,
-                 python_b: str | None, verify: bool, **options: Any) -> int:
+                 python_b: str | None, ref_a: str | None, ref_b: str | None, verify: bool, **options: Any) -> int:
     """Run two configs in separate processes and explain where they first diverge.
 
     \b
@@ -89,13 +91,30 @@ def diff_command(config_a: str, config_b: str | None, set_a: tuple[str, ...], se
         from audit.cli_verify import verified_values
 
         values = verified_values(values)
-    first = load_config(config_a, overrides=set_a, steps=steps, values=values)
-    second = load_config(config_b or config_a, overrides=set_b, steps=steps, values=values)
-    if first.label == second.label:
-        first.label, second.label = f"{first.label} (A)", f"{second.label} (B)"
-    first.python, second.python = interpreter(python_a), interpreter(python_b)
-    configs = [first, second]
-    inputs = [Path(config_a), Path(config_b or config_a)]
+    with contextlib.ExitStack() as checkouts:
+        paths = [_at_commit(checkouts, path, ref) for path, ref in ((config_a, ref_a), (config_b or config_a, ref_b))]
+        first = load_config(paths[0], overrides=set_a, steps=steps, values=values)
+        second = load_config(paths[1], overrides=set_b, steps=steps, values=values)
+        for config, ref in ((first, ref_a), (second, ref_b)):
+            config.label += f"@{ref}" if ref else ""
+        if first.label == second.label:
+            first.label, second.label = f"{first.label} (A)", f"{second.label} (B)"
+        first.python, second.python = interpreter(python_a), interpreter(python_b)
+        return _diff([first, second], [Path(config_a), Path(config_b or config_a)], keep, verify, options)
+
+
+def _at_commit(checkouts: contextlib.ExitStack, config: str, ref: str | None) -> str:
+    """The config's path, or its path in a temporary worktree at `ref` that lives as long as `checkouts`."""
+    if ref is None:
+        return config
+    from audit.git_checkout import config_at
+
+    return str(checkouts.enter_context(config_at(config, ref)))
+
+
+def _diff(configs: list[RunConfig], inputs: list[Path], keep: str | None, verify: bool,
+          options: dict[str, Any]) -> int:
+    second = configs[1]
     reports = _checked_outputs(configs, keep, inputs, options)
     with _run_folder(keep) as folder:
         traces = _record(configs, folder=folder, kept=keep is not None, quiet=options["quiet"])

@@ -110,3 +110,38 @@ def test_env_prints_the_determinism_settings_and_what_to_fix() -> None:
     assert any("use_deterministic_algorithms(True) is off" in line for line in document["advice"])
     code, out, _ = run_cli("env")
     assert code == 0 and "determinism: " in out and "to fix:" in out
+
+
+def test_ref_b_runs_the_config_at_another_commit_and_names_the_changed_helper(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t", *args], check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (repo / "helper.py").write_text(SOURCE.replace("SCALE", "FACTOR").replace("x * FACTOR", "x * FACTOR"),
+                                    encoding="utf-8")
+    (repo / "tiny_recipe.py").write_text(RECIPE.replace("import tinyops", "import helper as tinyops"),
+                                         encoding="utf-8")
+    (repo / "tiny.yaml").write_text("recipe: tiny_recipe:build\nsteps: 2\n", encoding="utf-8")
+    git("add", ".")
+    git("commit", "-q", "-m", "one")
+    (repo / "helper.py").write_text(SOURCE.replace("SCALE", "FACTOR").replace("FACTOR = 1.0", "FACTOR = 0.5"),
+                                    encoding="utf-8")
+    git("commit", "-q", "-am", "two")
+    report = tmp_path / "r.json"
+    code, out, err = run_cli("diff", str(repo / "tiny.yaml"), str(repo / "tiny.yaml"), "--ref-b", "HEAD~1", "-q",
+                             "--json", str(report))
+    assert code == 1, out + err
+    result = json.loads(report.read_text(encoding="utf-8"))
+    assert result["run_b"]["label"] == "tiny@HEAD~1"
+    root = result["divergences"][0]
+    assert root["cause"] == "code_change" and "helper" in root["explanation"]
+    helper = next(child for child in root["children"] if child["name"] == "module helper")
+    assert "-FACTOR = 0.5" in helper["evidence"]["diff"] and "+FACTOR = 1.0" in helper["evidence"]["diff"]
+    assert subprocess.run(["git", "-C", str(repo), "worktree", "list"], capture_output=True, text=True
+                          ).stdout.count("\n") == 1, "the temporary worktree is gone"
+    code, _, err = run_cli("diff", str(repo / "tiny.yaml"), "--set-b", "seed=1", "--ref-b", "no-such-commit")
+    assert code == 2 and "'no-such-commit' is not a commit of the repository" in err
