@@ -186,25 +186,28 @@ def end_to_end(steps: int = 4) -> dict[str, Any]:
     """`repro-audit diff` of the fixture's two configs against the same two recipes run plainly."""
     configs = [FIXTURES / "baseline.yaml", FIXTURES / "zero_entropy_loss.yaml"]
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "audit.cli_main", "diff", *map(str, configs), "--steps", str(steps), "-q",
-                    "--json", os.devnull], cwd=ROOT, capture_output=True, check=False)
+    finished = subprocess.run([sys.executable, "-m", "audit.cli_main", "diff", *map(str, configs), "--steps",
+                               str(steps), "-q", "--json", os.devnull], cwd=ROOT, capture_output=True, text=True,
+                              check=False)
     diff = time.perf_counter() - start
+    if finished.returncode not in (0, 1):  # 0 identical, 1 differ; anything else means the timing is of a failure
+        raise RuntimeError(f"repro-audit diff failed ({finished.returncode}): {finished.stderr.strip()[-500:]}")
     plain_script = (
         "import sys, torch; sys.path.insert(0, {folder!r}); from audit.config import load_config;"
-        "from audit.recipe import resolve_recipe, as_recipe; from pathlib import Path;"
+        "from audit.recipe import resolve_recipe, as_recipe, loss_takes_step; from pathlib import Path;"
         "c = load_config({config!r}); torch.manual_seed(c.seed);"
         "r = as_recipe(resolve_recipe(c.recipe, config_dir=Path(c.config_dir))(dict(c.params)), spec=c.recipe);"
         "it = iter(r.batches)\n"
         "for step in range({steps}):\n"
         "    b = next(it); r.optimizer.zero_grad(); terms = r.loss(r.model, b, step=step + 1) "
-        "if 'step' in r.loss.__code__.co_varnames else r.loss(r.model, b)\n"
+        "if loss_takes_step(r.loss) else r.loss(r.model, b)\n"
         "    sum(c.weight_for(k) * v for k, v in terms.items()).backward(); r.optimizer.step()\n")
     start = time.perf_counter()
     processes = [subprocess.Popen([sys.executable, "-c", plain_script.format(folder=str(ROOT), config=str(config),
                                                                              steps=steps)], cwd=ROOT)
                  for config in configs]
-    for process in processes:
-        process.wait()
+    if any(code != 0 for code in [process.wait() for process in processes]):
+        raise RuntimeError("a plain run of the fixture recipe failed")
     plain = time.perf_counter() - start
     return {"diff_s": round(diff, 2), "two_plain_processes_s": round(plain, 2), "ratio": round(diff / plain, 2)}
 
