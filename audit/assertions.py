@@ -1,14 +1,16 @@
 """Assert that training runs are identical: the library API behind the pytest plugin, usable without pytest.
 
 Each assertion records its runs through `audit.runner` (one fresh process per run, two at a time), compares
-the traces and, on a divergence, raises `RunsDiverged` whose message is the compact text rendering of the
-comparison: a summary to read in a test log, not a dump. A run that could not be recorded (crash, timeout,
-bad config) is not a divergence: it raises the project's user-facing `RunFailed` or `ConfigError`.
+the traces and, on a divergence, raises `RunsDiverged` whose message is at most 12 lines naming the cause
+(reports/pytest_message.py): a summary to read in a test log, not a dump. A run that could not be recorded
+(crash, timeout, bad config) is not a divergence: it raises the project's user-facing `RunFailed` or
+`ConfigError`.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 import re
 import shutil
@@ -27,13 +29,16 @@ from audit.trace import Trace
 
 ConfigSource = Union[str, "os.PathLike[str]", RunConfig, Mapping[str, Any]]
 
-MAX_ITEMS = 5  # divergences shown in a failure message; the HTML report has them all
 TRACEBACK_LINES = 6  # last lines of a crashed recipe's traceback quoted in the error
 
 
-class RunsDiverged(AssertionError):
-    """Runs that should be identical are not; the message is a few lines naming the cause
-    (reports/pytest_message.py)."""
+class ReproAuditFailure(AssertionError):
+    """A repro-audit assertion that failed; the first line of the message names the cause, and the pytest
+    plugin puts it in the short test summary."""
+
+
+class RunsDiverged(ReproAuditFailure):
+    """Runs that should be identical are not; the message is a few lines naming the cause."""
 
     def __init__(self, message: str, *, comparison: Comparison, comparisons: Sequence[Comparison] = (),
                  report_path: Path | None = None, trace_dir: Path | None = None) -> None:
@@ -50,16 +55,18 @@ class Auditor:
 
     `workdir`: where traces go; failing assertions keep theirs there, passing ones remove theirs. Without
     it each assertion uses a temporary folder removed afterwards. `report_dir`: write the HTML report of
-    every failing comparison there, named after `report_name`. `base_dir`: what relative config paths are
-    relative to (the working directory when None).
+    every failing comparison there, named after `report_name`; `report_hint`: what the message says instead
+    when there is none. `base_dir`: what relative config paths are relative to (the working directory when
+    None). `verbosity`: pytest's -v, for a longer failure message (never more than 12 lines).
     """
 
     workdir: Path | None = None
     report_dir: Path | None = None
     report_name: str = "repro-audit"
+    report_hint: str | None = None
     base_dir: Path | None = None
+    verbosity: int = 0
     parallel: bool | None = None
-    verbose: int = 0  # pytest's -v count: a longer failure message, still a few lines
     reports: list[Path] = field(default_factory=list)
     _assertions: int = field(default=0, init=False, repr=False)
 
@@ -73,7 +80,7 @@ class Auditor:
         __tracebackhide__ = True
         if isinstance(runs, bool) or not isinstance(runs, int) or runs < 2:
             raise ValueError(f"runs must be an integer >= 2, got {runs!r}")
-        ignore = _categories(ignore)
+        ignore = ignored_categories(ignore)
         base = self._resolve(config, overrides=overrides, steps=steps)
         configs = []
         for index in range(1, runs + 1):
@@ -85,11 +92,11 @@ class Auditor:
             comparisons = _compare_runs(traces, rtol=rtol, atol=atol, ignore=ignore)
             diverged = [comparison for comparison in comparisons if not comparison.identical]
             if diverged:
-                others = ", ".join(f"run {comparisons.index(c) + 2}" for c in diverged)
-                headline = (f"{base.label!r} is not deterministic{_tolerance_words(rtol, atol)}: "
-                            f"{others} of {runs} differ from run 1")
-                self._fail(headline, diverged[0], folder, traces[0], traces[comparisons.index(diverged[0]) + 1],
-                           check=comparisons)
+                others = ", ".join(f"{comparisons.index(c) + 2}" for c in diverged)
+                plural = "s" if len(diverged) > 1 else ""
+                runs_text = f"{base.label!r} run{plural} {others} of {runs} vs run 1"
+                self._fail("not deterministic", runs_text, diverged[0], folder, traces[0],
+                           traces[comparisons.index(diverged[0]) + 1], check=comparisons)
         return comparisons
 
     def assert_identical(self, config_a: ConfigSource, config_b: ConfigSource | None = None, *,
@@ -100,7 +107,7 @@ class Auditor:
         __tracebackhide__ = True
         if config_b is None and not overrides_b:
             raise ValueError("give config_b, or overrides_b to compare config_a against itself with a change")
-        ignore = _categories(ignore)
+        ignore = ignored_categories(ignore)
         first = self._resolve(config_a, overrides=overrides_a, steps=steps)
         second = self._resolve(config_a if config_b is None else config_b, overrides=overrides_b, steps=steps)
         return self._assert_pair(first, second, rtol=rtol, atol=atol, ignore=ignore)
@@ -117,7 +124,7 @@ class Auditor:
         `framework` defaults to the one the recipes' modules import (a Keras recipe needs no argument).
         """
         __tracebackhide__ = True
-        ignore = tuple(dict.fromkeys(_categories(ignore) + ("config",)))
+        ignore = tuple(dict.fromkeys(ignored_categories(ignore) + ("config",)))
         framework = framework or recipe_framework((recipe_a, recipe_b))
         configs = []
         for recipe in (recipe_a, recipe_b):
@@ -136,14 +143,15 @@ class Auditor:
         __tracebackhide__ = True
         from audit.diff import compare_traces
 
+        runs = f"{first.label!r} (A) vs {second.label!r} (B)"
         if first.label == second.label:
             first.label, second.label = f"{first.label} (A)", f"{second.label} (B)"
+            runs = f"{first.label!r} vs {second.label!r}"
         with self._folder() as folder:
             traces = self._record([first, second], folder)
             comparison = compare_traces(traces[0], traces[1], rtol=rtol, atol=atol, ignore=ignore)
             if not comparison.identical:
-                headline = f"{first.label!r} and {second.label!r} are not identical{_tolerance_words(rtol, atol)}"
-                self._fail(headline, comparison, folder, traces[0], traces[1])
+                self._fail("not identical", runs, comparison, folder, traces[0], traces[1])
         return comparison
 
     def _resolve(self, config: ConfigSource, *, overrides: Sequence[str], steps: int | None) -> RunConfig:
@@ -181,7 +189,7 @@ class Auditor:
                             trace_path=str(failed[0].trace_path) if failed[0].trace_path else None)
         return [Trace(path) for _, path in jobs]
 
-    def _fail(self, headline: str, comparison: Comparison, folder: _AssertionFolder, trace_a: Trace,
+    def _fail(self, verdict: str, runs: str, comparison: Comparison, folder: _AssertionFolder, trace_a: Trace,
               trace_b: Trace, *, check: Sequence[Comparison] | None = None) -> None:
         __tracebackhide__ = True
         from reports.pytest_message import failure_message
@@ -190,8 +198,9 @@ class Auditor:
         if self.report_dir is not None:
             report_path = self._write_report(comparison, trace_a, trace_b, check)
         kept = folder.path if folder.keeps_failures else None
-        message = failure_message(headline, comparison, report=str(report_path) if report_path else None,
-                                  traces=str(kept) if kept else None, verbose=self.verbose)
+        message = failure_message(comparison, verdict=verdict, runs=runs,
+                                  report=str(report_path) if report_path else None, hint=self.report_hint,
+                                  traces=str(kept) if kept else None, verbosity=self.verbosity)
         raise RunsDiverged(message, comparison=comparison, comparisons=check or (), report_path=report_path,
                            trace_dir=kept)
 
@@ -242,12 +251,16 @@ def _compare_runs(traces: Sequence[Trace], *, rtol: float, atol: float,
     return [compare_traces(traces[0], trace, rtol=rtol, atol=atol, ignore=ignore) for trace in traces[1:]]
 
 
-def _categories(ignore: Sequence[str] | str) -> tuple[str, ...]:
+def ignored_categories(ignore: Sequence[str] | str) -> tuple[str, ...]:
+    """Category names to leave out, checked: the same names `repro-audit --ignore` takes, `health` included
+    (it drops the health section). ValueError for an unknown name, with the nearest known one."""
     names = (ignore,) if isinstance(ignore, str) else tuple(ignore)
-    unknown = [name for name in names if name not in CATEGORIES]
-    if unknown:
-        raise ValueError(f"unknown category {unknown[0]!r} in ignore (known: {', '.join(CATEGORIES)})")
-    return names
+    for name in names:
+        if name not in CATEGORIES:
+            near = difflib.get_close_matches(str(name), CATEGORIES, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise ValueError(f"unknown category {name!r} in ignore ({hint}known: {', '.join(CATEGORIES)})")
+    return tuple(dict.fromkeys(names))
 
 
 def _failures_text(failed: Sequence[RunResult]) -> str:
@@ -276,10 +289,6 @@ def _failure_text(result: RunResult) -> str:
         return line
     tail = [text for text in str(error["traceback"]).rstrip().splitlines() if text.strip()][-TRACEBACK_LINES:]
     return line + "\n" + "\n".join(f"    {text}" for text in tail)
-
-
-def _tolerance_words(rtol: float, atol: float) -> str:
-    return f" within rtol={rtol:g}, atol={atol:g}" if rtol or atol else " (bitwise)"
 
 
 def _slug(label: str) -> str:

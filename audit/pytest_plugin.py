@@ -20,15 +20,17 @@ from typing import Any
 
 import pytest
 
-from audit.assertions import Auditor, RunsDiverged
+from audit.assertions import Auditor, ReproAuditFailure
 from audit.errors import UserError
 
 MARKER = "repro_deterministic"
 FIXTURE = "repro_audit"
 REPORT_PROPERTY = "repro_audit_report"
 MARKER_OPTIONS = ("runs", "steps", "overrides", "rtol", "atol", "ignore")
+REPORT_HINT = "HTML report: rerun with --repro-audit-report DIR"
 
 _auditor_key = pytest.StashKey[Auditor]()
+_cause_key = pytest.StashKey[str]()  # the first line of a marker's failure, for the short summary
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("repro-audit", "repro-audit: assert that training runs are identical")
@@ -66,8 +68,9 @@ def repro_audit(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         workdir=tmp_path_factory.mktemp(f"repro-audit-{_slug(node.name)[:30]}", numbered=True),
         report_dir=Path(request.config.invocation_params.dir, report_dir) if report_dir else None,
         report_name=report_name(node.nodeid),
+        report_hint=None if report_dir else REPORT_HINT,
         base_dir=request.config.rootpath,
-        verbose=max(0, int(request.config.getoption("verbose") or 0)),
+        verbosity=_verbosity(request.config),
     )
     node.stash[_auditor_key] = auditor
     return auditor
@@ -96,11 +99,14 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     failure = None
     try:
         pyfuncitem.stash[_auditor_key].assert_deterministic(returned if config is None else config, **options)
-    except (RunsDiverged, UserError, ValueError, TypeError) as exc:
+    except ReproAuditFailure as exc:
+        failure = str(exc)  # its first line names the cause: no type name in front of it
+    except (UserError, ValueError, TypeError) as exc:
         failure = f"{type(exc).__name__}: {exc}"
     if failure is not None:
-        # Outside the except block, so pytest prints the message once, not chained to the exception; no line
-        # of the test to point at: the message is the whole story, without our frames around it.
+        # Failed outside the except block, or pytest would print the message twice ("During handling of
+        # the above exception..."); no traceback: there is no line of the test to point at.
+        pyfuncitem.stash[_cause_key] = failure.splitlines()[0]
         pytest.fail(failure, pytrace=False)
     return True
 
@@ -120,13 +126,26 @@ def _marker_arguments(marker: pytest.Mark, nodeid: str) -> tuple[Any, dict[str, 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    # Report paths travel on the report itself, so under pytest-xdist the controller can list them.
     outcome = yield
     report = outcome.get_result()
+    if report.when != "call":
+        return
+    _summary_names_cause(item, call, report)
+    # Report paths travel on the report itself, so under pytest-xdist the controller can list them.
     auditor = item.stash.get(_auditor_key, None)
-    if auditor is not None and report.when == "call":
-        for path in auditor.reports:
-            report.user_properties.append((REPORT_PROPERTY, str(path)))
+    if auditor is not None:
+        report.user_properties += [(REPORT_PROPERTY, str(path)) for path in auditor.reports]
+
+
+def _summary_names_cause(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport) -> None:
+    """The short test summary (`FAILED test - ...`) and --tb=line show the message's first line, the cause,
+    instead of the exception's module path in front of it."""
+    error = call.excinfo.value if call.excinfo is not None else None
+    cause = str(error).splitlines()[0] if isinstance(error, ReproAuditFailure) and str(error) else None
+    cause = item.stash.get(_cause_key, None) or cause
+    crash = getattr(report.longrepr, "reprcrash", None)
+    if cause and report.failed and crash is not None and hasattr(crash, "message"):
+        crash.message = cause
 
 
 class ReportSummary:
@@ -157,3 +176,10 @@ def report_name(nodeid: str) -> str:
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "test"
+
+
+def _verbosity(config: pytest.Config) -> int:
+    """pytest's -v count for assertion messages (the `verbosity_assertions` ini option where pytest has it)."""
+    get = getattr(config, "get_verbosity", None)
+    kind = getattr(pytest.Config, "VERBOSITY_ASSERTIONS", None)
+    return int(get(kind) if get is not None and kind is not None else config.getoption("verbose") or 0)
