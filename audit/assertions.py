@@ -49,6 +49,20 @@ class RunsDiverged(ReproAuditFailure):
         self.trace_dir = trace_dir
 
 
+@dataclass(frozen=True)
+class AssertionDefaults:
+    """What an assertion uses where the test does not say: the plugin fills it from its ini options and flags.
+
+    `steps` None keeps the config's own; `ignore` is added to each assertion's own `ignore=`.
+    """
+
+    steps: int | None = None
+    runs: int = 2
+    rtol: float = 0.0
+    atol: float = 0.0
+    ignore: tuple[str, ...] = ()
+
+
 @dataclass
 class Auditor:
     """Records and compares runs for assertions; the pytest fixture is one of these per test.
@@ -57,7 +71,8 @@ class Auditor:
     it each assertion uses a temporary folder removed afterwards. `report_dir`: write the HTML report of
     every failing comparison there, named after `report_name`; `report_hint`: what the message says instead
     when there is none. `base_dir`: what relative config paths are relative to (the working directory when
-    None). `verbosity`: pytest's -v, for a longer failure message (never more than 12 lines).
+    None). `defaults`: what assertions use where the test does not say. `verbosity`: pytest's -v, for a
+    longer failure message (never more than 12 lines).
     """
 
     workdir: Path | None = None
@@ -65,6 +80,7 @@ class Auditor:
     report_name: str = "repro-audit"
     report_hint: str | None = None
     base_dir: Path | None = None
+    defaults: AssertionDefaults = field(default_factory=AssertionDefaults)
     verbosity: int = 0
     parallel: bool | None = None
     reports: list[Path] = field(default_factory=list)
@@ -73,15 +89,16 @@ class Auditor:
     def __repr__(self) -> str:  # pytest shows the fixture's value beside a failing test: keep it one word
         return f"<repro-audit Auditor {self.report_name}>"
 
-    def assert_deterministic(self, config: ConfigSource, *, runs: int = 2, steps: int | None = None,
-                             overrides: Sequence[str] = (), rtol: float = 0.0, atol: float = 0.0,
+    def assert_deterministic(self, config: ConfigSource, *, runs: int | None = None, steps: int | None = None,
+                             overrides: Sequence[str] = (), rtol: float | None = None, atol: float | None = None,
                              ignore: Sequence[str] = ()) -> list[Comparison]:
         """Run one config `runs` times; every run must match run 1 (bitwise unless rtol/atol say otherwise)."""
         __tracebackhide__ = True
+        runs = self.defaults.runs if runs is None else runs
         if isinstance(runs, bool) or not isinstance(runs, int) or runs < 2:
             raise ValueError(f"runs must be an integer >= 2, got {runs!r}")
-        ignore = ignored_categories(ignore)
-        base = self._resolve(config, overrides=overrides, steps=steps)
+        rtol, atol, ignore = self._with_defaults(rtol, atol, ignore)
+        base = self._resolve(config, overrides=overrides, steps=self._steps(steps))
         configs = []
         for index in range(1, runs + 1):
             run = copy.deepcopy(base)
@@ -101,30 +118,35 @@ class Auditor:
 
     def assert_identical(self, config_a: ConfigSource, config_b: ConfigSource | None = None, *,
                          overrides_a: Sequence[str] = (), overrides_b: Sequence[str] = (),
-                         steps: int | None = None, rtol: float = 0.0, atol: float = 0.0,
+                         steps: int | None = None, rtol: float | None = None, atol: float | None = None,
                          ignore: Sequence[str] = ()) -> Comparison:
         """Run two configs (or config A against itself with `overrides_b`) and require the same training."""
         __tracebackhide__ = True
         if config_b is None and not overrides_b:
             raise ValueError("give config_b, or overrides_b to compare config_a against itself with a change")
-        ignore = ignored_categories(ignore)
+        rtol, atol, ignore = self._with_defaults(rtol, atol, ignore)
+        steps = self._steps(steps)
         first = self._resolve(config_a, overrides=overrides_a, steps=steps)
         second = self._resolve(config_a if config_b is None else config_b, overrides=overrides_b, steps=steps)
         return self._assert_pair(first, second, rtol=rtol, atol=atol, ignore=ignore)
 
     def assert_recipes_identical(self, recipe_a: RecipeSource, recipe_b: RecipeSource, *,
-                                 params: Mapping[str, Any] | None = None, seed: int = 0, steps: int = 3,
+                                 params: Mapping[str, Any] | None = None, seed: int = 0, steps: int | None = None,
                                  framework: str | None = None, loss_weights: Mapping[str, float] | None = None,
                                  capture: Mapping[str, Any] | None = None, timeout: float | None = None,
-                                 rtol: float = 0.0, atol: float = 0.0, ignore: Sequence[str] = ()) -> Comparison:
+                                 rtol: float | None = None, atol: float | None = None,
+                                 ignore: Sequence[str] = ()) -> Comparison:
         """Train two recipes (callables or 'module:function') with the same settings; no config file needed.
 
         The `config` category is always left out: both configs are built from the same arguments here, so
         the recipe's name is their only difference, and that difference is the point of the assertion.
-        `framework` defaults to the one the recipes' modules import (a Keras recipe needs no argument).
+        `framework` defaults to the one the recipes' modules import (a Keras recipe needs no argument);
+        `steps` to 3 where neither the test nor the plugin's settings say.
         """
         __tracebackhide__ = True
-        ignore = tuple(dict.fromkeys(ignored_categories(ignore) + ("config",)))
+        rtol, atol, ignore = self._with_defaults(rtol, atol, ignore)
+        ignore = tuple(dict.fromkeys(ignore + ("config",)))
+        steps = self._steps(steps) or 3
         framework = framework or recipe_framework((recipe_a, recipe_b))
         configs = []
         for recipe in (recipe_a, recipe_b):
@@ -153,6 +175,15 @@ class Auditor:
             if not comparison.identical:
                 self._fail("not identical", runs, comparison, folder, traces[0], traces[1])
         return comparison
+
+    def _steps(self, steps: int | None) -> int | None:
+        return self.defaults.steps if steps is None else steps
+
+    def _with_defaults(self, rtol: float | None, atol: float | None,
+                   ignore: Sequence[str] | str) -> tuple[float, float, tuple[str, ...]]:
+        """The test's tolerances, else the defaults; its ignored categories with the defaults' added."""
+        ignored = tuple(dict.fromkeys(ignored_categories(ignore) + self.defaults.ignore))
+        return (self.defaults.rtol if rtol is None else rtol, self.defaults.atol if atol is None else atol, ignored)
 
     def _resolve(self, config: ConfigSource, *, overrides: Sequence[str], steps: int | None) -> RunConfig:
         overrides = (overrides,) if isinstance(overrides, str) else tuple(overrides)

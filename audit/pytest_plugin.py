@@ -2,12 +2,14 @@
 
 - fixture `repro_audit`: an `audit.assertions.Auditor` for the test, with `assert_deterministic`,
   `assert_identical` and `assert_recipes_identical`;
-- marker `repro_deterministic(config=None, *, runs=2, steps=None, ...)`: the test's training is deterministic;
-  the config comes from `config=` or is what the test returns;
-- option `--repro-audit-report DIR`: the HTML report of every failing comparison goes into DIR.
+- marker `repro_deterministic(config=None, *, runs=None, steps=None, ...)`: the test's training is
+  deterministic; the config comes from `config=` or is what the test returns;
+- settings (audit/pytest_options.py), each an ini option and a flag: `--repro-audit-report DIR` (the HTML
+  report of every failing comparison), default steps, runs, tolerances and ignored categories.
 
-Traces go under pytest's temporary folder (tmp_path_factory), never into the working directory; a passing
-assertion removes its traces, a failing one keeps them and says where.
+A failure is one message of at most 12 lines (reports/pytest_message.py) whose first line, the cause, is
+also what the short test summary shows. Traces go under pytest's temporary folder (tmp_path_factory), never
+into the working directory; a passing assertion removes its traces, a failing one keeps them and says where.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ from __future__ import annotations
 import hashlib
 import inspect
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from audit.assertions import Auditor, ReproAuditFailure
 from audit.errors import UserError
+from audit.pytest_options import PluginSettings, add_settings, read_settings
 
 MARKER = "repro_deterministic"
 FIXTURE = "repro_audit"
@@ -30,23 +32,23 @@ MARKER_OPTIONS = ("runs", "steps", "overrides", "rtol", "atol", "ignore")
 REPORT_HINT = "HTML report: rerun with --repro-audit-report DIR"
 
 _auditor_key = pytest.StashKey[Auditor]()
+_settings_key = pytest.StashKey[PluginSettings]()
 _cause_key = pytest.StashKey[str]()  # the first line of a marker's failure, for the short summary
 
+
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("repro-audit", "repro-audit: assert that training runs are identical")
-    group.addoption("--repro-audit-report", dest="repro_audit_report", metavar="DIR", default=None,
-                    help="write the HTML report of every failing repro-audit comparison into DIR")
+    add_settings(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        f"{MARKER}(config=None, *, runs=2, steps=None, overrides=(), rtol=0.0, atol=0.0, ignore=()): "
+        f"{MARKER}(config=None, *, runs=None, steps=None, overrides=(), rtol=None, atol=None, ignore=()): "
         "the test's training is deterministic across `runs` runs; the config is `config=` (relative to the "
         "rootdir) or what the test returns",
     )
-    if config.getoption("repro_audit_report"):
-        config.pluginmanager.register(ReportSummary(), "repro-audit-report-summary")
+    config.stash[_settings_key] = read_settings(config)
+    config.pluginmanager.register(SessionSummary(), "repro-audit-summary")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -62,15 +64,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture
 def repro_audit(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Auditor:
     """Assert that runs are identical: `repro_audit.assert_deterministic("configs/run.yaml", steps=2)`."""
-    node = request.node
-    report_dir = request.config.getoption("repro_audit_report")
+    node, config = request.node, request.config
+    settings = config.stash[_settings_key]
     auditor = Auditor(
         workdir=tmp_path_factory.mktemp(f"repro-audit-{_slug(node.name)[:30]}", numbered=True),
-        report_dir=Path(request.config.invocation_params.dir, report_dir) if report_dir else None,
+        report_dir=settings.report_dir,
         report_name=report_name(node.nodeid),
-        report_hint=None if report_dir else REPORT_HINT,
-        base_dir=request.config.rootpath,
-        verbosity=_verbosity(request.config),
+        report_hint=None if settings.report_dir else REPORT_HINT,
+        base_dir=config.rootpath,
+        defaults=settings.defaults,
+        verbosity=_verbosity(config),
     )
     node.stash[_auditor_key] = auditor
     return auditor
@@ -148,8 +151,9 @@ def _summary_names_cause(item: pytest.Item, call: pytest.CallInfo[None], report:
         crash.message = cause
 
 
-class ReportSummary:
-    """Collects the HTML reports of failing comparisons and lists them at the end of the session."""
+class SessionSummary:
+    """Lists the HTML reports of failing comparisons at the end of the session, pytest-xdist workers'
+    included."""
 
     def __init__(self) -> None:
         self.reports: list[tuple[str, str]] = []
@@ -166,6 +170,13 @@ class ReportSummary:
             terminalreporter.write_line(f"{nodeid}: {path}")
 
 
+def _verbosity(config: pytest.Config) -> int:
+    """pytest's -v count for assertion messages (the `verbosity_assertions` ini option where pytest has it)."""
+    get = getattr(config, "get_verbosity", None)
+    kind = getattr(pytest.Config, "VERBOSITY_ASSERTIONS", None)
+    return int(get(kind) if get is not None and kind is not None else config.getoption("verbose") or 0)
+
+
 def report_name(nodeid: str) -> str:
     """A file name from a test's node id: readable, safe on every file system, unique per test."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", nodeid).strip("._") or "test"
@@ -176,10 +187,3 @@ def report_name(nodeid: str) -> str:
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "test"
-
-
-def _verbosity(config: pytest.Config) -> int:
-    """pytest's -v count for assertion messages (the `verbosity_assertions` ini option where pytest has it)."""
-    get = getattr(config, "get_verbosity", None)
-    kind = getattr(pytest.Config, "VERBOSITY_ASSERTIONS", None)
-    return int(get(kind) if get is not None and kind is not None else config.getoption("verbose") or 0)
