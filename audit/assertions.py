@@ -4,7 +4,7 @@ Each assertion records its runs through `audit.runner` (one fresh process per ru
 the traces and, on a divergence, raises `RunsDiverged` whose message is at most 12 lines naming the cause
 (reports/pytest_message.py): a summary to read in a test log, not a dump. A run that could not be recorded
 (crash, timeout, bad config) is not a divergence: it raises the project's user-facing `RunFailed` or
-`ConfigError`.
+`ConfigError`. Golden traces (a run stored in the repository) are in audit/pytest_golden.py.
 """
 
 from __future__ import annotations
@@ -49,6 +49,11 @@ class RunsDiverged(ReproAuditFailure):
         self.trace_dir = trace_dir
 
 
+class NonFiniteRun(ReproAuditFailure):
+    """A run that matches its golden trace, or would become one, has NaN/Inf: equal runs can be equally
+    broken, so a golden comparison does not pass on NaN = NaN unless asked to (`allow_nonfinite=True`)."""
+
+
 @dataclass(frozen=True)
 class AssertionDefaults:
     """What an assertion uses where the test does not say: the plugin fills it from its ini options and flags.
@@ -71,8 +76,9 @@ class Auditor:
     it each assertion uses a temporary folder removed afterwards. `report_dir`: write the HTML report of
     every failing comparison there, named after `report_name`; `report_hint`: what the message says instead
     when there is none. `base_dir`: what relative config paths are relative to (the working directory when
-    None). `defaults`: what assertions use where the test does not say. `verbosity`: pytest's -v, for a
-    longer failure message (never more than 12 lines).
+    None); `golden_dir`: what relative golden paths are relative to (`base_dir` when None). `verbosity`:
+    pytest's -v, for a longer failure message (never more than 12 lines). `notes`: what golden assertions
+    wrote, for the session's summary.
     """
 
     workdir: Path | None = None
@@ -80,10 +86,13 @@ class Auditor:
     report_name: str = "repro-audit"
     report_hint: str | None = None
     base_dir: Path | None = None
+    golden_dir: Path | None = None
+    update_golden: bool = False
     defaults: AssertionDefaults = field(default_factory=AssertionDefaults)
     verbosity: int = 0
     parallel: bool | None = None
     reports: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     _assertions: int = field(default=0, init=False, repr=False)
 
     def __repr__(self) -> str:  # pytest shows the fixture's value beside a failing test: keep it one word
@@ -176,6 +185,42 @@ class Auditor:
                 self._fail("not identical", runs, comparison, folder, traces[0], traces[1])
         return comparison
 
+    def assert_matches_golden(self, config: ConfigSource, *, golden: str | os.PathLike[str],
+                              steps: int | None = None, overrides: Sequence[str] = (), rtol: float | None = None,
+                              atol: float | None = None, ignore: Sequence[str] = (),
+                              allow_nonfinite: bool = False) -> Comparison | None:
+        """A fresh run of `config` must match the trace stored at `golden` (bitwise unless rtol/atol say).
+
+        Where the golden trace does not exist yet, or `update_golden` is set (`--repro-audit-update-golden`),
+        the run is recorded there instead, the assertion passes and `notes` says so; None is returned. A run
+        with NaN/Inf fails unless `allow_nonfinite`, even when the golden trace has the same NaN.
+        """
+        __tracebackhide__ = True
+        from audit import pytest_golden as goldens
+
+        rtol, atol, ignore = self._with_defaults(rtol, atol, ignore)
+        run = self._resolve(config, overrides=overrides, steps=self._steps(steps))
+        path = goldens.golden_path(golden, folder=self.golden_dir or self.base_dir)
+        shown = goldens.shown_path(path, self.base_dir)
+        if self.update_golden or not os.path.lexists(path):
+            self.notes.append(goldens.write_golden(run, path, rtol=rtol, atol=atol, ignore=ignore, shown=shown,
+                                                   allow_nonfinite=allow_nonfinite, parallel=self.parallel))
+            return None
+        stored = goldens.open_golden(path)
+        with self._folder() as folder:
+            fresh = self._record([run], folder)[0]
+            comparison = goldens.compare_with_golden(stored, fresh, rtol=rtol, atol=atol, ignore=ignore)
+            if not comparison.identical:
+                self._fail("differs from golden", f"golden {shown} (A) vs a fresh run of {run.label!r} (B)",
+                           comparison, folder, stored, fresh)
+            problem = None if allow_nonfinite else goldens.first_nonfinite(fresh)
+            if problem is not None:
+                kept = f"\n  traces kept in {folder.path}" if folder.keeps_failures else ""
+                raise NonFiniteRun(f"matches the golden trace, but both runs have NaN/Inf: {problem}\n"
+                                   f"  golden: {shown}; pass allow_nonfinite=True if a broken run is the expected "
+                                   f"result{kept}")
+        return comparison
+
     def _steps(self, steps: int | None) -> int | None:
         return self.defaults.steps if steps is None else steps
 
@@ -211,14 +256,7 @@ class Auditor:
     def _record(self, configs: Sequence[RunConfig], folder: _AssertionFolder) -> list[Trace]:
         __tracebackhide__ = True
         jobs = [(config, folder.path / f"{index}-{_slug(config.label)}.trace") for index, config in enumerate(configs, 1)]
-        results = record_all(jobs, parallel=self.parallel)
-        failed = [result for result in results if not result.ok]
-        if failed:
-            if not folder.keeps_failures:  # the temporary folder goes: do not point at traces in it
-                failed = [RunResult(result.label, None, False, result.error) for result in failed]
-            raise RunFailed(_failures_text(failed),
-                            trace_path=str(failed[0].trace_path) if failed[0].trace_path else None)
-        return [Trace(path) for _, path in jobs]
+        return record_runs(jobs, parallel=self.parallel, traces_kept=folder.keeps_failures)
 
     def _fail(self, verdict: str, runs: str, comparison: Comparison, folder: _AssertionFolder, trace_a: Trace,
               trace_b: Trace, *, check: Sequence[Comparison] | None = None) -> None:
@@ -268,6 +306,21 @@ class _AssertionFolder:
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         if exc_type is None or not self.keeps_failures:
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+def record_runs(jobs: Sequence[tuple[RunConfig, Path]], *, parallel: bool | None = None,
+                traces_kept: bool = True) -> list[Trace]:
+    """Record each config into its path (two at a time) and open the traces; RunFailed, with a paragraph per
+    distinct problem, if any run failed. `traces_kept=False` when the caller removes the traces, so the
+    message does not point at them."""
+    __tracebackhide__ = True
+    results = record_all(jobs, parallel=parallel)
+    failed = [result for result in results if not result.ok]
+    if failed:
+        if not traces_kept:
+            failed = [RunResult(result.label, None, False, result.error) for result in failed]
+        raise RunFailed(_failures_text(failed), trace_path=str(failed[0].trace_path) if failed[0].trace_path else None)
+    return [Trace(path) for _, path in jobs]
 
 
 def _compare_runs(traces: Sequence[Trace], *, rtol: float, atol: float,

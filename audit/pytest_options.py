@@ -24,7 +24,7 @@ class Setting:
 
     ini: str
     flag: str
-    kind: str  # "dir", "int", "runs", "tolerance" or "categories"
+    kind: str  # "dir", "int", "runs", "tolerance", "categories" or "switch" (a flag without an ini option)
     metavar: str
     help: str
 
@@ -42,6 +42,10 @@ SETTINGS: tuple[Setting, ...] = (
             "absolute tolerance of assertions that do not set atol= (default 0: bitwise)"),
     Setting("repro_audit_ignore", "--repro-audit-ignore", "categories", "CATEGORY",
             "categories left out of every comparison, besides the assertion's own ignore= (repeatable)"),
+    Setting("repro_audit_golden_dir", "--repro-audit-golden-dir", "dir", "DIR",
+            "folder that relative golden= paths start from (default: the rootdir)"),
+    Setting("repro_audit_update_golden", "--repro-audit-update-golden", "switch", "",
+            "record golden traces again instead of comparing with them (each test passes with a note)"),
 )
 
 
@@ -50,6 +54,8 @@ class PluginSettings:
     """What the fixture's Auditor is built from."""
 
     report_dir: Path | None = None
+    golden_dir: Path | None = None
+    update_golden: bool = False
     defaults: AssertionDefaults = field(default_factory=AssertionDefaults)
 
 
@@ -57,6 +63,9 @@ def add_settings(parser: pytest.Parser) -> None:
     group = parser.getgroup("repro-audit", "repro-audit: assert that training runs are identical")
     for setting in SETTINGS:
         dest = setting.ini
+        if setting.kind == "switch":
+            group.addoption(setting.flag, dest=dest, action="store_true", default=False, help=setting.help)
+            continue
         action = "append" if setting.kind == "categories" else "store"
         group.addoption(setting.flag, dest=dest, metavar=setting.metavar, action=action, default=None,
                         help=f"{setting.help} (ini: {setting.ini})")
@@ -80,12 +89,16 @@ def read_settings(config: pytest.Config) -> PluginSettings:
     defaults = AssertionDefaults(steps=values.get("repro_audit_steps"), runs=values.get("repro_audit_runs", 2),
                                  rtol=values.get("repro_audit_rtol", 0.0), atol=values.get("repro_audit_atol", 0.0),
                                  ignore=values.get("repro_audit_ignore", ()))
-    return PluginSettings(report_dir=values.get("repro_audit_report_dir"), defaults=defaults)
+    return PluginSettings(report_dir=values.get("repro_audit_report_dir"),
+                          golden_dir=values.get("repro_audit_golden_dir"),
+                          update_golden=bool(values.get("repro_audit_update_golden")), defaults=defaults)
 
 
 def _raw(config: pytest.Config, setting: Setting) -> tuple[Any, str, Path]:
     """The value as given, where it came from, and the folder a relative path in it starts from."""
     flag = config.getoption(setting.ini)
+    if setting.kind == "switch":
+        return (True if flag else None), setting.flag, config.invocation_params.dir
     if flag not in (None, []):
         return flag, setting.flag, config.invocation_params.dir
     where = config.inipath.name if config.inipath else "the ini file"
@@ -101,6 +114,8 @@ def _raw(config: pytest.Config, setting: Setting) -> tuple[Any, str, Path]:
 
 def _parse(setting: Setting, raw: Any, base: Path) -> Any:
     """A checked value; ValueError with what was expected."""
+    if setting.kind == "switch":
+        return bool(raw)
     if setting.kind == "categories":
         names = [name for item in raw for name in str(item).replace(",", " ").split()]
         return ignored_categories(names)

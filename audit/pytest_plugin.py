@@ -1,11 +1,12 @@
 """pytest plugin: assert in a test that training runs are identical (registered through `pytest11`).
 
 - fixture `repro_audit`: an `audit.assertions.Auditor` for the test, with `assert_deterministic`,
-  `assert_identical` and `assert_recipes_identical`;
+  `assert_identical`, `assert_recipes_identical` and `assert_matches_golden`;
 - marker `repro_deterministic(config=None, *, runs=None, steps=None, ...)`: the test's training is
   deterministic; the config comes from `config=` or is what the test returns;
 - settings (audit/pytest_options.py), each an ini option and a flag: `--repro-audit-report DIR` (the HTML
-  report of every failing comparison), default steps, runs, tolerances and ignored categories.
+  report of every failing comparison), default steps, runs, tolerances and ignored categories, the golden
+  folder, and `--repro-audit-update-golden`.
 
 A failure is one message of at most 12 lines (reports/pytest_message.py) whose first line, the cause, is
 also what the short test summary shows. Traces go under pytest's temporary folder (tmp_path_factory), never
@@ -28,6 +29,7 @@ from audit.pytest_options import PluginSettings, add_settings, read_settings
 MARKER = "repro_deterministic"
 FIXTURE = "repro_audit"
 REPORT_PROPERTY = "repro_audit_report"
+NOTE_PROPERTY = "repro_audit_note"
 MARKER_OPTIONS = ("runs", "steps", "overrides", "rtol", "atol", "ignore")
 REPORT_HINT = "HTML report: rerun with --repro-audit-report DIR"
 
@@ -72,6 +74,8 @@ def repro_audit(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         report_name=report_name(node.nodeid),
         report_hint=None if settings.report_dir else REPORT_HINT,
         base_dir=config.rootpath,
+        golden_dir=settings.golden_dir,
+        update_golden=settings.update_golden,
         defaults=settings.defaults,
         verbosity=_verbosity(config),
     )
@@ -134,10 +138,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.when != "call":
         return
     _summary_names_cause(item, call, report)
-    # Report paths travel on the report itself, so under pytest-xdist the controller can list them.
+    # Report paths and golden notes travel on the report itself, so under pytest-xdist the controller can
+    # list them.
     auditor = item.stash.get(_auditor_key, None)
     if auditor is not None:
         report.user_properties += [(REPORT_PROPERTY, str(path)) for path in auditor.reports]
+        report.user_properties += [(NOTE_PROPERTY, note) for note in auditor.notes]
 
 
 def _summary_names_cause(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport) -> None:
@@ -152,22 +158,26 @@ def _summary_names_cause(item: pytest.Item, call: pytest.CallInfo[None], report:
 
 
 class SessionSummary:
-    """Lists the HTML reports of failing comparisons at the end of the session, pytest-xdist workers'
-    included."""
+    """Lists, at the end of the session, the HTML reports of failing comparisons and the golden traces
+    written, pytest-xdist workers' included."""
 
     def __init__(self) -> None:
         self.reports: list[tuple[str, str]] = []
+        self.notes: list[tuple[str, str]] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.reports += [(report.nodeid, str(value)) for name, value in report.user_properties
-                         if name == REPORT_PROPERTY]
+        for name, value in report.user_properties:
+            if name == REPORT_PROPERTY:
+                self.reports.append((report.nodeid, str(value)))
+            elif name == NOTE_PROPERTY:
+                self.notes.append((report.nodeid, str(value)))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.reports:
-            return
-        terminalreporter.write_sep("-", "repro-audit HTML reports")
-        for nodeid, path in self.reports:
-            terminalreporter.write_line(f"{nodeid}: {path}")
+        for title, lines in (("repro-audit HTML reports", self.reports), ("repro-audit golden traces", self.notes)):
+            if lines:
+                terminalreporter.write_sep("-", title)
+                for nodeid, text in lines:
+                    terminalreporter.write_line(f"{nodeid}: {text}")
 
 
 def _verbosity(config: pytest.Config) -> int:

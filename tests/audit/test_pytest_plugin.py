@@ -4,7 +4,8 @@ Every inner run spawns recording subprocesses, so the forms are grouped into few
 pytest-xdist with the report option (every form, passing and failing; messages of at most 12 lines, printed
 once, whose cause is in the short summary), one plain session rerun with `--lf -v` (cache plugin, no stray
 files, a longer message still bounded), one TensorFlow session with every form. The message's wording is
-in test_pytest_plugin_message.py.
+in test_pytest_plugin_message.py, the settings in test_pytest_plugin_settings.py, golden traces in
+test_pytest_plugin_golden.py.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ def test_settings(repro_audit, pytestconfig):
     root = pytestconfig.rootpath
     assert (defaults.steps, defaults.runs, defaults.rtol, defaults.atol) == {numbers}
     assert defaults.ignore == {ignore}
-    assert repro_audit.report_dir == root / {report!r}
+    assert (repro_audit.report_dir, repro_audit.golden_dir) == (root / {report!r}, root / {golden!r})
+    assert repro_audit.update_golden is {update}
 '''
 
 PYPROJECT = """[tool.pytest.ini_options]
@@ -27,20 +28,21 @@ repro_audit_runs = "3"
 repro_audit_rtol = "1e-6"
 repro_audit_ignore = ["environment", "health"]
 repro_audit_report_dir = "ini_reports"
+repro_audit_golden_dir = "goldens"
 """
 
 
 def test_ini_options_set_the_defaults_and_flags_win(pytester: pytest.Pytester) -> None:
     pytester.makepyprojecttoml(PYPROJECT)
     pytester.makepyfile(test_ini=SETTINGS_TEST.format(numbers=(3, 3, 1e-6, 0.0), ignore=("environment", "health"),
-                                                      report="ini_reports"))
+                                                      report="ini_reports", golden="goldens", update=False))
     pytester.runpytest_inprocess(*plugin_args(), "test_ini.py").assert_outcomes(passed=1)
     pytester.makepyfile(test_flags=SETTINGS_TEST.format(numbers=(1, 2, 1e-6, 0.5), ignore=("graph", "code"),
-                                                        report="cli_reports"))
+                                                        report="cli_reports", golden="goldens", update=True))
     flags = pytester.runpytest_inprocess(*plugin_args(), "test_flags.py", "--repro-audit-steps", "1",
                                          "--repro-audit-runs", "2", "--repro-audit-atol", "0.5",
                                          "--repro-audit-ignore", "graph", "--repro-audit-ignore", "code",
-                                         "--repro-audit-report", "cli_reports")
+                                         "--repro-audit-report", "cli_reports", "--repro-audit-update-golden")
     flags.assert_outcomes(passed=1)
 
 
