@@ -17,11 +17,17 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import os
 import re
+from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import pytest
 
+import audit
+import audit.assertions
+import reports
 from audit.assertions import Auditor, ReproAuditFailure
 from audit.errors import UserError
 from audit.pytest_options import PluginSettings, add_settings, read_settings
@@ -32,6 +38,11 @@ REPORT_PROPERTY = "repro_audit_report"
 NOTE_PROPERTY = "repro_audit_note"
 MARKER_OPTIONS = ("runs", "steps", "overrides", "rtol", "atol", "ignore")
 REPORT_HINT = "HTML report: rerun with --repro-audit-report DIR"
+
+# repro-audit's own packages: their frames are left out of the traceback of a user error.
+OWN_FOLDERS = tuple(str(Path(module.__file__).resolve().parent) + os.sep
+                    for module in (audit, reports) if module.__file__)
+ASSERTIONS_FILE = Path(audit.assertions.__file__).resolve()
 
 _auditor_key = pytest.StashKey[Auditor]()
 _settings_key = pytest.StashKey[PluginSettings]()
@@ -133,6 +144,10 @@ def _marker_arguments(marker: pytest.Mark, nodeid: str) -> tuple[Any, dict[str, 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    if call.excinfo is not None and _is_user_error(call.excinfo) and not item.config.getoption("fulltrace"):
+        # A bad config, a failed run, a bad golden path: the test's line and the error's one line, not the
+        # frames of repro-audit that found it.
+        _cut_at_repro_audit(call.excinfo)
     outcome = yield
     report = outcome.get_result()
     if report.when != "call":
@@ -144,6 +159,29 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if auditor is not None:
         report.user_properties += [(REPORT_PROPERTY, str(path)) for path in auditor.reports]
         report.user_properties += [(NOTE_PROPERTY, note) for note in auditor.notes]
+
+
+def _is_user_error(excinfo: pytest.ExceptionInfo[BaseException]) -> bool:
+    """A UserError, or the ValueError/TypeError of an assertion's own argument checks."""
+    if isinstance(excinfo.value, UserError):
+        return True
+    last = excinfo.traceback[-1] if len(excinfo.traceback) else None
+    return isinstance(excinfo.value, (ValueError, TypeError)) and last is not None and \
+        Path(str(last.path)).resolve() == ASSERTIONS_FILE
+
+
+def _cut_at_repro_audit(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    """End the traceback at the last frame before repro-audit's own (the test's call of the assertion).
+
+    pytest rebuilds the traceback from the raw one when it cuts it at the test function, so the raw chain
+    itself is ended there."""
+    previous: TracebackType | None = None
+    tb: TracebackType | None = excinfo.tb
+    while tb is not None and not tb.tb_frame.f_code.co_filename.startswith(OWN_FOLDERS):
+        previous, tb = tb, tb.tb_next
+    if previous is not None and tb is not None:
+        previous.tb_next = None
+        excinfo.traceback = type(excinfo.traceback)(excinfo.tb)
 
 
 def _summary_names_cause(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport) -> None:

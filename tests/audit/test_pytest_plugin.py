@@ -308,6 +308,8 @@ def test_every_form_under_xdist_writes_reports_of_failures(inner: pytest.Pyteste
     assert "ConfigError" in lam and "is a lambda" in lam and "RunsDiverged" not in lam, lam
     crash = sections["test_crashing_run_is_an_error"]
     assert "RunFailed" in crash and "synthetic failure at step 2" in crash and "RunsDiverged" not in crash, crash
+    # A user error is the test's line and the error, not the frames of repro-audit that found it.
+    assert not {"assertions.py", "runner.py", "pytest_recipes.py"} & set(re.findall(r"\w+\.py", lam + crash)), lam
     assert "give config= or return the config" in sections["test_marker_without_config"]
 
     reports = inner.path / "reports"
@@ -360,6 +362,33 @@ def test_every_form_on_tensorflow_runs(inner: pytest.Pytester) -> None:
 
 
 # The parts that need no run: refusals that must come before any subprocess starts.
+
+BAD_INPUT = '''
+def test_missing_config(repro_audit):
+    repro_audit.assert_identical("nope.yaml", overrides_b=["seed=1"])
+
+
+def test_unknown_category(repro_audit):
+    repro_audit.assert_deterministic("nope.yaml", ignore=["graphs"])
+
+
+def test_golden_is_not_a_path(repro_audit):
+    repro_audit.assert_matches_golden({"recipe": "my_model:build"}, golden=None)
+'''
+
+
+def test_bad_input_fails_at_the_test_line_with_one_error_line(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_bad=BAD_INPUT)
+    result = pytester.runpytest_inprocess(*plugin_args())
+    result.assert_outcomes(failed=3)
+    sections = failure_sections(result.stdout.str())
+    expected = {"test_missing_config": "E       audit.errors.ConfigError: config file not found: ",
+                "test_unknown_category": "E       ValueError: unknown category 'graphs' in ignore (did you mean 'graph'?",
+                "test_golden_is_not_a_path": "E       audit.errors.ConfigError: golden must be a path such as "}
+    for name, words in expected.items():
+        lines = [line for line in sections[name].splitlines() if line.strip()]
+        assert lines[-3].startswith(">       repro_audit.") and lines[-2].startswith(words), sections[name]
+        assert lines[-1].startswith("test_bad.py:") and "/audit/" not in sections[name], sections[name]
 
 def module_level_recipe(params: dict) -> None:
     return None
