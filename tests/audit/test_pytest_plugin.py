@@ -1,8 +1,11 @@
 """The pytest plugin through `pytester`: real inner pytest sessions that record real fixture runs.
 
 Every inner run spawns recording subprocesses, so the forms are grouped into few inner sessions: one under
-pytest-xdist with the report option (every form, passing and failing), one plain session rerun with
-`--lf` (cache plugin, no stray files), one TensorFlow session with every form.
+pytest-xdist with the report option (every form, passing and failing; messages of at most 12 lines, printed
+once, whose cause is in the short summary), one plain session rerun with `--lf -v` (cache plugin, no stray
+files, a longer message still bounded), one TensorFlow session with every form. The message's wording is
+in test_pytest_plugin_message.py, the settings in test_pytest_plugin_settings.py, golden traces in
+test_pytest_plugin_golden.py.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from audit.assertions import Auditor, recipe_spec
+from audit.assertions import Auditor, ignored_categories, recipe_spec
+from audit.divergence import CATEGORIES
 from audit.errors import ConfigError
 from audit.pytest_plugin import report_name
 
@@ -23,7 +27,7 @@ pytest_plugins = ["pytester"]
 ROOT = Path(__file__).resolve().parents[2]
 TORCH = ROOT / "fixtures" / "configs" / "torch"
 TF = ROOT / "fixtures" / "configs" / "tf"
-INNER_TIMEOUT_S = 400
+MAX_MESSAGE_LINES = 12
 
 # A helper module inside the inner session's folder: the recipes the inner tests pass as callables.
 RECIPES = '''
@@ -237,10 +241,32 @@ def error_lines(section: str) -> list[str]:
     return [line for line in section.splitlines() if line.startswith("E ")]
 
 
+def message_lines(section: str) -> list[str]:
+    """The failure message in a test's section: pytest's `E` lines for an assertion in the test body, the
+    section's lines for the marker (no traceback there)."""
+    lines = [line[1:] for line in error_lines(section)] or section.splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("[gw")]  # xdist's worker line
+
+
+def assert_short_message(section: str) -> list[str]:
+    """At most 12 lines, printed once: no chained exception, the verdict line not repeated."""
+    lines = message_lines(section)
+    assert len(lines) <= MAX_MESSAGE_LINES, section
+    verdict = lines[0].split(": ", 1)[-1] if lines[0].startswith("audit.") else lines[0]
+    assert "During handling" not in section and section.count(verdict) == 1, section
+    return lines
+
+
+def summary_line(output: str, nodeid: str) -> str:
+    """The `FAILED nodeid - cause` line of the short test summary."""
+    found = [line for line in output.splitlines() if line.startswith(f"FAILED {nodeid} - ")]
+    assert len(found) == 1, output
+    return found[0]
+
+
 def test_every_form_under_xdist_writes_reports_of_failures(inner: pytest.Pytester) -> None:
     inner.makepyfile(test_forms=FORMS.format(torch=str(TORCH)))
-    result = inner.runpytest_subprocess(*plugin_args(), "-n", "2", "-rf", "--repro-audit-report", "reports",
-                                        timeout=INNER_TIMEOUT_S)
+    result = inner.runpytest_subprocess(*plugin_args(), "-n", "2", "-rf", "--repro-audit-report", "reports")
     output = result.stdout.str()
     outcomes = result.parseoutcomes()
     assert (outcomes.get("passed"), outcomes.get("failed")) == (4, 8), output
@@ -253,14 +279,25 @@ def test_every_form_under_xdist_writes_reports_of_failures(inner: pytest.Pyteste
 
     nan = sections["test_identical_fails_on_nan"]
     assert "RunsDiverged" in nan and "att_entropy" in nan and "NaN" in nan, nan
-    for name in ("test_identical_fails_on_nan", "test_deterministic_fails", "test_marker_returned_config_fails"):
-        lines = error_lines(sections[name]) or [line for line in sections[name].splitlines() if line.strip()]
-        assert len([line for line in lines if line.strip() not in ("E", "")]) <= 12, sections[name]
-        assert "During handling" not in sections[name] and sections[name].count("not deterministic") <= 1 \
-            and sections[name].count("are not identical") <= 1, "printed once"
-    # The short summary names the cause, first.
-    summary = [line for line in output.splitlines() if line.startswith("FAILED test_forms.py::test_identical_fails_on_nan")]
-    assert summary and "NaN through a zero-weighted loss term" in summary[0], output
+    diverging = ["test_deterministic_fails", "test_identical_fails_on_nan", "test_identical_fails_on_seed",
+                 "test_recipes_identical_fails", "test_marker_returned_config_fails"]
+    for name in diverging:
+        lines = assert_short_message(sections[name])
+        assert lines[1].startswith("runs: ") and "bitwise" in lines[1], lines
+    # The verdict first: the chain "what you changed -> mechanisms", or where the runs first differ and why;
+    # the short summary line names it, for an assertion in the body and for the marker alike.
+    assert message_lines(nan)[0].startswith("audit.assertions.RunsDiverged: not identical: the config (3 keys) -> "
+                                            "NaN through a zero-weighted loss term"), nan
+    assert " - not identical: the config (3 keys) -> NaN through a zero-weighted loss term" in \
+        summary_line(output, "test_forms.py::test_identical_fails_on_nan")
+    marker = message_lines(sections["test_marker_returned_config_fails"])
+    assert marker[0].startswith("not deterministic: run-to-run nondeterminism at step 1 in data "), marker
+    assert summary_line(output, "test_forms.py::test_marker_returned_config_fails").endswith(" - " + marker[0])
+    assert summary_line(output, "test_forms.py::test_deterministic_fails").split(" - ", 1)[1] == \
+        message_lines(sections["test_deterministic_fails"])[0].split(": ", 1)[1]
+    # The evidence that tells: how far apart the batches are, not NaN counts of zero.
+    evidence = next(line for line in marker if line.startswith("evidence: "))
+    assert evidence.startswith("evidence: norm ") and "NaN" not in evidence, marker
     seed = "\n".join(error_lines(sections["test_identical_fails_on_seed"]))
     assert "config" in seed and "seed" in seed, seed
     assert "not deterministic" in sections["test_deterministic_fails"]
@@ -271,11 +308,11 @@ def test_every_form_under_xdist_writes_reports_of_failures(inner: pytest.Pyteste
     assert "ConfigError" in lam and "is a lambda" in lam and "RunsDiverged" not in lam, lam
     crash = sections["test_crashing_run_is_an_error"]
     assert "RunFailed" in crash and "synthetic failure at step 2" in crash and "RunsDiverged" not in crash, crash
+    # A user error is the test's line and the error, not the frames of repro-audit that found it.
+    assert not {"assertions.py", "runner.py", "pytest_recipes.py"} & set(re.findall(r"\w+\.py", lam + crash)), lam
     assert "give config= or return the config" in sections["test_marker_without_config"]
 
     reports = inner.path / "reports"
-    diverging = ["test_deterministic_fails", "test_identical_fails_on_nan", "test_identical_fails_on_seed",
-                 "test_recipes_identical_fails", "test_marker_returned_config_fails"]
     assert sorted(path.name for path in reports.iterdir()) == sorted(
         f"test_forms.py_{name}.html" for name in diverging)
     for name in diverging:
@@ -290,36 +327,68 @@ def test_every_form_under_xdist_writes_reports_of_failures(inner: pytest.Pyteste
 def test_last_failed_reruns_the_divergence_and_leaves_no_stray_files(inner: pytest.Pytester) -> None:
     inner.makepyfile(test_last_failed=LAST_FAILED)
     before = _files(inner.path)
-    first = inner.runpytest_subprocess(*plugin_args(), timeout=INNER_TIMEOUT_S)
+    first = inner.runpytest_subprocess(*plugin_args())
     first.assert_outcomes(passed=1, failed=1)
     section = failure_sections(first.stdout.str())["test_recipes_differ"]
-    assert "build_relu" in section and "traces kept in" in section and "HTML report" not in section
+    short = assert_short_message(section)
+    assert "build_relu" in section and "traces kept in" in section, section
+    assert "HTML report: rerun with --repro-audit-report DIR" in short, "no report written: say how to get one"
     assert _files(inner.path) == before, "runs write only under pytest's temporary folder"
 
-    again = inner.runpytest_subprocess(*plugin_args(), "--lf", timeout=INNER_TIMEOUT_S)
+    again = inner.runpytest_subprocess(*plugin_args(), "--lf", "-v")
     again.assert_outcomes(passed=0, failed=1)
     again.stdout.fnmatch_lines(["run-last-failure: rerun previous 1 failure*",
                                 "*FAILED test_last_failed.py::test_recipes_differ*"])
+    detailed = assert_short_message(failure_sections(again.stdout.str())["test_recipes_differ"])
+    assert len("\n".join(detailed)) > len("\n".join(short)) and any(line.startswith("then: ") for line in detailed), \
+        "-v says more, in no more lines"
 
 
 @pytest.mark.tensorflow
 def test_every_form_on_tensorflow_runs(inner: pytest.Pytester) -> None:
     pytest.importorskip("tensorflow")
     inner.makepyfile(tf_recipes=TF_RECIPES, test_tf=TF_FORMS.format(tf=str(TF)))
-    result = inner.runpytest_subprocess(*plugin_args(), "--repro-audit-report", "reports", timeout=INNER_TIMEOUT_S)
+    result = inner.runpytest_subprocess(*plugin_args(), "--repro-audit-report", "reports")
     output = result.stdout.str()
     assert (result.parseoutcomes().get("passed"), result.parseoutcomes().get("failed")) == (2, 2), output
     sections = failure_sections(output)
     assert set(sections) == {"test_identical_fails_on_nan", "test_recipes_identical_fails"}, output
     nan = sections["test_identical_fails_on_nan"]
     assert "RunsDiverged" in nan and "att_entropy_l0 with weight 0.0" in nan and "NaN" in nan, nan
-    assert len(error_lines(nan)) <= 12, "the failure message is a summary, not a dump"
+    assert_short_message(nan)
     assert "build_relu" in sections["test_recipes_identical_fails"]
     reports = sorted(path.name for path in (inner.path / "reports").iterdir())
     assert reports == ["test_tf.py_test_identical_fails_on_nan.html", "test_tf.py_test_recipes_identical_fails.html"]
 
 
 # The parts that need no run: refusals that must come before any subprocess starts.
+
+BAD_INPUT = '''
+def test_missing_config(repro_audit):
+    repro_audit.assert_identical("nope.yaml", overrides_b=["seed=1"])
+
+
+def test_unknown_category(repro_audit):
+    repro_audit.assert_deterministic("nope.yaml", ignore=["graphs"])
+
+
+def test_golden_is_not_a_path(repro_audit):
+    repro_audit.assert_matches_golden({"recipe": "my_model:build"}, golden=None)
+'''
+
+
+def test_bad_input_fails_at_the_test_line_with_one_error_line(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_bad=BAD_INPUT)
+    result = pytester.runpytest_inprocess(*plugin_args())
+    result.assert_outcomes(failed=3)
+    sections = failure_sections(result.stdout.str())
+    expected = {"test_missing_config": "E       audit.errors.ConfigError: config file not found: ",
+                "test_unknown_category": "E       ValueError: unknown category 'graphs' in ignore (did you mean 'graph'?",
+                "test_golden_is_not_a_path": "E       audit.errors.ConfigError: golden must be a path such as "}
+    for name, words in expected.items():
+        lines = [line for line in sections[name].splitlines() if line.strip()]
+        assert lines[-3].startswith(">       repro_audit.") and lines[-2].startswith(words), sections[name]
+        assert lines[-1].startswith("test_bad.py:") and "/audit/" not in sections[name], sections[name]
 
 def module_level_recipe(params: dict) -> None:
     return None
@@ -352,8 +421,13 @@ def test_recipe_spec_refuses_a_nested_function() -> None:
 
 
 def test_ignore_names_must_be_categories() -> None:
-    with pytest.raises(ValueError, match="unknown category 'graphs'"):
+    with pytest.raises(ValueError, match="unknown category 'graphs' in ignore \\(did you mean 'graph'\\?"):
         Auditor().assert_deterministic(TORCH / "baseline.yaml", ignore=["graphs"])
+
+
+def test_ignore_takes_every_category_the_differ_knows_health_included() -> None:
+    assert ignored_categories(["health", "buffers", "health"]) == ("health", "buffers")
+    assert set(ignored_categories(CATEGORIES)) == set(CATEGORIES)
 
 
 def test_report_name_is_a_safe_file_name() -> None:
