@@ -187,7 +187,6 @@ def _check_and_report(traces: list[Trace], name: str, reports: list[ReportTarget
                       options: dict[str, Any], *, temporary: Path | None = None) -> int:
     from audit.diff import compare_check
     from reports.text import render_text
-
     from reports.text_layout import wrap, wrap_styled
 
     runs = len(traces)

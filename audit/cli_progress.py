@@ -13,7 +13,7 @@ import os
 import sys
 import threading
 from collections.abc import Iterator
-from typing import Any, TextIO
+from typing import TextIO
 
 LOG_LINES_PER_RUN = 10  # plain lines one run prints at most in a log, besides its first and last step
 _UP, _DOWN, _CLEAR = "\x1b[{}A", "\x1b[{}B", "\x1b[K"
@@ -66,7 +66,7 @@ class Progress:
     def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.done()
 
     def _show_row(self, label: str, line: str) -> None:

@@ -117,8 +117,8 @@ def paragraph(lines: list[str], start: int, indent: int = 4) -> str:
 
 def test_verdict_leads_with_the_change_and_its_mechanisms_then_why_then_what_changed() -> None:
     lines = render_text(config_comparison()).splitlines()
-    assert lines[:2] == ["DIVERGED: baseline vs entropy: the config (1 key) -> seed-offset shift of shared parameters; "
-                         "changed", "  graph"], "wrapped at 100 columns, the rest indented"
+    assert lines[:2] == [("DIVERGED: baseline vs entropy: the config (1 key) -> seed-offset shift of shared parameters; "
+                          "changed"), "  graph"], "wrapped at 100 columns, the rest indented"
     why = lines[lines.index("Why:") + 1:lines.index("What you changed:")]
     assert why[0].startswith("  1. seed-offset shift of shared parameters (")
     assert any(line.startswith("  2. changed graph (") for line in why)
@@ -175,8 +175,8 @@ def test_consequences_say_what_else_the_table_counts() -> None:
                                              "gradients": {"compared": 4, "diverged": 2}})
     lines = render_text(comparison).splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("Consequences:"))
-    assert lines[start:start + 2] == ["Consequences: 2 (gradients 2); the table also counts the first divergence "
-                                      "itself, 1 under other", "  roots"]
+    assert lines[start:start + 2] == [("Consequences: 2 (gradients 2); the table also counts the first divergence "
+                                       "itself, 1 under other"), "  roots"]
 
 
 def test_unexplained_consequences_show_kind_values_and_statistics() -> None:
@@ -246,8 +246,8 @@ def test_partial_is_said_under_the_verdict_with_the_notes() -> None:
     assert "Notes:" not in lines  # listed once, under the verdict
     no_notes = nan_comparison()
     no_notes.notes = []
-    assert render_text(no_notes).splitlines()[1:3] == ["PARTIAL: run B (nan) stopped early (RuntimeError at step 3); "
-                                                       "only the 2 steps both runs recorded", "  were compared"]
+    assert render_text(no_notes).splitlines()[1:3] == [("PARTIAL: run B (nan) stopped early (RuntimeError at step 3); "
+                                                        "only the 2 steps both runs recorded"), "  were compared"]
 
 
 def test_values_exact_nan_as_nan_and_hostile_evidence_cut_and_escaped() -> None:
@@ -259,8 +259,8 @@ def test_values_exact_nan_as_nan_and_hostile_evidence_cut_and_escaped() -> None:
     # NaN counts come as a pair even when one side is 0; zero Inf counts go behind the rest.
     assert evidence[:6] == ["    mismatched: 1024", "    numel: 1024", "    nan_a: 0", "    nan_b: 1024",
                             "    loss_term: att_entropy_l0", "    loss_weight: 0.0"]
-    assert evidence[6:8] == ["    ... 8 more evidence keys not shown (node, module, parameters, evil\\x1b[31mkey, "
-                             "huge, ...); the", "        JSON report has all"]
+    assert evidence[6:8] == [("    ... 8 more evidence keys not shown (node, module, parameters, evil\\x1b[31mkey, "
+                              "huge, ...); the"), "        JSON report has all"]
     assert "\x1b" not in text and "line one\nline two" not in text
     assert "  name:        decoder.out.weight\\x1b[2J" in lines
     explanation = [line for line in lines if "Gradients become NaN/Inf" in line]
