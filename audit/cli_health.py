@@ -155,7 +155,7 @@ def render_text(report: HealthReport, *, limit: int | None = SHOWN_PER_RULE, col
         if len(shown) < len(findings):
             lines.append(f"    ... and {len(findings) - len(shown)} more (--all shows them)")
     if report.not_checked:
-        lines.append("  not checked:")
+        lines.append(style("  not checked:", "bold", color))
         lines.extend(f"    {reason}" for reason in report.not_checked)
     return "\n".join(fit(lines, max(width, MIN_WIDTH)))
 
