@@ -190,7 +190,8 @@ def _check_and_report(traces: list[Trace], name: str, reports: list[ReportTarget
     from reports.text_layout import wrap, wrap_styled
 
     runs = len(traces)
-    with Progress(quiet=options["quiet"]) as progress, progress.stage(f"comparing run 1 with the other {runs - 1}"):
+    others = "run 2" if runs == 2 else f"runs 2-{runs}"
+    with Progress(quiet=options["quiet"]) as progress, progress.stage(f"comparing run 1 with {others}"):
         comparisons = compare_check(traces, rtol=options["rtol"], atol=options["atol"],
                                     ignore=tuple(options["ignore"]), health_thresholds=thresholds_from(options))
     for comparison in comparisons:
@@ -198,9 +199,9 @@ def _check_and_report(traces: list[Trace], name: str, reports: list[ReportTarget
     diverged = [c for c in comparisons if not c.identical]
     color, width = use_color(options["color"]), report_width()
     if diverged and _stdout_is_free(reports):
-        others = ", ".join(c.run_b.label for c in diverged)
+        differing = ", ".join(c.run_b.label for c in diverged)
         text = render_text(diverged[0], color=color, width=width)
-        echo_report("\n".join([text, ""] + wrap(f"runs that differ from run 1: {others}", width, hang="  ")),
+        echo_report("\n".join([text, ""] + wrap(f"runs that differ from run 1: {differing}", width, hang="  ")),
                     color=color)
     elif _stdout_is_free(reports):
         how = "bitwise" if not options["rtol"] and not options["atol"] else \
