@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 OPTIONS = "Options"
+COLUMN_MAX = 30  # click's default: a longer option name has its help on the next line
 
 
 class SectionedOption(click.Option):
@@ -28,7 +29,9 @@ class SectionedCommand(click.Command):
             record = param.get_help_record(ctx)
             if record is not None and isinstance(param, click.Option):  # arguments are in the usage line
                 sections.setdefault(getattr(param, "section", OPTIONS), []).append(record)
+        # One column for the help texts of every section: click sizes it per list, up to COLUMN_MAX.
+        column = min(max((len(name) for records in sections.values() for name, _ in records), default=0), COLUMN_MAX)
         for title, records in sections.items():
             if records:
                 with formatter.section(title):
-                    formatter.write_dl(records)
+                    formatter.write_dl([(name.ljust(column), text) for name, text in records], col_max=COLUMN_MAX)
