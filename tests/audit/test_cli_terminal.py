@@ -51,6 +51,16 @@ def test_piped_report_is_plain_and_at_most_100_columns(traces: tuple[Path, Path]
     assert code == 1 and colored.startswith("\x1b[1;31mDIVERGED\x1b[0m: ")
 
 
+def test_json_to_stdout_of_a_divergence_is_pure_json(traces: tuple[Path, Path], tmp_path: Path) -> None:
+    """`--json -` of runs that differ: stdout is the JSON alone (no report, even with --color), no file `-`."""
+    code, out, _ = run_cli("compare", *map(str, traces), "--json", "-", "--color")
+    assert code == 1 and "\x1b[" not in out
+    result = json.loads(out)
+    assert result["identical"] is False and result["mechanisms"] is not None
+    assert [result["run_a"]["trace_path"], result["run_b"]["trace_path"]] == [str(trace) for trace in traces]
+    assert not (Path.cwd() / "-").exists()
+
+
 def test_at_a_terminal_colour_width_and_no_color(traces: tuple[Path, Path]) -> None:
     """A real process whose stdout is a pseudo-terminal of 60 columns: coloured and wrapped to 60, unless
     NO_COLOR is set (and --color still wins over NO_COLOR)."""
