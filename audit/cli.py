@@ -19,13 +19,17 @@ from audit.cli_errors import (
     EXIT_TROUBLE,
     report_failure,
 )
+from audit.cli_help import SectionedCommand
 from audit.interrupt import handling_interrupts
 
 __all__ = ["EXIT_DIFFERENT", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_SAME", "EXIT_TROUBLE", "cli", "main"]
 
 
 class AuditGroup(click.Group):
-    """Maps results and every error to exit codes itself; SIGINT and SIGTERM stop the runs (exit 130)."""
+    """Maps results and every error to exit codes itself; SIGINT and SIGTERM stop the runs (exit 130). Its
+    commands list their options in sections (audit/cli_help.py)."""
+
+    command_class = SectionedCommand
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False  # we map results and errors to exit codes ourselves

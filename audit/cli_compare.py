@@ -7,7 +7,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +15,7 @@ import click
 
 from audit.cli import EXIT_DIFFERENT, EXIT_SAME, EXIT_TROUBLE, cli
 from audit.cli_progress import Progress
+from audit.cli_terminal import color_option, echo_report, report_width, use_color
 from audit.cli_thresholds import health_threshold_options, thresholds_from
 from audit.config import RunConfig, load_config
 from audit.divergence import CATEGORIES, Comparison
@@ -33,7 +34,8 @@ from audit.trace import Trace
 if TYPE_CHECKING:
     from audit.cli_verify import Annotate
 
-CATEGORY_NAMES = tuple(category for category in CATEGORIES if category != "health")  # health: `repro-audit health`
+# `--ignore health` leaves the runs' health out of the report, as `ignore=("health",)` does in the plugin.
+CATEGORY_NAMES = CATEGORIES
 
 
 def _tolerance(ctx: click.Context, param: click.Parameter, value: float) -> float:
@@ -44,17 +46,24 @@ def _tolerance(ctx: click.Context, param: click.Parameter, value: float) -> floa
 
 
 def _tolerance_options(function: Any) -> Any:
-    function = click.option("--rtol", type=float, default=0.0, show_default=True, callback=_tolerance,
-                            help="Relative tolerance.")(function)
-    function = click.option("--atol", type=float, default=0.0, show_default=True, callback=_tolerance,
-                            help="Absolute tolerance.")(function)
-    function = click.option("--ignore", multiple=True, type=click.Choice(CATEGORY_NAMES),
-                            help="Category to leave out of the comparison.")(function)
-    function = click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True),
-                            help="Write the JSON result ('-': to stdout, instead of the text report).")(function)
-    function = click.option("--html", "html_path", type=click.Path(dir_okay=False, allow_dash=True),
-                            help="Write the HTML report ('-': to stdout).")(function)
-    function = click.option("-q", "--quiet", is_flag=True, help="No progress, only the verdict.")(function)
+    """The options `diff`, `compare`, `check` and `verify` share, listed in --help in this order (click lists
+    the option added last first), the health thresholds under their own heading after them."""
+    shared: list[Callable[[Any], Any]] = [
+        click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True),
+                     help="Write the JSON result ('-': to stdout, instead of the text report)."),
+        click.option("--html", "html_path", type=click.Path(dir_okay=False, allow_dash=True),
+                     help="Write the HTML report ('-': to stdout)."),
+        click.option("--rtol", type=float, default=0.0, show_default=True, callback=_tolerance,
+                     help="Relative tolerance."),
+        click.option("--atol", type=float, default=0.0, show_default=True, callback=_tolerance,
+                     help="Absolute tolerance."),
+        click.option("--ignore", multiple=True, type=click.Choice(CATEGORY_NAMES), metavar="CATEGORY",
+                     help=f"Leave a category out of the comparison (repeatable): {', '.join(CATEGORY_NAMES)}."),
+        color_option,
+        click.option("-q", "--quiet", is_flag=True, help="No progress, only the verdict."),
+    ]
+    for option in reversed(shared):
+        function = option(function)
     return health_threshold_options(function)
 
 
@@ -178,23 +187,28 @@ def _check_and_report(traces: list[Trace], name: str, reports: list[ReportTarget
                       options: dict[str, Any], *, temporary: Path | None = None) -> int:
     from audit.diff import compare_check
     from reports.text import render_text
+    from reports.text_layout import wrap, wrap_styled
 
     runs = len(traces)
-    comparisons = compare_check(traces, rtol=options["rtol"], atol=options["atol"], ignore=tuple(options["ignore"]),
-                                health_thresholds=thresholds_from(options))
+    others = "run 2" if runs == 2 else f"runs 2-{runs}"
+    with Progress(quiet=options["quiet"]) as progress, progress.stage(f"comparing run 1 with {others}"):
+        comparisons = compare_check(traces, rtol=options["rtol"], atol=options["atol"],
+                                    ignore=tuple(options["ignore"]), health_thresholds=thresholds_from(options))
     for comparison in comparisons:
         forget_trace_paths(comparison, temporary)
     diverged = [c for c in comparisons if not c.identical]
-    text = _stdout_is_free(reports)
-    if diverged and text:
-        click.echo(render_text(diverged[0]))
-        others = ", ".join(c.run_b.label for c in diverged)
-        click.echo(f"\nruns that differ from run 1: {others}")
-    elif text:
+    color, width = use_color(options["color"]), report_width()
+    if diverged and _stdout_is_free(reports):
+        differing = ", ".join(c.run_b.label for c in diverged)
+        text = render_text(diverged[0], color=color, width=width)
+        echo_report("\n".join([text, ""] + wrap(f"runs that differ from run 1: {differing}", width, hang="  ")),
+                    color=color)
+    elif _stdout_is_free(reports):
         how = "bitwise" if not options["rtol"] and not options["atol"] else \
             f"within rtol={options['rtol']}, atol={options['atol']}"
-        click.echo(f"IDENTICAL: {runs} runs of {name!r} match {how} "
-                   f"({comparisons[0].run_a.steps_recorded} steps each)")
+        echo_report("\n".join(wrap_styled("IDENTICAL", f": {runs} runs of {name!r} match {how} "
+                                         f"({comparisons[0].run_a.steps_recorded} steps each)", width,
+                                         name="green", color=color)), color=color)
     _write_outputs(diverged[0] if diverged else comparisons[0], traces[0], traces[-1], reports, options,
                    check=comparisons)
     return EXIT_DIFFERENT if diverged else EXIT_SAME
@@ -275,13 +289,16 @@ def _compare_and_report(trace_a: Trace, trace_b: Trace, reports: list[ReportTarg
     from audit.diff import compare_traces
     from reports.text import render_text
 
-    comparison = compare_traces(trace_a, trace_b, rtol=options["rtol"], atol=options["atol"],
-                                ignore=tuple(options["ignore"]), health_thresholds=thresholds_from(options))
+    with Progress(quiet=options["quiet"]) as progress, \
+            progress.stage(f"comparing {trace_a.label} with {trace_b.label}"):
+        comparison = compare_traces(trace_a, trace_b, rtol=options["rtol"], atol=options["atol"],
+                                    ignore=tuple(options["ignore"]), health_thresholds=thresholds_from(options))
     if annotate is not None:
         annotate(comparison, trace_a, trace_b)
     forget_trace_paths(comparison, temporary)
     if _stdout_is_free(reports):
-        click.echo(render_text(comparison))
+        color = use_color(options["color"])
+        echo_report(render_text(comparison, color=color, width=report_width()), color=color)
     _write_outputs(comparison, trace_a, trace_b, reports, options)
     if comparison.identical and comparison.partial:
         return EXIT_TROUBLE  # a run stopped early: "identical so far" is not "identical"
@@ -317,14 +334,18 @@ def forget_trace_paths(comparison: Comparison, temporary: Path | None) -> None:
 
 def _write_outputs(comparison: Comparison, trace_a: Trace, trace_b: Trace, reports: Sequence[ReportTarget],
                    options: dict[str, Any], check: Sequence[Comparison] | None = None) -> None:
-    for report in reports:
-        if report.option == "--json":
-            from reports.json_report import render_json
+    with Progress(quiet=options["quiet"]) as progress:
+        for report in reports:
+            where = "stdout" if report.to_stdout else report.path
+            if report.option == "--json":
+                from reports.json_report import render_json
 
-            write_report(report, render_json(comparison))
-        else:
+                with progress.stage(f"writing the JSON report to {where}"):
+                    write_report(report, render_json(comparison))
+                continue
             from reports.html import render_html
 
-            write_report(report, render_html(comparison, trace_a=trace_a, trace_b=trace_b, check=check))
+            with progress.stage(f"writing the HTML report to {where}"):
+                write_report(report, render_html(comparison, trace_a=trace_a, trace_b=trace_b, check=check))
             if not options.get("quiet") and _stdout_is_free(reports):
                 click.echo(f"HTML report: {report.path}")

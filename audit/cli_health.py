@@ -18,6 +18,7 @@ import click
 
 from audit.cli import EXIT_DIFFERENT, EXIT_SAME, cli
 from audit.cli_progress import Progress
+from audit.cli_terminal import color_option, echo_report, report_width, use_color
 from audit.cli_thresholds import health_threshold_options
 from audit.config import RunConfig, load_config
 from audit.errors import ConfigError, Interrupted, RunFailed
@@ -33,6 +34,7 @@ from audit.outputs import (
 from audit.runner import record as record_config
 from audit.trace import Trace
 from audit.trace import format as fmt
+from reports.text_layout import DEFAULT_WIDTH, MIN_WIDTH, fit, style, wrap
 
 SHOWN_PER_RULE = 8
 
@@ -48,9 +50,11 @@ SHOWN_PER_RULE = 8
               help="Write a self-contained HTML page: findings and charts over steps ('-': to stdout).")
 @click.option("--keep", type=click.Path(file_okay=False), help="Keep the recorded trace in this folder.")
 @click.option("--all", "show_all", is_flag=True, help=f"Show every finding (default: {SHOWN_PER_RULE} per anomaly).")
+@color_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def health_command(source: str, steps: int | None, overrides: tuple[str, ...], json_path: str | None,
-                   html_path: str | None, keep: str | None, show_all: bool, quiet: bool, **limits: Any) -> int:
+                   html_path: str | None, keep: str | None, show_all: bool, color: bool | None, quiet: bool,
+                   **limits: Any) -> int:
     """Record CONFIG and flag vanishing or exploding gradients, saturation, dead units, an initial loss far
     from -log(1/C) and memory that grows every step. CONFIG may also be a recorded trace folder.
 
@@ -72,18 +76,23 @@ def health_command(source: str, steps: int | None, overrides: tuple[str, ...], j
         protected.append(trace_path)
     reports = check_report_targets([("--json", json_path), ("--html", html_path)], protected=protected)
     html = None
-    with _opened_trace(path, config, trace_path=trace_path, quiet=quiet) as trace:
-        report = check_trace(trace, thresholds=thresholds)
+    with _opened_trace(path, config, trace_path=trace_path, quiet=quiet) as trace, \
+            Progress(quiet=quiet) as progress:
+        with progress.stage("checking the health rules"):
+            report = check_trace(trace, thresholds=thresholds)
         if html_path is not None:  # while the trace exists: its step records draw the charts
             from reports.html.health_page import render_health_html
 
-            html = render_health_html(report, trace=trace)
+            with progress.stage("drawing the HTML report"):
+                html = render_health_html(report, trace=trace)
     for target in reports:
         text = html if target.option == "--html" else \
             json.dumps(report.as_dict(), sort_keys=True, indent=1, default=str) + "\n"
         write_report(target, text or "")
     if not any(target.to_stdout for target in reports):
-        click.echo(render_text(report, limit=None if show_all else SHOWN_PER_RULE))
+        use = use_color(color)
+        echo_report(render_text(report, limit=None if show_all else SHOWN_PER_RULE, color=use, width=report_width()),
+                    color=use)
         if html_path is not None and not quiet:
             click.echo(f"HTML report: {html_path}")
     return EXIT_SAME if report.healthy else EXIT_DIFFERENT
@@ -126,25 +135,29 @@ def _opened_trace(path: Path, config: RunConfig | None, *, trace_path: Path | No
         yield Trace(target)
 
 
-def render_text(report: HealthReport, *, limit: int | None = SHOWN_PER_RULE) -> str:
-    """The terminal summary: one block per anomaly, one line per layer, capped at `limit` lines a block."""
+def render_text(report: HealthReport, *, limit: int | None = SHOWN_PER_RULE, color: bool = False,
+                width: int = DEFAULT_WIDTH) -> str:
+    """The terminal summary: one block per anomaly, one entry per layer, capped at `limit` entries a block,
+    wrapped to `width` columns."""
     count = len(report.findings)
     verdict = "healthy" if report.healthy else f"{count} anomal{'y' if count == 1 else 'ies'} flagged"
-    lines = [f"health of {report.label!r} ({report.steps} steps): {verdict}"]
+    head = f"health of {report.label!r} ({report.steps} steps): "
+    lines = [head + style(verdict, "green" if report.healthy else "red", color)]
     by_rule: dict[str, list[Any]] = {}
     for finding in report.findings:
         by_rule.setdefault(finding.rule, []).append(finding)
     for rule, findings in by_rule.items():
-        lines.append(f"  {RULE_TITLES.get(rule, rule)}:")
+        lines.append(style(f"  {RULE_TITLES.get(rule, rule)}:", "bold", color))
         shown = findings if limit is None else findings[:limit]
         for finding in shown:
-            lines.append(f"    {_layer(finding)}  step {finding.step}: {finding.message}{_extent(finding)}")
+            lines += wrap(f"{_layer(finding)}  step {finding.step}: {finding.message}{_extent(finding)}",
+                          max(width, MIN_WIDTH), indent="    ", hang="        ")
         if len(shown) < len(findings):
             lines.append(f"    ... and {len(findings) - len(shown)} more (--all shows them)")
     if report.not_checked:
-        lines.append("  not checked:")
+        lines.append(style("  not checked:", "bold", color))
         lines.extend(f"    {reason}" for reason in report.not_checked)
-    return "\n".join(lines)
+    return "\n".join(fit(lines, max(width, MIN_WIDTH)))
 
 
 def _layer(finding: Any) -> str:

@@ -7,13 +7,15 @@ from typing import Any
 
 import click
 
+from audit.cli_help import SectionedOption
 from audit.health import Thresholds
 
 DEFAULTS = Thresholds()
+SECTION = "Health thresholds"  # their heading in --help, after the command's own options
 
 # The health rules' thresholds as options: (flag, type, help), defaults from Thresholds.
 THRESHOLD_OPTIONS: list[tuple[str, Any, str]] = [
-    ("--max-grad-norm", float, "Exploding: a layer's gradient norm above this (or NaN/Inf)."),
+    ("--max-grad-norm", float, "Exploding: a layer's finite gradient norm above this."),
     ("--min-grad-norm", float, "Vanishing: a layer's gradient norm below this..."),
     ("--min-grad-ratio", float, "...or below this fraction of the largest layer's gradient norm in the same step."),
     ("--saturation", click.FloatRange(0, 1), "Share of a tanh/sigmoid output that is saturated."),
@@ -28,7 +30,8 @@ def health_threshold_options(function: Any) -> Any:
     """The thresholds as options, shared by `health`, `diff`, `compare` and `check` (their health verdicts)."""
     for flag, kind, text in reversed(THRESHOLD_OPTIONS):
         default = getattr(DEFAULTS, flag[2:].replace("-", "_"))
-        function = click.option(flag, type=kind, default=default, show_default=True, help=text)(function)
+        function = click.option(flag, type=kind, default=default, show_default=True, help=text,
+                                cls=SectionedOption, section=SECTION)(function)
     return function
 
 

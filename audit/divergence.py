@@ -6,6 +6,8 @@ over this tree in causal order, never a second code path.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -85,6 +87,11 @@ class Divergence:
     # Position in execution order inside its step/category (op index, module call index, creation index);
     # used to sort divergences causally within a category.
     order: int = 0
+    # False for a node that is not one more item that differs: a summary an explanation rule wrote over
+    # others ("config change", "module tree"), a part of one item (the op groups of one step's graph), or a
+    # second finding about an item already counted (a tensor both moved and of other values). Counts skip
+    # it, so the category table and the tree count the same things (count_diverged).
+    counted: bool = True
 
     def walk(self) -> Iterator[Divergence]:
         """This divergence, then its consequences, depth first."""
@@ -106,6 +113,7 @@ class Divergence:
             "explanation": self.explanation,
             "cause": self.cause,
             "evidence": self.evidence,
+            "counted": self.counted,
             "children": [child.to_dict() for child in self.children],
         }
 
@@ -119,8 +127,15 @@ class Divergence:
             explanation=data.get("explanation", ""),
             cause=data.get("cause"),
             evidence=dict(data.get("evidence") or {}),
+            counted=bool(data.get("counted", True)),
             children=[cls.from_dict(child) for child in data.get("children") or []],
         )
+
+
+def count_diverged(divergences: Iterable[Divergence]) -> Counter[str]:
+    """Diverged items per category: the counted nodes. The comparators (the category table) and the
+    reports' summaries of the tree both count with this, so their numbers agree."""
+    return Counter(d.category for d in divergences if d.counted)
 
 
 def causal_rank(category: str, step: int | None) -> int:

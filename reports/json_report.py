@@ -17,7 +17,7 @@ from typing import Any
 
 from audit.divergence import Comparison, Divergence, RunInfo
 from audit.errors import TraceError
-from audit.trace.schema import AnyJSON, Fields, Int, Invalid, ListOf, MapOf, Str, nested_within
+from audit.trace.schema import AnyJSON, Bool, Fields, Int, Invalid, ListOf, MapOf, Str, nested_within
 
 SCHEMA = "repro-audit-comparison"
 SCHEMA_VERSION = 1
@@ -30,7 +30,8 @@ MAX_DEPTH = 100
 # text report indexes without a default (a health finding's rule, layer and step) is required here.
 _ANY, _STR, _STR_OR_NULL = AnyJSON(), Str(), Str(nullable=True)
 DIVERGENCE = Fields({"category": _STR, "name": _STR, "kind": _STR, "step": Int(nullable=True),
-                     "explanation": _STR, "cause": _STR_OR_NULL, "evidence": MapOf(_ANY, nullable=True)})
+                     "explanation": _STR, "cause": _STR_OR_NULL, "evidence": MapOf(_ANY, nullable=True),
+                     "counted": Bool()})
 DIVERGENCE.fields += (("children", ListOf(DIVERGENCE, nullable=True)),)  # a divergence holds divergences
 RUN = Fields({"steps_recorded": Int(minimum=0), "error": _STR_OR_NULL})
 HEALTH_REPORT = Fields({

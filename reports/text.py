@@ -1,25 +1,25 @@
 """The terminal report of a comparison: verdict first, then the first divergence and why, then a summary.
 
-It walks the Comparison the differ built and decides nothing. The pytest plugin reuses it for its failure
-message, so it is plain text (ANSI only with `color=True`), deterministic, and says whatever it cuts.
+It walks the Comparison the differ built and decides nothing. It is plain text (ANSI only with
+`color=True`), deterministic, wrapped to `width` columns, and says whatever it cuts. The sentences that
+answer "why" (the mechanisms, the first divergence's explanation, other causes) are wrapped whole, never cut.
 """
 
 from __future__ import annotations
 
-import textwrap
-from collections import Counter
 from typing import Any
 
-from audit.divergence import CATEGORIES, Comparison, Divergence
+from audit.divergence import CATEGORIES, Comparison, Divergence, count_diverged
 from audit.health import RULE_TITLES
 from audit.mechanisms import Mechanism, chain
+from reports.text_layout import DEFAULT_WIDTH, MIN_WIDTH, fit, style, wrap, wrap_styled
 from reports.text_verification import verification_lines
 
-WIDTH = 100  # columns the explanation is wrapped to
-CAUSE_LINE_LIMIT = 300  # characters of one line under "Other causes": the sentence is the point
-CONSEQUENCE_LINE_LIMIT = 160  # characters of one line under "Consequences"
+WIDTH = DEFAULT_WIDTH  # columns when the caller does not say (the CLI passes the terminal's)
+CONSEQUENCE_LINE_LIMIT = 300  # characters of one consequence: a fact among many, shortened past this
 MAX_VALUE_CHARS = 200  # characters of one evidence value
-MAX_EXPLANATION_CHARS = 2000  # characters of the first divergence's explanation
+# A sentence of ours is a few hundred characters; this cap only guards against a hostile document read back.
+MAX_EXPLANATION_CHARS = 2000
 MAX_LABEL_CHARS = 80  # characters of a run label or an evidence key
 MAX_EVIDENCE = 6  # evidence keys shown besides a and b
 MAX_ITEMS = 20  # items of one list or dict value formatted before the rest is counted
@@ -34,55 +34,59 @@ EVIDENCE_ORDER = (
 NONFINITE_COUNTS = ("nan_a", "nan_b", "inf_a", "inf_b")  # zero counts say little: shown after the rest
 LABEL_WIDTH = 13
 HEALTH_NAMED = 3  # findings named on a run's health line; `repro-audit health` lists them all
-HEALTH_LINE_LIMIT = 240  # characters of one run's health line
-
-_ANSI = {"red": "\x1b[1;31m", "green": "\x1b[1;32m", "yellow": "\x1b[1;33m", "bold": "\x1b[1m"}
-_RESET = "\x1b[0m"
 
 
 def render_text(comparison: Comparison, *, max_consequences: int = 5, max_rows: int = 20,
-                color: bool = False) -> str:
-    """The whole report; `max_consequences` and `max_rows` cap the listed consequences, causes and rows."""
-    lines = _verdict(comparison, color)
+                color: bool = False, width: int = WIDTH) -> str:
+    """The whole report; `max_consequences` and `max_rows` cap the listed consequences, causes and rows; no
+    line is wider than `width` columns (at least MIN_WIDTH)."""
+    width = max(width, MIN_WIDTH)
+    lines = _verdict(comparison, color, width)
     first = comparison.first_divergence
     mechanisms = comparison.mechanisms if comparison.changed_inputs else []
     if first is not None and mechanisms:
-        lines += _why(mechanisms, color)
-        lines += verification_lines(comparison.verification, width=WIDTH)
-        lines += ["", _style("What you changed:", "bold", color)] + _first_block(comparison, first)
+        lines += _why(mechanisms, color, width)
+        lines += verification_lines(comparison.verification, width=width)
+        lines += ["", style("What you changed:", "bold", color)] + _first_block(comparison, first, width)
         shown = {id(m.instances[0]) for m in mechanisms}
-        lines += _other_causes(comparison, first, max_rows, color, skip=shown)
-        lines += _consequences(first, max_consequences, color)
+        lines += _other_causes(comparison, first, max_rows, color, width, skip=shown)
+        lines += _consequences(comparison, first, max_consequences, color, width)
     elif first is not None:
-        lines += ["", _style("First divergence:", "bold", color)] + _first_block(comparison, first)
-        lines += _other_causes(comparison, first, max_rows, color)
-        lines += _consequences(first, max_consequences, color)
+        lines += ["", style("First divergence:", "bold", color)] + _first_block(comparison, first, width)
+        lines += _other_causes(comparison, first, max_rows, color, width)
+        lines += _consequences(comparison, first, max_consequences, color, width)
     lines += _category_table(comparison, max_rows, color)
-    lines += _health(comparison, color)
+    lines += _health(comparison, color, width)
     if comparison.notes and not comparison.partial:  # a partial comparison lists them under its verdict
-        lines += ["", _style("Notes:", "bold", color)] + [f"  - {_clean(note)}" for note in comparison.notes]
-    return "\n".join(lines)  # no trailing newline: click.echo and the pytest message add their own
+        lines += ["", style("Notes:", "bold", color)]
+        lines += [line for note in comparison.notes for line in wrap(f"- {_clean(note)}", width, indent="  ",
+                                                                      hang="    ")]
+    return "\n".join(fit(lines, width))  # no trailing newline: click.echo and the pytest message add their own
 
 
-def _verdict(comparison: Comparison, color: bool) -> list[str]:
+def _verdict(comparison: Comparison, color: bool, width: int) -> list[str]:
     label_a, label_b = (_cut(_clean(run.label), MAX_LABEL_CHARS) for run in (comparison.run_a, comparison.run_b))
     steps = min(comparison.run_a.steps_recorded, comparison.run_b.steps_recorded)
     tolerance = _tolerance_text(comparison)
     first = comparison.first_divergence
     if first is None:
         how = f"within {tolerance}" if tolerance else "bitwise"
-        lines = [_style("IDENTICAL", "green", color) + f": {label_a} and {label_b} match {how} ({steps} steps compared)"]
+        lines = wrap_styled("IDENTICAL", f": {label_a} and {label_b} match {how} ({steps} steps compared)", width,
+                            name="green", color=color)
     else:
         at = f" (at {tolerance})" if tolerance else ""
-        lines = [_style("DIVERGED", "red", color) + f": {label_a} vs {label_b}: {_headline(comparison, first)}{at}"]
+        lines = wrap_styled("DIVERGED", f": {label_a} vs {label_b}: {_headline(comparison, first)}{at}", width,
+                            name="red", color=color)
     if comparison.partial:
         # The differ's notes say why a run stopped; without notes, the run's own error says it.
         stopped = [f"run {side} ({_clean(run.label)}) stopped early"
                    + (f" ({_cut(_clean(run.error), MAX_VALUE_CHARS)})" if run.error and not comparison.notes else "")
                    for side, run in (("A", comparison.run_a), ("B", comparison.run_b)) if not run.complete]
-        lines.append(_style("PARTIAL", "yellow", color) + ": " + "".join(f"{text}; " for text in stopped)
-                     + f"only the {steps} steps both runs recorded were compared")
-        lines += [f"  - {_clean(note)}" for note in comparison.notes]
+        lines += wrap_styled("PARTIAL", ": " + "".join(f"{text}; " for text in stopped)
+                             + f"only the {steps} steps both runs recorded were compared", width, name="yellow",
+                             color=color)
+        lines += [line for note in comparison.notes for line in wrap(f"- {_clean(note)}", width, indent="  ",
+                                                                      hang="    ")]
     return lines
 
 
@@ -96,9 +100,9 @@ def _headline(comparison: Comparison, first: Divergence) -> str:
     return f"first divergence {where} in {_clean(first.category)}"
 
 
-def _why(mechanisms: list[Mechanism], color: bool) -> list[str]:
+def _why(mechanisms: list[Mechanism], color: bool, width: int) -> list[str]:
     """Each mechanism with its first instance's sentence, whole: the answer to "why" is not cut."""
-    lines = ["", _style("Why:", "bold", color)]
+    lines = ["", style("Why:", "bold", color)]
     for index, mechanism in enumerate(mechanisms, 1):
         shared = {True: "changes numbers both runs share", False: "changes no shared number",
                   None: "effect on shared numbers not known"}[mechanism.changes_shared]
@@ -107,8 +111,7 @@ def _why(mechanisms: list[Mechanism], color: bool) -> list[str]:
         more = mechanism.instances[1:]
         if more:
             text += f" (and {len(more)} more: {', '.join(_clean(d.name) for d in more[:3])}{', ...' if len(more) > 3 else ''})"
-        wrapped = textwrap.wrap(head + text, width=WIDTH, subsequent_indent="     ", break_on_hyphens=False)
-        lines += wrapped
+        lines += wrap(head + text, width, hang="     ")
     return lines
 
 
@@ -121,7 +124,7 @@ def _tolerance_text(comparison: Comparison) -> str:
     return ", ".join(f"{key}={format_value(tolerance[key])}" for key in keys)
 
 
-def _first_block(comparison: Comparison, first: Divergence) -> list[str]:
+def _first_block(comparison: Comparison, first: Divergence, width: int) -> list[str]:
     lines = [_field("category", format_value(first.category)),
              _field("step", "before training" if first.step is None else str(first.step)),
              _field("name", format_value(first.name)), _field("kind", format_value(first.kind))]
@@ -129,23 +132,26 @@ def _first_block(comparison: Comparison, first: Divergence) -> list[str]:
         lines.append(_field("cause", format_value(first.cause)))
     if first.explanation:
         explanation = _cut(_clean(first.explanation), MAX_EXPLANATION_CHARS)
-        wrapped = textwrap.wrap(explanation, width=WIDTH - 2 - LABEL_WIDTH, break_on_hyphens=False) or [""]
+        wrapped = wrap(explanation, width - 2 - LABEL_WIDTH)
         lines.append(_field("explanation", wrapped[0]))
         lines += [" " * (2 + LABEL_WIDTH) + line for line in wrapped[1:]]
     evidence = first.evidence or {}
     for side, run in (("a", comparison.run_a), ("b", comparison.run_b)):
         if side in evidence:
-            lines.append(_field(f"run {side.upper()}", f"{format_value(evidence[side], quote=True)}"
-                                                      f"  ({_cut(_clean(run.label), MAX_LABEL_CHARS)})"))
+            lines += wrap(_field(f"run {side.upper()}", f"{format_value(evidence[side], quote=True)}"
+                                                       f"  ({_cut(_clean(run.label), MAX_LABEL_CHARS)})"),
+                          width, hang=" " * (2 + LABEL_WIDTH))
     keys = sorted((key for key in evidence if key not in ("a", "b")), key=lambda key: _evidence_rank(key, evidence))
     if keys:
         lines.append(_field("evidence", ""))
-        lines += [f"    {_cut(_clean(str(key)), MAX_LABEL_CHARS)}: {format_value(evidence[key])}"
-                  for key in keys[:MAX_EVIDENCE]]
+        for key in keys[:MAX_EVIDENCE]:
+            lines += wrap(f"{_cut(_clean(str(key)), MAX_LABEL_CHARS)}: {format_value(evidence[key])}", width,
+                          indent="    ", hang="        ")
         cut = keys[MAX_EVIDENCE:]
         if cut:
             named = ", ".join(_cut(_clean(str(key)), 40) for key in cut[:5]) + (", ..." if len(cut) > 5 else "")
-            lines.append(f"    ... {len(cut)} more evidence keys not shown ({named}); the JSON report has all")
+            lines += wrap(f"... {len(cut)} more evidence keys not shown ({named}); the JSON report has all", width,
+                          indent="    ", hang="        ")
     return lines
 
 
@@ -156,7 +162,7 @@ def _evidence_rank(key: Any, evidence: dict[Any, Any]) -> tuple[int, str]:
     return (EVIDENCE_ORDER.index(key) if known else len(EVIDENCE_ORDER), str(key))
 
 
-def _other_causes(comparison: Comparison, first: Divergence, max_rows: int, color: bool,
+def _other_causes(comparison: Comparison, first: Divergence, max_rows: int, color: bool, width: int,
                   skip: set[int] = frozenset()) -> list[str]:  # type: ignore[assignment]
     """Other roots of the tree, and divergences anywhere below a root that an explanation rule named a cause
     for, less those already told (`skip`, by id)."""
@@ -165,24 +171,44 @@ def _other_causes(comparison: Comparison, first: Divergence, max_rows: int, colo
     others += [root for root in comparison.divergences if root is not first and not root.cause]
     if not others:
         return []
-    lines = ["", _style("Other causes:", "bold", color)]
-    lines += ["  " + _one_line(d, limit=CAUSE_LINE_LIMIT) for d in others[:max_rows]]
+    lines = ["", style("Other causes:", "bold", color)]
+    for divergence in others[:max_rows]:  # each sentence whole: a cause is what the reader came for
+        lines += wrap(_one_line(divergence, limit=MAX_EXPLANATION_CHARS), width, indent="  ", hang="    ")
     if len(others) > max_rows:
         lines.append(f"  ... {len(others) - max_rows} more not shown")
     return lines
 
 
-def _consequences(first: Divergence, max_consequences: int, color: bool) -> list[str]:
-    below = list(first.walk())[1:]
+def _consequences(comparison: Comparison, first: Divergence, max_consequences: int, color: bool,
+                  width: int) -> list[str]:
+    """The items under the first divergence, counted as the category table counts them (count_diverged):
+    summaries and parts of an item are told elsewhere and neither listed nor counted here."""
+    below = [d for d in list(first.walk())[1:] if d.counted]
     if not below:
-        return ["", _style("Consequences:", "bold", color) + " none under the first divergence"]
-    counts = Counter(d.category for d in below)
+        return ["", style("Consequences:", "bold", color) + " none under the first divergence"]
+    counts = count_diverged(below)
     summary = ", ".join(f"{_clean(category)} {counts[category]}" for category in _ordered(counts))
-    lines = ["", _style("Consequences:", "bold", color) + f" {len(below)} ({summary})"]
-    lines += ["  " + _one_line(d, limit=CONSEQUENCE_LINE_LIMIT) for d in below[:max_consequences]]
+    lines = [""] + wrap_styled("Consequences:", f" {len(below)} ({summary}){_rest_of_table(comparison, first)}",
+                               width, name="bold", color=color)
+    for divergence in below[:max_consequences]:
+        lines += wrap(_one_line(divergence, limit=CONSEQUENCE_LINE_LIMIT), width, indent="  ", hang="    ")
     if len(below) > max_consequences:
         lines.append(f"  ... {len(below) - max_consequences} more not shown")
     return lines
+
+
+def _rest_of_table(comparison: Comparison, first: Divergence) -> str:
+    """What the category table counts besides the consequences, so that the two totals visibly add up."""
+    rest = []
+    if first.counted:
+        rest.append("the first divergence itself")
+    elsewhere = sum(sum(count_diverged(root.walk()).values()) for root in comparison.divergences if root is not first)
+    if elsewhere:
+        rest.append(f"{elsewhere} under other roots")
+    omitted = sum(int(counts.get("omitted") or 0) for counts in comparison.category_counts.values())
+    if omitted:
+        rest.append(f"{omitted} counted but not kept (see the notes)")
+    return f"; the table also counts {', '.join(rest)}" if rest else ""
 
 
 def _category_table(comparison: Comparison, max_rows: int, color: bool) -> list[str]:
@@ -206,10 +232,10 @@ def _category_table(comparison: Comparison, max_rows: int, color: bool) -> list[
         rows.append((_cut(_clean(category), 40), _count(counts.get("compared")), _count(counts.get("diverged")),
                      _step_text(first_step[category]) if category in first_step else "-"))
     widths = [max(len(row[column]) for row in rows) for column in range(4)]
-    lines = ["", _style("Categories:", "bold", color)]
+    lines = ["", style("Categories:", "bold", color)]
     for index, row in enumerate(rows):
         text = (f"  {row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]}").rstrip()
-        lines.append(_style(text, "bold", color) if index == 0 else text)
+        lines.append(style(text, "bold", color) if index == 0 else text)
     if len(categories) > max_rows:
         lines.append(f"  ... {len(categories) - max_rows} more categories not shown")
     if hidden_identical:
@@ -217,14 +243,14 @@ def _category_table(comparison: Comparison, max_rows: int, color: bool) -> list[
     return lines
 
 
-def _health(comparison: Comparison, color: bool) -> list[str]:
-    """One line per run: healthy, or how many anomalies and the first few, as the health rules found them."""
+def _health(comparison: Comparison, color: bool, width: int) -> list[str]:
+    """One entry per run: healthy, or how many anomalies and the first few, as the health rules found them."""
     if comparison.health is None:
         return []
-    lines = ["", _style("Health:", "bold", color)]
+    lines = ["", style("Health:", "bold", color)]
     for side, run in (("a", comparison.run_a), ("b", comparison.run_b)):
         head = f"run {side.upper()} ({_cut(_clean(run.label), MAX_LABEL_CHARS)}): "
-        lines.append("  " + _cut(head + _clean(_health_line(comparison.health.get(side))), HEALTH_LINE_LIMIT))
+        lines += wrap(head + _clean(_health_line(comparison.health.get(side))), width, indent="  ", hang="    ")
     return lines
 
 
@@ -329,7 +355,3 @@ def _ordered(categories: Any) -> list[str]:
     """Known categories in causal order, then any other in name order."""
     present = set(categories)
     return [c for c in CATEGORIES if c in present] + sorted(present - set(CATEGORIES))
-
-
-def _style(text: str, style: str, color: bool) -> str:
-    return f"{_ANSI[style]}{text}{_RESET}" if color else text

@@ -43,7 +43,7 @@ def _compare_modules(context: CompareContext) -> CategoryResult:
     modules_b = _modules(context.trace_b)
     match = match_names(list(modules_a), list(modules_b),
                         signature=lambda side, path: (modules_a if side == "a" else modules_b)[path]["type"])
-    result = CategoryResult(compared=len(match.pairs))
+    result = CategoryResult(compared=len(match.pairs) + len(match.added) + len(match.removed))
     for kind, paths, modules in (("removed", match.removed, modules_a), ("added", match.added, modules_b)):
         where = "run B" if kind == "added" else "run A"
         for path in paths:
@@ -209,5 +209,6 @@ def _group_divergence(step: int, group: tuple[str, str], ops: OpGroup, order: in
                                 "feeds_shared": ops.feeds_shared}
     evidence.update(ops.indices)
     feeds = f"; {ops.feeds_shared} feed the model's shared forward pass" if ops.feeds_shared else ""
+    # A part of the step's op graph, the one item compared: not counted on its own.
     return Divergence("graph", f"ops in {group[0]} ({group[1]})", kind, step=step, order=order, evidence=evidence,
-                      explanation=f"{_group_text(group, ops)} at step {step}{feeds}.")
+                      explanation=f"{_group_text(group, ops)} at step {step}{feeds}.", counted=False)

@@ -19,7 +19,7 @@ def compare_initialisation(context: CompareContext) -> CategoryResult:
     tensors_a = _by_name(context.trace_a.initialisation)
     tensors_b = _by_name(context.trace_b.initialisation)
     match = context.parameters
-    result = CategoryResult(compared=len(match.pairs))
+    result = CategoryResult(compared=len(match.pairs) + len(match.added) + len(match.removed))
     for name in match.removed:
         if name in tensors_a:
             result.divergences.append(_only_in_one("removed", name, tensors_a[name]))
@@ -43,8 +43,11 @@ def compare_initialisation(context: CompareContext) -> CategoryResult:
                 "initialisation", name_b, "moved", order=_creation(tensor_b),
                 explanation=f"{name_b} is created at another position relative to the other tensors.",
                 evidence={"creation_index": {"a": _creation(tensor_a), "b": _creation(tensor_b)}}))
+        for another in found[1:]:
+            another.counted = False  # one tensor, one item: its other findings are not counted again
         result.divergences.extend(found)
     result.divergences.extend(_tied(context))
+    result.compared += len(_tie_aliases(context))
     return result
 
 
@@ -53,7 +56,7 @@ def _tied(context: CompareContext) -> list[Divergence]:
     tied_a = context.trace_a.initialisation.get("tied") or {}
     tied_b = context.trace_b.initialisation.get("tied") or {}
     found = []
-    for alias in sorted(set(tied_a) | set(tied_b)):
+    for alias in _tie_aliases(context):
         a, b = tied_a.get(alias), tied_b.get(alias)
         if a == b:
             continue
@@ -61,6 +64,12 @@ def _tied(context: CompareContext) -> list[Divergence]:
             "initialisation", alias, "changed", order=-1, evidence={"tied": {"a": a, "b": b}},
             explanation=f"{alias} is {_tie_text(a)} in run A and {_tie_text(b)} in run B."))
     return found
+
+
+def _tie_aliases(context: CompareContext) -> list[str]:
+    tied_a = context.trace_a.initialisation.get("tied") or {}
+    tied_b = context.trace_b.initialisation.get("tied") or {}
+    return sorted(set(tied_a) | set(tied_b))
 
 
 def _tie_text(target: Any) -> str:

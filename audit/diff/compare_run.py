@@ -224,7 +224,7 @@ def _is_user_module(entry: dict[str, Any] | None) -> bool:
 def compare_config(context: CompareContext) -> CategoryResult:
     config_a = {k: v for k, v in context.trace_a.config.items() if k not in CONFIG_IGNORED}
     config_b = {k: v for k, v in context.trace_b.config.items() if k not in CONFIG_IGNORED}
-    result = CategoryResult(compared=len(_leaves(config_a, "")) or 1)
+    result = CategoryResult(compared=len(set(_leaves(config_a, "")) | set(_leaves(config_b, ""))) or 1)
     tree = DeepDiff(config_a, config_b, view="tree", ignore_nan_inequality=True)
     for report_type, levels in sorted(tree.items()):
         for level in levels:

@@ -24,7 +24,7 @@ def compare_data(context: CompareContext) -> CategoryResult:
     for step, record_a, record_b in context.step_pairs():
         batch_a, batch_b = record_a.get("batch") or {}, record_b.get("batch") or {}
         tensors_a, tensors_b = batch_a.get("tensors") or {}, batch_b.get("tensors") or {}
-        result.compared += max(len(tensors_a), 1)
+        result.compared += max(len(set(tensors_a) | set(tensors_b)), 1)
         if batch_a.get("hash") == batch_b.get("hash"):
             continue
         for order, name in enumerate(sorted(set(tensors_a) | set(tensors_b))):
@@ -53,11 +53,12 @@ def compare_random_draws(context: CompareContext) -> CategoryResult:
             continue
         draws_a = group_draws(record_a.get("random_draws") or [])
         draws_b = group_draws(record_b.get("random_draws") or [])
-        result.compared += max(len(draws_a), len(draws_b))
         keys_a = [_place(d) for d in draws_a]
         keys_b = [_place(d) for d in draws_b]
         matcher = difflib.SequenceMatcher(None, keys_a, keys_b, autojunk=False)
         for tag, a1, a2, b1, b2 in matcher.get_opcodes():
+            # Aligned draws are one item each; a draw of one run only is one item too.
+            result.compared += a2 - a1 if tag == "equal" else (a2 - a1) + (b2 - b1)
             if tag == "equal":
                 for offset in range(a2 - a1):
                     found = _shared_draw(step, draws_a[a1 + offset], draws_b[b1 + offset], b1 + offset)

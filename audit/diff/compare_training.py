@@ -124,6 +124,7 @@ def compare_optimizer(context: CompareContext) -> CategoryResult:
                 evidence={"a": optimizer_a.get("type"), "b": optimizer_b.get("type")},
                 explanation=f"the optimizer is {optimizer_a.get('type')} in run A and {optimizer_b.get('type')} "
                             f"in run B."))
+        result.compared += _hyperparameter_count(optimizer_a, optimizer_b)
         result.divergences.extend(_hyperparameters(step, optimizer_a, optimizer_b))
         update_a, update_b = record_a.get("update") or {}, record_b.get("update") or {}
         result.compared += len(set(update_a) | set(update_b))
@@ -159,6 +160,14 @@ def _compare_state(step: int, state_a: dict[str, Any], state_b: dict[str, Any], 
                           "b": {k: entry_b.get(k) for k in differing}},
                 explanation=f"optimizer state {', '.join(differing)} of {name} differs after step {step}."))
     return len(names)
+
+
+def _hyperparameter_count(optimizer_a: dict[str, Any], optimizer_b: dict[str, Any]) -> int:
+    """The param-group keys compared, in every group either run has."""
+    groups_a, groups_b = optimizer_a.get("param_groups") or [], optimizer_b.get("param_groups") or []
+    return sum(len((set(groups_a[index] if index < len(groups_a) else {})
+                    | set(groups_b[index] if index < len(groups_b) else {})) - {"params"})
+               for index in range(max(len(groups_a), len(groups_b))))
 
 
 def _hyperparameters(step: int, optimizer_a: dict[str, Any], optimizer_b: dict[str, Any]) -> list[Divergence]:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from audit.divergence import Divergence
+from audit.divergence import Divergence, count_diverged
 from audit.errors import InternalError
 
 if TYPE_CHECKING:
@@ -51,14 +51,16 @@ class KeptDivergences(list[Divergence]):
 
 @dataclass
 class CategoryResult:
-    """What one comparator found: divergences and the number of items it looked at."""
+    """What one comparator found: divergences and the number of items it looked at, counting every item
+    either run has (one only in run B is compared, and differs), so that `diverged` never exceeds it."""
 
     divergences: KeptDivergences = field(default_factory=KeptDivergences)
     compared: int = 0
 
     @property
     def diverged(self) -> int:
-        return len(self.divergences) + self.divergences.omitted
+        """Items that differ, each once (count_diverged), and those only counted past the cap."""
+        return sum(count_diverged(self.divergences).values()) + self.divergences.omitted
 
 
 Comparator = Callable[["CompareContext"], CategoryResult]

@@ -65,7 +65,9 @@ def _imports_only(found: list[Divergence]) -> bool:
 
 
 def _summary(category: str, name: str, cause: str, explanation: str, evidence: dict[str, Any]) -> Divergence:
-    return Divergence(category, name, "changed", cause=cause, explanation=explanation, evidence=evidence, order=-1)
+    # A summary over the input's own divergences, which are the items counted.
+    return Divergence(category, name, "changed", cause=cause, explanation=explanation, evidence=evidence, order=-1,
+                      counted=False)
 
 
 def _named(items: Any) -> str:

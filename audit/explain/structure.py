@@ -26,7 +26,8 @@ def graph_change(divergences: list[Divergence], context: CompareContext, claims:
         others = [d for d in modules if d.kind not in ("added", "removed")]
         if others:
             text.append(f"{len(others)} modules are renamed or of another type")
-        root = Divergence("graph", "module tree", "changed", cause="graph_change", order=-1,
+        # A summary over the module divergences it claims (they are the items counted).
+        root = Divergence("graph", "module tree", "changed", cause="graph_change", order=-1, counted=False,
                           explanation=f"The model is built differently: {'; '.join(text)}.",
                           evidence={"added": [d.evidence.get("module") for d in added],
                                     "removed": [d.evidence.get("module") for d in removed]})

@@ -46,6 +46,8 @@ def test_zero_entropy_loss_diff_explains_nan_and_writes_json_and_html(tmp_path: 
     assert code == 1, output
     assert output.startswith("DIVERGED: baseline vs zero_entropy_loss")
     assert "Loss term att_entropy_l0 with weight 0.0 sends NaN/Inf" in " ".join(output.split())  # wrapped
+    assert max(len(line) for line in output.splitlines()) <= 100, "piped: 100 columns"
+    assert "characters cut" not in output, "the sentences that say why are whole"
     result = json.loads(json_path.read_text(), parse_constant=lambda token: pytest.fail(f"bare {token} in JSON"))
     assert result["identical"] is False
     assert result["first_divergence"]["category"] == "config"

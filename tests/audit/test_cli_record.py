@@ -49,12 +49,12 @@ def test_missing_config_and_unknown_option(tmp_path: Path) -> None:
 
 def test_real_process_help_and_error(tmp_path: Path) -> None:
     help_run = subprocess.run([sys.executable, "-m", "audit.cli_main", "record", "--help"], capture_output=True,
-                              text=True, timeout=60)
+                              text=True)
     assert help_run.returncode == 0 and "Example:" in help_run.stdout
     bad = tmp_path / "m.yaml"
     bad.write_text("recipe: [oops\n")
     run = subprocess.run([sys.executable, "-m", "audit.cli_main", "record", str(bad), "-o", str(tmp_path / "t")],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "malformed config" in run.stderr
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,35 @@ def test_comparison_is_deterministic(traces: dict[str, Trace]) -> None:
     first = compare_traces(traces["baseline"], traces["zero_att_loss_simplified"]).to_dict()
     again = compare_traces(traces["baseline"], traces["zero_att_loss_simplified"]).to_dict()
     assert first == again
+
+
+@pytest.mark.parametrize("pair", [("baseline", "zero_entropy_loss"), ("code_a", "code_b"), ("shuffle_1", "shuffle_2")])
+def test_counts_agree_table_tree_and_text(traces: dict[str, Trace], pair: tuple[str, str]) -> None:
+    """Issue 20: the category table, the tree and the text's consequences count the same items, and no
+    category has diverged more than it compared."""
+    from audit.divergence import count_diverged
+    from reports.text import render_text
+
+    comparison = compare_traces(traces[pair[0]], traces[pair[1]])
+    counts = comparison.category_counts
+    assert all(n["diverged"] <= n["compared"] for n in counts.values()), counts
+    assert dict(count_diverged(comparison.walk())) == {c: n["diverged"] for c, n in counts.items() if n["diverged"]}
+    lines = render_text(comparison).splitlines()
+    start = next(index for index, line in enumerate(lines) if line.startswith("Consequences:"))
+    end = next(index for index in range(start + 1, len(lines)) if lines[index].startswith("  ["))
+    header = " ".join(line.strip() for line in lines[start:end])
+    told = {category: int(number) for category, number in
+            re.findall(r"(\w+) (\d+)", header.split("(", 1)[1].split(")", 1)[0])}
+    first = comparison.first_divergence
+    assert first is not None
+    elsewhere = count_diverged(d for root in comparison.divergences[1:] for d in root.walk())
+    expected = {c: n["diverged"] - (c == first.category and first.counted) - elsewhere[c] for c, n in counts.items()}
+    assert told == {c: n for c, n in expected.items() if n}, header
+    table = lines[lines.index("Categories:") + 2:]
+    for row in table[:len(counts)]:
+        category, compared, diverged = row.split()[:3]
+        assert (int(compared), int(diverged)) == (counts[category]["compared"], counts[category]["diverged"])
+    if pair[0] == "baseline":  # a config change: the root is a summary, the rest its consequences, all of them
+        assert not first.counted and sum(told.values()) == sum(n["diverged"] for n in counts.values())
+    else:
+        assert "the table also counts the first divergence itself" in header or not first.counted

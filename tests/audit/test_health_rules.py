@@ -303,7 +303,8 @@ def test_text_summary_golden() -> None:
     assert render_text(report) == (
         "health of 'demo' (3 steps): 2 anomalies flagged\n"
         "  saturated activations:\n"
-        "    enc.1 (Tanh)  step 1: 62% of the tanh output is saturated (> 25%) (at 3 steps; worst 70% at step 3)\n"
+        "    enc.1 (Tanh)  step 1: 62% of the tanh output is saturated (> 25%) (at 3 steps; worst 70% at step\n"
+        "        3)\n"
         "  vanishing gradients:\n"
         "    (root)  step 2: every gradient is exactly 0\n"
         "  not checked:\n"
@@ -312,6 +313,9 @@ def test_text_summary_golden() -> None:
     capped = HealthReport(label="demo", steps=3, findings=[copy.deepcopy(findings[0]) for _ in range(3)])
     assert render_text(capped, limit=2).endswith("    ... and 1 more (--all shows them)")
     assert render_text(HealthReport(label="ok", steps=6, findings=[])) == "health of 'ok' (6 steps): healthy"
+    wide = render_text(report, width=200)
+    assert "worst 70% at step 3)\n" in wide and max(map(len, render_text(report, width=40).splitlines())) <= 40
+    assert render_text(report, color=True).startswith("health of 'demo' (3 steps): \x1b[1;31m2 anomalies flagged")
 
 
 def test_a_layer_only_zero_weighted_terms_reach_is_not_vanishing(dead_relu_records: Any) -> None:

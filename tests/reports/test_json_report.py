@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from audit.divergence import Comparison, Divergence, RunInfo
+from audit.divergence import Comparison, Divergence, RunInfo, count_diverged
 from audit.errors import TraceError, UserError
 from reports.json_report import SCHEMA, SCHEMA_VERSION, comparison_from_json, render_json
 from reports.text import render_text
@@ -24,7 +24,7 @@ KEY = "loss.terms.att_entropy_l0.weight"
 ENTROPY = "decoder.layers.0.cross_attn.entropy"
 TOP_LEVEL = {"schema", "schema_version", "identical", "partial", "run_a", "run_b", "tolerance", "first_divergence",
              "divergences", "category_counts", "notes", "changed", "mechanisms"}
-DIVERGENCE_KEYS = {"category", "step", "name", "kind", "explanation", "cause", "evidence", "children"}
+DIVERGENCE_KEYS = {"category", "step", "name", "kind", "explanation", "cause", "evidence", "counted", "children"}
 HOSTILE = "\u202e</script>\x1b[2J\"\\\n" + "w" * 100_000
 
 
@@ -47,7 +47,7 @@ def config_comparison() -> Comparison:
     module = Divergence("graph", f"module {ENTROPY}", "added",
                         explanation=f"module {ENTROPY} (Entropy, 0 parameters) exists only in run B.",
                         evidence={"module": ENTROPY, "type": "Entropy", "parameters": 0})
-    module_tree = Divergence("graph", "module tree", "changed", cause="graph_change", children=[module],
+    module_tree = Divergence("graph", "module tree", "changed", cause="graph_change", children=[module], counted=False,
                              explanation=f"The model is built differently: run B has 1 modules run A lacks ({ENTROPY}).",
                              evidence={"added": [ENTROPY], "removed": []})
     seed = Divergence("initialisation", "decoder.out.weight", "changed", cause="seed_offset_shift",
@@ -61,7 +61,7 @@ def config_comparison() -> Comparison:
                                     "ops_added": 14, "ops_removed": 0,
                                     "by_group": [{"module": ENTROPY, "loss_term": "att_entropy_l0", "added": 14,
                                                   "removed": 0}]})
-    root = Divergence("config", "config change", "changed", cause="config_change",
+    root = Divergence("config", "config change", "changed", cause="config_change", counted=False,
                       explanation=f"The configs differ in 1 key: {KEY} is not set in run A and 0.0 in run B.",
                       evidence={KEY: {"a": None, "b": 0.0}},
                       children=[module_tree, seed, op_graph, gradient(1, "decoder.out.weight"),
@@ -127,7 +127,9 @@ def test_sorted_keys_indent_two_and_deterministic() -> None:
 
 def test_round_trip_is_equal() -> None:
     comparison = config_comparison()
-    assert comparison_from_json(render_json(comparison)) == comparison
+    back = comparison_from_json(render_json(comparison))
+    assert back == comparison
+    assert [d.counted for d in back.walk()] == [d.counted for d in comparison.walk()] and not back.divergences[0].counted
 
 
 def test_round_trip_keeps_nonfinite_floats_and_what_the_text_report_shows() -> None:
@@ -194,4 +196,9 @@ def test_the_documented_example_reads_back_and_renders_to_itself() -> None:
     comparison = comparison_from_json(example)
     assert render_json(comparison) == example
     assert set(strict_loads(example)) == TOP_LEVEL
-    assert math.isnan(comparison.divergences[0].children[0].evidence["b"])
+    loss = next(d for d in comparison.walk() if d.category == "loss_terms")
+    assert math.isnan(loss.evidence["b"])
+    # Its counts are the tree's: the config change is a summary over the key, which is the item counted.
+    data = strict_loads(example)
+    assert data["divergences"][0]["counted"] is False and data["first_divergence"]["counted"] is False
+    assert dict(count_diverged(comparison.walk())) == {c: n["diverged"] for c, n in data["category_counts"].items()}

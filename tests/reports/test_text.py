@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from audit.divergence import Comparison, Divergence, RunInfo
+from audit.divergence import Comparison, Divergence, RunInfo, count_diverged
 from reports.text import render_text
 
 KEY = "loss.terms.att_entropy_l0.weight"
@@ -60,6 +60,7 @@ def config_comparison() -> Comparison:
                         explanation=f"module {ENTROPY} (Entropy, 0 parameters) exists only in run B.",
                         evidence={"module": ENTROPY, "type": "Entropy", "parameters": 0})
     module_tree = Divergence("graph", "module tree", "changed", cause="graph_change", order=-1, children=[module],
+                             counted=False,
                              explanation=f"The model is built differently: run B has 1 modules run A lacks ({ENTROPY}).",
                              evidence={"added": [ENTROPY], "removed": []})
     op_graph = Divergence(
@@ -70,12 +71,12 @@ def config_comparison() -> Comparison:
                   "by_group": [{"module": ENTROPY, "loss_term": "att_entropy_l0", "added": 14, "removed": 0}]})
     loss = Divergence("loss_terms", "total", "changed", step=1,
                       evidence={"a": 4.340999841690063, "b": 4.3410000801086426, "weight": 1.0})
-    root = Divergence("config", "config change", "changed", cause="config_change", order=-1,
+    root = Divergence("config", "config change", "changed", cause="config_change", order=-1, counted=False,
                       explanation=CONFIG_EXPLANATION, evidence={KEY: {"a": None, "b": 0.0}},
                       children=[config_key, module_tree, seed_offset_shift(), op_graph, loss]
                       + per_step("gradients") + per_step("optimizer") + per_step("parameters"))
     counts = {"environment": {"compared": 41, "diverged": 0}, "code": {"compared": 12, "diverged": 0},
-              "config": {"compared": 30, "diverged": 1}, "graph": {"compared": 4, "diverged": 3},
+              "config": {"compared": 30, "diverged": 1}, "graph": {"compared": 4, "diverged": 2},
               "initialisation": {"compared": 58, "diverged": 3}, "random_draws": {"compared": 36, "diverged": 0},
               "loss_terms": {"compared": 6, "diverged": 1}, "gradients": {"compared": 174, "diverged": 12},
               "optimizer": {"compared": 174, "diverged": 12}, "parameters": {"compared": 174, "diverged": 12}}
@@ -106,10 +107,18 @@ def nan_comparison() -> Comparison:
                       notes=["run B (nan) is incomplete: crash at step 3", "run A recorded 3 steps and run B 2"])
 
 
+def paragraph(lines: list[str], start: int, indent: int = 4) -> str:
+    """Line `start` and the lines after it indented by `indent` or more, as one line: what was wrapped."""
+    end = start + 1
+    while end < len(lines) and lines[end].startswith(" " * indent):
+        end += 1
+    return " ".join(line.strip() for line in lines[start:end])
+
+
 def test_verdict_leads_with_the_change_and_its_mechanisms_then_why_then_what_changed() -> None:
     lines = render_text(config_comparison()).splitlines()
-    assert lines[0] == ("DIVERGED: baseline vs entropy: the config (1 key) -> seed-offset shift of shared parameters; "
-                        "changed graph")
+    assert lines[:2] == [("DIVERGED: baseline vs entropy: the config (1 key) -> seed-offset shift of shared parameters; "
+                          "changed"), "  graph"], "wrapped at 100 columns, the rest indented"
     why = lines[lines.index("Why:") + 1:lines.index("What you changed:")]
     assert why[0].startswith("  1. seed-offset shift of shared parameters (")
     assert any(line.startswith("  2. changed graph (") for line in why)
@@ -129,21 +138,45 @@ def test_verdict_leads_with_the_change_and_its_mechanisms_then_why_then_what_cha
 def test_other_causes_are_explained_nodes_below_and_beside_the_first_most_telling_first() -> None:
     lines = render_text(config_comparison()).splitlines()
     start = lines.index("Other causes:")
-    # Each mechanism's first instance is told under "Why:"; the other instances follow here.
-    assert lines[start + 1] == f"  [step 1] graph op graph at step 1: {GRAPH_EXPLANATION}"
-    assert lines[start + 2] == ""
+    # Each mechanism's first instance is told under "Why:"; the other instances follow here, whole.
+    assert paragraph(lines, start + 1) == f"[step 1] graph op graph at step 1: {GRAPH_EXPLANATION}"
+    assert lines[start + 1].startswith("  [step 1]") and lines[start + 2].startswith("    ")
+    assert lines[start + 3].startswith("    ") and lines[start + 4] == ""
     why = "\n".join(lines[lines.index("Why:"):start])
     assert "decoder.out.weight" in why and "The model is built differently" in why
 
 
-def test_consequences_are_counted_per_category_in_causal_order_and_capped() -> None:
-    lines = render_text(config_comparison(), max_consequences=2).splitlines()
+def test_consequences_count_the_items_the_table_counts_and_are_capped() -> None:
+    comparison = config_comparison()
+    lines = render_text(comparison, max_consequences=2).splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("Consequences:"))
-    assert lines[start] == ("Consequences: 44 (config 1, graph 3, initialisation 3, loss_terms 1, gradients 12, "
-                            "optimizer 12, parameters 12)")
-    assert lines[start + 1] == f"  [before training] config {KEY}: {KEY} is not set in run A and 0.0 in run B."
-    assert lines[start + 2].startswith("  [before training] graph module tree: ")
-    assert lines[start + 3] == "  ... 42 more not shown"
+    # The summaries (config change, module tree) are not items: neither listed nor counted, as in the table.
+    assert lines[start] == ("Consequences: 43 (config 1, graph 2, initialisation 3, loss_terms 1, gradients 12, "
+                            "optimizer 12,")
+    assert lines[start + 1] == "  parameters 12)"
+    table = {c: counts["diverged"] for c, counts in comparison.category_counts.items() if counts["diverged"]}
+    assert dict(count_diverged(comparison.walk())) == table
+    assert lines[start + 2:start + 7] == [
+        f"  [before training] config {KEY}: {KEY} is not",
+        "    set in run A and 0.0 in run B.",
+        f"  [before training] graph module {ENTROPY}: module",
+        f"    {ENTROPY} (Entropy, 0 parameters) exists only in run B.",
+        "  ... 41 more not shown"]
+
+
+def test_consequences_say_what_else_the_table_counts() -> None:
+    first = Divergence("random_draws", "aten::bernoulli_ in encoder.dropout", "changed", step=1,
+                       children=per_step("gradients")[:2])
+    other = Divergence("environment", "threads", "changed", explanation="threads is 1 in run A and 2 in run B.")
+    comparison = Comparison(RunInfo("a", "a", "torch", True, 1), RunInfo("b", "b", "torch", True, 1),
+                            divergences=[first, other],
+                            category_counts={"environment": {"compared": 9, "diverged": 1},
+                                             "random_draws": {"compared": 3, "diverged": 1},
+                                             "gradients": {"compared": 4, "diverged": 2}})
+    lines = render_text(comparison).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Consequences:"))
+    assert lines[start:start + 2] == [("Consequences: 2 (gradients 2); the table also counts the first divergence "
+                                       "itself, 1 under other"), "  roots"]
 
 
 def test_unexplained_consequences_show_kind_values_and_statistics() -> None:
@@ -162,7 +195,7 @@ def test_category_table_in_causal_order_with_first_step_from_the_tree() -> None:
         "  environment           41         0  -",
         "  code                  12         0  -",
         "  config                30         1  before training",
-        "  graph                  4         3  before training",
+        "  graph                  4         2  before training",
         "  initialisation        58         3  before training",
         "  random_draws          36         0  -",
         "  loss_terms             6         1  step 1",
@@ -213,8 +246,8 @@ def test_partial_is_said_under_the_verdict_with_the_notes() -> None:
     assert "Notes:" not in lines  # listed once, under the verdict
     no_notes = nan_comparison()
     no_notes.notes = []
-    assert render_text(no_notes).splitlines()[1] == ("PARTIAL: run B (nan) stopped early (RuntimeError at step 3); "
-                                                     "only the 2 steps both runs recorded were compared")
+    assert render_text(no_notes).splitlines()[1:3] == [("PARTIAL: run B (nan) stopped early (RuntimeError at step 3); "
+                                                        "only the 2 steps both runs recorded"), "  were compared"]
 
 
 def test_values_exact_nan_as_nan_and_hostile_evidence_cut_and_escaped() -> None:
@@ -226,12 +259,13 @@ def test_values_exact_nan_as_nan_and_hostile_evidence_cut_and_escaped() -> None:
     # NaN counts come as a pair even when one side is 0; zero Inf counts go behind the rest.
     assert evidence[:6] == ["    mismatched: 1024", "    numel: 1024", "    nan_a: 0", "    nan_b: 1024",
                             "    loss_term: att_entropy_l0", "    loss_weight: 0.0"]
-    assert evidence[6] == ("    ... 8 more evidence keys not shown (node, module, parameters, evil\\x1b[31mkey, "
-                           "huge, ...); the JSON report has all")
+    assert evidence[6:8] == [("    ... 8 more evidence keys not shown (node, module, parameters, evil\\x1b[31mkey, "
+                              "huge, ...); the"), "        JSON report has all"]
     assert "\x1b" not in text and "line one\nline two" not in text
     assert "  name:        decoder.out.weight\\x1b[2J" in lines
     explanation = [line for line in lines if "Gradients become NaN/Inf" in line]
     assert explanation and all(len(line) <= 100 for line in explanation)
+    # Wrapped whole up to 2000 characters; only a hostile document's 3240 are cut, saying so.
     assert "... (1240 more characters cut)" in text.replace("\n               ", " ")
 
 
@@ -240,12 +274,15 @@ def test_long_values_are_cut_and_say_so() -> None:
     first = comparison.divergences[0]
     first.evidence = {"a": "x" * 5000, "b": list(range(1000)), "node": np.arange(1000, dtype=np.float32)}
     lines = render_text(comparison).splitlines()
-    run_a = next(line for line in lines if line.startswith("  run A:"))
+    start = next(index for index, line in enumerate(lines) if line.startswith("  run A:"))
+    run_a = lines[start] + "".join(line.strip() for line in lines[start + 1:start + 3])
     assert run_a == "  run A:       '" + "x" * 199 + "... (4802 more characters cut)  (baseline)"
+    assert lines[start + 1].startswith(" " * 15 + "x") and lines[start + 2].startswith(" " * 15 + "x")
     run_b = next(line for line in lines if line.startswith("  run B:"))
     assert run_b.startswith("  run B:       [0, 1, 2,") and "... 980 more]" in run_b
-    node = next(line for line in lines if line.startswith("    node: "))
-    assert node.startswith("    node: [0.0, 1.0, 2.0,")
+    start = next(index for index, line in enumerate(lines) if line.startswith("    node: "))
+    node = paragraph(lines, start, indent=8)
+    assert node.startswith("node: [0.0, 1.0, 2.0,") and lines[start + 1].startswith(" " * 8 + "16.0,")
     assert node.endswith(", 19.0, ... 980 more] (shape (1000,), float32)")
 
 
@@ -257,6 +294,21 @@ def test_color_only_when_asked() -> None:
     assert "\x1b[1;32mIDENTICAL\x1b[0m" in render_text(identical_comparison(), color=True)
     assert "\x1b[1;33mPARTIAL\x1b[0m" in render_text(nan_comparison(), color=True)
     assert colored.replace("\x1b[1;31m", "").replace("\x1b[1m", "").replace("\x1b[0m", "") == plain
+
+
+def test_no_line_wider_than_the_width_and_every_sentence_whole() -> None:
+    long_cause = Divergence("nan_provenance", "MulBackward0 in " + "deep." * 40 + "module", "nonfinite", step=1,
+                            cause="nan_zero_weight_term", explanation="Loss term att with weight 0.0 sends NaN. " * 8)
+    comparison = config_comparison()
+    comparison.divergences[0].children.append(long_cause)
+    for width in (20, 60, 100, 240):
+        for color in (False, True):
+            text = render_text(comparison, width=width, color=color)
+            plain = text.replace("\x1b[1;31m", "").replace("\x1b[1m", "").replace("\x1b[0m", "")
+            assert max(len(line) for line in plain.splitlines()) <= max(width, 40), width
+            assert "characters cut" not in text
+            assert " ".join(("Loss term att with weight 0.0 sends NaN. " * 8).split()) in " ".join(plain.split())
+    assert render_text(nan_comparison(), width=50).splitlines()[0] == "DIVERGED: baseline vs nan: first divergence at"
 
 
 def test_deterministic() -> None:
