@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from audit.diff.context import CompareContext
+from audit.diff.distance import step_distances
 from audit.divergence import Comparison, Divergence, RunInfo
 from audit.trace import Trace, TraceWriter
 from reports.html import render_html, write_html
@@ -110,8 +112,11 @@ def write_trace(path: Path, *, label: str, names: list[str], steps: int, entropy
         terms = {"ce": {"weight": 1.0, "value": 2.5 / step, "hash": f"xxh3:ce{step}"}}
         if entropy:
             terms["att_entropy_l0"] = {"weight": 0.0, "value": float("nan") if broken else 0.7, "hash": "xxh3:e"}
+        outputs = ["encoder.embed", "decoder.layers.0.cross_attn", *([ENTROPY] if entropy else []), "decoder.out"]
         record: dict[str, Any] = {
             "step": step, "loss_terms": terms, "total_loss": float("nan") if broken else 2.5 / step,
+            "module_outputs": [{"module": module, "call": 0, "summary": summary(rng, 256, nonfinite=broken)}
+                               for module in outputs],
             "gradients": {name: summary(rng, 1024, nonfinite=broken) for name in names},
             "graph": {"digest": "xxh3:g", "ops": 10, "stored": step == 1},
             "nan_provenance": None, "term_attribution": None, "notes": [],
@@ -176,6 +181,8 @@ def build_case(tmp_path: Path, *, parameters: int | None = None, steps: int = 3)
     trace_a = write_trace(tmp_path / "a.trace", label="baseline", names=names, steps=steps, entropy=False)
     trace_b = write_trace(tmp_path / "b.trace", label="entropy", names=names, steps=steps, entropy=True)
     comparison = build_comparison(names, steps)
+    # What the differ measures: how far the runs are apart per step, per module output and per gradient.
+    comparison.distances = step_distances(CompareContext(trace_a, trace_b), comparison.divergences)
     same = Comparison(run_a=comparison.run_a, run_b=RunInfo("rerun", "rerun.trace", "torch", True, steps))
     return {"names": names, "trace_a": trace_a, "trace_b": trace_b, "comparison": comparison,
             "check": [comparison, same]}
@@ -244,11 +251,15 @@ def test_output_is_deterministic(tmp_path: Path) -> None:
 def test_verdict_and_first_divergence_come_first(case: dict[str, Any]) -> None:
     html = render_case(case)
     verdict = section(html, "verdict")
-    assert "Verdict: the config (1 key) -&gt; NaN through a zero-weighted loss term" in verdict
-    assert CONFIG_EXPLANATION in verdict and "What you changed" in verdict
-    assert verdict.index('id="why"') < verdict.index("What you changed"), "the mechanisms lead"
-    assert "<title>DIVERGED: " in html and "-&gt; NaN through a zero-weighted loss term" in html.split("</title>")[0]
-    assert "loss_weights.att_entropy_l0" in verdict and "A: —" in verdict and "B: 0.0" in verdict
+    assert "Diverged" in verdict and CONFIG_EXPLANATION in verdict
+    chain = re.sub(r"<[^>]+>", "", re.search(r'<h2 class="headline">(.*?)</h2>', verdict, re.DOTALL).group(1))
+    assert " ".join(chain.split()) == ("Diverged the config (1 key) → NaN through a zero-weighted loss term; "
+                                       "seed-offset shift of shared parameters")
+    assert "What you changed" in verdict and verdict.index('id="why"') < verdict.index("What you changed")
+    assert ("<title>DIVERGED: baseline vs entropy: the config (1 key) -&gt; NaN through a zero-weighted loss term; "
+            "seed-offset shift of shared parameters - repro-audit</title>") in html
+    assert "loss_<wbr>weights.<wbr>att_<wbr>entropy_<wbr>l0" in verdict, "a name wraps after its dots, not mid-word"
+    assert "A: —" in verdict and "B: 0.0" in verdict
     assert NAN_EXPLANATION in verdict and SHIFT_EXPLANATION in verdict, "explained causes shown above the fold"
     assert "1 of 2 runs differ" in verdict
     assert html.index('id="verdict"') < html.index('id="timeline"') < html.index('id="check"')
@@ -321,7 +332,7 @@ def test_check_section_lists_runs(case: dict[str, Any]) -> None:
 def test_sections_without_data_say_so() -> None:
     run = RunInfo("a", "a.trace", "torch", True, 3)
     html = render_html(Comparison(run_a=run, run_b=RunInfo("b", "b.trace", "torch", True, 3)))
-    assert "the runs are identical" in section(html, "verdict")
+    assert "Identical" in section(html, "verdict") and "<title>IDENTICAL: a vs b - repro-audit</title>" in html
     for section_id, text in [("timeline", "Nothing diverged"), ("environment", "same in both runs"),
                              ("config", "configs are the same"), ("graph", "No graph divergence"),
                              ("initialisation", "No traces given"), ("gradients", "No traces given"),
