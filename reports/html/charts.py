@@ -65,6 +65,15 @@ def _svg(figure: Any, salt: str, titles: dict[str, list[str]] | None = None) -> 
     return add_titles(text[text.index("<svg"):], titles or {})
 
 
+def decades(axis: Any) -> None:
+    """Log-axis labels as plain text, 1e-7 rather than mathtext's 10 with a superscript: the exponent, the
+    part that matters, would be drawn at 70% of the font size."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"1e{round(math.log10(value))}" if value > 0 else "0"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def mark_nan_steps(ax: Any, steps: Sequence[int], *, label: bool) -> None:
     """Steps where NaN appeared, as light red bands across the panel (labelled "NaN" on top when asked)."""
     for start, end in _runs(sorted(steps)):
@@ -95,7 +104,7 @@ def loss_chart(view: dict[str, Any], labels: Sequence[str]) -> tuple[str, int]:
     shown = terms[:MAX_LOSS_PANELS]
     if "total_loss" not in shown:
         shown[-1:] = ["total_loss"]
-    columns = min(3, len(shown))
+    columns = len(shown) if len(shown) <= 4 else 3  # up to four panels side by side: one row
     rows = math.ceil(len(shown) / columns)
     titles: dict[str, list[str]] = {}
     with matplotlib.rc_context(_RC):
@@ -155,7 +164,8 @@ def nan_map_chart(names: Sequence[str], steps: Sequence[int], matrices: Sequence
         _name_axis(axes[0], names, "y")
         if image is not None:
             bar = figure.add_axes((0.92, 0.5 / height, 0.015, 1 - 0.8 / height))
-            figure.colorbar(image, cax=bar, label="NaN + Inf count")
+            colorbar = figure.colorbar(image, cax=bar, label="NaN + Inf count")
+            decades(colorbar.ax.yaxis)
         return _svg(figure, "nanmap")
 
 
@@ -196,6 +206,7 @@ def series_chart(panels: Sequence[SeriesPanel], *, salt: str) -> str:
             drawn = [value for _, values in panel.lines for value in values if math.isfinite(value)]
             if panel.log and any(value > 0 for value in drawn):
                 ax.set_yscale("log")
+                decades(ax.yaxis)
                 _mark_zeros(ax, panel)
             if panel.ylim:
                 ax.set_ylim(*panel.ylim)

@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from reports.html.charts import FONT, NAN_COLOR, SMALL_FONT, _figure, _plain_text, _svg, mark_nan_steps
+from reports.html.charts import FONT, NAN_COLOR, SMALL_FONT, _figure, _plain_text, _svg, decades, mark_nan_steps
 
 CATEGORY_COLORS = {"data": "#17becf", "module_outputs": "#2ca02c", "loss_terms": "#9467bd",
                    "gradients": "#1f77b4", "parameters": "#ff7f0e", "buffers": "#8c564b"}
@@ -111,7 +111,7 @@ def _log_axis(ax: Any) -> None:
     if not positive:
         ax.set_yticks([])
         return
-    from matplotlib.ticker import LogLocator, NullFormatter
+    from matplotlib.ticker import LogLocator
 
     ax.set_yscale("log")
     # Whole decades, at least three: a difference is read by its order of magnitude.
@@ -120,7 +120,7 @@ def _log_axis(ax: Any) -> None:
         low, high = low - (3 - (high - low)) // 2 - (3 - (high - low)) % 2, high + (3 - (high - low)) // 2
     ax.set_ylim(10.0 ** low, 10.0 ** high)
     ax.yaxis.set_major_locator(LogLocator(base=10, numticks=8))
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    decades(ax.yaxis)
     ax.grid(True, which="major", axis="y", color="#e3e6ea", linewidth=0.6)
 
 

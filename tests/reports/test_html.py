@@ -384,3 +384,70 @@ def test_graph_without_alignment_highlights_named_ops(tmp_path: Path) -> None:
     html = section(render_html(comparison, trace_a=case["trace_a"], trace_b=case["trace_b"]), "graph")
     assert "ops are shown by position" in html
     assert re.findall(r'<td class="added"><span class="op">([^<]+)</span>', html) == ["aten::_log_softmax"]
+
+
+def test_proof_by_intervention_sits_between_the_mechanisms_and_what_changed(case: dict[str, Any]) -> None:
+    from audit.verify.effect import Effect
+    from audit.verify.plan import Untested
+    from audit.verify.result import Row, Verification
+
+    remaining = Divergence("gradients", EVIL_PARAM, "changed", step=1, evidence={"max_ulp": 3, "max_abs_error": 1e-7})
+    case["comparison"].verification = Verification(rows=[
+        Row("run B as recorded", "none", [], Effect(False, remaining, 0.5, 0.25, 3)),
+        Row("all of them together", "all", ["seed_offset_shift"], Effect(True, None, 0.0, 0.0, 3))],
+        untested=[Untested("random_stream_shift", "no generator to fork")])
+    verdict = section(render_case(case), "verdict")
+    assert verdict.index('id="why"') < verdict.index('id="verification"') < verdict.index("What you changed")
+    table = verdict.split('id="verification"', 1)[1]
+    assert table.count("<tr class=") == 2 and '<tr class="same"><td>all of them together</td>' in table
+    assert "What remains after every intervention: nothing; every shared number matches run A." in table
+    assert "Not tested: random stream shift: no generator to fork" in table
+    case["comparison"].verification = None
+    assert 'id="verification"' not in render_case(case), "no place taken without --verify"
+
+
+def test_ignored_categories_say_ignored(case: dict[str, Any]) -> None:
+    case["comparison"].ignored = ["data", "health"]
+    html = render_case(case)
+    timeline = section(html, "timeline")
+    assert re.search(r'<tr class="ignored"><th>data</th><td class="ignored" colspan="\d+">ignored', timeline)
+    assert "<b>health</b> ignored (not compared)" in timeline
+    assert "not compared (ignored): data, health" in section(html, "verdict")
+
+
+def test_divergence_over_steps_and_gradient_flow_have_hover_values(case: dict[str, Any]) -> None:
+    html = render_case(case)
+    chart = html.split('id="divergence-over-steps"', 1)[1].split('<p class="hint">', 1)[0]
+    assert chart.count("<svg") == 1 and "max |A − B|" in chart and "relative" in chart
+    titles = re.findall(r"<title>([^<]*)</title>", chart)
+    assert any(title.startswith("gradients · step 1: max |A − B| ≥ ") for title in titles)
+    assert any(title.startswith(f"gradients · step {NAN_STEP}: distance not known") for title in titles), "NaN steps"
+    assert ">NaN<" in chart, "the NaN steps are labelled"
+    flow = re.findall(r"<title>([^<]*)</title>", section(html, "charts"))
+    assert any(title.startswith("&lt;script&gt;alert(1)&lt;/script&gt; · step 1: max |A − B| ≥") for title in flow)
+    sizes = {float(size) for svg in re.findall(r"<svg.*?</svg>", html, re.DOTALL)
+             for size in re.findall(r"font-size: ([\d.]+)px", svg)}
+    assert sizes and min(sizes) >= 9.5, f"chart fonts of at least 9.5 pt (12.7 px unscaled): {sorted(sizes)}"
+
+
+def test_module_outputs_in_forward_order_with_the_first_differing_one(case: dict[str, Any]) -> None:
+    modules = section(render_case(case), "modules")
+    names = re.findall(r'<tr data-name="([^"]*)"', modules)
+    assert names == ["encoder.embed", "decoder.layers.0.cross_attn", ENTROPY, "decoder.out"]
+    # Run B draws one more summary for the entropy output, so decoder.out is the first to differ at step 1.
+    first = re.search(r'<tr data-name="decoder.out" class="first"[^>]*>(.*?)</tr>', modules, re.DOTALL)
+    assert first and "★" in first.group(1) and "≥ " in first.group(1) and "rel ≥" in first.group(1)
+    assert re.search(r'<tr data-name="encoder.embed" class="">.*?<td class="dist same ">=</td>', modules, re.DOTALL)
+    assert re.search(rf'<tr data-name="{re.escape(ENTROPY)}"[^>]*>.*?badge k-added', modules, re.DOTALL)
+    assert modules.count(">NaN<") == 2 * 3, "steps 2 and 3 of the three outputs both runs have"
+
+
+def test_evidence_is_a_key_value_table_not_json(case: dict[str, Any]) -> None:
+    html = render_case(case)
+    timeline = section(html, "timeline")
+    assert '<tr><th>seed_offset</th><td class="val a">A: 183040</td><td class="val b">B: 184064</td></tr>' in timeline
+    shown = re.sub(r"<script.*?</script>", "", html, flags=re.DOTALL)  # the gradient table's data is JSON
+    assert '{"a"' not in shown and "&#34;a&#34;" not in shown, "no JSON dump of evidence"
+    assert "<th>run A</th>" in section(html, "config"), "value columns where the evidence has both runs' values"
+    case["comparison"].divergences[1].evidence = {"seed_offset": {"a": 1, "b": 2}}
+    assert "<th>run A</th>" not in section(render_case(case), "initialisation"), "no empty run A/run B columns"
