@@ -13,7 +13,16 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from reports.html.charts import FONT, NAN_COLOR, SMALL_FONT, _figure, _plain_text, _svg, decades, mark_nan_steps
+from reports.html.charts import (
+    FONT,
+    NAN_COLOR,
+    SMALL_FONT,
+    _figure,
+    _plain_text,
+    _svg,
+    decades,
+    mark_nan_steps,
+)
 
 CATEGORY_COLORS = {"data": "#17becf", "module_outputs": "#2ca02c", "loss_terms": "#9467bd",
                    "gradients": "#1f77b4", "parameters": "#ff7f0e", "buffers": "#8c564b"}
@@ -65,12 +74,12 @@ def _category_line(ax: Any, measure: str, name: str, series: dict[str, list[Any]
                    titles: dict[str, list[str]]) -> None:
     color = CATEGORY_COLORS.get(name, "#555555")
     values = series[measure]
-    positive = [(step, value, index) for index, (step, value) in enumerate(zip(steps, values))
-                if value is not None and value > 0]
+    positive = [index for index, value in enumerate(values) if value is not None and value > 0]
     line_gid = f"dist-{measure}-{name}"
-    ax.plot([step for step, _, _ in positive], [value for _, value, _ in positive], "-o", color=color,
-            markersize=5, linewidth=1.6, label=_plain_text(name), gid=line_gid)
-    titles[line_gid] = [_point_title(name, steps[index], series, index) for _, _, index in positive]
+    # NaN where there is no positive value: the line breaks there instead of bridging an unknown step.
+    ys = [value if value is not None and value > 0 else math.nan for value in values]
+    ax.plot(list(steps), ys, "-o", color=color, markersize=5, linewidth=1.6, label=_plain_text(name), gid=line_gid)
+    titles[line_gid] = [_point_title(name, steps[index], series, index) for index in positive]
     zeros = [index for index, value in enumerate(values) if value == 0]
     unknown = [index for index, value in enumerate(values) if value is None and series["compared"][index]]
     for indices, y, marker, suffix in ((zeros, 0.0, "v", "zero"), (unknown, 1.0, "X", "unknown")):
@@ -106,8 +115,8 @@ def _point_title(name: str, step: int, series: dict[str, list[Any]], index: int)
 
 def _log_axis(ax: Any) -> None:
     """A log axis around the positive values drawn; none at all (every value identical or unknown): no scale."""
-    positive = [y for line in ax.get_lines() for y in line.get_ydata() if isinstance(y, float) and y > 0
-                and line.get_transform() is ax.transData]
+    positive = [float(y) for line in ax.get_lines() for y in line.get_ydata()
+                if line.get_transform() is ax.transData and isinstance(y, (int, float)) and y > 0]
     if not positive:
         ax.set_yticks([])
         return

@@ -32,6 +32,8 @@ def verdict(comparison: Comparison, tree: TreeView) -> dict[str, Any]:
         "inputs": [{"summary": input_summary(root), "anchor": tree.anchors.get(id(root))} for root in inputs],
         "mechanisms": mechanisms,
         "first": {**node_fields(first), "anchor": tree.anchors.get(id(first))} if first else None,
+        # The first divergence's sentence, when a mechanism above already says it.
+        "first_told": bool(first and any(m.instances[0] is first for m in comparison.mechanisms)),
         # A changed input whose evidence is key: A, B for every key says in a table what its sentence says.
         "first_tabled": bool(first and inputs and first is inputs[0] and node_fields(first)["evidence"]
                              and all("value" not in row for row in node_fields(first)["evidence"])),

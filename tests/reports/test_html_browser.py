@@ -137,7 +137,7 @@ def test_first_screen_of_real_runs_is_the_verdict_its_mechanisms_and_the_distanc
         assert opened.smallest_chart_font("#charts") >= 12
         page.screenshot(path=str(tmp_path / "first-screen.png"))
         height = opened.page_height()
-        assert height < 6 * browser.FIRST_SCREEN["height"], f"the page is {height} px with its sections folded"
+        assert height < 6 * browser.FIRST_SCREEN["height"], f"{framework}: the page is {height} px, sections folded"
         assert page.locator("#first-module").is_visible(), "the per-module table marks the first differing output"
     assert (tmp_path / "first-screen.png").stat().st_size > 10_000
 
