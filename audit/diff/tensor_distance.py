@@ -49,8 +49,11 @@ def tensor_distance(a: dict[str, Any] | None, b: dict[str, Any] | None,
     if a.get("shape") != b.get("shape"):
         return None
     scale = _scale(a, b)
-    if evidence and evidence.get("compared_by") == "values" and _number(evidence.get("max_abs_error")):
-        # Over the elements finite in both runs; an overflow to Inf was excluded by _number.
+    evidence = evidence or {}
+    measured = evidence.get("compared_by") == "values" and _number(evidence.get("max_abs_error"))
+    # Over the elements finite in both runs (an overflow to Inf was excluded by _number); a 0 there says
+    # nothing when NaN/Inf stand where the other run has numbers.
+    if measured and not (evidence.get("nonfinite_mismatch") and evidence["max_abs_error"] == 0):
         max_abs = float(evidence["max_abs_error"])
         ulp = evidence.get("max_ulp")
         return TensorDistance(max_abs, _relative(max_abs, scale), ulp if isinstance(ulp, int) else None, True,

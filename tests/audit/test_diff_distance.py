@@ -86,6 +86,9 @@ def test_values_evidence_is_exact_and_nan_hides_a_summary_distance() -> None:
     a, b = summary([1.0, 2.0], tag="a"), summary([1.0, 2.5], tag="b")
     exact = tensor_distance(a, b, {"compared_by": "values", "max_abs_error": 0.5, "max_ulp": 4194304})
     assert exact is not None and exact.exact and (exact.max_abs, exact.max_ulp) == (0.5, 4194304)
+    hidden = tensor_distance(a, summary([math.nan, math.nan], tag="n"),
+                             {"compared_by": "values", "max_abs_error": 0.0, "nonfinite_mismatch": 2})
+    assert hidden is not None and hidden.max_abs is None and hidden.nan, "no finite pair: not known, not 0"
     broken = tensor_distance(a, summary([math.nan, 2.0], tag="c"))
     assert broken is not None and broken.max_abs is None and broken.nan and broken.differs
     assert tensor_distance(a, None) is None
