@@ -108,10 +108,10 @@ def loss_chart(view: dict[str, Any], labels: Sequence[str]) -> tuple[str, int]:
     rows = math.ceil(len(shown) / columns)
     titles: dict[str, list[str]] = {}
     with matplotlib.rc_context(_RC):
-        figure = _figure(10.0, 2.3 * rows + 0.5)
+        figure = _figure(10.0, 2.6 * rows + 0.9)
         axes = figure.subplots(rows, columns, squeeze=False)
-        figure.subplots_adjust(left=0.08, right=0.98, top=1 - 0.35 / figure.get_figheight(),
-                               bottom=0.55 / figure.get_figheight(), wspace=0.3, hspace=0.75)
+        figure.subplots_adjust(left=0.08, right=0.98, top=1 - 0.95 / figure.get_figheight(),
+                               bottom=0.55 / figure.get_figheight(), wspace=0.35, hspace=0.9)
         for position, term in enumerate(shown):
             ax = axes[position // columns][position % columns]
             series = view["series"][term]
@@ -123,7 +123,7 @@ def loss_chart(view: dict[str, Any], labels: Sequence[str]) -> tuple[str, int]:
                                for step, value in zip(view["steps"], series[side]) if math.isfinite(value)]
             nonfinite = view["nonfinite_steps"][term]
             mark_nan_steps(ax, nonfinite, label=bool(nonfinite))
-            title = term if not nonfinite else f"{term}  (non-finite from step {nonfinite[0]})"
+            title = term if not nonfinite else f"{term}\nnon-finite from step {nonfinite[0]}"
             ax.set_title(_plain_text(title), loc="left", color=NAN_COLOR if nonfinite else "black", pad=14)
             ax.set_xlabel("step")
             ax.set_ylabel("loss")
@@ -131,7 +131,8 @@ def loss_chart(view: dict[str, Any], labels: Sequence[str]) -> tuple[str, int]:
             ax.set_xlim(view["steps"][0] - 0.5, view["steps"][-1] + 0.5)
         for position in range(len(shown), rows * columns):
             axes[position // columns][position % columns].set_visible(False)
-        axes[0][0].legend(loc="best", frameon=False)
+        handles, names = axes[0][0].get_legend_handles_labels()
+        figure.legend(handles, names, loc="upper left", ncol=2, frameon=False, bbox_to_anchor=(0.07, 1.0))
         return _svg(figure, "loss", titles), len(terms) - len(shown)
 
 
