@@ -16,7 +16,7 @@ from markupsafe import Markup
 from audit.diff.distance import DISTANCE_CATEGORIES
 from audit.divergence import Comparison
 from audit.trace import Trace
-from reports.html import charts, distance_charts, health_page, overview, steps, structure, tree
+from reports.html import charts, distance_charts, health_page, overview, proof, steps, structure, tree
 from reports.html.modules_table import modules_view
 from reports.html.page import environment, page_assets, write_atomically
 
@@ -52,7 +52,7 @@ def build_context(comparison: Comparison, *, trace_a: Trace | None, trace_b: Tra
         "verdict": overview.verdict(comparison, divergence_tree),
         "divergence": _divergence_view(comparison),
         "modules": modules_view(comparison.distances),
-        "verification": comparison.verification.to_dict() if comparison.verification is not None else None,
+        "verification": proof.proof_view(comparison),
         "timeline": tree.timeline(comparison, divergence_tree),
         "tree": divergence_tree,
         "environment": tree.category_rows(comparison, ("environment", "code"), divergence_tree),

@@ -386,7 +386,7 @@ def test_graph_without_alignment_highlights_named_ops(tmp_path: Path) -> None:
     assert re.findall(r'<td class="added"><span class="op">([^<]+)</span>', html) == ["aten::_log_softmax"]
 
 
-def test_proof_by_intervention_sits_between_the_mechanisms_and_what_changed(case: dict[str, Any]) -> None:
+def test_proof_by_intervention_sits_right_under_the_mechanisms(case: dict[str, Any]) -> None:
     from audit.verify.effect import Effect
     from audit.verify.plan import Untested
     from audit.verify.result import Row, Verification
@@ -399,8 +399,11 @@ def test_proof_by_intervention_sits_between_the_mechanisms_and_what_changed(case
     verdict = section(render_case(case), "verdict")
     assert verdict.index('id="why"') < verdict.index('id="verification"') < verdict.index("What you changed")
     table = verdict.split('id="verification"', 1)[1]
-    assert table.count("<tr class=") == 2 and '<tr class="same"><td>all of them together</td>' in table
-    assert "What remains after every intervention: nothing; every shared number matches run A." in table
+    assert table.count("<tr class=") == 2 and '<tr class="differs recorded"><td class="causes">–</td>' in table
+    # The row names the mechanisms it neutralises by their numbers in the list above (seed-offset shift: 2).
+    assert ('<tr class="same"><td class="causes"><a href="#mechanism-2">2</a></td><td class="intervention">all of them '
+            'together</td><td class="effect"><span class="mark">✓</span>run B matches run A') in table
+    assert "What remains after every intervention together: nothing; every shared number matches run A." in table
     assert "Not tested: random stream shift: no generator to fork" in table
     case["comparison"].verification = None
     assert 'id="verification"' not in render_case(case), "no place taken without --verify"
