@@ -11,15 +11,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from playwright.sync_api import ViewportSize
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-VIEWPORT = {"width": 1280, "height": 800}
-FIRST_SCREEN = {"width": 1400, "height": 900}  # where the verdict, its mechanisms and the chart must all show
+VIEWPORT: ViewportSize = {"width": 1280, "height": 800}
+FIRST_SCREEN: ViewportSize = {"width": 1400, "height": 900}  # where the verdict, its mechanisms and the chart must all show
 
 
 def chromium_missing() -> str | None:
@@ -116,7 +119,7 @@ SMALLEST_FONT_JS = """selector => {
 
 
 @contextmanager
-def open_report(path: Path, *, viewport: dict[str, int] | None = None) -> Iterator[OpenedReport]:
+def open_report(path: Path, *, viewport: ViewportSize | None = None) -> Iterator[OpenedReport]:
     """Launch chromium, open the report from file://, and yield it once its load event fired."""
     from playwright.sync_api import sync_playwright
 

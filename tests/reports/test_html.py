@@ -85,7 +85,7 @@ def write_trace(path: Path, *, label: str, names: list[str], steps: int, entropy
     writer = TraceWriter(path, framework="torch", config=config, label=label)
     writer.write_json("environment.json", {"python": {"version": "3.11.7"}, "framework": {"name": "torch",
                                                                                           "version": "2.3.0"}})
-    modules = {}
+    modules: dict[str, list[dict[str, Any]]] = {}
     for name in names:
         modules.setdefault(name.rsplit(".", 1)[0], []).append({"name": name, "shape": [32, 32], "dtype": "float32"})
     writer.write_json("structure.json", {"modules": [{"path": path_, "type": "Linear", "parameters": params,
@@ -252,7 +252,9 @@ def test_verdict_and_first_divergence_come_first(case: dict[str, Any]) -> None:
     html = render_case(case)
     verdict = section(html, "verdict")
     assert "Diverged" in verdict and CONFIG_EXPLANATION in verdict
-    chain = re.sub(r"<[^>]+>", "", re.search(r'<h2 class="headline">(.*?)</h2>', verdict, re.DOTALL).group(1))
+    headline = re.search(r'<h2 class="headline">(.*?)</h2>', verdict, re.DOTALL)
+    assert headline
+    chain = re.sub(r"<[^>]+>", "", headline.group(1))
     assert " ".join(chain.split()) == ("Diverged the config (1 key) → NaN through a zero-weighted loss term; "
                                        "seed-offset shift of shared parameters")
     assert "What you changed" in verdict and verdict.index('id="why"') < verdict.index("What you changed")
@@ -310,7 +312,9 @@ def test_gradients_section(case: dict[str, Any]) -> None:
     assert re.search(r'<tr class="r-nonfinite"><td class="name">att_entropy_l0</td><td class="num">0.0</td>',
                      gradients)
     assert "<svg" in gradients and "first non-finite step per parameter" in gradients
-    data = json.loads(re.search(r'id="gradient-data">(.*?)</script>', render_case(case), re.DOTALL).group(1))
+    embedded = re.search(r'id="gradient-data">(.*?)</script>', render_case(case), re.DOTALL)
+    assert embedded
+    data = json.loads(embedded.group(1))
     assert data["default_step"] == 1 and data["marks"][str(NAN_STEP)]["0"] == "nonfinite"
     assert data["b"][str(NAN_STEP)]["norm"][0] == "NaN" and data["a"]["1"]["present"][-1] == 2
 
@@ -402,7 +406,7 @@ def test_proof_by_intervention_sits_right_under_the_mechanisms(case: dict[str, A
     assert table.count("<tr class=") == 2 and '<tr class="differs recorded"><td class="causes">–</td>' in table
     # The row names the mechanisms it neutralises by their numbers in the list above (seed-offset shift: 2).
     assert ('<tr class="same"><td class="causes"><a href="#mechanism-2">2</a></td><td class="intervention">all of them '
-            'together</td><td class="effect"><span class="mark">✓</span>run B matches run A') in table
+            'together</td><td class="effect"><span class="mark">✓</span> run B matches run A') in table
     assert "What remains after every intervention together: nothing; every shared number matches run A." in table
     assert "Not tested: random stream shift: no generator to fork" in table
     case["comparison"].verification = None

@@ -109,11 +109,39 @@ def real_report(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     if framework == "tf":
         pytest.importorskip("tensorflow")
     configs = CONFIGS / framework
-    report = tmp_path_factory.mktemp(f"real-{framework}") / "report.html"
+    folder = tmp_path_factory.mktemp(f"real-{framework}")
+    report = folder / "report.html"
     result = CliRunner().invoke(cli, ["diff", str(configs / "baseline.yaml"), str(configs / "zero_entropy_loss.yaml"),
-                                      "--steps", "2", "-q", "--html", str(report)])
+                                      "--steps", "2", "-q", "--html", str(report), "--keep", str(folder)])
     assert result.exit_code == 1, result.output
     return framework, report
+
+
+@pytest.fixture(scope="session")
+def proven_report(real_report: tuple[str, Path]) -> Path:
+    """The torch report again, with a `--verify` table built from the traces recorded above instead of nine
+    more runs: its rows are real Effects (audit/verify/effect.py) measured on real traces: run B as recorded,
+    each planned intervention standing in with run B as recorded, and run A against itself as "all of them
+    together" (so the changed graph is confirmed); plan() gives the labels and what it cannot test."""
+    from audit.diff import compare_traces
+    from audit.trace import Trace
+    from audit.verify.effect import measure
+    from audit.verify.plan import plan
+    from audit.verify.result import Row, Verification
+    from audit.verify.run import _confirm_graph_change
+    from reports.html import write_html
+
+    _, report = real_report
+    trace_a, trace_b = Trace(report.parent / "1-baseline.trace"), Trace(report.parent / "2-zero_entropy_loss.trace")
+    comparison = compare_traces(trace_a, trace_b)
+    interventions, untested = plan(comparison, trace_a)
+    as_recorded, matching = measure(trace_a, trace_b), measure(trace_a, trace_a)
+    rows = [Row("none (run B as recorded)", "none", [], as_recorded)]
+    rows += [Row(intervention.label, "single", [intervention.cause], as_recorded) for intervention in interventions]
+    rows += [Row("all of them together", "all", [intervention.cause for intervention in interventions], matching)]
+    comparison.verification = Verification(rows=rows, untested=untested)
+    _confirm_graph_change(comparison.verification)
+    return write_html(report.parent / "proven.html", comparison, trace_a=trace_a, trace_b=trace_b)
 
 
 def test_first_screen_of_real_runs_is_the_verdict_its_mechanisms_and_the_distance_chart(
@@ -169,3 +197,27 @@ def test_report_of_real_runs_baseline_against_zero_entropy_loss(real_report: tup
         page.screenshot(path=str(tmp_path / "report.png"))
         assert opened.dialogs == []
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("real_report", ["torch"], indirect=True)  # one framework is enough for the layout
+def test_proof_table_renders_right_under_the_mechanisms(proven_report: Path) -> None:
+    """`--verify`'s table: one row per intervention with its effect, what remains, under the mechanisms; the
+    verdict, the mechanisms and the chart keep the first screen; the page stays under six screens; at 800 px
+    no word of it breaks."""
+    with browser.open_report(proven_report, viewport=browser.FIRST_SCREEN) as opened:
+        page = opened.page
+        assert opened.console_errors == [] and opened.page_errors == [] and opened.requests == [opened.url]
+        rows = page.locator("#verification tbody tr")
+        mechanisms = page.locator("#why li.mechanism").count()
+        assert rows.count() == 1 + (mechanisms - 1) + 2, "as recorded, one per intervention, all together, the graph"
+        together = rows.filter(has_text="all of them together")
+        assert together.locator("td.effect").inner_text().startswith("✓ run B matches run A on every shared number")
+        assert together.locator("td.causes a").count() == mechanisms - 1, "it names every mechanism it neutralises"
+        assert "What remains after every intervention together: nothing" in page.locator("#verification").inner_text()
+        assert opened.in_viewport("#verdict .headline") and opened.in_viewport("#why")
+        assert opened.in_viewport("#divergence-over-steps svg")
+        below = page.locator("#verification").bounding_box()
+        assert below and below["y"] > page.locator("#why").bounding_box()["y"]
+        assert opened.page_height() < 6 * browser.FIRST_SCREEN["height"]
+        page.set_viewport_size({"width": 800, "height": 900})
+        assert opened.words_broken_across_lines() == []
