@@ -29,6 +29,7 @@ CATEGORY_COLORS = {"data": "#17becf", "module_outputs": "#2ca02c", "loss_terms":
 MEASURES = (("max_abs", "max |A − B|"), ("max_rel", "relative: max |A − B| / max(|A|, |B|)"))
 MAX_NAMED_PARAMETERS = 40  # parameter names on the gradient-flow axis; beyond, module groups are named
 MAX_GROUPS = 30
+MAX_LABEL = 26  # characters of a name on the slanted parameter axis; longer ones keep their end (whole on hover)
 
 
 def number(value: float | None, *, exact: bool = True) -> str:
@@ -220,25 +221,31 @@ def _groups(names: Sequence[str]) -> list[tuple[int, str]]:
 
 
 def _spaced(groups: list[tuple[int, str]], total: int) -> list[tuple[int, str]]:
-    """The groups whose names fit: a label at least a 30th of the axis after the previous one."""
+    """The groups whose names fit: a label at least a 24th of the axis after the previous one."""
     labelled: list[tuple[int, str]] = []
     for index, group in groups:
-        if not labelled or index - labelled[-1][0] >= total / 30:
+        if not labelled or index - labelled[-1][0] >= total / 24:
             labelled.append((index, group))
     return labelled
 
 
+def _axis_label(name: str) -> str:
+    """A name short enough that, slanted, it stays inside the chart: its end, which tells parameters apart."""
+    return _plain_text(name if len(name) <= MAX_LABEL else "…" + name[-(MAX_LABEL - 1):])
+
+
 def _parameter_axis(ax: Any, names: Sequence[str]) -> None:
     if len(names) <= MAX_NAMED_PARAMETERS:
-        ax.set_xticks(range(len(names)), [_plain_text(name) for name in names], rotation=60, ha="right")
+        ax.set_xticks(range(len(names)), [_axis_label(name) for name in names], rotation=60, ha="right",
+                      rotation_mode="anchor")
         return
     groups = _groups(names)
     if not groups:
         ax.set_xlabel(f"parameter position (registration order, {len(names)} parameters)")
         return
     labelled = _spaced(groups, len(names))
-    ax.set_xticks([index for index, _ in labelled], [_plain_text(group) for _, group in labelled], rotation=60,
-                  ha="right")
+    ax.set_xticks([index for index, _ in labelled], [_axis_label(group) for _, group in labelled], rotation=60,
+                  ha="right", rotation_mode="anchor")
     for row in ax.figure.axes:
         for index, _ in groups[1:]:
             row.axvline(index - 0.5, color="#d8dde3", linewidth=0.8, zorder=0)
