@@ -127,11 +127,14 @@ def _divergence_view(comparison: Comparison) -> dict[str, Any] | None:
 
 
 def _gradient_flow(comparison: Comparison, trace_a: Trace | None, trace_b: Trace | None,
-                   labels: Sequence[str]) -> Markup | None:
-    """How far the gradients are apart per parameter at a few steps, with both runs' recorded norms on hover."""
+                   labels: Sequence[str]) -> Markup | str | None:
+    """How far the gradients are apart per parameter at a few steps, with both runs' recorded norms on hover;
+    "identical" instead of a chart of identical points when no gradient differs at those steps."""
     flow = (comparison.distances or {}).get("gradient_flow")
     if not flow:
         return None
+    if not any(differs for panel in flow["panels"] for differs in panel["differs"]):
+        return "identical"
     norms = {panel["step"]: (steps.gradient_norms(trace_a, panel["step"], flow["names"]),
                              steps.gradient_norms(trace_b, panel["step"], flow["names"])) for panel in flow["panels"]}
     svg = distance_charts.gradient_flow_chart(flow, norms, labels)

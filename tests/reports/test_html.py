@@ -458,3 +458,14 @@ def test_evidence_is_a_key_value_table_not_json(case: dict[str, Any]) -> None:
     assert "<th>run A</th>" in section(html, "config"), "value columns where the evidence has both runs' values"
     case["comparison"].divergences[1].evidence = {"seed_offset": {"a": 1, "b": 2}}
     assert "<th>run A</th>" not in section(render_case(case), "initialisation"), "no empty run A/run B columns"
+
+
+def test_identical_runs_fold_their_module_table_and_draw_no_identical_points(case: dict[str, Any]) -> None:
+    trace = case["trace_a"]
+    comparison = Comparison(run_a=case["comparison"].run_a, run_b=case["comparison"].run_a)
+    comparison.distances = step_distances(CompareContext(trace, trace), [])
+    html = render_html(comparison, trace_a=trace, trace_b=trace)
+    assert '<section id="modules"><details class="fold">' in html, "nothing differs: the table stays folded"
+    charts = section(html, "charts")
+    assert "Every gradient is identical in both runs" in charts and "gradflow" not in charts
+    assert '<section id="modules"><details class="fold" open>' in render_case(case), "open when outputs differ"
