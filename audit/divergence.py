@@ -186,6 +186,11 @@ class Comparison:
     # `--verify`'s table (audit.verify.Verification): each mechanism neutralised in a re-run of run B, and
     # what that changed. None unless asked for.
     verification: Any = None
+    # How far the runs are apart per step (audit.diff.distance.step_distances): per category, per module
+    # output in forward order, per parameter's gradient. Plain JSON data; None when not computed.
+    distances: dict[str, Any] | None = None
+    # Categories the comparison left out (`--ignore`): not compared, so neither clean nor diverged.
+    ignored: list[str] = field(default_factory=list)
 
     @property
     def identical(self) -> bool:
@@ -243,6 +248,8 @@ class Comparison:
             # Written only when there is something to say, so documents without health read as before.
             **({"health": self.health} if self.health is not None else {}),
             **({"verification": self.verification.to_dict()} if self.verification is not None else {}),
+            **({"distances": self.distances} if self.distances is not None else {}),
+            **({"ignored": list(self.ignored)} if self.ignored else {}),
         }
 
 

@@ -40,7 +40,8 @@ HEALTH_REPORT = Fields({
 COMPARISON = Fields({
     "run_a": RUN, "run_b": RUN, "divergences": ListOf(DIVERGENCE), "tolerance": MapOf(_ANY, nullable=True),
     "notes": ListOf(_ANY, nullable=True), "category_counts": MapOf(MapOf(_ANY), nullable=True),
-    "health": MapOf(HEALTH_REPORT, nullable=True)})
+    "health": MapOf(HEALTH_REPORT, nullable=True), "distances": MapOf(_ANY, nullable=True),
+    "ignored": ListOf(_STR, nullable=True)})
 
 
 def render_json(comparison: Comparison) -> str:
@@ -108,6 +109,8 @@ def comparison_from_json(text: str) -> Comparison:
             category_counts={str(category): dict(counts)
                              for category, counts in (data.get("category_counts") or {}).items()},
             health=_health(data.get("health")),
+            distances=data.get("distances"),  # plain numbers, lists and names: nothing to convert
+            ignored=[str(category) for category in data.get("ignored") or []],
         )
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise TraceError(f"repro-audit comparison is malformed: {type(error).__name__}: {error}") from None

@@ -12,6 +12,7 @@ from typing import Any
 
 from audit.diff.causal_tree import build_tree
 from audit.diff.context import CompareContext
+from audit.diff.distance import step_distances
 from audit.diff.registry import KeptDivergences, comparators
 from audit.diff.values import Tolerance
 from audit.divergence import CATEGORIES, Comparison, Divergence, RunInfo
@@ -50,10 +51,12 @@ def compare_traces(trace_a: Trace, trace_b: Trace, *, rtol: float = 0.0, atol: f
     # import would make `import audit.explain...` on its own circular.
     from audit.explain import explain
 
+    distances = step_distances(context, divergences, ignored=ignored)  # before the tree moves divergences
     findings = explain(divergences, context)
     comparison = Comparison(
         run_a=_run_info(trace_a), run_b=_run_info(trace_b), divergences=build_tree(divergences, findings),
-        tolerance=context.tolerance.to_dict(), category_counts=counts)
+        tolerance=context.tolerance.to_dict(), category_counts=counts, distances=distances,
+        ignored=[category for category in CATEGORIES if category in ignored])
     comparison.partial = not (trace_a.complete and trace_b.complete)
     comparison.health = None if "health" in ignored else run_health(trace_a, trace_b, thresholds=health_thresholds)
     comparison.notes.extend(_notes(context, ignored))

@@ -13,18 +13,29 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from reports.html.svg_titles import add_titles
+
 MAX_LOSS_PANELS = 12
 MAX_LABELLED_ROWS = 40  # parameter names written on an axis; beyond this the axis shows positions
 COLORS = ("#1f5fa8", "#d9480f")  # run A, run B
+NAN_COLOR = "#b00020"
 # Lines of one panel of a series chart: ten colours, then the same colours dashed, then dotted.
 LINE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                "#bcbd22", "#17becf")
 LINE_STYLES = ("-", "--", ":")
 
+# Font sizes in points; an SVG point is 4/3 px, so 10 pt is 13.3 px and 9.5 pt 12.7 px at the SVG's own
+# size: readable, and at least 12 px wherever a chart is shown unscaled.
+FONT = 10
+SMALL_FONT = 9.5
 _RC: Any = {  # Any: matplotlib types rc keys as Literals
     "svg.fonttype": "none",
-    "font.size": 8,
-    "axes.titlesize": 8,
+    "font.size": FONT,
+    "axes.titlesize": FONT,
+    "axes.labelsize": FONT,
+    "xtick.labelsize": SMALL_FONT,
+    "ytick.labelsize": SMALL_FONT,
+    "legend.fontsize": SMALL_FONT,
     "axes.spines.top": False,
     "axes.spines.right": False,
     "path.simplify": True,
@@ -42,7 +53,8 @@ def _figure(width: float, height: float) -> Any:
     return figure
 
 
-def _svg(figure: Any, salt: str) -> str:
+def _svg(figure: Any, salt: str, titles: dict[str, list[str]] | None = None) -> str:
+    """The figure as inline SVG; `titles` gives the markers of the artist with each gid their hover text."""
     import matplotlib
 
     buffer = io.StringIO()
@@ -50,11 +62,41 @@ def _svg(figure: Any, salt: str) -> str:
     with matplotlib.rc_context(settings):
         figure.savefig(buffer, format="svg", metadata={"Date": None})
     text = buffer.getvalue()
-    return text[text.index("<svg"):]
+    return add_titles(text[text.index("<svg"):], titles or {})
+
+
+def decades(axis: Any) -> None:
+    """Log-axis labels as plain text, 1e-7 rather than mathtext's 10 with a superscript: the exponent, the
+    part that matters, would be drawn at 70% of the font size."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"1e{round(math.log10(value))}" if value > 0 else "0"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def mark_nan_steps(ax: Any, steps: Sequence[int], *, label: bool) -> None:
+    """Steps where NaN appeared, as light red bands across the panel (labelled "NaN" on top when asked)."""
+    for start, end in _runs(sorted(steps)):
+        ax.axvspan(start - 0.5, end + 0.5, color=NAN_COLOR, alpha=0.08, linewidth=0)
+        if label:
+            ax.text((start + end) / 2, 1.0, "NaN", transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+                    color=NAN_COLOR, fontsize=SMALL_FONT)
+
+
+def _runs(steps: Sequence[int]) -> list[tuple[int, int]]:
+    """Consecutive steps as (first, last) pairs."""
+    runs: list[tuple[int, int]] = []
+    for step in steps:
+        if runs and step == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], step)
+        else:
+            runs.append((step, step))
+    return runs
 
 
 def loss_chart(view: dict[str, Any], labels: Sequence[str]) -> tuple[str, int]:
-    """One panel per loss term (and the total): run A solid, run B dashed. Returns the SVG and terms cut."""
+    """One panel per loss term (and the total): run A solid, run B dashed, steps with a non-finite value
+    shaded, each point's value on hover. Returns the SVG and the number of terms cut."""
     import matplotlib
     from matplotlib.ticker import MaxNLocator
 
@@ -62,65 +104,36 @@ def loss_chart(view: dict[str, Any], labels: Sequence[str]) -> tuple[str, int]:
     shown = terms[:MAX_LOSS_PANELS]
     if "total_loss" not in shown:
         shown[-1:] = ["total_loss"]
-    columns = min(3, len(shown))
+    columns = len(shown) if len(shown) <= 4 else 3  # up to four panels side by side: one row
     rows = math.ceil(len(shown) / columns)
+    titles: dict[str, list[str]] = {}
     with matplotlib.rc_context(_RC):
-        figure = _figure(9.0, 2.0 * rows + 0.4)
+        figure = _figure(10.0, 2.6 * rows + 0.9)
         axes = figure.subplots(rows, columns, squeeze=False)
-        figure.subplots_adjust(left=0.07, right=0.98, top=1 - 0.3 / figure.get_figheight(),
-                               bottom=0.45 / figure.get_figheight(), wspace=0.25, hspace=0.6)
+        figure.subplots_adjust(left=0.08, right=0.98, top=1 - 0.95 / figure.get_figheight(),
+                               bottom=0.55 / figure.get_figheight(), wspace=0.35, hspace=0.9)
         for position, term in enumerate(shown):
             ax = axes[position // columns][position % columns]
             series = view["series"][term]
             for side, color, style, label in zip("ab", COLORS, ("-", "--"), labels):
-                ax.plot(view["steps"], series[side], style, color=color, marker="o", markersize=2.5,
-                        linewidth=1.2, label=_plain_text(label))
+                gid = f"loss-{position}-{side}"
+                ax.plot(view["steps"], series[side], style, color=color, marker="o", markersize=4, linewidth=1.4,
+                        label=_plain_text(label), gid=gid)
+                titles[gid] = [f"{term} · step {step} · {label}: {value!r}"
+                               for step, value in zip(view["steps"], series[side]) if math.isfinite(value)]
             nonfinite = view["nonfinite_steps"][term]
-            title = term if not nonfinite else f"{term}  (non-finite from step {nonfinite[0]})"
-            ax.set_title(_plain_text(title), loc="left", color="#b00020" if nonfinite else "black")
+            mark_nan_steps(ax, nonfinite, label=bool(nonfinite))
+            title = term if not nonfinite else f"{term}\nnon-finite from step {nonfinite[0]}"
+            ax.set_title(_plain_text(title), loc="left", color=NAN_COLOR if nonfinite else "black", pad=14)
             ax.set_xlabel("step")
+            ax.set_ylabel("loss")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlim(view["steps"][0] - 0.5, view["steps"][-1] + 0.5)
         for position in range(len(shown), rows * columns):
             axes[position // columns][position % columns].set_visible(False)
-        axes[0][0].legend(loc="best", frameon=False)
-        return _svg(figure, "loss"), len(terms) - len(shown)
-
-
-def gradient_flow_chart(names: Sequence[str], panels: Sequence[tuple[int, list[float] | None, list[float] | None]],
-                        labels: Sequence[str]) -> str:
-    """Gradient norm of each parameter in registration order, both runs, one panel per chosen step."""
-    import matplotlib
-
-    with matplotlib.rc_context(_RC):
-        labelled_names = len(names) <= MAX_LABELLED_ROWS
-        figure = _figure(9.0, (3.4 if labelled_names else 2.2) * len(panels) + 0.6)
-        axes = figure.subplots(len(panels), 1, squeeze=False)
-        labelled = len(names) <= MAX_LABELLED_ROWS
-        figure.subplots_adjust(left=0.08, right=0.98, top=1 - 0.3 / figure.get_figheight(),
-                               bottom=(1.6 if labelled else 0.5) / figure.get_figheight(),
-                               hspace=0.9 if labelled else 0.45)
-        positions = list(range(len(names)))
-        for (step, norms_a, norms_b), row in zip(panels, axes):
-            ax = row[0]
-            missing = []
-            for norms, color, style, label in zip((norms_a, norms_b), COLORS, ("-", "--"), labels):
-                if norms is None:
-                    missing.append(f"{label}: step not recorded")
-                    continue
-                ax.plot(positions, norms, style, color=color, linewidth=1.0, label=_plain_text(label),
-                        marker="." if len(names) <= MAX_LABELLED_ROWS else "", markersize=3)
-                gaps = sum(1 for value in norms if not math.isfinite(value))
-                if gaps:
-                    missing.append(f"{label}: {gaps} not drawn (none or non-finite)")
-            if any(value > 0 for norms in (norms_a, norms_b) if norms for value in norms if math.isfinite(value)):
-                ax.set_yscale("log")
-            title = f"step {step}: gradient norm per parameter" + (f"  [{'; '.join(missing)}]" if missing else "")
-            ax.set_title(_plain_text(title), loc="left", color="#b00020" if missing else "black")
-            ax.set_ylabel("L2 norm")
-            _name_axis(ax, names, "x")
-        axes[0][0].legend(loc="best", frameon=False)
-        return _svg(figure, "gradflow")
+        handles, names = axes[0][0].get_legend_handles_labels()
+        figure.legend(handles, names, loc="upper left", ncol=2, frameon=False, bbox_to_anchor=(0.07, 1.0))
+        return _svg(figure, "loss", titles), len(terms) - len(shown)
 
 
 def nan_map_chart(names: Sequence[str], steps: Sequence[int], matrices: Sequence[list[list[int]]],
@@ -152,7 +165,8 @@ def nan_map_chart(names: Sequence[str], steps: Sequence[int], matrices: Sequence
         _name_axis(axes[0], names, "y")
         if image is not None:
             bar = figure.add_axes((0.92, 0.5 / height, 0.015, 1 - 0.8 / height))
-            figure.colorbar(image, cax=bar, label="NaN + Inf count")
+            colorbar = figure.colorbar(image, cax=bar, label="NaN + Inf count")
+            decades(colorbar.ax.yaxis)
         return _svg(figure, "nanmap")
 
 
@@ -193,6 +207,7 @@ def series_chart(panels: Sequence[SeriesPanel], *, salt: str) -> str:
             drawn = [value for _, values in panel.lines for value in values if math.isfinite(value)]
             if panel.log and any(value > 0 for value in drawn):
                 ax.set_yscale("log")
+                decades(ax.yaxis)
                 _mark_zeros(ax, panel)
             if panel.ylim:
                 ax.set_ylim(*panel.ylim)
@@ -203,7 +218,7 @@ def series_chart(panels: Sequence[SeriesPanel], *, salt: str) -> str:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if panel.steps:
                 ax.set_xlim(panel.steps[0] - 0.5, panel.steps[-1] + 0.5)
-            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=6)
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=SMALL_FONT)
         return _svg(figure, salt)
 
 
@@ -229,9 +244,9 @@ def _name_axis(ax: Any, names: Sequence[str], axis: str) -> None:
         ticks = list(range(len(names)))
         shown = [_plain_text(name) for name in names]
         if axis == "x":
-            ax.set_xticks(ticks, shown, rotation=60, ha="right", fontsize=6)
+            ax.set_xticks(ticks, shown, rotation=60, ha="right", fontsize=SMALL_FONT)
         else:
-            ax.set_yticks(ticks, shown, fontsize=6)
+            ax.set_yticks(ticks, shown, fontsize=SMALL_FONT)
     else:
         label = f"parameter position (registration order, {len(names)} parameters)"
         (ax.set_xlabel if axis == "x" else ax.set_ylabel)(label)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import secrets
 from functools import cache, lru_cache
 from importlib import resources
@@ -16,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from markupsafe import Markup
+from markupsafe import Markup, escape
+
+_BREAK_AFTER = re.compile(r"([./_:\[])")
 
 
 @lru_cache(maxsize=1)
@@ -31,7 +34,14 @@ def environment() -> jinja2.Environment:
     )
     # Compact, sorted JSON for the data the inline JS reads; tojson also escapes <, >, & and '.
     env.policies["json.dumps_kwargs"] = {"sort_keys": True, "separators": (",", ":")}
+    env.filters["breakable"] = breakable
     return env
+
+
+def breakable(value: Any) -> Markup:
+    """A dotted name that a narrow column may wrap after its dots, slashes and underscores instead of in the
+    middle of a word: escaped first, then <wbr> added, so the name stays text."""
+    return Markup(_BREAK_AFTER.sub(r"\1<wbr>", str(escape(str(value)))))
 
 
 @cache

@@ -13,9 +13,11 @@ from typing import Any
 
 from markupsafe import Markup
 
+from audit.diff.distance import DISTANCE_CATEGORIES
 from audit.divergence import Comparison
 from audit.trace import Trace
-from reports.html import charts, health_page, steps, structure, tree
+from reports.html import charts, distance_charts, health_page, overview, proof, steps, structure, tree
+from reports.html.modules_table import modules_view
 from reports.html.page import environment, page_assets, write_atomically
 
 
@@ -43,10 +45,14 @@ def build_context(comparison: Comparison, *, trace_a: Trace | None, trace_b: Tra
     return {
         # The Content-Security-Policy allows the one inline script and no other.
         **page_assets(),
+        "title": overview.page_title(comparison),
         "labels": labels,
         "runs": [_run(comparison.run_a.to_dict()), _run(comparison.run_b.to_dict())],
         "has_traces": [trace_a is not None, trace_b is not None],
-        "verdict": tree.verdict(comparison, divergence_tree),
+        "verdict": overview.verdict(comparison, divergence_tree),
+        "divergence": _divergence_view(comparison),
+        "modules": modules_view(comparison.distances),
+        "verification": proof.proof_view(comparison),
         "timeline": tree.timeline(comparison, divergence_tree),
         "tree": divergence_tree,
         "environment": tree.category_rows(comparison, ("environment", "code"), divergence_tree),
@@ -64,7 +70,7 @@ def build_context(comparison: Comparison, *, trace_a: Trace | None, trace_b: Tra
         "loss": loss,
         "loss_rows": tree.category_rows(comparison, ("loss_terms",), divergence_tree),
         "loss_chart": _loss_chart(loss, labels),
-        "gradient_flow": _gradient_flow(trace_a, trace_b, names, gradient_data, labels),
+        "gradient_flow": _gradient_flow(comparison, trace_a, trace_b, labels),
         "check": tree.check_view(comparison, check),
         "health": health_page.comparison_view(comparison),
     }
@@ -105,13 +111,31 @@ def _nan_map(trace_a: Trace | None, trace_b: Trace | None, names: list[str],
     return {"svg": Markup(svg), "rows": table, "parameters": len(names), "steps": step_numbers}
 
 
-def _gradient_flow(trace_a: Trace | None, trace_b: Trace | None, names: list[str],
-                   gradient_data: dict[str, Any] | None, labels: Sequence[str]) -> Markup | None:
-    """Gradient flow at step 1, at the first step with a gradient divergence, and at the last step."""
-    if gradient_data is None:
+def _divergence_view(comparison: Comparison) -> dict[str, Any] | None:
+    """The divergence-over-steps chart and what it leaves out; None when the comparison has no distances."""
+    distances = comparison.distances
+    if distances is None:
         return None
-    available = gradient_data["steps"]
-    chosen = list(dict.fromkeys([available[0], gradient_data["default_step"], available[-1]]))
-    panels = [(step, steps.gradient_norms(trace_a, step, names), steps.gradient_norms(trace_b, step, names))
-              for step in chosen]
-    return Markup(charts.gradient_flow_chart(names, panels, labels))
+    svg = distance_charts.divergence_chart(distances)
+    categories = distances["categories"]
+    return {
+        "svg": Markup(svg) if svg else None,
+        "identical": [name for name, series in categories.items() if not any(series["differing"])],
+        "ignored": [name for name in comparison.ignored if name in DISTANCE_CATEGORIES],
+        "estimated": any(not all(series["exact"]) for series in categories.values()),
+    }
+
+
+def _gradient_flow(comparison: Comparison, trace_a: Trace | None, trace_b: Trace | None,
+                   labels: Sequence[str]) -> Markup | str | None:
+    """How far the gradients are apart per parameter at a few steps, with both runs' recorded norms on hover;
+    "identical" instead of a chart of identical points when no gradient differs at those steps."""
+    flow = (comparison.distances or {}).get("gradient_flow")
+    if not flow:
+        return None
+    if not any(differs for panel in flow["panels"] for differs in panel["differs"]):
+        return "identical"
+    norms = {panel["step"]: (steps.gradient_norms(trace_a, panel["step"], flow["names"]),
+                             steps.gradient_norms(trace_b, panel["step"], flow["names"])) for panel in flow["panels"]}
+    svg = distance_charts.gradient_flow_chart(flow, norms, labels)
+    return Markup(svg) if svg else None

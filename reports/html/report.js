@@ -30,7 +30,10 @@
     if (counter) { counter.textContent = query ? shown + " of " + items.length + " shown" : ""; }
   }
 
+  // A link to a folded section (or into one) unfolds it: the section's own <details>, and every ancestor.
   function openAncestors(element) {
+    var fold = element.querySelector(":scope > details.fold");
+    if (fold) { fold.open = true; }
     for (var node = element; node; node = node.parentElement) {
       if (node.tagName === "DETAILS") { node.open = true; }
     }
@@ -40,6 +43,13 @@
     var id = decodeURIComponent(window.location.hash.slice(1));
     var element = id ? document.getElementById(id) : null;
     if (element) { openAncestors(element); element.scrollIntoView(); }
+  }
+
+  // The per-module table scrolls inside its box: bring the first differing output into view there.
+  function showFirstModule() {
+    var row = document.getElementById("first-module");
+    var box = row ? row.closest(".scroll") : null;
+    if (box && row.offsetTop > box.clientHeight / 2) { box.scrollTop = row.offsetTop - box.clientHeight / 3; }
   }
 
   function formatNumber(value) {
@@ -101,6 +111,7 @@
     inputs[k].addEventListener("input", function (event) { filterTarget(event.target); });
   }
   setupGradients();
+  showFirstModule();
   window.addEventListener("hashchange", showHash);
   if (window.location.hash) { showHash(); }
 })();

@@ -6,38 +6,24 @@ decisions (what differs, what caused what) were made before and are only display
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from audit.divergence import CATEGORIES, RUN_CATEGORIES, STEP_CATEGORIES, Comparison, Divergence
-from audit.mechanisms import chain
+from reports.html.evidence import evidence_rows, readable
 
 MAX_CHILDREN = 50  # consequences shown under one cause; the rest are counted
 MAX_TREE_NODES = 2000  # nodes rendered in the whole tree
 MAX_TABLE_ROWS = 2000  # rows of one divergence table
 MAX_VALUE_CHARS = 400  # characters of one evidence value
 MAX_TIMELINE_STEPS = 200  # step columns of the timeline
-MAX_OTHER_CAUSES = 3  # explained causes shown above the fold beside the first divergence
 
 
 def format_value(value: Any, *, limit: int = MAX_VALUE_CHARS) -> str:
-    """A value as one line of text; floats exactly (this is a determinism tool), long values cut and said so."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        text = repr(value)
-    elif isinstance(value, str):
-        text = value
-    else:
-        text = json.dumps(value, sort_keys=True, default=str, separators=(", ", ": "))
-    if len(text) > limit:
-        return f"{text[:limit]}… ({len(text) - limit} more characters cut)"
-    return text
+    """A value as one line of words (no JSON braces and quotes), long values cut and said so."""
+    return readable(value, limit=limit)
 
 
 def is_nonfinite(value: Any) -> bool:
@@ -66,8 +52,7 @@ def node_fields(divergence: Divergence) -> dict[str, Any]:
         "cause": divergence.cause,
         "a": format_value(evidence["a"]) if "a" in evidence else None,
         "b": format_value(evidence["b"]) if "b" in evidence else None,
-        "evidence": [(str(key), format_value(evidence[key])) for key in sorted(evidence, key=str)
-                     if key not in ("a", "b")],
+        "evidence": evidence_rows(evidence),
     }
 
 
@@ -99,33 +84,6 @@ def _node(divergence: Divergence, anchor: str, budget: list[int], view: TreeView
     }
 
 
-def verdict(comparison: Comparison, tree: TreeView) -> dict[str, Any]:
-    """Above the fold: identical or not, the first divergence, and the other explained causes."""
-    first = comparison.first_divergence
-    # The named causes anywhere in the tree, most telling first (the differ ranks them), then other roots.
-    mechanisms = comparison.mechanisms if comparison.changed_inputs else []
-    told = {id(m.instances[0]) for m in mechanisms}  # each mechanism's first instance is told under "why"
-    explained = [d for d in comparison.causes if d is not first and id(d) not in told] + \
-        [root for root in comparison.divergences[1:] if root.explanation and not root.cause]
-    others = [{**node_fields(root), "anchor": tree.anchors.get(id(root))} for root in explained[:MAX_OTHER_CAUSES]]
-    return {
-        "identical": comparison.identical,
-        "partial": comparison.partial,
-        "chain": chain(comparison),
-        "mechanisms": [{"title": m.title, "shared": m.changes_shared, "explanation": m.explanation,
-                        "more": len(m.instances) - 1, "anchor": tree.anchors.get(id(m.instances[0]))}
-                       for m in mechanisms],
-        "verification": comparison.verification.to_dict() if comparison.verification is not None else None,
-        "first": {**node_fields(first), "anchor": tree.anchors.get(id(first))} if first else None,
-        "others": others,
-        "others_cut": len(explained) - len(others),
-        "roots": len(comparison.divergences),
-        "total": tree.total,
-        "tolerance": ", ".join(f"{key}={format_value(value)}" for key, value in sorted(comparison.tolerance.items())),
-        "notes": list(comparison.notes),
-    }
-
-
 def timeline(comparison: Comparison, tree: TreeView) -> dict[str, Any]:
     """Categories (rows, causal order) against the run and its steps (columns); roots and consequences counted."""
     cells: dict[tuple[str, int | None], dict[str, Any]] = {}
@@ -152,6 +110,7 @@ def timeline(comparison: Comparison, tree: TreeView) -> dict[str, Any]:
                       else None for step in steps]
         rows.append({
             "category": category,
+            "ignored": category in comparison.ignored,
             "run_applies": category in RUN_CATEGORIES or category not in CATEGORIES,
             "steps_apply": category in STEP_CATEGORIES or category not in CATEGORIES,
             "run": run_cell,
@@ -167,10 +126,12 @@ def timeline(comparison: Comparison, tree: TreeView) -> dict[str, Any]:
 
 
 def _category_counts(comparison: Comparison) -> list[tuple[str, str]]:
-    ordered = [c for c in CATEGORIES if c in comparison.category_counts]
+    """Compared and diverged per category; an ignored category says so instead of looking clean."""
+    ordered = [c for c in CATEGORIES if c in comparison.category_counts or c in comparison.ignored]
     ordered += sorted(set(comparison.category_counts) - set(ordered))
-    return [(category, ", ".join(f"{key} {format_value(value)}"
-                                 for key, value in sorted(comparison.category_counts[category].items())))
+    return [(category, "ignored (not compared)" if category in comparison.ignored and
+             category not in comparison.category_counts else
+             ", ".join(f"{key} {format_value(value)}" for key, value in sorted(comparison.category_counts[category].items())))
             for category in ordered]
 
 
@@ -185,7 +146,9 @@ def category_rows(comparison: Comparison, categories: Iterable[str], tree: TreeV
         total += 1
         if len(rows) < MAX_TABLE_ROWS:
             rows.append({**node_fields(divergence), "anchor": tree.anchors.get(id(divergence))})
-    return {"rows": rows, "total": total, "cut": total - len(rows)}
+    # The run A / run B columns only where some row has values of both runs.
+    has_values = any(row["a"] is not None or row["b"] is not None for row in rows)
+    return {"rows": rows, "total": total, "cut": total - len(rows), "has_values": has_values}
 
 
 def nodes_of(comparison: Comparison, category: str) -> list[Divergence]:

@@ -11,14 +11,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from playwright.sync_api import ViewportSize
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-VIEWPORT = {"width": 1280, "height": 800}
+VIEWPORT: ViewportSize = {"width": 1280, "height": 800}
+FIRST_SCREEN: ViewportSize = {"width": 1400, "height": 900}  # where the verdict, its mechanisms and the chart must all show
 
 
 def chromium_missing() -> str | None:
@@ -55,8 +59,23 @@ class OpenedReport:
         box = locator.first.bounding_box()
         if box is None:
             return False
-        return (box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= VIEWPORT["width"]
-                and box["y"] + box["height"] <= VIEWPORT["height"])
+        size = self.page.viewport_size
+        return (box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= size["width"]
+                and box["y"] + box["height"] <= size["height"])
+
+    def page_height(self) -> int:
+        """Height of the whole page in CSS pixels, as it is laid out now (folded sections folded)."""
+        return int(self.page.evaluate("document.documentElement.scrollHeight"))
+
+    def words_broken_across_lines(self) -> list[str]:
+        """Words (letters and digits) of the visible text that the layout split over two lines. A name may
+        wrap after a dot or an underscore; a word should never be cut in the middle."""
+        return list(self.page.evaluate(BROKEN_WORDS_JS))
+
+    def smallest_chart_font(self, selector: str) -> float:
+        """The smallest font size, in CSS pixels as rendered (the SVG's scale included), of the text of the
+        charts under `selector`."""
+        return float(self.page.evaluate(SMALLEST_FONT_JS, selector))
 
     def shown_rows(self, table_id: str) -> int:
         """Rows of a filterable table that its name filter leaves shown."""
@@ -65,8 +84,42 @@ class OpenedReport:
             ".filter(row => !row.hidden).length", table_id))
 
 
+# Text in a folded <details> (but its summary) is laid out when asked for, yet not shown: it is skipped.
+BROKEN_WORDS_JS = """() => {
+  const folded = element => {
+    for (let node = element; node; node = node.parentElement) {
+      if (node.tagName === "DETAILS" && !node.open) {
+        const summary = element.closest("summary");
+        if (!summary || summary.parentElement !== node) { return true; }
+      }
+    }
+    return false;
+  };
+  const broken = [];
+  const walker = document.createTreeWalker(document.querySelector("main"), NodeFilter.SHOW_TEXT);
+  const range = document.createRange();
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    if (node.parentElement.closest("svg") || folded(node.parentElement)) { continue; }
+    for (const match of node.textContent.matchAll(/[A-Za-z0-9]{2,}/g)) {
+      range.setStart(node, match.index);
+      range.setEnd(node, match.index + match[0].length);
+      const tops = new Set(Array.from(range.getClientRects()).filter(r => r.width > 0).map(r => Math.round(r.top)));
+      if (tops.size > 1) { broken.push(match[0]); }
+    }
+  }
+  return broken;
+}"""
+SMALLEST_FONT_JS = """selector => {
+  const sizes = Array.from(document.querySelectorAll(selector + " svg text")).map(text => {
+    const matrix = text.getScreenCTM();  // scale of the SVG on the page, rotation of the text
+    return parseFloat(getComputedStyle(text).fontSize) * Math.hypot(matrix.a, matrix.b);
+  });
+  return sizes.length ? Math.min(...sizes) : 0;
+}"""
+
+
 @contextmanager
-def open_report(path: Path) -> Iterator[OpenedReport]:
+def open_report(path: Path, *, viewport: ViewportSize | None = None) -> Iterator[OpenedReport]:
     """Launch chromium, open the report from file://, and yield it once its load event fired."""
     from playwright.sync_api import sync_playwright
 
@@ -74,7 +127,7 @@ def open_report(path: Path) -> Iterator[OpenedReport]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport=VIEWPORT)
+            page = browser.new_page(viewport=viewport or VIEWPORT)
             opened = OpenedReport(page=page, url=path.resolve().as_uri())
             page.on("console", lambda message: opened.console_errors.append(message.text)
                     if message.type == "error" else None)

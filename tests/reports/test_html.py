@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from audit.diff.context import CompareContext
+from audit.diff.distance import step_distances
 from audit.divergence import Comparison, Divergence, RunInfo
 from audit.trace import Trace, TraceWriter
 from reports.html import render_html, write_html
@@ -83,7 +85,7 @@ def write_trace(path: Path, *, label: str, names: list[str], steps: int, entropy
     writer = TraceWriter(path, framework="torch", config=config, label=label)
     writer.write_json("environment.json", {"python": {"version": "3.11.7"}, "framework": {"name": "torch",
                                                                                           "version": "2.3.0"}})
-    modules = {}
+    modules: dict[str, list[dict[str, Any]]] = {}
     for name in names:
         modules.setdefault(name.rsplit(".", 1)[0], []).append({"name": name, "shape": [32, 32], "dtype": "float32"})
     writer.write_json("structure.json", {"modules": [{"path": path_, "type": "Linear", "parameters": params,
@@ -110,8 +112,11 @@ def write_trace(path: Path, *, label: str, names: list[str], steps: int, entropy
         terms = {"ce": {"weight": 1.0, "value": 2.5 / step, "hash": f"xxh3:ce{step}"}}
         if entropy:
             terms["att_entropy_l0"] = {"weight": 0.0, "value": float("nan") if broken else 0.7, "hash": "xxh3:e"}
+        outputs = ["encoder.embed", "decoder.layers.0.cross_attn", *([ENTROPY] if entropy else []), "decoder.out"]
         record: dict[str, Any] = {
             "step": step, "loss_terms": terms, "total_loss": float("nan") if broken else 2.5 / step,
+            "module_outputs": [{"module": module, "call": 0, "summary": summary(rng, 256, nonfinite=broken)}
+                               for module in outputs],
             "gradients": {name: summary(rng, 1024, nonfinite=broken) for name in names},
             "graph": {"digest": "xxh3:g", "ops": 10, "stored": step == 1},
             "nan_provenance": None, "term_attribution": None, "notes": [],
@@ -176,6 +181,8 @@ def build_case(tmp_path: Path, *, parameters: int | None = None, steps: int = 3)
     trace_a = write_trace(tmp_path / "a.trace", label="baseline", names=names, steps=steps, entropy=False)
     trace_b = write_trace(tmp_path / "b.trace", label="entropy", names=names, steps=steps, entropy=True)
     comparison = build_comparison(names, steps)
+    # What the differ measures: how far the runs are apart per step, per module output and per gradient.
+    comparison.distances = step_distances(CompareContext(trace_a, trace_b), comparison.divergences)
     same = Comparison(run_a=comparison.run_a, run_b=RunInfo("rerun", "rerun.trace", "torch", True, steps))
     return {"names": names, "trace_a": trace_a, "trace_b": trace_b, "comparison": comparison,
             "check": [comparison, same]}
@@ -244,11 +251,17 @@ def test_output_is_deterministic(tmp_path: Path) -> None:
 def test_verdict_and_first_divergence_come_first(case: dict[str, Any]) -> None:
     html = render_case(case)
     verdict = section(html, "verdict")
-    assert "Verdict: the config (1 key) -&gt; NaN through a zero-weighted loss term" in verdict
-    assert CONFIG_EXPLANATION in verdict and "What you changed" in verdict
-    assert verdict.index('id="why"') < verdict.index("What you changed"), "the mechanisms lead"
-    assert "<title>DIVERGED: " in html and "-&gt; NaN through a zero-weighted loss term" in html.split("</title>")[0]
-    assert "loss_weights.att_entropy_l0" in verdict and "A: —" in verdict and "B: 0.0" in verdict
+    assert "Diverged" in verdict and CONFIG_EXPLANATION in verdict
+    headline = re.search(r'<h2 class="headline">(.*?)</h2>', verdict, re.DOTALL)
+    assert headline
+    chain = re.sub(r"<[^>]+>", "", headline.group(1))
+    assert " ".join(chain.split()) == ("Diverged the config (1 key) → NaN through a zero-weighted loss term; "
+                                       "seed-offset shift of shared parameters")
+    assert "What you changed" in verdict and verdict.index('id="why"') < verdict.index("What you changed")
+    assert ("<title>DIVERGED: baseline vs entropy: the config (1 key) -&gt; NaN through a zero-weighted loss term; "
+            "seed-offset shift of shared parameters - repro-audit</title>") in html
+    assert "loss_<wbr>weights.<wbr>att_<wbr>entropy_<wbr>l0" in verdict, "a name wraps after its dots, not mid-word"
+    assert "A: —" in verdict and "B: 0.0" in verdict
     assert NAN_EXPLANATION in verdict and SHIFT_EXPLANATION in verdict, "explained causes shown above the fold"
     assert "1 of 2 runs differ" in verdict
     assert html.index('id="verdict"') < html.index('id="timeline"') < html.index('id="check"')
@@ -299,7 +312,9 @@ def test_gradients_section(case: dict[str, Any]) -> None:
     assert re.search(r'<tr class="r-nonfinite"><td class="name">att_entropy_l0</td><td class="num">0.0</td>',
                      gradients)
     assert "<svg" in gradients and "first non-finite step per parameter" in gradients
-    data = json.loads(re.search(r'id="gradient-data">(.*?)</script>', render_case(case), re.DOTALL).group(1))
+    embedded = re.search(r'id="gradient-data">(.*?)</script>', render_case(case), re.DOTALL)
+    assert embedded
+    data = json.loads(embedded.group(1))
     assert data["default_step"] == 1 and data["marks"][str(NAN_STEP)]["0"] == "nonfinite"
     assert data["b"][str(NAN_STEP)]["norm"][0] == "NaN" and data["a"]["1"]["present"][-1] == 2
 
@@ -307,7 +322,7 @@ def test_gradients_section(case: dict[str, Any]) -> None:
 def test_charts_are_inline_svg_from_matplotlib(case: dict[str, Any]) -> None:
     charts = section(render_case(case), "charts")
     assert charts.count("<svg") == 2 and "<?xml" not in charts
-    assert "att_entropy_l0  (non-finite from step 2)" in charts
+    assert ">att_entropy_l0<" in charts and "non-finite from step 2" in charts
 
 
 def test_check_section_lists_runs(case: dict[str, Any]) -> None:
@@ -321,7 +336,7 @@ def test_check_section_lists_runs(case: dict[str, Any]) -> None:
 def test_sections_without_data_say_so() -> None:
     run = RunInfo("a", "a.trace", "torch", True, 3)
     html = render_html(Comparison(run_a=run, run_b=RunInfo("b", "b.trace", "torch", True, 3)))
-    assert "the runs are identical" in section(html, "verdict")
+    assert "Identical" in section(html, "verdict") and "<title>IDENTICAL: a vs b - repro-audit</title>" in html
     for section_id, text in [("timeline", "Nothing diverged"), ("environment", "same in both runs"),
                              ("config", "configs are the same"), ("graph", "No graph divergence"),
                              ("initialisation", "No traces given"), ("gradients", "No traces given"),
@@ -373,3 +388,84 @@ def test_graph_without_alignment_highlights_named_ops(tmp_path: Path) -> None:
     html = section(render_html(comparison, trace_a=case["trace_a"], trace_b=case["trace_b"]), "graph")
     assert "ops are shown by position" in html
     assert re.findall(r'<td class="added"><span class="op">([^<]+)</span>', html) == ["aten::_log_softmax"]
+
+
+def test_proof_by_intervention_sits_right_under_the_mechanisms(case: dict[str, Any]) -> None:
+    from audit.verify.effect import Effect
+    from audit.verify.plan import Untested
+    from audit.verify.result import Row, Verification
+
+    remaining = Divergence("gradients", EVIL_PARAM, "changed", step=1, evidence={"max_ulp": 3, "max_abs_error": 1e-7})
+    case["comparison"].verification = Verification(rows=[
+        Row("run B as recorded", "none", [], Effect(False, remaining, 0.5, 0.25, 3)),
+        Row("all of them together", "all", ["seed_offset_shift"], Effect(True, None, 0.0, 0.0, 3))],
+        untested=[Untested("random_stream_shift", "no generator to fork")])
+    verdict = section(render_case(case), "verdict")
+    assert verdict.index('id="why"') < verdict.index('id="verification"') < verdict.index("What you changed")
+    table = verdict.split('id="verification"', 1)[1]
+    assert table.count("<tr class=") == 2 and '<tr class="differs recorded"><td class="causes">–</td>' in table
+    # The row names the mechanisms it neutralises by their numbers in the list above (seed-offset shift: 2).
+    assert ('<tr class="same"><td class="causes"><a href="#mechanism-2">2</a></td><td class="intervention">all of them '
+            'together</td><td class="effect"><span class="mark">✓</span> run B matches run A') in table
+    assert "What remains after every intervention together: nothing; every shared number matches run A." in table
+    assert "Not tested: random stream shift: no generator to fork" in table
+    case["comparison"].verification = None
+    assert 'id="verification"' not in render_case(case), "no place taken without --verify"
+
+
+def test_ignored_categories_say_ignored(case: dict[str, Any]) -> None:
+    case["comparison"].ignored = ["data", "health"]
+    html = render_case(case)
+    timeline = section(html, "timeline")
+    assert re.search(r'<tr class="ignored"><th>data</th><td class="ignored" colspan="\d+">ignored', timeline)
+    assert "<b>health</b> ignored (not compared)" in timeline
+    assert "not compared (ignored): data, health" in section(html, "verdict")
+
+
+def test_divergence_over_steps_and_gradient_flow_have_hover_values(case: dict[str, Any]) -> None:
+    html = render_case(case)
+    chart = html.split('id="divergence-over-steps"', 1)[1].split('<p class="hint">', 1)[0]
+    assert chart.count("<svg") == 1 and "max |A − B|" in chart and "relative" in chart
+    titles = re.findall(r"<title>([^<]*)</title>", chart)
+    assert any(title.startswith("gradients · step 1: max |A − B| ≥ ") for title in titles)
+    assert any(title.startswith(f"gradients · step {NAN_STEP}: distance not known") for title in titles), "NaN steps"
+    assert ">NaN<" in chart, "the NaN steps are labelled"
+    flow = re.findall(r"<title>([^<]*)</title>", section(html, "charts"))
+    assert any(title.startswith("&lt;script&gt;alert(1)&lt;/script&gt; · step 1: max |A − B| ≥") for title in flow)
+    sizes = {float(size) for svg in re.findall(r"<svg.*?</svg>", html, re.DOTALL)
+             for size in re.findall(r"font-size: ([\d.]+)px", svg)}
+    assert sizes and min(sizes) >= 9.5, f"chart fonts of at least 9.5 pt (12.7 px unscaled): {sorted(sizes)}"
+
+
+def test_module_outputs_in_forward_order_with_the_first_differing_one(case: dict[str, Any]) -> None:
+    modules = section(render_case(case), "modules")
+    names = re.findall(r'<tr data-name="([^"]*)"', modules)
+    assert names == ["encoder.embed", "decoder.layers.0.cross_attn", ENTROPY, "decoder.out"]
+    # Run B draws one more summary for the entropy output, so decoder.out is the first to differ at step 1.
+    first = re.search(r'<tr data-name="decoder.out" class="first"[^>]*>(.*?)</tr>', modules, re.DOTALL)
+    assert first and "★" in first.group(1) and "≥ " in first.group(1) and "rel ≥" in first.group(1)
+    assert re.search(r'<tr data-name="encoder.embed" class="">.*?<td class="dist same ">=</td>', modules, re.DOTALL)
+    assert re.search(rf'<tr data-name="{re.escape(ENTROPY)}"[^>]*>.*?badge k-added', modules, re.DOTALL)
+    assert modules.count(">NaN<") == 2 * 3, "steps 2 and 3 of the three outputs both runs have"
+
+
+def test_evidence_is_a_key_value_table_not_json(case: dict[str, Any]) -> None:
+    html = render_case(case)
+    timeline = section(html, "timeline")
+    assert '<tr><th>seed_offset</th><td class="val a">A: 183040</td><td class="val b">B: 184064</td></tr>' in timeline
+    shown = re.sub(r"<script.*?</script>", "", html, flags=re.DOTALL)  # the gradient table's data is JSON
+    assert '{"a"' not in shown and "&#34;a&#34;" not in shown, "no JSON dump of evidence"
+    assert "<th>run A</th>" in section(html, "config"), "value columns where the evidence has both runs' values"
+    case["comparison"].divergences[1].evidence = {"seed_offset": {"a": 1, "b": 2}}
+    assert "<th>run A</th>" not in section(render_case(case), "initialisation"), "no empty run A/run B columns"
+
+
+def test_identical_runs_fold_their_module_table_and_draw_no_identical_points(case: dict[str, Any]) -> None:
+    trace = case["trace_a"]
+    comparison = Comparison(run_a=case["comparison"].run_a, run_b=case["comparison"].run_a)
+    comparison.distances = step_distances(CompareContext(trace, trace), [])
+    html = render_html(comparison, trace_a=trace, trace_b=trace)
+    assert '<section id="modules"><details class="fold">' in html, "nothing differs: the table stays folded"
+    charts = section(html, "charts")
+    assert "Every gradient is identical in both runs" in charts and 'id="flow-' not in charts
+    assert '<section id="modules"><details class="fold" open>' in render_case(case), "open when outputs differ"

@@ -55,12 +55,15 @@ def test_report_in_chromium(tmp_path: Path) -> None:
         assert opened.in_viewport(page.locator("#verdict").get_by_text(cases.NAN_EXPLANATION, exact=True))
         page.screenshot(path=str(tmp_path / "report.png"))
 
+        # Long sections are folded; a link to one unfolds it. Name filters hide rows that do not match, and
+        # open the collapsed table they filter.
+        assert not page.locator("#init-table").is_visible() and not page.locator("#gradient-table").is_visible()
+        page.click("nav a[href='#initialisation']")
+        page.click("nav a[href='#gradients']")
         # Hostile names are text: shown literally, never run, never handlers.
         assert page.locator("#gradient-table td.name", has_text=cases.EVIL_PARAM).count() == 1
         page.locator("#gradient-table td.name", has_text=cases.EVIL_ATTR).hover()
         assert page.locator("img").count() == 0
-
-        # Name filters hide rows that do not match, and open the collapsed table they filter.
         assert opened.shown_rows("init-table") == len(cases.parameter_names(None))
         page.fill("input[data-filter='init-table']", "decoder.out")
         assert opened.shown_rows("init-table") == 2
@@ -71,6 +74,7 @@ def test_report_in_chromium(tmp_path: Path) -> None:
         assert opened.shown_rows("gradient-table") == 3, "the filter survives a change of step"
         # Run B: norm, max|g| and mean are NaN and the NaN count is non-zero, in each of the 3 rows shown.
         assert page.locator("#gradient-table tr:not([hidden]) td.hot").count() == 3 * 4
+        page.click("#tree-fold > summary")
         page.fill("input[data-filter='tree']", "decoder.out.bias")
         assert page.locator("#tree > .node:visible").count() == 2  # the shifted tensor's node and the NaN node
 
@@ -91,36 +95,129 @@ def test_thousand_parameters_stay_small_and_usable(tmp_path: Path) -> None:
     with browser.open_report(report) as opened:
         assert opened.console_errors == [] and opened.page_errors == [] and opened.requests == [opened.url]
         assert opened.in_viewport("#first-divergence")
+        opened.page.click("nav a[href='#gradients']")
         assert opened.shown_rows("gradient-table") == 1000
         opened.page.fill("input[data-filter='gradient-table']", "ffn.w0.")
         assert opened.shown_rows("gradient-table") == 250
 
 
-@pytest.mark.parametrize("framework", ["torch", pytest.param("tf", marks=pytest.mark.tensorflow)])
-def test_report_of_real_runs_baseline_against_zero_entropy_loss(tmp_path: Path, framework: str) -> None:
-    """`repro-audit diff baseline zero_entropy_loss --html` on real runs of either framework, in Chromium."""
+@pytest.fixture(scope="session", params=["torch", pytest.param("tf", marks=pytest.mark.tensorflow)])
+def real_report(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """`repro-audit diff baseline zero_entropy_loss --html` on real runs of either framework, recorded once
+    for every test of this module (2 steps: the page has the same sections and rows as with 4)."""
+    framework = request.param
     if framework == "tf":
         pytest.importorskip("tensorflow")
     configs = CONFIGS / framework
-    report = tmp_path / "report.html"
+    folder = tmp_path_factory.mktemp(f"real-{framework}")
+    report = folder / "report.html"
     result = CliRunner().invoke(cli, ["diff", str(configs / "baseline.yaml"), str(configs / "zero_entropy_loss.yaml"),
-                                      "--steps", "2", "-q", "--html", str(report)])
+                                      "--steps", "2", "-q", "--html", str(report), "--keep", str(folder)])
     assert result.exit_code == 1, result.output
-    with browser.open_report(report) as opened:
+    return framework, report
+
+
+@pytest.fixture(scope="session")
+def proven_report(real_report: tuple[str, Path]) -> Path:
+    """The torch report again, with a `--verify` table built from the traces recorded above instead of nine
+    more runs: its rows are real Effects (audit/verify/effect.py) measured on real traces: run B as recorded,
+    each planned intervention standing in with run B as recorded, and run A against itself as "all of them
+    together" (so the changed graph is confirmed); plan() gives the labels and what it cannot test."""
+    from audit.diff import compare_traces
+    from audit.trace import Trace
+    from audit.verify.effect import measure
+    from audit.verify.plan import plan
+    from audit.verify.result import Row, Verification
+    from audit.verify.run import _confirm_graph_change
+    from reports.html import write_html
+
+    _, report = real_report
+    trace_a, trace_b = Trace(report.parent / "1-baseline.trace"), Trace(report.parent / "2-zero_entropy_loss.trace")
+    comparison = compare_traces(trace_a, trace_b)
+    interventions, untested = plan(comparison, trace_a)
+    as_recorded, matching = measure(trace_a, trace_b), measure(trace_a, trace_a)
+    rows = [Row("none (run B as recorded)", "none", [], as_recorded)]
+    rows += [Row(intervention.label, "single", [intervention.cause], as_recorded) for intervention in interventions]
+    rows += [Row("all of them together", "all", [intervention.cause for intervention in interventions], matching)]
+    comparison.verification = Verification(rows=rows, untested=untested)
+    _confirm_graph_change(comparison.verification)
+    return write_html(report.parent / "proven.html", comparison, trace_a=trace_a, trace_b=trace_b)
+
+
+def test_first_screen_of_real_runs_is_the_verdict_its_mechanisms_and_the_distance_chart(
+        real_report: tuple[str, Path], tmp_path: Path) -> None:
+    """At 1400x900: the chain, every mechanism with its sentence, and the divergence-over-steps chart, all
+    on the first screen; the page under six screens with its sections folded; nothing fetched."""
+    framework, report = real_report
+    with browser.open_report(report, viewport=browser.FIRST_SCREEN) as opened:
         page = opened.page
         assert opened.console_errors == [] and opened.page_errors == []
         assert opened.requests == [opened.url], "the report fetches nothing but itself"
-        assert opened.in_viewport("#first-divergence")
-        assert opened.in_viewport(page.locator("#first-divergence").get_by_text("The configs differ in 3 keys",
-                                                                                exact=False))
-        nan = page.locator("#verdict").get_by_text("Loss term att_entropy_l0 with weight 0.0 sends NaN/Inf",
-                                                   exact=False)
+        assert page.title().startswith("DIVERGED: baseline vs zero_entropy_loss: the config (3 keys) -> NaN through "
+                                       "a zero-weighted loss term; ")
+        assert opened.in_viewport("#verdict .headline")
+        assert page.locator("#why li.mechanism").count() >= 3 and opened.in_viewport("#why")
+        nan = page.locator("#why").get_by_text("Loss term att_entropy_l0 with weight 0.0 sends NaN/Inf", exact=False)
         assert opened.in_viewport(nan), "the NaN explanation is on the first screen"
+        assert opened.in_viewport("#divergence-over-steps svg")
+        assert page.locator("#divergence-over-steps svg title").count() >= 4, "hover values on the points"
+        assert opened.smallest_chart_font("#divergence-over-steps") >= 12
+        assert opened.smallest_chart_font("#charts") >= 12
+        page.screenshot(path=str(tmp_path / "first-screen.png"))
+        height = opened.page_height()
+        assert height < 6 * browser.FIRST_SCREEN["height"], f"{framework}: the page is {height} px, sections folded"
+        assert page.locator("#first-module").is_visible(), "the per-module table marks the first differing output"
+    assert (tmp_path / "first-screen.png").stat().st_size > 10_000
+
+
+def test_real_report_at_800_px_breaks_no_word(real_report: tuple[str, Path]) -> None:
+    """Names wrap after their dots and values where they must, never in the middle of a word: folded, and
+    with every section and table unfolded."""
+    _, report = real_report
+    with browser.open_report(report, viewport={"width": 800, "height": 900}) as opened:
+        assert opened.words_broken_across_lines() == []
+        opened.page.evaluate("document.querySelectorAll('details').forEach(details => { details.open = true; })")
+        assert opened.words_broken_across_lines() == []
+
+
+def test_report_of_real_runs_baseline_against_zero_entropy_loss(real_report: tuple[str, Path], tmp_path: Path) -> None:
+    """Filters and folded sections on the real report of either framework."""
+    framework, report = real_report
+    with browser.open_report(report) as opened:
+        page = opened.page
+        assert opened.console_errors == [] and opened.page_errors == []
         # torch: the head gate's weight and bias, at both layers; TF (whose gate is never built): the 11
         # tensors of a layer created after the gate, shifted by the Keras seed the gate drew.
         name, rows = {"torch": ("att_loss.head_gate", 4), "tf": ("decoder.layers.1.self_attn", 11)}[framework]
+        page.click("nav a[href='#initialisation']")
         page.fill("input[data-filter='init-table']", name)
         assert opened.shown_rows("init-table") == rows
+        page.fill("input[data-filter='modules-table']", "dropout")
+        assert 0 < opened.shown_rows("modules-table") < page.locator("#modules-table tbody tr").count()
         page.screenshot(path=str(tmp_path / "report.png"))
         assert opened.dialogs == []
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("real_report", ["torch"], indirect=True)  # one framework is enough for the layout
+def test_proof_table_renders_right_under_the_mechanisms(proven_report: Path) -> None:
+    """`--verify`'s table: one row per intervention with its effect, what remains, under the mechanisms; the
+    verdict, the mechanisms and the chart keep the first screen; the page stays under six screens; at 800 px
+    no word of it breaks."""
+    with browser.open_report(proven_report, viewport=browser.FIRST_SCREEN) as opened:
+        page = opened.page
+        assert opened.console_errors == [] and opened.page_errors == [] and opened.requests == [opened.url]
+        rows = page.locator("#verification tbody tr")
+        mechanisms = page.locator("#why li.mechanism").count()
+        assert rows.count() == 1 + (mechanisms - 1) + 2, "as recorded, one per intervention, all together, the graph"
+        together = rows.filter(has_text="all of them together")
+        assert together.locator("td.effect").inner_text().startswith("✓ run B matches run A on every shared number")
+        assert together.locator("td.causes a").count() == mechanisms - 1, "it names every mechanism it neutralises"
+        assert "What remains after every intervention together: nothing" in page.locator("#verification").inner_text()
+        assert opened.in_viewport("#verdict .headline") and opened.in_viewport("#why")
+        assert opened.in_viewport("#divergence-over-steps svg")
+        below = page.locator("#verification").bounding_box()
+        assert below and below["y"] > page.locator("#why").bounding_box()["y"]
+        assert opened.page_height() < 6 * browser.FIRST_SCREEN["height"]
+        page.set_viewport_size({"width": 800, "height": 900})
+        assert opened.words_broken_across_lines() == []
