@@ -57,7 +57,7 @@ def node_fields(divergence: Divergence) -> dict[str, Any]:
 
 
 def build_tree(comparison: Comparison) -> TreeView:
-    view = TreeView(total=sum(1 for _ in comparison.walk()))
+    view = TreeView(total=sum(1 for divergence in comparison.walk() if divergence.counted))
     budget = [MAX_TREE_NODES]
     for index, root in enumerate(comparison.divergences):
         if budget[0] <= 0:
@@ -80,7 +80,8 @@ def _node(divergence: Divergence, anchor: str, budget: list[int], view: TreeView
         "anchor": anchor,
         "children": children,
         "hidden_children": len(divergence.children) - len(children),
-        "descendants": sum(1 for _ in divergence.walk()) - 1,
+        # Counted as the category table counts (Divergence.counted): summaries and parts of an item are not.
+        "descendants": sum(1 for below in list(divergence.walk())[1:] if below.counted),
     }
 
 
@@ -95,7 +96,8 @@ def timeline(comparison: Comparison, tree: TreeView) -> dict[str, Any]:
             max_step = max(max_step, divergence.step)
         cell = cells.setdefault((divergence.category, divergence.step),
                                 {"roots": 0, "consequences": 0, "anchor": None, "first": False})
-        cell["roots" if id(divergence) in root_ids else "consequences"] += 1
+        if divergence.counted:
+            cell["roots" if id(divergence) in root_ids else "consequences"] += 1
         if cell["anchor"] is None:
             cell["anchor"] = tree.anchors.get(id(divergence))
         if divergence is first:

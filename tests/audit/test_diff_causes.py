@@ -229,3 +229,9 @@ def test_counts_agree_table_tree_and_text(traces: dict[str, Trace], pair: tuple[
         assert not first.counted and sum(told.values()) == sum(n["diverged"] for n in counts.values())
     else:
         assert "the table also counts the first divergence itself" in header or not first.counted
+    from reports.html.tree import build_tree, timeline
+
+    tree = build_tree(comparison)  # the HTML's "N divergences" and its timeline count the same items
+    assert tree.total == sum(n["diverged"] for n in counts.values())
+    cells = [cell for row in timeline(comparison, tree)["rows"] for cell in [row["run"], *row["steps"]] if cell]
+    assert sum(cell["roots"] + cell["consequences"] for cell in cells) == tree.total
