@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 from audit.config import RunConfig
 from audit.errors import Interrupted, RunFailed
+from audit.tool_path import worker_environment
 from audit.trace import finalize_partial
 from audit.trace import format as fmt
 
@@ -125,9 +126,7 @@ class _Worker:
 
     def run(self, payload: str, stop: Stop | None) -> RunResult:
         read_fd, write_fd = os.pipe()
-        env = dict(os.environ)
-        project_root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = project_root + os.pathsep + env.get("PYTHONPATH", "")
+        env = worker_environment(os.environ)
         command = [self.config.python or sys.executable, "-m", "audit.worker", "--trace", str(self.trace_path),
                    "--events-fd", str(write_fd), "--parent-pid", str(os.getpid())]
         try:

@@ -18,6 +18,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+from audit.tool_path import forget_tool_folder
+
 # Exit codes the runner understands.
 EXIT_OK = 0
 EXIT_CRASH = 1
@@ -30,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events-fd", type=int, required=True)
     parser.add_argument("--parent-pid", type=int, required=True)
     args = parser.parse_args(argv)
+    forget_tool_folder()  # before the recipe is imported: an `audit` package it imports is the user's own
     from audit.parent_watch import die_with_parent
 
     die_with_parent(args.parent_pid)

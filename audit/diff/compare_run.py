@@ -19,9 +19,11 @@ from audit.divergence import Divergence
 ENVIRONMENT_SECTIONS = ("python", "platform", "cpu", "framework", "threads", "determinism", "env_vars")
 # Config keys that name the run, bound it, or say what the probes keep: none changes what it computes.
 CONFIG_IGNORED = ("label", "timeout", "capture")
-# repro-audit's own packages: they observe the run and never change what it computes.
+# repro-audit's own package: it observes the run and never changes what it computes. A user's own `audit`,
+# `probes` or `reports` package is the user's code, compared like any other.
 OWN_PACKAGES = ("audit", "probes", "reports", "__main__")
-OWN_MAIN = ("audit/worker.py", "audit/cli_main.py", "pytest/__main__.py", "bin/repro-audit", "bin/pytest")
+OWN_MAIN = ("audit/worker.py", "audit/cli_main.py", "repro_audit/__main__.py", "pytest/__main__.py",
+            "bin/repro-audit", "bin/pytest")
 
 
 @comparator("environment")

@@ -1,0 +1,6 @@
+"""`python -m repro_audit`: the CLI without the console script."""
+
+from repro_audit.audit.cli import main
+
+if __name__ == "__main__":
+    main()
