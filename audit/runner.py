@@ -74,15 +74,18 @@ class Stop:
 
 
 def record(config: RunConfig, trace_path: str | os.PathLike[str], *,
-           progress: ProgressCallback | None = None, stop: Stop | None = None) -> RunResult:
+           progress: ProgressCallback | None = None, stop: Stop | None = None,
+           mode: str = "record") -> RunResult:
     """Record one config into `trace_path` in a fresh subprocess; never raises for a failed run.
+
+    `mode="ops"` runs `repro-audit ops` there instead (every op twice; ops.json in the trace folder).
 
     An exception while waiting (an interrupt) kills the worker, finalises its partial trace and propagates.
     """
     trace_path = Path(trace_path)
     trace_path.parent.mkdir(parents=True, exist_ok=True)
     payload = json.dumps({"config": config.to_dict(), "config_dir": config.config_dir,
-                          "source": config.source})
+                          "source": config.source, "mode": mode})
     return _Worker(config, trace_path, progress).run(payload, stop)
 
 

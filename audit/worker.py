@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         random.seed(config.seed)
         _seed_numpy(config.seed)
-        record_run = _recorder_for(config.framework)
+        record_run = _recorder_for(config.framework, payload.get("mode", "record"))
         record_run(config, writer, progress=progress)
     except UserError as exc:
         error = _error("user_error", exc, current_step["step"] + 1)
@@ -93,7 +93,14 @@ def _finish(writer: Any, emit: Callable[[dict[str, Any]], None], *, error: dict[
     return code
 
 
-def _recorder_for(framework: str) -> Callable[..., None]:
+def _recorder_for(framework: str, mode: str) -> Callable[..., None]:
+    """`record` writes a trace; `ops` (repro-audit ops) runs every op twice and writes ops.json."""
+    if mode == "ops":
+        if framework == "torch":
+            from probes.torch.ops_run import record_ops
+        else:
+            from probes.tf.ops_run import record_ops
+        return record_ops
     if framework == "torch":
         from probes.torch.recorder import record_run
     else:
