@@ -14,8 +14,13 @@ from audit.cli import EXIT_DIFFERENT, EXIT_SAME, cli
 from audit.cli_progress import Progress
 from audit.config import load_config
 from audit.errors import Interrupted, RunFailed
-from audit.outputs import check_keep_folder, check_report_targets, check_trace_destination, trace_file_name, \
-    write_report
+from audit.outputs import (
+    check_keep_folder,
+    check_report_targets,
+    check_trace_destination,
+    trace_file_name,
+    write_report,
+)
 from audit.runner import record
 
 OPS_FILE = "ops.json"  # written by probes/*/ops_run.py in the run's trace folder

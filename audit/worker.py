@@ -97,10 +97,12 @@ def _recorder_for(framework: str, mode: str) -> Callable[..., None]:
     """`record` writes a trace; `ops` (repro-audit ops) runs every op twice and writes ops.json."""
     if mode == "ops":
         if framework == "torch":
-            from probes.torch.ops_run import record_ops
-        else:
-            from probes.tf.ops_run import record_ops
-        return record_ops
+            from probes.torch.ops_run import record_ops as record_torch_ops
+
+            return record_torch_ops
+        from probes.tf.ops_run import record_ops as record_tf_ops
+
+        return record_tf_ops
     if framework == "torch":
         from probes.torch.recorder import record_run
     else:

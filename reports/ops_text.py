@@ -11,8 +11,9 @@ MAX_SHOWN = 20
 
 
 def render_ops_text(report: OpsReport) -> str:
-    lines = [f"ops: {report.label} ({report.framework} on {report.device}), {report.steps} step"
-             f"{'s' if report.steps != 1 else ''}, {report.ops_checked} op calls executed twice"]
+    plural = "s" if report.steps != 1 else ""
+    lines = [f"ops: {report.label} ({report.framework} on {report.device}), {report.steps} step{plural}, "
+             f"{report.ops_checked} op calls executed twice"]
     if report.clean:
         lines.append("every op gave the same bits twice; none is known to be nondeterministic on "
                      f"{report.device}")
@@ -47,10 +48,11 @@ def _finding_lines(finding: OpFinding) -> list[str]:
     where = finding.module or "(no module)"
     node = f", backward node {finding.backward_node}" if finding.backward_node else ""
     terms = ", ".join(finding.loss_terms) if finding.loss_terms else "none"
+    calls_plural = "s" if finding.calls != 1 else ""
     return [f"  {finding.op} ({finding.phase}{node}) in {where}",
             f"    at {_source(finding.source)}",
-            f"    {finding.dtype}{list(finding.shape)}, steps {steps} ({finding.calls} call"
-            f"{'s' if finding.calls != 1 else ''}); loss terms: {terms}",
+            f"    {finding.dtype}{list(finding.shape)}, steps {steps} ({finding.calls} call{calls_plural}); "
+            f"loss terms: {terms}",
             f"    {_distance(finding.distance)}"]
 
 

@@ -7,8 +7,9 @@ at and its worst distance, so the user reads each culprit once. Advice is rules 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from audit.errors import RunFailed
 
@@ -105,7 +106,7 @@ def _worse(kept: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """The larger of two distances: the most elements differing, then the largest gap."""
     if not kept:
         return new
-    rank = lambda d: (d.get("differing") or 0, d.get("max_abs") or 0.0)  # noqa: E731
+    rank = lambda d: (d.get("differing") or 0, d.get("max_abs") or 0.0)
     return new if rank(new) > rank(kept) else kept
 
 

@@ -9,8 +9,9 @@ says whether `use_deterministic_algorithms(True)` switches to a deterministic ke
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

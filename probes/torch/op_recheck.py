@@ -10,8 +10,9 @@ is measured only for the ops that differ.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -113,7 +114,7 @@ class OpRecheckMode(TorchDispatchMode):
         entry = known_nondeterministic(name, device_type, args, kwargs)
         if entry is not None:
             self._note_known(entry, name, device_type, phase, node, module)
-        if phase == "forward" and first and first[0].requires_grad:
+        if phase == "forward" and first and any(t.requires_grad for t in flat_inputs):
             self._pending.append((first[0], module, source or user_frame(2)))
         return out
 
@@ -209,7 +210,7 @@ def _clones_of_written(func: Any, written: list[int], args: tuple[Any, ...],
     if not written:
         return args, kwargs
     names = {func._schema.arguments[index].name for index in written}
-    clone = lambda value: value.clone() if isinstance(value, torch.Tensor) else value  # noqa: E731
+    clone = lambda value: value.clone() if isinstance(value, torch.Tensor) else value
     new_args = tuple(tree_map(clone, value) if index in written else value for index, value in enumerate(args))
     new_kwargs = {key: tree_map(clone, value) if key in names else value for key, value in kwargs.items()}
     return new_args, new_kwargs

@@ -18,6 +18,7 @@ _OWN_ROOTS = (os.path.dirname(os.path.abspath(torch.__file__)) + os.sep,)
 _OWN_PACKAGES = tuple(os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep + name + os.sep
                       for name in ("probes", "audit", "reports"))
 _STDLIB = os.path.dirname(os.__file__) + os.sep
+_NOT_USER = (*_OWN_ROOTS, *_OWN_PACKAGES, _STDLIB, "<")
 
 
 class ModuleStack:
@@ -55,8 +56,7 @@ def user_frame(skip: int = 1) -> dict[str, Any] | None:
     frame = sys._getframe(skip)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not (filename.startswith(_OWN_ROOTS) or filename.startswith(_OWN_PACKAGES)
-                or filename.startswith(_STDLIB) or filename.startswith("<")):
+        if not filename.startswith(_NOT_USER):
             return {"file": filename, "line": frame.f_lineno, "function": frame.f_code.co_name}
         frame = frame.f_back  # type: ignore[assignment]
     return None
@@ -68,8 +68,7 @@ def user_stack(skip: int = 1, *, limit: int = 8) -> list[dict[str, Any]]:
     frame = sys._getframe(skip)
     while frame is not None and len(frames) < limit:
         filename = frame.f_code.co_filename
-        if not (filename.startswith(_OWN_ROOTS) or filename.startswith(_OWN_PACKAGES)
-                or filename.startswith(_STDLIB) or filename.startswith("<")):
+        if not filename.startswith(_NOT_USER):
             frames.append({"file": filename, "line": frame.f_lineno, "function": frame.f_code.co_name})
         frame = frame.f_back  # type: ignore[assignment]
     return frames
