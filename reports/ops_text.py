@@ -12,8 +12,8 @@ MAX_SHOWN = 20
 
 def render_ops_text(report: OpsReport) -> str:
     plural = "s" if report.steps != 1 else ""
-    lines = [f"ops: {report.label} ({report.framework} on {report.device}), {report.steps} step{plural}, "
-             f"{report.ops_checked} op calls executed twice"]
+    lines = [(f"ops: {report.label} ({report.framework} on {report.device}), {report.steps} step{plural}, "
+             f"{report.ops_checked} op calls executed twice")]
     if report.clean:
         lines.append("every op gave the same bits twice; none is known to be nondeterministic on "
                      f"{report.device}")
@@ -51,8 +51,8 @@ def _finding_lines(finding: OpFinding) -> list[str]:
     calls_plural = "s" if finding.calls != 1 else ""
     return [f"  {finding.op} ({finding.phase}{node}) in {where}",
             f"    at {_source(finding.source)}",
-            f"    {finding.dtype}{list(finding.shape)}, steps {steps} ({finding.calls} call{calls_plural}); "
-            f"loss terms: {terms}",
+            (f"    {finding.dtype}{list(finding.shape)}, steps {steps} ({finding.calls} call{calls_plural}); "
+            f"loss terms: {terms}"),
             f"    {_distance(finding.distance)}"]
 
 
