@@ -171,6 +171,9 @@ class Comparison:
     # `--verify`'s table (audit.verify.Verification): each mechanism neutralised in a re-run of run B, and
     # what that changed. None unless asked for.
     verification: Any = None
+    # The zoom-in of check/diff (audit.ops.zoom.OpZoom): the first op inside the diverging step whose output
+    # differs when both sides are re-run with that module hashed op by op. None unless it ran.
+    zoom: Any = None
 
     @property
     def identical(self) -> bool:
@@ -228,6 +231,7 @@ class Comparison:
             # Written only when there is something to say, so documents without health read as before.
             **({"health": self.health} if self.health is not None else {}),
             **({"verification": self.verification.to_dict()} if self.verification is not None else {}),
+            **({"zoom": self.zoom.to_dict()} if self.zoom is not None else {}),
         }
 
 

@@ -14,6 +14,7 @@ from audit.divergence import CATEGORIES, Comparison, Divergence
 from audit.health import RULE_TITLES
 from audit.mechanisms import Mechanism, chain
 from reports.text_verification import verification_lines
+from reports.text_zoom import zoom_lines
 
 WIDTH = 100  # columns the explanation is wrapped to
 CAUSE_LINE_LIMIT = 300  # characters of one line under "Other causes": the sentence is the point
@@ -57,6 +58,7 @@ def render_text(comparison: Comparison, *, max_consequences: int = 5, max_rows: 
         lines += ["", _style("First divergence:", "bold", color)] + _first_block(comparison, first)
         lines += _other_causes(comparison, first, max_rows, color)
         lines += _consequences(first, max_consequences, color)
+    lines += zoom_lines(comparison.zoom, width=WIDTH)
     lines += _category_table(comparison, max_rows, color)
     lines += _health(comparison, color)
     if comparison.notes and not comparison.partial:  # a partial comparison lists them under its verdict

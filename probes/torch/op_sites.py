@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 _OWN_ROOTS = (os.path.dirname(os.path.abspath(torch.__file__)) + os.sep,)
-_OWN_PACKAGES = tuple(os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep + name + os.sep
-                      for name in ("probes", "audit", "reports"))
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_OWN_PACKAGES = tuple(os.path.join(_REPO, name) + os.sep for name in ("probes", "audit", "reports"))
 _STDLIB = os.path.dirname(os.__file__) + os.sep
 _NOT_USER = (*_OWN_ROOTS, *_OWN_PACKAGES, _STDLIB, "<")
 
