@@ -10,15 +10,20 @@ that merely contains it); no module output diverged -> the whole step is watched
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from audit.config import RunConfig
 from audit.divergence import Comparison
 from audit.errors import RunFailed
 
 ZOOM_FILE = "zoom.json"  # written by probes/torch/zoom_run.py
+# Where an op can be the answer. A first divergence in the data or the random draws is explained by them,
+# not by an op: no zoom-in there.
+COMPUTED = frozenset({"graph", "module_outputs", "loss_terms", "nan_provenance", "gradients", "optimizer",
+                      "parameters", "buffers"})
 
 
 @dataclass
@@ -56,7 +61,7 @@ class OpZoom:
 def zoom_target(comparison: Comparison, module_order: list[str]) -> tuple[int, str | None] | None:
     """(step, module) to zoom into, or None when the first divergence is not inside a step."""
     first = comparison.first_divergence
-    if first is None or first.step is None:
+    if first is None or first.step is None or first.category not in COMPUTED:
         return None
     step = first.step
     diverged = {str(d.evidence.get("module")) for d in comparison.walk()
@@ -97,7 +102,7 @@ def zoom_in(comparison: Comparison, configs: tuple[RunConfig, RunConfig], *, fol
     if target is None or any(config.framework != "torch" for config in configs):
         return None
     step, module = target
-    from audit.runner import record_all, raise_for_failures
+    from audit.runner import raise_for_failures, record_all
 
     spec = {"step": step, "module": module}
     jobs = [(_labelled(config, side), folder / f"zoom-{side}") for side, config in zip("ab", configs)]

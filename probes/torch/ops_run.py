@@ -8,8 +8,9 @@ point is one run that lists every nondeterministic op, not a trace to compare.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any, Callable
+from typing import Any
 
 from audit.config import RunConfig
 from audit.trace import TraceWriter

@@ -7,9 +7,10 @@ each phase starts, so it can switch its instrumentation on and off around exactl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from audit.config import RunConfig
 from audit.errors import RunFailed

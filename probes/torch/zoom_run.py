@@ -7,8 +7,9 @@ runs' lists (audit/ops/zoom.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Callable
+from typing import Any
 
 from audit.config import RunConfig
 from audit.errors import ConfigError
