@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_map
 
 from probes.torch.dispatch_capture import _source_generator
 from probes.torch.known_nondeterministic import known_nondeterministic
@@ -28,6 +28,19 @@ UNINITIALISED = frozenset({"aten::empty", "aten::empty_like", "aten::empty_strid
                            "aten::new_empty_strided", "aten::empty_permuted", "aten::resize_",
                            "aten::set_", "aten::_local_scalar_dense"})
 _BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_WRITTEN: dict[Any, list[int]] = {}  # per op overload: the arguments its schema says it writes
+
+
+def tensors_of(value: Any) -> list[torch.Tensor]:
+    """The tensors in an op's arguments or results (tuples, lists, dicts of them): pytree's generality costs
+    more than the op itself on small tensors, and aten arguments nest no deeper than this."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in tensors_of(item)]
+    if isinstance(value, dict):
+        return [t for item in value.values() for t in tensors_of(item)]
+    return []
 
 
 @dataclass
@@ -79,9 +92,11 @@ class OpRecheckMode(TorchDispatchMode):
             return func(*args, **kwargs)
         node = torch._C._current_autograd_node()
         phase = "backward" if node is not None else self.phase
-        written = _written_arguments(func)
+        written = _WRITTEN.get(func)
+        if written is None:
+            written = _WRITTEN[func] = _written_arguments(func)
         again_args, again_kwargs = _clones_of_written(func, written, args, kwargs)
-        flat_inputs = [value for value in tree_flatten((args, kwargs))[0] if isinstance(value, torch.Tensor)]
+        flat_inputs = tensors_of((args, kwargs))
         device = flat_inputs[0].device if flat_inputs else _device_kwarg(kwargs)
         generator = (_source_generator(kwargs.get("generator"), device)
                      if torch.Tag.nondeterministic_seeded in func.tags else None)
@@ -95,8 +110,8 @@ class OpRecheckMode(TorchDispatchMode):
         else:
             again = func(*again_args, **again_kwargs)
         self.ops_checked += 1
-        first = [value for value in tree_flatten(out)[0] if isinstance(value, torch.Tensor)]
-        second = [value for value in tree_flatten(again)[0] if isinstance(value, torch.Tensor)]
+        first = tensors_of(out)
+        second = tensors_of(again)
         module = self.module_of() if phase == "forward" else None
         source = None
         for a, b in zip(first, second):
@@ -195,7 +210,7 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     if t.is_complex():
         t = torch.view_as_real(t)
     if t.is_floating_point():
-        return t.contiguous().view(_BITS[t.element_size()])
+        return t.view(_BITS[t.element_size()])  # same element size: a view, whatever the strides
     return t
 
 
