@@ -27,7 +27,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.bench_torch_recording import LARGE, SMALL, load_recipe  # noqa: E402
+from benchmarks.bench_torch_recording import LARGE, SMALL, load_recipe
 
 VARIANTS = ("plain", "ops", "zoom", "debug_mode")
 
@@ -82,7 +82,7 @@ class _Both:
         self.first.__enter__()
         self.second.__enter__()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.second.__exit__(*exc)
         self.first.__exit__(*exc)
 
