@@ -17,6 +17,7 @@ def render_ops_text(report: OpsReport) -> str:
     if report.clean:
         lines.append("every op gave the same bits twice; none is known to be nondeterministic on "
                      f"{report.device}")
+        lines.extend(f"note: {line}" for line in report.advice)
         return "\n".join(lines) + "\n"
     if report.findings:
         lines.append(f"{len(report.findings)} op{'s' if len(report.findings) != 1 else ''} gave different "

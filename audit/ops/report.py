@@ -73,7 +73,8 @@ def ops_report(record: Mapping[str, Any], *, label: str) -> OpsReport:
                                                              str(k.get("phase"))))
     framework = str(record.get("framework", "torch"))
     settings = {key: record.get(key) for key in ("deterministic_algorithms", "cudnn", "tf_deterministic_ops",
-                                                 "op_determinism", "torch_version", "tf_version")
+                                                 "op_determinism", "torch_version", "tf_version", "execution_mode",
+                                                 "ops_skipped_stateful")
                 if key in record}
     report = OpsReport(label=label, framework=framework, device=str(record.get("device", "cpu")),
                        steps=int(record.get("steps", 0)), ops_checked=int(record.get("ops_checked", 0)),

@@ -8,17 +8,13 @@ most ops.
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any
 
 import torch
 
-_OWN_ROOTS = (os.path.dirname(os.path.abspath(torch.__file__)) + os.sep,)
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_OWN_PACKAGES = tuple(os.path.join(_REPO, name) + os.sep for name in ("probes", "audit", "reports"))
-_STDLIB = os.path.dirname(os.__file__) + os.sep
-_NOT_USER = (*_OWN_ROOTS, *_OWN_PACKAGES, _STDLIB, "<")
+from probes.common.source_lines import user_frame, user_stack
+
+__all__ = ["ModuleStack", "user_frame", "user_stack"]
 
 
 class ModuleStack:
@@ -49,26 +45,3 @@ class ModuleStack:
             if self.stack:
                 self.stack.pop()
         return leave
-
-
-def user_frame(skip: int = 1) -> dict[str, Any] | None:
-    """The innermost frame outside torch, repro-audit and the standard library: the user's line."""
-    frame = sys._getframe(skip)
-    while frame is not None:
-        filename = frame.f_code.co_filename
-        if not filename.startswith(_NOT_USER):
-            return {"file": filename, "line": frame.f_lineno, "function": frame.f_code.co_name}
-        frame = frame.f_back  # type: ignore[assignment]
-    return None
-
-
-def user_stack(skip: int = 1, *, limit: int = 8) -> list[dict[str, Any]]:
-    """The user's frames, innermost first (at most `limit`): the stack a zoom-in shows."""
-    frames = []
-    frame = sys._getframe(skip)
-    while frame is not None and len(frames) < limit:
-        filename = frame.f_code.co_filename
-        if not filename.startswith(_NOT_USER):
-            frames.append({"file": filename, "line": frame.f_lineno, "function": frame.f_code.co_name})
-        frame = frame.f_back  # type: ignore[assignment]
-    return frames
