@@ -40,3 +40,15 @@ def test_deterministic_model_lists_nothing() -> None:
 def test_bad_config_is_one_line_exit_2(tmp_path: Path) -> None:
     code, _, err = _ops(str(tmp_path / "missing.yaml"))
     assert code == 2 and err.count("\n") == 1 and "config file not found" in err
+
+
+def test_known_op_with_its_deterministic_kernel_selected_is_clean() -> None:
+    from audit.ops.report import ops_report
+
+    known = {"op": "aten::index_add_", "device": "cuda", "module": "m", "phase": "forward", "alternative": True,
+             "note": "atomic adds", "calls": 1}
+    record = {"framework": "torch", "device": "cuda", "steps": 1, "ops_checked": 10, "disagreements": []}
+    assert not ops_report({**record, "known": [{**known, "deterministic_algorithms": False}]}, label="x").clean
+    assert ops_report({**record, "known": [{**known, "deterministic_algorithms": True}]}, label="x").clean
+    raising = {**known, "op": "aten::histc", "alternative": False, "deterministic_algorithms": True}
+    assert not ops_report({**record, "known": [raising]}, label="x").clean
