@@ -77,3 +77,13 @@ def test_first_diverging_op_by_name_hash_and_length() -> None:
     other_op = [a[0], {**a[1], "op": "aten::sub"}]
     assert first_diverging_op(a, other_op)[1]["op_b"] == "aten::sub"
     assert first_diverging_op(a, a[:1])[1]["reason"] == "only in run A"
+
+
+def test_diff_zooms_in_where_the_first_divergence_is_inside_a_step(tmp_path: Path) -> None:
+    config = str(OPS_FIXTURES / "jitter.yaml")
+    report = tmp_path / "diff.json"
+    result = CliRunner().invoke(cli, ["diff", config, config, "--steps", "1", "-q", "--json", str(report)],
+                                standalone_mode=True)
+    assert result.exit_code == 1
+    zoom = json.loads(report.read_text())["zoom"]
+    assert (zoom["module"], zoom["first_op"]["op"]) == ("block.drift", "repro_fixtures::jitter")
