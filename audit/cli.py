@@ -57,4 +57,4 @@ def main() -> None:
 
 
 # Imported for their side effect: each registers its commands on `cli`.
-from audit import cli_commands, cli_compare, cli_env, cli_health, cli_verify  # noqa: F401,E402
+from audit import cli_commands, cli_compare, cli_env, cli_health, cli_ops, cli_verify  # noqa: F401,E402

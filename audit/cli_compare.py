@@ -45,6 +45,12 @@ def _tolerance(ctx: click.Context, param: click.Parameter, value: float) -> floa
     return value
 
 
+def _zoom_option(function: Any) -> Any:
+    return click.option("--zoom/--no-zoom", default=True, show_default=True,
+                        help="Where the first divergence is inside a step (torch): re-run both sides to it with "
+                             "the diverging module hashed op by op, and name the first op that differs.")(function)
+
+
 def _tolerance_options(function: Any) -> Any:
     """The options `diff`, `compare`, `check` and `verify` share, listed in --help in this order (click lists
     the option added last first), the health thresholds under their own heading after them."""
@@ -83,6 +89,7 @@ def _tolerance_options(function: Any) -> Any:
 @click.option("--ref-b", "ref_b", metavar="REV", help="Run B's config as it is at this git commit.")
 @click.option("--verify", is_flag=True,
               help="Prove each named mechanism: re-run B with it neutralised and report the effect (keeps values).")
+@_zoom_option
 @_tolerance_options
 def diff_command(config_a: str, config_b: str | None, set_a: tuple[str, ...], set_b: tuple[str, ...],
                  steps: int | None, values: str | None, keep: str | None, python_a: str | None,
@@ -132,8 +139,32 @@ def _diff(configs: list[RunConfig], inputs: list[Path], keep: str | None, verify
             from audit.cli_verify import verification_step
 
             proof = verification_step(second, folder, quiet=options["quiet"])
-        return _compare_and_report(traces[0], traces[1], reports, annotate=proof,
+        zoom = options.pop("zoom")
+        annotate = _with_zoom(proof, (configs[0], second), folder, quiet=options["quiet"]) if zoom else proof
+        return _compare_and_report(traces[0], traces[1], reports, annotate=annotate,
                                    temporary=None if keep is not None else folder, **options)
+
+
+def _with_zoom(then: Annotate | None, configs: tuple[RunConfig, RunConfig], folder: Path, *,
+               quiet: bool) -> Annotate:
+    """An annotation that zooms into the first diverging step (audit/ops/zoom.py), then runs `then`."""
+    def annotate(comparison: Comparison, trace_a: Trace, trace_b: Trace) -> None:
+        _zoom(comparison, configs, folder, trace_a, quiet=quiet)
+        if then is not None:
+            then(comparison, trace_a, trace_b)
+    return annotate
+
+
+def _zoom(comparison: Comparison, configs: tuple[RunConfig, RunConfig], folder: Path, trace_a: Trace, *,
+          quiet: bool) -> None:
+    if comparison.identical:
+        return
+    from audit.ops.zoom import zoom_in
+
+    order = [str(module.get("path")) for module in trace_a.structure.get("modules") or []]
+    with Progress(quiet=quiet) as progress:
+        comparison.zoom = zoom_in(comparison, configs, folder=folder / "zoom", module_order=order,
+                                  progress=progress.update)
 
 
 @cli.command("compare")
@@ -159,6 +190,7 @@ def compare_command(trace_a: str, trace_b: str, **options: Any) -> int:
 @click.option("--steps", type=click.IntRange(min=1), help="Number of steps.")
 @click.option("--values", type=click.Choice(["none", "first", "all"]), help="Keep tensor values.")
 @click.option("--keep", type=click.Path(file_okay=False), help="Keep the traces in this folder.")
+@_zoom_option
 @_tolerance_options
 def check_command(config_path: str, runs: int, overrides: tuple[str, ...], steps: int | None, values: str | None,
                   keep: str | None, **options: Any) -> int:
@@ -180,11 +212,12 @@ def check_command(config_path: str, runs: int, overrides: tuple[str, ...], steps
 
         warn_local_changes(traces[0])
         return _check_and_report(traces, configs[0].label.rsplit(" run ", 1)[0], reports, options,
-                                 temporary=None if keep is not None else folder)
+                                 temporary=None if keep is not None else folder, configs=configs, folder=folder)
 
 
 def _check_and_report(traces: list[Trace], name: str, reports: list[ReportTarget],
-                      options: dict[str, Any], *, temporary: Path | None = None) -> int:
+                      options: dict[str, Any], *, temporary: Path | None = None,
+                      configs: Sequence[RunConfig] = (), folder: Path | None = None) -> int:
     from audit.diff import compare_check
     from reports.text import render_text
     from reports.text_layout import wrap, wrap_styled
@@ -197,6 +230,9 @@ def _check_and_report(traces: list[Trace], name: str, reports: list[ReportTarget
     for comparison in comparisons:
         forget_trace_paths(comparison, temporary)
     diverged = [c for c in comparisons if not c.identical]
+    if diverged and options.get("zoom") and configs and folder is not None:
+        other = configs[comparisons.index(diverged[0]) + 1]
+        _zoom(diverged[0], (configs[0], other), folder, traces[0], quiet=options["quiet"])
     color, width = use_color(options["color"]), report_width()
     if diverged and _stdout_is_free(reports):
         differing = ", ".join(c.run_b.label for c in diverged)

@@ -191,6 +191,9 @@ class Comparison:
     distances: dict[str, Any] | None = None
     # Categories the comparison left out (`--ignore`): not compared, so neither clean nor diverged.
     ignored: list[str] = field(default_factory=list)
+    # The zoom-in of check/diff (audit.ops.zoom.OpZoom): the first op inside the diverging step whose output
+    # differs when both sides are re-run with that module hashed op by op. None unless it ran.
+    zoom: Any = None
 
     @property
     def identical(self) -> bool:
@@ -250,6 +253,7 @@ class Comparison:
             **({"verification": self.verification.to_dict()} if self.verification is not None else {}),
             **({"distances": self.distances} if self.distances is not None else {}),
             **({"ignored": list(self.ignored)} if self.ignored else {}),
+            **({"zoom": self.zoom.to_dict()} if self.zoom is not None else {}),
         }
 
 

@@ -75,29 +75,36 @@ class Stop:
 
 
 def record(config: RunConfig, trace_path: str | os.PathLike[str], *,
-           progress: ProgressCallback | None = None, stop: Stop | None = None) -> RunResult:
+           progress: ProgressCallback | None = None, stop: Stop | None = None,
+           mode: str = "record", zoom: dict[str, Any] | None = None) -> RunResult:
     """Record one config into `trace_path` in a fresh subprocess; never raises for a failed run.
+
+    `mode="ops"` runs `repro-audit ops` there instead (every op twice; ops.json in the trace folder);
+    `mode="zoom"` the zoom-in of check/diff, `zoom` saying which step and module (zoom.json).
 
     An exception while waiting (an interrupt) kills the worker, finalises its partial trace and propagates.
     """
     trace_path = Path(trace_path)
     trace_path.parent.mkdir(parents=True, exist_ok=True)
     payload = json.dumps({"config": config.to_dict(), "config_dir": config.config_dir,
-                          "source": config.source})
+                          "source": config.source, "mode": mode, "zoom": zoom})
     return _Worker(config, trace_path, progress).run(payload, stop)
 
 
 def record_all(jobs: Sequence[tuple[RunConfig, Path]], *, progress: ProgressCallback | None = None,
-               parallel: bool | None = None, workers: int = 2) -> list[RunResult]:
-    """Record several configs, `workers` at a time (two by default) where the machine has the cores."""
+               parallel: bool | None = None, workers: int = 2, mode: str = "record",
+               zoom: dict[str, Any] | None = None) -> list[RunResult]:
+    """Record several configs, `workers` at a time (two by default) where the machine has the cores;
+    `mode` and `zoom` as for `record`."""
     if parallel is None:
         parallel = (os.cpu_count() or 1) >= 2 and len(jobs) > 1
     if not parallel:
-        return [record(config, path, progress=progress) for config, path in jobs]
+        return [record(config, path, progress=progress, mode=mode, zoom=zoom) for config, path in jobs]
     stop = Stop()
     pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs), os.cpu_count() or 1)))
     try:
-        futures = [pool.submit(record, config, path, progress=progress, stop=stop) for config, path in jobs]
+        futures = [pool.submit(record, config, path, progress=progress, stop=stop, mode=mode, zoom=zoom)
+                   for config, path in jobs]
         results = [future.result() for future in futures]
     except BaseException as exc:
         stop.set(exc)  # the threads kill their workers and keep the partial traces

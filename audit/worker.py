@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         random.seed(config.seed)
         _seed_numpy(config.seed)
-        record_run = _recorder_for(config.framework)
+        record_run = _recorder_for(config.framework, payload.get("mode", "record"), payload.get("zoom"))
         record_run(config, writer, progress=progress)
     except UserError as exc:
         error = _error("user_error", exc, current_step["step"] + 1)
@@ -96,7 +96,27 @@ def _finish(writer: Any, emit: Callable[[dict[str, Any]], None], *, error: dict[
     return code
 
 
-def _recorder_for(framework: str) -> Callable[..., None]:
+def _recorder_for(framework: str, mode: str, zoom: dict[str, Any] | None) -> Callable[..., None]:
+    """`record` writes a trace; `ops` (repro-audit ops) runs every op twice and writes ops.json; `zoom` (the
+    zoom-in of check and diff) hashes the ops of one module at one step and writes zoom.json."""
+    if mode == "zoom":
+        if framework != "torch":
+            from audit.errors import ConfigError
+
+            raise ConfigError("the op-level zoom-in supports torch runs only")
+        from functools import partial
+
+        from probes.torch.zoom_run import record_zoom
+
+        return partial(record_zoom, zoom=zoom or {})
+    if mode == "ops":
+        if framework == "torch":
+            from probes.torch.ops_run import record_ops as record_torch_ops
+
+            return record_torch_ops
+        from probes.tf.ops_run import record_ops as record_tf_ops
+
+        return record_tf_ops
     if framework == "torch":
         from probes.torch.recorder import record_run
     else:

@@ -14,6 +14,7 @@ from audit.health import RULE_TITLES
 from audit.mechanisms import Mechanism, chain
 from reports.text_layout import DEFAULT_WIDTH, MIN_WIDTH, fit, style, wrap, wrap_styled
 from reports.text_verification import verification_lines
+from reports.text_zoom import zoom_lines
 
 WIDTH = DEFAULT_WIDTH  # columns when the caller does not say (the CLI passes the terminal's)
 CONSEQUENCE_LINE_LIMIT = 300  # characters of one consequence: a fact among many, shortened past this
@@ -55,6 +56,7 @@ def render_text(comparison: Comparison, *, max_consequences: int = 5, max_rows: 
         lines += ["", style("First divergence:", "bold", color)] + _first_block(comparison, first, width)
         lines += _other_causes(comparison, first, max_rows, color, width)
         lines += _consequences(comparison, first, max_consequences, color, width)
+    lines += zoom_lines(comparison.zoom, width=width)
     lines += _category_table(comparison, max_rows, color)
     lines += _health(comparison, color, width)
     if comparison.notes and not comparison.partial:  # a partial comparison lists them under its verdict

@@ -1,0 +1,66 @@
+"""The zoom-in run of `check`/`diff`: train up to the diverging step, hash every op of the diverging module.
+
+Steps before the diverging one run plain; at that step the module's forward ops are hashed (or every op of
+the step when no module is named). zoom.json gets the ops in execution order; the parent compares the two
+runs' lists (audit/ops/zoom.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+from audit.config import RunConfig
+from audit.errors import ConfigError
+from audit.trace import TraceWriter
+
+ZOOM_FILE = "zoom.json"
+
+
+class _Zoom:
+    def __init__(self, mode: Any, region: Any, step: int) -> None:
+        self.mode, self.region, self.step = mode, region, step
+
+    def around_step(self, step: int) -> AbstractContextManager[Any]:
+        if step != self.step:
+            return nullcontext()
+        if self.region is not None:
+            self.region.active = True
+            return nullcontext()
+        return self.mode  # type: ignore[no-any-return]
+
+    def forward_done(self, terms: dict[str, Any]) -> None:
+        if self.region is not None:
+            self.region.active = False
+
+    def backward_done(self, terms: dict[str, Any]) -> None:
+        pass
+
+    def optimizer_starts(self) -> None:
+        self.mode.phase = "optimizer"
+
+
+def record_zoom(config: RunConfig, writer: TraceWriter, *, progress: Callable[[int], None],
+                zoom: dict[str, Any]) -> None:
+    from probes.torch.op_hashes import ModuleRegion, OpHashMode
+    from probes.torch.op_sites import ModuleStack
+    from probes.torch.plain_loop import build_recipe, run_steps
+
+    step, module = int(zoom["step"]), zoom.get("module")
+    recipe = build_recipe(config)
+    modules = ModuleStack(recipe.model)
+    mode = OpHashMode(module_of=modules.current)
+    region = None
+    if module:
+        try:
+            region = ModuleRegion(recipe.model, module, mode)
+        except AttributeError:
+            raise ConfigError(f"zoom-in: the model has no module {module!r}") from None
+    try:
+        run_steps(config, recipe, steps=step, watcher=_Zoom(mode, region, step), progress=progress)
+    finally:
+        modules.close()
+        if region is not None:
+            region.close()
+        writer.write_json(ZOOM_FILE, {"step": step, "module": module, "ops": mode.ops, "cut": mode.cut})

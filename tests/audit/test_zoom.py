@@ -1,0 +1,89 @@
+"""The zoom-in of `check`: from the diverging step down to the first op whose output differs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from audit.cli import cli
+from audit.divergence import Comparison, Divergence, RunInfo
+from audit.ops.zoom import first_diverging_op, zoom_target
+
+OPS_FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "configs" / "torch" / "ops"
+
+
+def _line_of(marker: str) -> int:
+    lines = (OPS_FIXTURES / "ops_recipes.py").read_text(encoding="utf-8").splitlines()
+    return next(number for number, text in enumerate(lines, start=1) if marker in text)
+
+
+@pytest.fixture(scope="module")
+def checked(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, dict]:
+    report = tmp_path_factory.mktemp("zoom") / "check.json"
+    result = CliRunner().invoke(cli, ["check", str(OPS_FIXTURES / "jitter.yaml"), "--steps", "1", "-q",
+                                      "--json", str(report)], standalone_mode=True)
+    return result.exit_code, result.stdout, json.loads(report.read_text())
+
+
+def test_check_zooms_into_the_first_diverging_op(checked: tuple[int, str, dict]) -> None:
+    code, _, document = checked
+    assert code == 1
+    zoom = document["zoom"]
+    assert (zoom["step"], zoom["module"]) == (1, "block.drift")
+    first = zoom["first_op"]
+    assert (first["op"], first["phase"], first["reason"]) == ("repro_fixtures::jitter", "forward", "output differs")
+    assert first["index"] >= 2  # tanh and mul ran before it in the module and agreed
+    assert first["hashes"]["a"] != first["hashes"]["b"]
+    top = first["stack"][0]
+    assert (Path(top["file"]).name, top["line"]) == ("ops_recipes.py", _line_of("# the jittering line"))
+    assert all("/probes/" not in frame["file"] for frame in first["stack"])
+
+
+def test_text_report_shows_the_zoom_in(checked: tuple[int, str, dict]) -> None:
+    _, text, _ = checked
+    flowing = " ".join(text.split())  # the summary is wrapped to the terminal width
+    assert "Zoom-in" in text and "repro_fixtures::jitter (forward) in block.drift gave different bits" in flowing
+    assert f"ops_recipes.py:{_line_of('# the jittering line')} in forward" in text
+
+
+def _comparison(*divergences: Divergence) -> Comparison:
+    run = RunInfo(label="a", trace_path=None, framework="torch", complete=True, steps_recorded=2)
+    return Comparison(run_a=run, run_b=run, divergences=list(divergences))
+
+
+def test_zoom_target_is_the_earliest_innermost_diverging_module() -> None:
+    def output(module: str) -> Divergence:
+        return Divergence(category="module_outputs", name=module, kind="changed", step=2,
+                          evidence={"module": module})
+
+    root = output("")
+    root.children = [output("block"), output("block.norm"), output("block.drift"), output("head")]
+    order = ["", "embed", "block", "block.linear", "block.drift", "block.norm", "head"]
+    assert zoom_target(_comparison(root), order) == (2, "block.drift")
+    data = Divergence(category="data", name="batch", kind="changed", step=1)
+    assert zoom_target(_comparison(data), order) is None
+    config = Divergence(category="config", name="lr", kind="changed")
+    assert zoom_target(_comparison(config), order) is None
+
+
+def test_first_diverging_op_by_name_hash_and_length() -> None:
+    a = [{"index": 0, "op": "aten::mm", "hashes": ["1"]}, {"index": 1, "op": "aten::add", "hashes": ["2"]}]
+    assert first_diverging_op(a, a) == (2, None)
+    other_hash = [a[0], {**a[1], "hashes": ["3"]}]
+    assert first_diverging_op(a, other_hash)[1]["reason"] == "output differs"
+    other_op = [a[0], {**a[1], "op": "aten::sub"}]
+    assert first_diverging_op(a, other_op)[1]["op_b"] == "aten::sub"
+    assert first_diverging_op(a, a[:1])[1]["reason"] == "only in run A"
+
+
+def test_diff_zooms_in_where_the_first_divergence_is_inside_a_step(tmp_path: Path) -> None:
+    config = str(OPS_FIXTURES / "jitter.yaml")
+    report = tmp_path / "diff.json"
+    result = CliRunner().invoke(cli, ["diff", config, config, "--steps", "1", "-q", "--json", str(report)],
+                                standalone_mode=True)
+    assert result.exit_code == 1
+    zoom = json.loads(report.read_text())["zoom"]
+    assert (zoom["module"], zoom["first_op"]["op"]) == ("block.drift", "repro_fixtures::jitter")
