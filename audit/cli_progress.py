@@ -1,4 +1,4 @@
-"""Progress lines on stderr while runs go: which run, which step."""
+"""Progress lines on stderr while runs go: which run, which step; or runs done out of how many."""
 
 from __future__ import annotations
 
@@ -24,6 +24,20 @@ class Progress:
             return
         with self._lock:
             line = f"  {label}: step {step}/{steps}"
+            if self._live:
+                click.echo("\r" + line.ljust(60), err=True, nl=False)
+            else:
+                click.echo(line, err=True)
+            self._printed = True
+
+    def run_done(self, done: int, total: int, result: Any) -> None:
+        """Runs done / total, for commands that give many runs to an executor at once."""
+        if self.quiet:
+            return
+        how = "" if result.ok else " (failed)"
+        how += " (retried once)" if getattr(result, "attempts", 1) > 1 else ""
+        with self._lock:
+            line = f"  runs done {done}/{total}: {result.label}{how}"
             if self._live:
                 click.echo("\r" + line.ljust(60), err=True, nl=False)
             else:

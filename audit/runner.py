@@ -41,6 +41,9 @@ class RunResult:
     trace_path: Path | None
     ok: bool
     error: dict[str, Any] | None = None
+    seconds: float | None = None  # the run's own wall time, from start of its worker to its reaped group
+    attempts: int = 1  # an executor retries a failed or lost run once (audit/executors)
+    first_error: dict[str, Any] | None = None  # how the first attempt ended, when it was retried
 
     def failure_line(self) -> str:
         error = self.error or {}
@@ -83,7 +86,10 @@ def record(config: RunConfig, trace_path: str | os.PathLike[str], *,
     trace_path.parent.mkdir(parents=True, exist_ok=True)
     payload = json.dumps({"config": config.to_dict(), "config_dir": config.config_dir,
                           "source": config.source})
-    return _Worker(config, trace_path, progress).run(payload, stop)
+    started = time.monotonic()
+    result = _Worker(config, trace_path, progress).run(payload, stop)
+    result.seconds = time.monotonic() - started
+    return result
 
 
 def record_all(jobs: Sequence[tuple[RunConfig, Path]], *, progress: ProgressCallback | None = None,
