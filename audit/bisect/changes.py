@@ -45,7 +45,8 @@ class Change:
 
 def config_changes(config_a: RunConfig, config_b: RunConfig) -> list[Change]:
     data_a, data_b = _comparable(config_a), _comparable(config_b)
-    tree = DeepDiff(data_a, data_b, view="tree", ignore_nan_inequality=True)
+    # threshold_to_diff_deeper=0: never report a whole mapping as one change when many of its keys differ.
+    tree = DeepDiff(data_a, data_b, view="tree", ignore_nan_inequality=True, threshold_to_diff_deeper=0)
     paths: set[tuple[str, ...]] = set()
     for levels in tree.values():
         for level in levels:
@@ -71,8 +72,9 @@ def code_changes(trace_a: Trace, trace_b: Trace) -> list[Change]:
 
 def apply_changes(config_a: RunConfig, config_b: RunConfig, changes: Iterable[Change], *, scratch: Path,
                   label: str) -> RunConfig:
-    """Config A with `changes` applied; with code changes, its recipe folder copied into `scratch` with B's
-    version of each changed module file put in."""
+    """Config A with `changes` applied; with code changes, its recipe folder copied to `scratch` (a folder not
+    yet there) with B's version of each changed module file put in. `scratch` should sit beside A's folder:
+    a recipe may find its siblings by a path relative to its own file."""
     data = config_a.to_dict()
     code = []
     for change in changes:
@@ -94,7 +96,7 @@ def apply_changes(config_a: RunConfig, config_b: RunConfig, changes: Iterable[Ch
 def _mixed_folder(config_a: RunConfig, config_b: RunConfig, code: Sequence[Change], scratch: Path) -> Path:
     if not config_a.config_dir or not config_b.config_dir:
         raise ValueError("code changes need both recipe folders")
-    target = scratch / "recipe"
+    target = scratch
     shutil.copytree(config_a.config_dir, target, ignore=COPY_IGNORED)
     for change in code:
         destination = target / change.name

@@ -8,8 +8,10 @@ tested too: a run of A that diverges from A makes any answer meaningless, and bi
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from audit.bisect.changes import Change, apply_changes, code_changes, config_changes
@@ -74,20 +76,19 @@ class Bisection:
         new = {frozenset(c.name for c in subset): subset for subset in subsets}
         new = {key: subset for key, subset in new.items() if key not in self.tested}
         if new:
-            with tempfile.TemporaryDirectory(prefix="repro-audit-bisect-") as scratch:
+            code = any(change.kind == "code" for subset in new.values() for change in subset)
+            with _scratch_beside(self.config_a, code=code) as scratch:
                 labelled = []
                 for subset in new.values():
                     number = len(self.tested) + len(labelled) + 1
-                    folder = Path(scratch) / f"t{number}"
-                    folder.mkdir()
                     label = f"A + {len(subset)} change{'s' if len(subset) != 1 else ''} (test {number})"
-                    labelled.append((label, apply_changes(self.config_a, self.config_b, subset, scratch=folder,
-                                                          label=label)))
+                    labelled.append((label, apply_changes(self.config_a, self.config_b, subset,
+                                                          scratch=scratch / f"t{number}", label=label)))
                 traces = self._record(labelled)
-                for (key, subset), trace in zip(new.items(), traces):
-                    assert self.trace_a is not None
-                    self.tested[key] = TestedSubset([c.name for c in subset], first_divergence(self.trace_a, trace))
-                    self.runs += 1
+            for (key, subset), trace in zip(new.items(), traces):
+                assert self.trace_a is not None
+                self.tested[key] = TestedSubset([c.name for c in subset], first_divergence(self.trace_a, trace))
+                self.runs += 1
         return [self.tested[frozenset(c.name for c in subset)].divergence == self.target for subset in subsets]
 
     def _record(self, labelled: Sequence[tuple[str, RunConfig]]) -> list[Trace]:
@@ -98,6 +99,19 @@ class Bisection:
         results = self.executor.run(jobs, on_done=self.on_done)
         raise_for_failures(results, traces_kept=self.traces_kept)
         return [Trace(job.trace_path) for job in jobs]
+
+
+@contextlib.contextmanager
+def _scratch_beside(config: RunConfig, *, code: bool) -> Iterator[Path]:
+    """With code changes, a hidden folder beside A's recipe folder for its copies with B's modules (same
+    depth, so a recipe that finds its siblings through `Path(__file__).parents[k]` still does); else a
+    temporary folder. Removed however the batch ends."""
+    parent = Path(config.config_dir).parent if code and config.config_dir else None
+    folder = Path(tempfile.mkdtemp(prefix=".repro-audit-bisect-", dir=parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def first_divergence(trace_a: Trace, trace_x: Trace) -> Identity | None:

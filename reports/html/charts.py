@@ -276,6 +276,7 @@ def band_chart(panels: Sequence[BandPanel], labels: Sequence[str]) -> str:
                 if marked:
                     ax.plot([s for s, _ in marked], [v for _, v in marked], linestyle="none", marker="x",
                             markersize=6, color="#b00020", label="outside A's spread")
+                    ax.legend(loc="best", frameon=False, fontsize=6)
             ax.set_title(_plain_text(panel.title), loc="left")
             ax.set_xlabel("step")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
