@@ -8,10 +8,10 @@ tested too: a run of A that diverges from A makes any answer meaningless, and bi
 
 from __future__ import annotations
 
-import contextlib
+import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from audit.bisect.changes import Change, apply_changes, code_changes, config_changes
@@ -77,14 +77,17 @@ class Bisection:
         new = {key: subset for key, subset in new.items() if key not in self.tested}
         if new:
             code = any(change.kind == "code" for subset in new.values() for change in subset)
-            with _scratch_beside(self.config_a, code=code) as scratch:
-                labelled = []
+            folders = _MixedFolders(self.config_a, code=code)
+            try:
+                labelled: list[tuple[str, RunConfig]] = []
                 for subset in new.values():
                     number = len(self.tested) + len(labelled) + 1
                     label = f"A + {len(subset)} change{'s' if len(subset) != 1 else ''} (test {number})"
                     labelled.append((label, apply_changes(self.config_a, self.config_b, subset,
-                                                          scratch=scratch / f"t{number}", label=label)))
+                                                          scratch=folders.path(number), label=label)))
                 traces = self._record(labelled)
+            finally:
+                folders.remove()
             for (key, subset), trace in zip(new.items(), traces):
                 assert self.trace_a is not None
                 self.tested[key] = TestedSubset([c.name for c in subset], first_divergence(self.trace_a, trace))
@@ -101,17 +104,28 @@ class Bisection:
         return [Trace(job.trace_path) for job in jobs]
 
 
-@contextlib.contextmanager
-def _scratch_beside(config: RunConfig, *, code: bool) -> Iterator[Path]:
-    """With code changes, a hidden folder beside A's recipe folder for its copies with B's modules (same
-    depth, so a recipe that finds its siblings through `Path(__file__).parents[k]` still does); else a
-    temporary folder. Removed however the batch ends."""
-    parent = Path(config.config_dir).parent if code and config.config_dir else None
-    folder = Path(tempfile.mkdtemp(prefix=".repro-audit-bisect-", dir=parent))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+class _MixedFolders:
+    """Copies of A's recipe folder with some of B's modules. With code changes each sits beside A's folder
+    (same depth, so a recipe that finds its siblings through `Path(__file__).parents[k]` still does), under a
+    hidden name; else in a temporary folder. `remove` deletes every one made."""
+
+    def __init__(self, config: RunConfig, *, code: bool) -> None:
+        self._root = None if code and config.config_dir else Path(tempfile.mkdtemp(prefix="repro-audit-bisect-"))
+        parent = self._root or Path(str(config.config_dir)).parent
+        self._prefix = f".repro-audit-bisect-{secrets.token_hex(4)}"
+        self._parent = parent
+        self._made: list[Path] = []
+
+    def path(self, number: int) -> Path:
+        folder = self._parent / f"{self._prefix}-t{number}"
+        self._made.append(folder)
+        return folder
+
+    def remove(self) -> None:
+        for folder in self._made:
+            shutil.rmtree(folder, ignore_errors=True)
+        if self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)
 
 
 def first_divergence(trace_a: Trace, trace_x: Trace) -> Identity | None:

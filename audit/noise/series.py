@@ -89,7 +89,7 @@ def distances_from_init(trace: Trace) -> dict[int, float]:
         if values is None:
             continue
         total = 0.0
-        for key in values.keys():
+        for key in sorted(values.keys()):
             if not key.startswith("parameters/"):
                 continue
             now, start = values.get(key), initial.get("initial/" + key[len("parameters/"):])

@@ -1,0 +1,49 @@
+"""The Ray executor through a local Ray instance: runs go to Ray tasks, traces come back as files, a lost
+worker's run is retried once, and the noise test gives the same verdict as the local pool."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from audit.config import load_config
+from audit.executors import RunJob, make_executor
+from audit.noise import noise_result, record_noise
+from audit.noise.series import DISTANCE_FROM_INIT
+from audit.trace import Trace
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'repro-audit[ray]'): the Ray executor "
+                                        "is not tested")
+
+BASELINE = Path(__file__).parent.parent.parent / "fixtures" / "configs" / "torch" / "baseline.yaml"
+
+
+@pytest.fixture(scope="module")
+def ray_pool():
+    pool = make_executor("ray", workers=2)  # a private local instance, shut down after the module
+    yield pool
+    pool.close()
+    assert not ray.is_initialized()
+
+
+def test_ray_runs_come_back_as_traces_and_a_lost_worker_is_retried(ray_pool, tmp_path: Path) -> None:
+    recipes = Path(__file__).parent.parent / "recipes"
+    for name in ("tiny_mlp.py", "misbehaving.py"):
+        shutil.copy(recipes / name, tmp_path / name)
+    (tmp_path / "once.yaml").write_text(f"recipe: misbehaving:build_dying_once\nsteps: 1\n"
+                                        f"params: {{marker: {tmp_path / 'marker'}}}\n")
+    done: list[int] = []
+    (result,) = ray_pool.run([RunJob(load_config(tmp_path / "once.yaml"), tmp_path / "out" / "once.trace")],
+                             on_done=lambda count, total, _: done.append(count))
+    assert result.ok and result.attempts == 2 and "SIGKILL" in result.first_error["message"]
+    assert Trace(tmp_path / "out" / "once.trace").complete and done == [1]
+
+
+def test_noise_through_ray_puts_learning_rate_x10_outside(ray_pool, tmp_path: Path) -> None:
+    configs = [load_config(BASELINE), load_config(BASELINE, overrides=["params.lr=0.01", "label=lr x10"])]
+    traces, results = record_noise(configs, seeds=2, vary="all", steps=1, folder=tmp_path, executor=ray_pool)
+    assert all(result.ok for result in results) and all(trace.complete for side in traces for trace in side)
+    result = noise_result(configs, traces, vary="all")
+    assert result.outside_metrics == [DISTANCE_FROM_INIT]
