@@ -121,7 +121,7 @@ def diff_command(config_a: str, config_b: str | None, set_a: tuple[str, ...], se
 
 def _refuse_noise_options(options: dict[str, Any]) -> None:
     """--vary, --alpha and the executor options shape the runs of --seeds only; alone they would do nothing."""
-    given = [name for name, default in (("vary", "all"), ("alpha", DEFAULT_ALPHA), ("executor", "local"),
+    given = [name for name, default in (("vary", "init"), ("alpha", DEFAULT_ALPHA), ("executor", "local"),
                                         ("address", None), ("workers", None)) if options.get(name) != default]
     if given:
         raise click.UsageError(f"--{given[0]} needs --seeds")

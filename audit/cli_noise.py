@@ -27,9 +27,10 @@ from audit.outputs import ReportTarget, check_report_targets, write_report
 
 def noise_options(function: Any) -> Any:
     """The options `noise` and `diff --seeds` share (diff adds --seeds itself: without it, diff is diff)."""
-    function = click.option("--vary", type=click.Choice(VARY), default="all", show_default=True,
+    # init by default: every recipe takes a seed, while varying the data order needs the recipe's hook.
+    function = click.option("--vary", type=click.Choice(VARY), default="init", show_default=True,
                             help="What the seeds change: initialisation and dropout (init), data order (data), "
-                                 "or both (all).")(function)
+                                 "or both (all); data and all need a recipe that takes data_order_seed.")(function)
     function = click.option("--alpha", type=click.FloatRange(min=0.0, max=1.0, min_open=True, max_open=True),
                             default=DEFAULT_ALPHA, show_default=True,
                             help="Significance level of the per-step test.")(function)

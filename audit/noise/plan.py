@@ -17,7 +17,7 @@ from audit.errors import ConfigError
 from audit.executors.base import RunJob
 from audit.outputs import trace_file_name
 
-VARY = ("all", "init", "data")
+VARY = ("init", "data", "all")
 NOISE_CAPTURE = {"values": "all", "graph": False, "module_outputs": False, "random_draws": False,
                  "nan_provenance": False, "term_attribution": False, "health": False}
 
