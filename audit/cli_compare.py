@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from audit.cli import EXIT_DIFFERENT, EXIT_SAME, EXIT_TROUBLE, cli
-from audit.cli_noise import noise_options
+from audit.cli_executor import noise_options
 from audit.cli_progress import Progress
 from audit.cli_thresholds import health_threshold_options, thresholds_from
 from audit.config import RunConfig, load_config

@@ -1,5 +1,6 @@
 """The options that choose where runs go (`--executor`, `--address`, `--workers`), shared by `noise`,
-`diff --seeds` and `bisect`."""
+`diff --seeds` and `bisect`, and the options of the seed runs themselves (`--vary`, `--alpha`). Kept apart
+from the commands so `diff` can take them without importing `noise`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 import click
 
 from audit.executors import EXECUTORS, Executor, make_executor
+from audit.noise.plan import VARY
+from audit.noise.stats import DEFAULT_ALPHA
 
 
 def executor_options(function: Any) -> Any:
@@ -21,6 +24,18 @@ def executor_options(function: Any) -> Any:
     function = click.option("--executor", "executor", type=click.Choice(EXECUTORS), default="local",
                             show_default=True, help="Where the runs go: this machine's cores, or a Ray cluster.")(function)
     return function
+
+
+def noise_options(function: Any) -> Any:
+    """The options `noise` and `diff --seeds` share (diff adds --seeds itself: without it, diff is diff)."""
+    # init by default: every recipe takes a seed, while varying the data order needs the recipe's hook.
+    function = click.option("--vary", type=click.Choice(VARY), default="init", show_default=True,
+                            help="What the seeds change: initialisation and dropout (init), data order (data), "
+                                 "or both (all); data and all need a recipe that takes data_order_seed.")(function)
+    function = click.option("--alpha", type=click.FloatRange(min=0.0, max=1.0, min_open=True, max_open=True),
+                            default=DEFAULT_ALPHA, show_default=True,
+                            help="Significance level of the per-step test.")(function)
+    return executor_options(function)
 
 
 @contextlib.contextmanager

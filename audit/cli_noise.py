@@ -15,26 +15,13 @@ from typing import Any
 import click
 
 from audit.cli import EXIT_DIFFERENT, EXIT_SAME, cli
-from audit.cli_executor import executor_options, opened_executor
+from audit.cli_executor import noise_options, opened_executor
 from audit.cli_progress import Progress
 from audit.config import RunConfig, load_config
 from audit.errors import RunFailed
-from audit.noise import VARY, NoiseResult, noise_result, record_noise
+from audit.noise import NoiseResult, noise_result, record_noise
 from audit.noise.plan import NOISE_CAPTURE
-from audit.noise.stats import DEFAULT_ALPHA
 from audit.outputs import ReportTarget, check_report_targets, write_report
-
-
-def noise_options(function: Any) -> Any:
-    """The options `noise` and `diff --seeds` share (diff adds --seeds itself: without it, diff is diff)."""
-    # init by default: every recipe takes a seed, while varying the data order needs the recipe's hook.
-    function = click.option("--vary", type=click.Choice(VARY), default="init", show_default=True,
-                            help="What the seeds change: initialisation and dropout (init), data order (data), "
-                                 "or both (all); data and all need a recipe that takes data_order_seed.")(function)
-    function = click.option("--alpha", type=click.FloatRange(min=0.0, max=1.0, min_open=True, max_open=True),
-                            default=DEFAULT_ALPHA, show_default=True,
-                            help="Significance level of the per-step test.")(function)
-    return executor_options(function)
 
 
 @cli.command("noise")
@@ -110,4 +97,4 @@ def _present(result: NoiseResult, reports: Sequence[ReportTarget], *, quiet: boo
             click.echo(f"HTML report: {html.path}")
 
 
-__all__ = ["NOISE_CAPTURE", "noise_diff", "noise_options", "run_noise"]
+__all__ = ["NOISE_CAPTURE", "noise_diff", "run_noise"]
