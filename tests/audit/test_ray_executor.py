@@ -47,3 +47,15 @@ def test_noise_through_ray_puts_learning_rate_x10_outside(ray_pool, tmp_path: Pa
     assert all(result.ok for result in results) and all(trace.complete for side in traces for trace in side)
     result = noise_result(configs, traces, vary="all")
     assert result.outside_metrics == [DISTANCE_FROM_INIT]
+
+
+def test_a_ray_run_has_the_thread_count_of_a_local_run(ray_pool, tmp_path: Path) -> None:
+    """Ray sets OMP_NUM_THREADS=1 in its workers; the run must not inherit it (other threads, other sums)."""
+    shutil.copy(Path(__file__).parent.parent / "recipes" / "tiny_mlp.py", tmp_path / "tiny_mlp.py")
+    (tmp_path / "run.yaml").write_text("recipe: tiny_mlp:build\nsteps: 1\n")
+    ray_pool.run([RunJob(load_config(tmp_path / "run.yaml"), tmp_path / "ray.trace")])
+    from audit.executors import LocalPool
+
+    LocalPool().run([RunJob(load_config(tmp_path / "run.yaml"), tmp_path / "local.trace")])
+    threads = [Trace(tmp_path / f"{name}.trace").environment["threads"] for name in ("ray", "local")]
+    assert threads[0] == threads[1]
