@@ -77,8 +77,10 @@ class Stop:
 
 
 def record(config: RunConfig, trace_path: str | os.PathLike[str], *,
-           progress: ProgressCallback | None = None, stop: Stop | None = None) -> RunResult:
-    """Record one config into `trace_path` in a fresh subprocess; never raises for a failed run.
+           progress: ProgressCallback | None = None, stop: Stop | None = None,
+           env: dict[str, str] | None = None) -> RunResult:
+    """Record one config into `trace_path` in a fresh subprocess; never raises for a failed run. `env`: variables
+    set for the worker on top of ours (an executor's thread count).
 
     An exception while waiting (an interrupt) kills the worker, finalises its partial trace and propagates.
     """
@@ -87,7 +89,7 @@ def record(config: RunConfig, trace_path: str | os.PathLike[str], *,
     payload = json.dumps({"config": config.to_dict(), "config_dir": config.config_dir,
                           "source": config.source})
     started = time.monotonic()
-    result = _Worker(config, trace_path, progress).run(payload, stop)
+    result = _Worker(config, trace_path, progress, env or {}).run(payload, stop)
     result.seconds = time.monotonic() - started
     return result
 
@@ -125,13 +127,15 @@ def raise_for_failures(results: Sequence[RunResult], *, traces_kept: bool = True
 class _Worker:
     """One worker process, from start to a reaped process group."""
 
-    def __init__(self, config: RunConfig, trace_path: Path, progress: ProgressCallback | None) -> None:
+    def __init__(self, config: RunConfig, trace_path: Path, progress: ProgressCallback | None,
+                 extra_env: dict[str, str]) -> None:
         self.config, self.trace_path, self.progress = config, trace_path, progress
+        self.extra_env = extra_env
         self.events: list[dict[str, Any]] = []
 
     def run(self, payload: str, stop: Stop | None) -> RunResult:
         read_fd, write_fd = os.pipe()
-        env = dict(os.environ)
+        env = {**os.environ, **self.extra_env}
         project_root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = project_root + os.pathsep + env.get("PYTHONPATH", "")
         command = [self.config.python or sys.executable, "-m", "audit.worker", "--trace", str(self.trace_path),

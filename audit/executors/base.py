@@ -7,6 +7,7 @@ the caller always gets the trace back as files at the path it asked for.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -21,6 +22,16 @@ RunsDone = Callable[[int, int, RunResult], None]  # (runs done, runs in all, the
 # A user error (bad config, a recipe that cannot take a key) and an interrupt end the same way every time;
 # anything else (a crash, a killed or lost worker, a hang) may be the machine's and gets one more try.
 NOT_RETRIED = ("user_error", "interrupted")
+
+
+def thread_env() -> dict[str, str]:
+    """The intra-op thread count of every run an executor starts: the caller's OMP_NUM_THREADS, else 1.
+
+    Many runs share the cores; each taking all of them (torch's default) oversubscribes the machine, and on
+    two cores two runs at once took 2.5 times as long each. One thread a run is also what Ray gives a task,
+    so both executors record the same thread count (it is in each trace) and the same float reductions.
+    """
+    return {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or "1"}
 
 
 @dataclass(frozen=True)

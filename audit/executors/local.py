@@ -2,7 +2,8 @@
 
 Each run is `audit.runner.record`: a fresh Python process of its own session, killed with its process group
 when it ends, so a pool of them is a process pool with the runner's guarantees (timeouts, partial traces,
-nothing left behind). Threads only wait on those processes.
+nothing left behind). Threads only wait on those processes. Each run gets one intra-op thread unless
+OMP_NUM_THREADS says otherwise (audit/executors/base.py: thread_env).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from audit.executors.base import DoneCounter, RunJob, RunsDone, as_retried, worth_retrying
+from audit.executors.base import DoneCounter, RunJob, RunsDone, as_retried, thread_env, worth_retrying
 from audit.runner import RunResult, Stop, record
 
 
@@ -44,8 +45,9 @@ class LocalPool:
 
     @staticmethod
     def _run_one(job: RunJob, stop: Stop, counter: DoneCounter) -> RunResult:
-        result = record(job.config, job.trace_path, stop=stop)
+        env = thread_env()
+        result = record(job.config, job.trace_path, stop=stop, env=env)
         if worth_retrying(result) and not stop.is_set():
-            result = as_retried(result, record(job.config, job.trace_path, stop=stop))
+            result = as_retried(result, record(job.config, job.trace_path, stop=stop, env=env))
         counter.count(result)
         return result

@@ -8,41 +8,33 @@ recipe's folder must still be at the same path on the node (docs/noise.md).
 from __future__ import annotations
 
 import io
-import os
 import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from audit.config import RunConfig
+from audit.executors.base import thread_env
 from audit.runner import record
 
 TRACE_NAME = "run.trace"
 
 
-# Ray sets OMP_NUM_THREADS=1 in its workers; the run's worker inherits it. The caller's value goes with the job
-# instead, so a run has the thread count (and the float reductions) it would have had in the local pool.
-THREAD_VARIABLES = ("OMP_NUM_THREADS",)
-
-
 def record_packed(payload: dict[str, Any]) -> dict[str, Any]:
     """Record the run described by `payload` (RunConfig.to_dict and where it came from) on this node."""
-    for name, value in (payload.get("thread_env") or {}).items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
     config = RunConfig.from_dict(payload["config"], config_dir=payload.get("config_dir"), source=payload.get("source"))
     with tempfile.TemporaryDirectory(prefix="repro-audit-ray-") as scratch:
         trace = Path(scratch) / TRACE_NAME
-        result = record(config, trace)
+        result = record(config, trace, env=payload.get("thread_env"))
         archive = _pack(trace) if result.trace_path is not None and trace.exists() else None
     return {"ok": result.ok, "error": result.error, "seconds": result.seconds, "archive": archive}
 
 
 def job_payload(config: RunConfig) -> dict[str, Any]:
     return {"config": config.to_dict(), "config_dir": config.config_dir, "source": config.source,
-            "thread_env": {name: os.environ.get(name) for name in THREAD_VARIABLES}}
+            # Decided by the caller, so a run has the thread count (and the float reductions) it would have
+            # had in the local pool, whatever the node's Ray worker has set.
+            "thread_env": thread_env()}
 
 
 def unpack(archive: bytes, target: Path) -> None:
