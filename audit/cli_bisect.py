@@ -6,7 +6,6 @@ an A that is not deterministic: no subset can be blamed then).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ def bisect_command(config_a: str, config_b: str | None, set_a: tuple[str, ...], 
     """
     from audit.bisect import Bisection
     from audit.cli_compare import _run_folder
+    from reports.json_report import render_document
     from reports.text_bisect import render_bisect_text
 
     if config_b is None and not set_b:
@@ -63,7 +63,7 @@ def bisect_command(config_a: str, config_b: str | None, set_a: tuple[str, ...], 
             raise RunFailed(f"{exc} (--keep DIR keeps what they recorded)") from None
         progress.done()
     for report in reports:
-        write_report(report, json.dumps(result.to_dict(), sort_keys=True, indent=1, default=str) + "\n")
+        write_report(report, render_document(result.to_dict()))
     if not any(report.to_stdout for report in reports):
         click.echo(render_bisect_text(result))
     return EXIT_SAME

@@ -7,7 +7,6 @@ B's loss lies outside A's spread at some step, else 0.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ from audit.cli_progress import Progress
 from audit.config import RunConfig, load_config
 from audit.errors import RunFailed
 from audit.noise import NoiseResult, noise_result, record_noise
-from audit.noise.plan import NOISE_CAPTURE
 from audit.outputs import ReportTarget, check_report_targets, write_report
 
 
@@ -81,11 +79,12 @@ def run_noise(configs: list[RunConfig], inputs: Sequence[Path], *, seeds: int, s
 
 
 def _present(result: NoiseResult, reports: Sequence[ReportTarget], *, quiet: bool) -> None:
+    from reports.json_report import render_document
     from reports.text_noise import render_noise_text
 
     for report in reports:
         if report.option == "--json":
-            write_report(report, json.dumps(result.to_dict(), sort_keys=True, indent=1) + "\n")
+            write_report(report, render_document(result.to_dict()))
         else:
             from reports.html.noise_page import render_noise_html
 
@@ -97,4 +96,4 @@ def _present(result: NoiseResult, reports: Sequence[ReportTarget], *, quiet: boo
             click.echo(f"HTML report: {html.path}")
 
 
-__all__ = ["NOISE_CAPTURE", "noise_diff", "run_noise"]
+__all__ = ["noise_diff", "run_noise"]

@@ -80,7 +80,9 @@ def test_json_text_and_html_present_the_same_result(recorded: dict) -> None:
     from reports.text_noise import render_noise_text
 
     result = compared(recorded, "lr_x10")
-    document = json.loads(json.dumps(result.to_dict(), sort_keys=True))
+    from reports.json_report import render_document
+
+    document = json.loads(render_document(result.to_dict()))
     assert document["kind"] == "noise" and document["outside"] is True
     assert document["headline"] == result.headline()
     assert document["b"]["label"] == "lr x10" and document["a"]["seeds"] == SEEDS
