@@ -6,6 +6,8 @@ Records `--seeds` seeds of fixtures/configs/torch/baseline.yaml through the loca
 when Ray is installed, the same runs through a private local Ray instance with as many CPUs. Reports:
 - the wall time of the batch against the sum of its runs' own times (each run's worker, start to reaped
   process group): speedup = sum / wall, and parallel efficiency = speedup / min(cores, runs);
+- the same against runs alone (two runs one at a time first): runs x solo time / wall. Runs that slow each
+  other down (oversubscribed threads) keep the first ratio high and show here;
 - Ray: the time to start the instance, the batch's wall time, and the overhead per run,
   (Ray wall - local wall) x min(cores, runs) / runs: what each run costs in Ray's scheduling, task
   start and trace transfer (packed, returned, unpacked) beyond the local pool's.
@@ -49,10 +51,14 @@ def main() -> None:
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     slots = min(cores, args.seeds)
+    _, solo = timed_batch(LocalPool(workers=1), seeds=2, steps=args.steps)
+    solo /= 2
     wall, own = timed_batch(LocalPool(), seeds=args.seeds, steps=args.steps)
     print(f"local pool, {cores} cores, {args.seeds} runs of {args.steps} steps: wall {wall:.1f} s, runs' own "
           f"times {own:.1f} s in all ({own / args.seeds:.2f} s a run); speedup {own / wall:.2f}x, parallel "
           f"efficiency {own / wall / slots:.0%}")
+    print(f"  against runs alone ({solo:.2f} s a run, one at a time): speedup {args.seeds * solo / wall:.2f}x, "
+          f"parallel efficiency {args.seeds * solo / wall / slots:.0%}")
     if args.no_ray:
         return
     try:
