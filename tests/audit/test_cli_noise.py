@@ -48,3 +48,14 @@ def test_vary_data_with_a_recipe_without_the_hook_is_one_line(write_config) -> N
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
     code, _, stderr = run_cli(*args)
     assert code == 2 and message in one_line(stderr)
+
+
+def test_noise_prints_the_band_and_writes_json_to_stdout(write_config) -> None:
+    config = write_config("tiny", recipe="tiny_mlp:build", steps=2)
+    code, stdout, stderr = run_cli("noise", str(config), "--seeds", "2", "--json", "-")
+    assert code == 0, stderr
+    document = json.loads(stdout)  # stdout holds the JSON alone
+    assert document["kind"] == "noise" and document["b"] is None and document["outside"] is None
+    assert document["headline"].startswith("loss of tiny over 2 seeds (vary init) at step 2: median")
+    assert [band["metric"] for band in document["a"]["bands"]][0] == "total_loss"
+    assert "runs done 2/2" in stderr
