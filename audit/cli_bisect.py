@@ -16,7 +16,7 @@ from audit.cli_executor import executor_options, opened_executor
 from audit.cli_progress import Progress
 from audit.config import load_config
 from audit.errors import RunFailed
-from audit.outputs import check_report_targets, write_report
+from audit.outputs import check_keep_folder, check_report_targets, write_report
 
 
 @cli.command("bisect")
@@ -52,6 +52,8 @@ def bisect_command(config_a: str, config_b: str | None, set_a: tuple[str, ...], 
     inputs = [Path(config_a), Path(config_b or config_a)]
     reports = check_report_targets([("--json", json_path)],
                                    protected=inputs + ([Path(keep)] if keep else []))
+    if keep is not None:
+        check_keep_folder(keep)
     with _run_folder(keep) as folder, opened_executor(options) as executor, Progress(quiet=quiet) as progress:
         bisection = Bisection(first, second, folder=folder, executor=executor, on_done=progress.run_done,
                               traces_kept=keep is not None)

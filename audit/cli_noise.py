@@ -19,7 +19,7 @@ from audit.cli_progress import Progress
 from audit.config import RunConfig, load_config
 from audit.errors import RunFailed
 from audit.noise import NoiseResult, noise_result, record_noise
-from audit.outputs import ReportTarget, check_report_targets, write_report
+from audit.outputs import ReportTarget, check_keep_folder, check_report_targets, write_report
 
 
 @cli.command("noise")
@@ -63,6 +63,8 @@ def run_noise(configs: list[RunConfig], inputs: Sequence[Path], *, seeds: int, s
     reports = check_report_targets([("--json", options.get("json_path")), ("--html", options.get("html_path"))],
                                    protected=list(inputs) + ([Path(options["keep"])] if options.get("keep") else []))
     keep = options.get("keep")
+    if keep is not None:
+        check_keep_folder(keep)
     with _run_folder(keep) as folder, opened_executor(options) as executor, \
             Progress(quiet=options.get("quiet", False)) as progress:
         try:

@@ -52,6 +52,8 @@ class RunResult:
         step = error.get("step")
         where = f" at step {step}" if step else ""
         kept = f"; partial trace kept at {self.trace_path}" if self.trace_path else ""
+        if self.attempts > 1:
+            kept += f" (retried once; the first attempt ended: {(self.first_error or {}).get('kind', 'crash')})"
         if kind == "user_error":
             return f"run {self.label!r}: {message}{kept}"
         if kind == "timeout":
