@@ -57,5 +57,6 @@ def test_noise_prints_the_band_and_writes_json_to_stdout(write_config) -> None:
     document = json.loads(stdout)  # stdout holds the JSON alone
     assert document["kind"] == "noise" and document["b"] is None and document["outside"] is None
     assert document["headline"].startswith("loss of tiny over 2 seeds (vary init) at step 2: median")
-    assert [band["metric"] for band in document["a"]["bands"]][0] == "total_loss"
+    assert [band["metric"] for band in document["a"]["bands"]] == ["total_loss", "loss_terms.ce", "gradient_norm",
+                                                                   "distance_from_init", "parameter_distance"]
     assert "runs done 2/2" in stderr

@@ -10,6 +10,7 @@ import pytest
 from audit.config import load_config
 from audit.errors import RunFailed
 from audit.executors import LocalPool, RunJob, make_executor
+from audit.executors.base import thread_env
 from audit.runner import raise_for_failures
 from audit.trace import Trace
 
@@ -41,7 +42,10 @@ def test_a_lost_worker_is_retried_once_and_its_trace_comes_back(pool_results) ->
     once = results[0]
     assert once.ok and once.attempts == 2
     assert once.first_error["kind"] == "crash" and "SIGKILL" in once.first_error["message"]
-    assert Trace(folder / "once.trace").complete and len(Trace(folder / "once.trace").steps) == 1
+    trace = Trace(folder / "once.trace")
+    assert trace.complete and len(trace.steps) == 1
+    # Many runs share the cores: one intra-op thread each unless OMP_NUM_THREADS says otherwise.
+    assert trace.environment["threads"]["intra_op"] == int(thread_env()["OMP_NUM_THREADS"])
 
 
 def test_a_run_that_fails_twice_is_reported_with_both_attempts(pool_results) -> None:

@@ -1,5 +1,6 @@
 """The Ray executor through a local Ray instance: runs go to Ray tasks, traces come back as files, a lost
-worker's run is retried once, and the noise test gives the same verdict as the local pool."""
+worker's run is retried once, the noise test gives the same verdict as the local pool with the same thread
+count, and bisect names the same change."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from audit.config import load_config
 from audit.executors import RunJob, make_executor
+from audit.executors.base import thread_env
 from audit.noise import noise_result, record_noise
 from audit.noise.series import DISTANCE_FROM_INIT
 from audit.trace import Trace
@@ -47,15 +49,17 @@ def test_noise_through_ray_puts_learning_rate_x10_outside(ray_pool, tmp_path: Pa
     assert all(result.ok for result in results) and all(trace.complete for side in traces for trace in side)
     result = noise_result(configs, traces, vary="all")
     assert result.outside_metrics == [DISTANCE_FROM_INIT]
+    # The caller decides the thread count, not the Ray worker (Ray sets OMP_NUM_THREADS=1 in its workers, and
+    # the local pool gives the same): the same sums whichever executor ran it.
+    expected = int(thread_env()["OMP_NUM_THREADS"])
+    assert {trace.environment["threads"]["intra_op"] for side in traces for trace in side} == {expected}
 
 
-def test_a_ray_run_has_the_thread_count_of_a_local_run(ray_pool, tmp_path: Path) -> None:
-    """Both executors give a run the same thread count (the caller decides, not the Ray worker): same sums."""
-    shutil.copy(Path(__file__).parent.parent / "recipes" / "tiny_mlp.py", tmp_path / "tiny_mlp.py")
-    (tmp_path / "run.yaml").write_text("recipe: tiny_mlp:build\nsteps: 1\n")
-    ray_pool.run([RunJob(load_config(tmp_path / "run.yaml"), tmp_path / "ray.trace")])
-    from audit.executors import LocalPool
+def test_bisect_through_ray_names_the_learning_rate(ray_pool, tmp_path: Path) -> None:
+    from audit.bisect import Bisection
 
-    LocalPool().run([RunJob(load_config(tmp_path / "run.yaml"), tmp_path / "local.trace")])
-    threads = [Trace(tmp_path / f"{name}.trace").environment["threads"] for name in ("ray", "local")]
-    assert threads[0] == threads[1]
+    a = load_config(BASELINE, steps=1)
+    b = load_config(BASELINE, steps=1, overrides=["params.lr=0.01", "timeout=300"])
+    result = Bisection(a, b, folder=tmp_path, executor=ray_pool).run()
+    assert [change.name for change in result.minimal] == ["params.lr"]
+    assert result.target is not None and result.target.category == "optimizer"
