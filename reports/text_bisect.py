@@ -25,7 +25,7 @@ def render_bisect_text(result: BisectResult) -> str:
         lines += ["", f"Tests ({result.runs} runs in all, A and B included):"]
         for item in tested[:MAX_TESTS]:
             found = item["first_divergence"]
-            where = "identical to A" if found is None else \
+            where = f"failed: {item['failed']}" if item.get("failed") else "identical to A" if found is None else \
                 f"{found['category']} {found['name']} " + \
                 ("before training" if found["step"] is None else f"at step {found['step']}")
             names = ", ".join(item["changes"]) or "(none: A rerun)"

@@ -29,10 +29,12 @@ class Identity:
 class TestedSubset:
     changes: list[str]
     divergence: Identity | None
+    failed: str | None = None  # the run of A with these changes failed: why (it does not reproduce)
 
     def to_dict(self, target: Identity | None) -> dict[str, Any]:
         return {"changes": sorted(self.changes), "reproduces": self.divergence == target and target is not None,
-                "first_divergence": self.divergence.to_dict() if self.divergence else None}
+                "first_divergence": self.divergence.to_dict() if self.divergence else None,
+                "failed": self.failed}
 
 
 @dataclass

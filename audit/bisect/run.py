@@ -21,7 +21,7 @@ from audit.config import RunConfig
 from audit.errors import UserError
 from audit.executors.base import Executor, RunJob, RunsDone
 from audit.outputs import trace_file_name
-from audit.runner import raise_for_failures
+from audit.runner import RunResult, raise_for_failures
 from audit.trace import Trace
 
 INPUTS = ("environment", "code", "config", "health")  # not outcomes: left out of the divergence compared
@@ -85,23 +85,31 @@ class Bisection:
                     label = f"A + {len(subset)} change{'s' if len(subset) != 1 else ''} (test {number})"
                     labelled.append((label, apply_changes(self.config_a, self.config_b, subset,
                                                           scratch=folders.path(number), label=label)))
-                traces = self._record(labelled)
+                results = self._run(labelled)
             finally:
                 folders.remove()
-            for (key, subset), trace in zip(new.items(), traces):
+            for (key, subset), (job, result) in zip(new.items(), results):
                 assert self.trace_a is not None
-                self.tested[key] = TestedSubset([c.name for c in subset], first_divergence(self.trace_a, trace))
+                names = [c.name for c in subset]
+                # A subset that cannot run (a recipe key without its module) does not reproduce: ddmin's
+                # "unresolved", kept with its reason instead of ending the bisection.
+                self.tested[key] = TestedSubset(names, first_divergence(self.trace_a, Trace(job.trace_path))) \
+                    if result.ok else TestedSubset(names, None, failed=result.failure_line())
                 self.runs += 1
         return [self.tested[frozenset(c.name for c in subset)].divergence == self.target for subset in subsets]
 
     def _record(self, labelled: Sequence[tuple[str, RunConfig]]) -> list[Trace]:
+        """A and B: a failure of either ends the bisection."""
+        results = self._run(labelled)
+        raise_for_failures([result for _, result in results], traces_kept=self.traces_kept)
+        return [Trace(job.trace_path) for job, _ in results]
+
+    def _run(self, labelled: Sequence[tuple[str, RunConfig]]) -> list[tuple[RunJob, RunResult]]:
         jobs = []
         for name, config in labelled:
             path = self.folder / trace_file_name(name if name in ("A", "B") else config.label, prefix="bisect-")
             jobs.append(RunJob(config, path))
-        results = self.executor.run(jobs, on_done=self.on_done)
-        raise_for_failures(results, traces_kept=self.traces_kept)
-        return [Trace(job.trace_path) for job in jobs]
+        return list(zip(jobs, self.executor.run(jobs, on_done=self.on_done)))
 
 
 class _MixedFolders:

@@ -10,7 +10,7 @@ from audit.executors.base import Executor, RunsDone
 from audit.noise.bands import band, metric_names, per_step_values
 from audit.noise.plan import noise_jobs, seeded_configs
 from audit.noise.result import NoiseResult, SideNoise
-from audit.noise.series import run_series
+from audit.noise.series import Series, run_series
 from audit.noise.stats import DEFAULT_ALPHA, curve_test
 from audit.runner import RunResult, raise_for_failures
 from audit.trace import Trace
@@ -46,7 +46,7 @@ def noise_result(configs: Sequence[RunConfig], traces: Sequence[Sequence[Trace]]
     return result
 
 
-def _side(config: RunConfig, traces: Sequence[Trace], series: list, vary: str) -> SideNoise:
+def _side(config: RunConfig, traces: Sequence[Trace], series: list[Series], vary: str) -> SideNoise:
     bands = [band(metric, per_step_values(series, metric)) for metric in metric_names(series)]
     runs = []
     for trace in traces:

@@ -55,7 +55,8 @@ def test_bisect_of_five_changed_keys_returns_the_one_that_diverges(five_key_bise
     assert result.sentence() == ("1 of 5 changes reproduces B's first divergence (optimizer lr (param group 0) at "
                                  "step 1): params.lr")
     tested = result.to_dict()["tested"]
-    assert tested[0] == {"changes": [], "reproduces": False, "first_divergence": None}  # A rerun: deterministic
+    assert tested[0] == {"changes": [], "reproduces": False, "first_divergence": None,  # A rerun: deterministic
+                         "failed": None}
     assert all(item["reproduces"] == ("params.lr" in item["changes"]) for item in tested)
     assert result.runs == 2 + len(tested) - 1  # the whole set is B itself, never run again
 
