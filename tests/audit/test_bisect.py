@@ -1,6 +1,5 @@
 """Bisection: delta debugging on made-up tests, the atomic changes of two configs, and for real on the fixture
-Transformer: of five changed keys, the one that makes the run diverge (the learning rate); and over code,
-when A and B come from different folders."""
+Transformer: of five changed keys, the one that makes the run diverge (the learning rate)."""
 
 from __future__ import annotations
 
@@ -69,13 +68,5 @@ def test_bisect_report_names_the_change_with_its_divergence(five_key_bisection) 
     assert "Minimal changes (applied to A, they reproduce it):\n  params.lr: '<not set>' -> 0.01" in text
     assert "  timeout: 600.0 -> 300.0" in text
 
-
-def test_bisect_over_code_between_two_folders(tmp_path: Path) -> None:
-    """code_change/a and /b differ only in helper_ops.py; B also gets a harmless timeout."""
-    folders = TORCH / "cases" / "code_change"
-    a = load_config(folders / "a" / "code_change.yaml", steps=1)
-    b = load_config(folders / "b" / "code_change.yaml", steps=1, overrides=["timeout=300"])
-    result = Bisection(a, b, folder=tmp_path, executor=LocalPool()).run()
-    assert [change.to_dict()["kind"] for change in result.changes] == ["config", "code"]
-    assert [change.name for change in result.minimal] == ["helper_ops.py"]
-    assert not list(folders.glob(".repro-audit-bisect-*"))  # the mixed copy beside a/ is gone
+# Bisection over code (A and B in different folders) runs through the Ray executor:
+# tests/audit/test_ray_executor.py::test_bisect_over_code_through_ray (one test covers both).

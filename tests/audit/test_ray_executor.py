@@ -1,10 +1,11 @@
 """The Ray executor through a local Ray instance: runs go to Ray tasks, traces come back as files, a lost
 worker's run is retried once, the noise test gives the same verdict as the local pool with the same thread
-count, and bisect names the same change."""
+count, and bisect over code (A and B in different folders) names the changed module."""
 
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -55,11 +56,19 @@ def test_noise_through_ray_puts_learning_rate_x10_outside(ray_pool, tmp_path: Pa
     assert {trace.environment["threads"]["intra_op"] for side in traces for trace in side} == {expected}
 
 
-def test_bisect_through_ray_names_the_learning_rate(ray_pool, tmp_path: Path) -> None:
+
+def test_bisect_over_code_through_ray(ray_pool) -> None:
+    """code_change/a and /b differ only in helper_ops.py; B also gets a harmless timeout. The mixed copy of
+    a/ with B's helper_ops.py sits beside a/ while the Ray tasks run, and is gone after."""
     from audit.bisect import Bisection
 
-    a = load_config(BASELINE, steps=1)
-    b = load_config(BASELINE, steps=1, overrides=["params.lr=0.01", "timeout=300"])
-    result = Bisection(a, b, folder=tmp_path, executor=ray_pool).run()
-    assert [change.name for change in result.minimal] == ["params.lr"]
-    assert result.target is not None and result.target.category == "optimizer"
+    folders = BASELINE.parent / "cases" / "code_change"
+    a = load_config(folders / "a" / "code_change.yaml", steps=1)
+    b = load_config(folders / "b" / "code_change.yaml", steps=1, overrides=["timeout=300"])
+    with tempfile.TemporaryDirectory() as scratch:
+        result = Bisection(a, b, folder=Path(scratch), executor=ray_pool).run()
+    assert [(change.kind, change.name) for change in result.changes] == [("config", "timeout"),
+                                                                        ("code", "helper_ops.py")]
+    assert [change.name for change in result.minimal] == ["helper_ops.py"]
+    assert result.target is not None and result.target.step == 1
+    assert not list(folders.glob(".repro-audit-bisect-*"))
