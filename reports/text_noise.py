@@ -44,7 +44,8 @@ def _table(result: NoiseResult, metric: str) -> list[str]:
     header = f"  {'step':>5}  {'A median':>11}  {'A range':>25}"
     if side_b:
         header += f"  {'B median':>11}  {'adj. p':>8}  {'d':>7}  outside"
-    lines = [f"{title} (A: {max(band.runs)} runs a step)", header]
+    runs = max(band.runs)
+    lines = [f"{title} (A: {runs} run{'s' if runs != 1 else ''} a step)", header]
     rows = list(range(len(band.steps)))
     if len(rows) > MAX_ROWS:
         rows = rows[:MAX_ROWS // 2] + [-1] + rows[-MAX_ROWS // 2:]
