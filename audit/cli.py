@@ -1,4 +1,4 @@
-"""The `repro-audit` command line: record, diff, compare, check, health.
+"""The `repro-audit` command line: record, diff, compare, check, health, noise, bisect.
 
 Exit codes follow diff(1): 0 identical (or healthy), 1 diverged (or flagged), 2 bad input or a failed run;
 3 is a bug in repro-audit and 130 an interrupt (audit/cli_errors.py). Every failure is one line on stderr.
@@ -57,4 +57,13 @@ def main() -> None:
 
 
 # Imported for their side effect: each registers its commands on `cli`.
-from audit import cli_commands, cli_compare, cli_env, cli_health, cli_ops, cli_verify  # noqa: F401,E402
+from audit import (  # noqa: F401,E402
+    cli_bisect,
+    cli_commands,
+    cli_compare,
+    cli_env,
+    cli_health,
+    cli_noise,
+    cli_ops,
+    cli_verify,
+)

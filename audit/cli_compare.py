@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from audit.cli import EXIT_DIFFERENT, EXIT_SAME, EXIT_TROUBLE, cli
+from audit.cli_executor import noise_options
 from audit.cli_progress import Progress
 from audit.cli_terminal import color_option, echo_report, report_width, use_color
 from audit.cli_thresholds import health_threshold_options, thresholds_from
 from audit.config import RunConfig, load_config
 from audit.divergence import CATEGORIES, Comparison
 from audit.errors import Interrupted, OutputError, RunFailed, UserError
+from audit.noise.stats import DEFAULT_ALPHA
 from audit.outputs import (
     ReportTarget,
     check_keep_folder,
@@ -90,10 +92,14 @@ def _tolerance_options(function: Any) -> Any:
 @click.option("--verify", is_flag=True,
               help="Prove each named mechanism: re-run B with it neutralised and report the effect (keeps values).")
 @_zoom_option
+@click.option("--seeds", type=click.IntRange(min=2),
+              help="Run each config with this many seeds and test B's curves against A's seed-to-seed spread.")
+@noise_options
 @_tolerance_options
 def diff_command(config_a: str, config_b: str | None, set_a: tuple[str, ...], set_b: tuple[str, ...],
                  steps: int | None, values: str | None, keep: str | None, python_a: str | None,
-                 python_b: str | None, ref_a: str | None, ref_b: str | None, verify: bool, **options: Any) -> int:
+                 python_b: str | None, ref_a: str | None, ref_b: str | None, verify: bool, seeds: int | None,
+                 **options: Any) -> int:
     """Run two configs in separate processes and explain where they first diverge.
 
     \b
@@ -103,6 +109,11 @@ def diff_command(config_a: str, config_b: str | None, set_a: tuple[str, ...], se
     """
     if config_b is None and not set_b:
         raise click.UsageError("give CONFIG_B, or --set-b to compare CONFIG_A against itself with an override")
+    if seeds is None:
+        _refuse_noise_options(options)
+    elif verify or values or options["rtol"] or options["atol"] or options["ignore"]:
+        raise click.UsageError("--seeds compares seed-to-seed bands: --verify, --values, --rtol, --atol and --ignore "
+                               "do not apply")
     if verify:
         from audit.cli_verify import verified_values
 
@@ -116,7 +127,20 @@ def diff_command(config_a: str, config_b: str | None, set_a: tuple[str, ...], se
         if first.label == second.label:
             first.label, second.label = f"{first.label} (A)", f"{second.label} (B)"
         first.python, second.python = interpreter(python_a), interpreter(python_b)
+        if seeds is not None:
+            from audit.cli_noise import noise_diff
+
+            return noise_diff([first, second], [Path(config_a), Path(config_b or config_a)], seeds=seeds,
+                              steps=None, options={**options, "keep": keep})
         return _diff([first, second], [Path(config_a), Path(config_b or config_a)], keep, verify, options)
+
+
+def _refuse_noise_options(options: dict[str, Any]) -> None:
+    """--vary, --alpha and the executor options shape the runs of --seeds only; alone they would do nothing."""
+    given = [name for name, default in (("vary", "init"), ("alpha", DEFAULT_ALPHA), ("executor", "local"),
+                                        ("address", None), ("workers", None)) if options.get(name) != default]
+    if given:
+        raise click.UsageError(f"--{given[0]} needs --seeds")
 
 
 def _at_commit(checkouts: contextlib.ExitStack, config: str, ref: str | None) -> str:

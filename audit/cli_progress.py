@@ -1,4 +1,5 @@
-"""Progress on stderr while runs go and while the command compares and writes: which run, which step.
+"""Progress on stderr while runs go and while the command compares and writes: which run, which step, or
+runs done out of how many.
 
 On a terminal each run has a live line of its own (runs go in parallel: one shared line would show them
 in turns), and what the command does next (comparing, writing a report) is a transient line, cleared
@@ -13,7 +14,7 @@ import os
 import sys
 import threading
 from collections.abc import Iterator
-from typing import TextIO
+from typing import Any, TextIO
 
 LOG_LINES_PER_RUN = 10  # plain lines one run prints at most in a log, besides its first and last step
 _UP, _DOWN, _CLEAR = "\x1b[{}A", "\x1b[{}B", "\x1b[K"
@@ -41,6 +42,19 @@ class Progress:
             if self._live:
                 self._show_row(label, line)
             elif self._worth_logging(label, step, steps):
+                self._write(line + "\n")
+
+    def run_done(self, done: int, total: int, result: Any) -> None:
+        """Runs done / total, for commands that give many runs to an executor at once."""
+        if self.quiet:
+            return
+        how = "" if result.ok else " (failed)"
+        how += " (retried once)" if getattr(result, "attempts", 1) > 1 else ""
+        line = f"  runs done {done}/{total}: {result.label}{how}"
+        with self._lock:
+            if self._live:
+                self._show_row("runs done", line)
+            else:
                 self._write(line + "\n")
 
     @contextlib.contextmanager

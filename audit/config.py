@@ -23,7 +23,7 @@ from audit.errors import ConfigError
 FRAMEWORKS = ("torch", "tensorflow")
 VALUE_MODES = ("none", "first", "all")
 TOP_LEVEL_KEYS = {"recipe", "framework", "seed", "steps", "params", "loss_weights", "capture", "timeout", "label",
-                  "interventions"}
+                  "interventions", "data_order_seed"}
 CAPTURE_DEFAULTS: dict[str, Any] = {
     "values": "none",  # keep tensor values: none, first (step 1), all
     "graph": True,  # op-level graph of step 1 and of steps whose op sequence changes
@@ -55,6 +55,9 @@ class RunConfig:
     label: str = "run"
     # Set by `--verify` only (audit/verify): what to neutralise in this run; empty for every ordinary run.
     interventions: dict[str, Any] = field(default_factory=dict)
+    # Passed to the recipe as `build(params, data_order_seed=...)` when set (`noise --vary data`): the order
+    # the recipe serves its data in, kept apart from `seed`, which drives initialisation and dropout.
+    data_order_seed: int | None = None
     config_dir: str | None = None
     source: str | None = None
     # The interpreter the run's worker starts with (`--python-b`): another environment, same config. Not part
@@ -78,6 +81,7 @@ class RunConfig:
             "label": self.label,
             # Written only when set, so ordinary traces and their config comparison read as before.
             **({"interventions": copy.deepcopy(self.interventions)} if self.interventions else {}),
+            **({"data_order_seed": self.data_order_seed} if self.data_order_seed is not None else {}),
         }
 
     @classmethod
@@ -177,10 +181,14 @@ def validate(raw: dict[str, Any], *, config_dir: str | None, source: str | None,
     from audit.verify.spec import validate_interventions
 
     interventions = validate_interventions(_mapping(raw, "interventions", where), where)
+    data_order_seed = raw.get("data_order_seed")
+    if data_order_seed is not None:
+        data_order_seed = _int(data_order_seed, "data_order_seed", where, minimum=0, maximum=MAX_SEED)
     return RunConfig(
         recipe=recipe, framework=framework, seed=seed, steps=steps, params=params,
         loss_weights={str(k): float(v) for k, v in weights.items()}, capture=capture,
-        timeout=float(timeout), label=label, interventions=interventions, config_dir=config_dir, source=source,
+        timeout=float(timeout), label=label, interventions=interventions, data_order_seed=data_order_seed,
+        config_dir=config_dir, source=source,
     )
 
 

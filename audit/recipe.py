@@ -77,6 +77,25 @@ def resolve_recipe(spec: str, *, config_dir: Path | None) -> Callable[..., Any]:
     return function
 
 
+def call_recipe(build: Callable[..., Any], params: Mapping[str, Any], *, spec: str,
+                data_order_seed: int | None) -> Any:
+    """`build(params)`, and `data_order_seed=` when the config sets one: the hook `noise --vary data` uses to
+    change the order of the data without changing `seed` (initialisation, dropout). A recipe that cannot take
+    it is told so, rather than silently serving every seed the same data."""
+    if data_order_seed is None:
+        return build(dict(params))
+    try:
+        parameters = inspect.signature(build).parameters
+    except (TypeError, ValueError):
+        parameters = {}  # type: ignore[assignment]
+    takes = "data_order_seed" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD
+                                                    for p in parameters.values())
+    if not takes:
+        raise ConfigError(f"recipe {spec} does not take data_order_seed: to vary the data order, give it a keyword "
+                          f"argument `data_order_seed=None` that orders its batches (docs/noise.md)")
+    return build(dict(params), data_order_seed=data_order_seed)
+
+
 def as_recipe(returned: Any, *, spec: str) -> Recipe:
     """Accept a Recipe or a mapping with the same keys; anything else is the user's error, said plainly."""
     if isinstance(returned, Recipe):

@@ -42,6 +42,9 @@ class RunResult:
     trace_path: Path | None
     ok: bool
     error: dict[str, Any] | None = None
+    seconds: float | None = None  # the run's own wall time, from start of its worker to its reaped group
+    attempts: int = 1  # an executor retries a failed or lost run once (audit/executors)
+    first_error: dict[str, Any] | None = None  # how the first attempt ended, when it was retried
 
     def failure_line(self) -> str:
         error = self.error or {}
@@ -50,6 +53,8 @@ class RunResult:
         step = error.get("step")
         where = f" at step {step}" if step else ""
         kept = f"; partial trace kept at {self.trace_path}" if self.trace_path else ""
+        if self.attempts > 1:
+            kept += f" (retried once; the first attempt ended: {(self.first_error or {}).get('kind', 'crash')})"
         if kind == "user_error":
             return f"run {self.label!r}: {message}{kept}"
         if kind == "timeout":
@@ -76,8 +81,10 @@ class Stop:
 
 def record(config: RunConfig, trace_path: str | os.PathLike[str], *,
            progress: ProgressCallback | None = None, stop: Stop | None = None,
-           mode: str = "record", zoom: dict[str, Any] | None = None) -> RunResult:
-    """Record one config into `trace_path` in a fresh subprocess; never raises for a failed run.
+           mode: str = "record", zoom: dict[str, Any] | None = None,
+           env: dict[str, str] | None = None) -> RunResult:
+    """Record one config into `trace_path` in a fresh subprocess; never raises for a failed run. `env`: variables
+    set for the worker on top of ours (an executor's thread count).
 
     `mode="ops"` runs `repro-audit ops` there instead (every op twice; ops.json in the trace folder);
     `mode="zoom"` the zoom-in of check/diff, `zoom` saying which step and module (zoom.json).
@@ -88,7 +95,10 @@ def record(config: RunConfig, trace_path: str | os.PathLike[str], *,
     trace_path.parent.mkdir(parents=True, exist_ok=True)
     payload = json.dumps({"config": config.to_dict(), "config_dir": config.config_dir,
                           "source": config.source, "mode": mode, "zoom": zoom})
-    return _Worker(config, trace_path, progress).run(payload, stop)
+    started = time.monotonic()
+    result = _Worker(config, trace_path, progress, env or {}).run(payload, stop)
+    result.seconds = time.monotonic() - started
+    return result
 
 
 def record_all(jobs: Sequence[tuple[RunConfig, Path]], *, progress: ProgressCallback | None = None,
@@ -127,13 +137,15 @@ def raise_for_failures(results: Sequence[RunResult], *, traces_kept: bool = True
 class _Worker:
     """One worker process, from start to a reaped process group."""
 
-    def __init__(self, config: RunConfig, trace_path: Path, progress: ProgressCallback | None) -> None:
+    def __init__(self, config: RunConfig, trace_path: Path, progress: ProgressCallback | None,
+                 extra_env: dict[str, str]) -> None:
         self.config, self.trace_path, self.progress = config, trace_path, progress
+        self.extra_env = extra_env
         self.events: list[dict[str, Any]] = []
 
     def run(self, payload: str, stop: Stop | None) -> RunResult:
         read_fd, write_fd = os.pipe()
-        env = worker_environment(os.environ)
+        env = {**worker_environment(os.environ), **self.extra_env}
         command = [self.config.python or sys.executable, "-m", "audit.worker", "--trace", str(self.trace_path),
                    "--events-fd", str(write_fd), "--parent-pid", str(os.getpid())]
         try:

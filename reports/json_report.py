@@ -51,6 +51,12 @@ def render_json(comparison: Comparison) -> str:
     return json.dumps(to_json_value(data), sort_keys=True, indent=2, allow_nan=False) + "\n"
 
 
+def render_document(document: dict[str, Any]) -> str:
+    """Another result (`noise`, `bisect`) as strict JSON the same way: sorted keys, indent 2, non-finite floats
+    as strings."""
+    return json.dumps(to_json_value(document), sort_keys=True, indent=2, allow_nan=False) + "\n"
+
+
 def to_json_value(value: Any) -> Any:
     """Plain JSON data: numpy scalars and arrays as Python, non-finite floats as strings, keys as strings."""
     if isinstance(value, bool) or value is None or isinstance(value, str):

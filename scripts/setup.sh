@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install repro-audit with both frameworks and the test tools.
+# Create .venv and install repro-audit with both frameworks, scipy, Ray and the test tools.
 # torch is installed first and pinned: an unpinned torch pulls gigabytes of CUDA packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,4 +10,4 @@ fi
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet "torch==2.13.0"
-python -m pip install --quiet -e ".[all,test]"
+python -m pip install --quiet -e ".[all,test,ray]"

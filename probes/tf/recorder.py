@@ -24,7 +24,7 @@ from typing import Any
 
 from audit.config import RunConfig
 from audit.errors import RunFailed
-from audit.recipe import as_recipe, resolve_recipe, step_batches
+from audit.recipe import as_recipe, call_recipe, resolve_recipe, step_batches
 from audit.trace import TraceWriter
 from audit.trace import format as fmt
 from probes.tf import require_tensorflow
@@ -62,7 +62,8 @@ def open_recording(config: RunConfig, writer: TraceWriter) -> Iterator[Any]:
         capture.active = True
         try:
             with ledger.scope():
-                returned = build(dict(config.params))
+                returned = call_recipe(build, config.params, spec=config.recipe,
+                                       data_order_seed=config.data_order_seed)
         finally:
             capture.active = False
         recipe = as_recipe(returned, spec=config.recipe)

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from audit.config import RunConfig
 from audit.errors import RunFailed
-from audit.recipe import Recipe, as_recipe, loss_takes_step, resolve_recipe, step_batches
+from audit.recipe import Recipe, as_recipe, call_recipe, loss_takes_step, resolve_recipe, step_batches
 from audit.trace import TraceWriter
 from audit.trace import format as fmt
 from probes.torch import require_torch
@@ -35,7 +35,8 @@ def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[[in
     ledger = RandomLedger(module_of=lambda: None)
     capture = DispatchCapture(ledger, lambda: None, record_ops=False, track_storage=True)
     with capture:
-        returned = build(dict(config.params))
+        returned = call_recipe(build, config.params, spec=config.recipe,
+                                   data_order_seed=config.data_order_seed)
     recipe = as_recipe(returned, spec=config.recipe)
     model, optimizer = recipe.model, recipe.optimizer
     if not isinstance(model, torch.nn.Module):

@@ -250,3 +250,54 @@ def _name_axis(ax: Any, names: Sequence[str], axis: str) -> None:
     else:
         label = f"parameter position (registration order, {len(names)} parameters)"
         (ax.set_xlabel if axis == "x" else ax.set_ylabel)(label)
+
+
+@dataclass
+class BandPanel:
+    """One metric over steps: A's band (min to max, median line), B's band and median, steps B is outside."""
+
+    title: str
+    steps: list[int]
+    a: tuple[list[float], list[float], list[float]]  # median, low, high
+    b: tuple[list[int], list[float], list[float], list[float]] | None = None  # steps, median, low, high
+    outside: list[int] = field(default_factory=list)
+
+
+def band_chart(panels: Sequence[BandPanel], labels: Sequence[str]) -> str:
+    """Seed-to-seed bands, one panel per metric, two columns: shaded range, median line; steps where B lies
+    outside A's spread are marked on B's median."""
+    import matplotlib
+    from matplotlib.ticker import MaxNLocator
+
+    columns = min(2, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    with matplotlib.rc_context(_RC):
+        figure = _figure(9.0, 2.3 * rows + 0.4)
+        axes = figure.subplots(rows, columns, squeeze=False)
+        figure.subplots_adjust(left=0.08, right=0.98, top=1 - 0.3 / figure.get_figheight(),
+                               bottom=0.45 / figure.get_figheight(), wspace=0.22, hspace=0.65)
+        for position, panel in enumerate(panels):
+            ax = axes[position // columns][position % columns]
+            median, low, high = panel.a
+            ax.fill_between(panel.steps, low, high, color=COLORS[0], alpha=0.18, linewidth=0)
+            ax.plot(panel.steps, median, "-", color=COLORS[0], marker="o", markersize=2.5, linewidth=1.2,
+                    label=_plain_text(f"{labels[0]} (median, range)"))
+            if panel.b is not None:
+                steps_b, median_b, low_b, high_b = panel.b
+                ax.fill_between(steps_b, low_b, high_b, color=COLORS[1], alpha=0.14, linewidth=0)
+                ax.plot(steps_b, median_b, "--", color=COLORS[1], marker="o", markersize=2.5, linewidth=1.2,
+                        label=_plain_text(f"{labels[1]} (median, range)"))
+                marked = [(step, value) for step, value in zip(steps_b, median_b) if step in panel.outside]
+                if marked:
+                    ax.plot([s for s, _ in marked], [v for _, v in marked], linestyle="none", marker="x",
+                            markersize=6, color="#b00020", label="outside A's spread")
+                    ax.legend(loc="best", frameon=False, fontsize=6)
+            ax.set_title(_plain_text(panel.title), loc="left")
+            ax.set_xlabel("step")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if panel.steps:
+                ax.set_xlim(panel.steps[0] - 0.5, panel.steps[-1] + 0.5)
+        for position in range(len(panels), rows * columns):
+            axes[position // columns][position % columns].set_visible(False)
+        axes[0][0].legend(loc="best", frameon=False, fontsize=6)
+        return _svg(figure, "bands")

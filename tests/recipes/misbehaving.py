@@ -62,3 +62,15 @@ def build_dollar_names(params: dict) -> Recipe:
         return {"ce": torch.nn.functional.cross_entropy(logits, y), "$x^2$": logits.pow(2).mean()}
 
     return Recipe(model=model, optimizer=optimizer, batches=batches, loss=loss)
+
+
+def build_dying_once(params: dict) -> Recipe:
+    """Kills its own process with SIGKILL the first time (a lost worker), builds normally once
+    params["marker"] exists: the executor's one retry must then succeed."""
+    import signal
+
+    marker = Path(params["marker"])
+    if not marker.exists():
+        marker.write_text("died once", encoding="utf-8")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return build({key: value for key, value in params.items() if key != "marker"})
