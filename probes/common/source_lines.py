@@ -9,7 +9,11 @@ import sys
 from typing import Any
 
 _FRAMEWORKS = ("torch", "tensorflow", "keras", "tf_keras", "numpy")
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The folder above this package as imported (a checkout's `repro_audit/`, whose audit/, probes/ and reports/ are
+# links, or an installed `repro_audit/`) and as it lies on disk: frames carry whichever path was imported.
+_ROOTS = {os.path.dirname(os.path.dirname(os.path.dirname(path)))
+          for path in (os.path.abspath(__file__), os.path.realpath(__file__))}
+_OWN_PACKAGES = "audit probes reports".split()
 
 
 def _package_dirs() -> tuple[str, ...]:
@@ -25,7 +29,7 @@ def _package_dirs() -> tuple[str, ...]:
     return tuple(folders)
 
 
-_NOT_USER = (*_package_dirs(), *(os.path.join(_REPO, name) + os.sep for name in ("probes", "audit", "reports")),
+_NOT_USER = (*_package_dirs(), *(os.path.join(root, name) + os.sep for root in _ROOTS for name in _OWN_PACKAGES),
              os.path.dirname(os.__file__) + os.sep, "<")
 
 
