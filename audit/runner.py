@@ -81,6 +81,10 @@ def record(config: RunConfig, trace_path: str | os.PathLike[str], *,
     """
     trace_path = Path(trace_path)
     trace_path.parent.mkdir(parents=True, exist_ok=True)
+    if config.nproc:
+        from audit.launch import record_ranks
+
+        return record_ranks(config, trace_path, progress=progress, stop=stop)
     payload = json.dumps({"config": config.to_dict(), "config_dir": config.config_dir,
                           "source": config.source})
     return _Worker(config, trace_path, progress).run(payload, stop)

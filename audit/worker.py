@@ -27,13 +27,24 @@ EXIT_USER_ERROR = 3
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m audit.worker")
     parser.add_argument("--trace", required=True)
-    parser.add_argument("--events-fd", type=int, required=True)
-    parser.add_argument("--parent-pid", type=int, required=True)
+    parser.add_argument("--events-fd", type=int)
+    parser.add_argument("--parent-pid", type=int)
+    parser.add_argument("--channel", help="under torchrun: the folder with config.json and the ranks' events")
     args = parser.parse_args(argv)
     from audit.parent_watch import die_with_parent
 
-    die_with_parent(args.parent_pid)
-    events = os.fdopen(args.events_fd, "w", buffering=1, encoding="utf-8")
+    if args.channel:  # one rank of a run under torchrun (audit/launch.py): it dies with torchrun
+        rank = int(os.environ.get("RANK", "0"))
+        die_with_parent(os.getppid())
+        trace = str(Path(args.trace) / f"rank_{rank:02d}")
+        events = open(Path(args.channel) / f"rank_{rank:02d}.jsonl", "a", buffering=1, encoding="utf-8")
+        events.write(json.dumps({"event": "started", "pid": os.getpid()}) + "\n")
+        payload_text = (Path(args.channel) / "config.json").read_text(encoding="utf-8")
+    else:
+        die_with_parent(args.parent_pid)
+        trace = args.trace
+        events = os.fdopen(args.events_fd, "w", buffering=1, encoding="utf-8")
+        payload_text = sys.stdin.read()
 
     def emit(event: dict[str, Any]) -> None:
         events.write(json.dumps(event) + "\n")
@@ -43,12 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     from audit.trace import TraceWriter
     from audit.trace import format as fmt
 
-    payload = json.loads(sys.stdin.read())
+    payload = json.loads(payload_text)
     _stdin_from_devnull()
     config = RunConfig.from_dict(payload["config"], config_dir=payload.get("config_dir"),
                                  source=payload.get("source"))
     try:
-        writer = TraceWriter(args.trace, framework=config.framework, config=config.to_dict(), label=config.label)
+        writer = TraceWriter(trace, framework=config.framework, config=config.to_dict(), label=config.label)
     except UserError as exc:  # the trace cannot go there (not ours to replace, no space): said, not a traceback
         emit({"event": "error", **_error("user_error", exc, 1)})
         return EXIT_USER_ERROR
