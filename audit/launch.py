@@ -23,10 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from audit.config import RunConfig
+from audit.rank_stacks import in_library, innermost_frame, request_stacks
 from audit.runner import POLL_S, ProgressCallback, RunResult, Stop, _end_group, _has_exited, _interrupted_error
 from audit.trace import finalize_partial
 from audit.trace.ranks import rank_folder, start_ranked_run, write_ranks_file
 from audit.trace.ranks import RANKS_FORMAT
+
+PHASES = ("forward", "backward", "optimizer step")  # what a rank reports entering, in step order
+# What a collective says when another rank died: the error of a rank that was waiting, not the cause.
+CONSEQUENCE_SIGNS = ("Connection closed by peer", "Connection reset by peer", "remote worker crashing",
+                     "NCCL communicator was aborted", "Socket Timeout")
 
 
 def record_ranks(config: RunConfig, run: Path, *, progress: ProgressCallback | None = None,
@@ -50,6 +56,7 @@ class _Ranks:
         self.events: dict[int, list[dict[str, Any]]] = {rank: [] for rank in range(config.nproc)}
         self._offsets: dict[int, int] = {}
         self._reported = 0
+        self.stacks: dict[int, str | None] = {}
 
     def run(self, stop: Stop | None) -> RunResult:
         env = dict(os.environ)
@@ -82,6 +89,7 @@ class _Ranks:
             if stop is not None and stop.is_set():
                 return "interrupted"
             if time.monotonic() > deadline:
+                self._ask_stacks()
                 return "timeout"
             time.sleep(POLL_S)
         return "exited"
@@ -110,6 +118,12 @@ class _Ranks:
             self._reported = slowest
             self.progress(self.config.label, slowest, self.config.steps)
 
+    def _ask_stacks(self) -> None:
+        pids = {rank: event["pid"] for rank, events in self.events.items() for event in events
+                if event.get("event") == "started" and isinstance(event.get("pid"), int)}
+        request_stacks(pids)
+        self.stacks = {rank: innermost_frame(self.channel / f"rank_{rank:02d}.stack") for rank in pids}
+
     def _end(self, process: subprocess.Popen[bytes]) -> None:
         """Kill torchrun's group, then every rank's own group (torchrun starts each in a session of its own)."""
         _end_group(process)
@@ -127,12 +141,7 @@ class _Ranks:
         if ending == "interrupted":
             return self._failed(_interrupted_error(cause, self._last_step()), failed_rank=None)
         if ending == "timeout":
-            hung = min(self.events, key=self._step_of)
-            step = self._step_of(hung) + 1
-            steps = ", ".join(f"rank {rank} finished step {self._step_of(rank)}" for rank in self.events)
-            return self._failed({"kind": "timeout", "type": "Timeout", "step": step, "traceback": "", "rank": hung,
-                                 "message": f"no end after {self.config.timeout:g} s (config 'timeout'); rank {hung} "
-                                            f"hung in step {step} ({steps})"}, failed_rank=hung)
+            return self._timed_out()
         done = [rank for rank, events in self.events.items() if any(e.get("event") == "done" for e in events)]
         if returncode == 0 and len(done) == len(self.events):
             write_ranks_file(self.run_folder, {"format": RANKS_FORMAT, "nproc": self.config.nproc, "label": label,
@@ -141,7 +150,8 @@ class _Ranks:
         reported = [(rank, event) for rank, events in self.events.items() for event in events
                     if event.get("event") == "error"]
         if reported:
-            rank, event = min(reported, key=lambda item: (int(item[1].get("step", 0)), item[0]))
+            rank, event = min(reported, key=lambda item: (_is_consequence(item[1]), int(item[1].get("step", 0)),
+                                                          item[0]))
             error = {key: value for key, value in event.items() if key != "event"}
             error["message"] = f"rank {rank}: {error.get('message', 'unknown error')}"
             return self._failed({**error, "rank": rank}, failed_rank=rank)
@@ -149,6 +159,21 @@ class _Ranks:
         return self._failed({"kind": "crash", "type": "ProcessDied", "step": self._last_step() + 1,
                              "traceback": "", "message": f"torchrun exited with code {returncode}: {tail}"},
                             failed_rank=None)
+
+    def _timed_out(self) -> RunResult:
+        """One line that names the rank that hung and where: the rank whose stack ends in the user's code,
+        not in a torch collective waiting for it; else the rank that got least far."""
+        frames = self.stacks
+        users = [rank for rank, frame in frames.items() if frame and not in_library(frame)]
+        hung = users[0] if users else min(self.events, key=self._position)
+        step = self._step_of(hung) + 1
+        at = f" at {frames[hung]}" if frames.get(hung) else ""
+        others = "; ".join(f"rank {rank} {self._where(rank)}" + (" (waits in torch)" if frames.get(rank) and
+                                                                 in_library(str(frames[rank])) else "")
+                           for rank in self.events if rank != hung)
+        return self._failed({"kind": "timeout", "type": "Timeout", "step": step, "traceback": "", "rank": hung,
+                             "message": f"no end after {self.config.timeout:g} s (config 'timeout'); rank {hung} hung "
+                                        f"{self._where(hung)}{at}; {others}"}, failed_rank=hung)
 
     def _failed(self, error: dict[str, Any], *, failed_rank: int | None) -> RunResult:
         self._keep_partials(error, failed_rank=failed_rank)
@@ -167,11 +192,28 @@ class _Ranks:
             except Exception:
                 pass
 
+    def _position(self, rank: int) -> tuple[int, int]:
+        """How far a rank got: its last finished step, then the phase of the next one it entered."""
+        step = self._step_of(rank)
+        phases = [e.get("phase") for e in self.events[rank] if e.get("event") == "phase" and e.get("step") == step + 1]
+        return step, max((PHASES.index(p) + 1 for p in phases if p in PHASES), default=0)
+
+    def _where(self, rank: int) -> str:
+        step, phase = self._position(rank)
+        return f"in step {step + 1}, {PHASES[phase - 1]}" if phase else f"after step {step}"
+
     def _step_of(self, rank: int) -> int:
         return max((int(e.get("step", 0)) for e in self.events[rank] if e.get("event") == "step"), default=0)
 
     def _last_step(self) -> int:
         return min(self._step_of(rank) for rank in self.events)
+
+
+def _is_consequence(error: dict[str, Any]) -> bool:
+    """A rank's error that only says another rank went away (its collective lost a peer): named after the
+    error of the rank that went first."""
+    message = str(error.get("message", ""))
+    return error.get("type") == "DistBackendError" or any(sign in message for sign in CONSEQUENCE_SIGNS)
 
 
 def _last_line(path: Path) -> str:

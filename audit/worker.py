@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         trace = str(Path(args.trace) / f"rank_{rank:02d}")
         events = open(Path(args.channel) / f"rank_{rank:02d}.jsonl", "a", buffering=1, encoding="utf-8")
         events.write(json.dumps({"event": "started", "pid": os.getpid()}) + "\n")
+        _stacks_on_request(Path(args.channel) / f"rank_{rank:02d}.stack")
         payload_text = (Path(args.channel) / "config.json").read_text(encoding="utf-8")
     else:
         die_with_parent(args.parent_pid)
@@ -66,7 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     _redirect_output(writer.staging / fmt.LOG)
     current_step = {"step": 0}
 
-    def progress(step: int) -> None:
+    def progress(step: int, phase: str | None = None) -> None:
+        """A finished step; or, from a rank under torchrun, the phase of the step it enters (so a hang is
+        placed: the rank still in forward is the one the others wait for in the all-reduce)."""
+        if phase is not None:
+            emit({"event": "phase", "step": step, "phase": phase})
+            return
         current_step["step"] = step
         emit({"event": "step", "step": step, "steps": config.steps})
 
@@ -126,6 +132,20 @@ def _error(kind: str, exc: BaseException, step: int) -> dict[str, Any]:
         "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
         "step": step,
     }
+
+
+def _stacks_on_request(path: Path) -> None:
+    """SIGUSR1 writes every thread's Python stack to `path`: on a timeout the launcher asks each rank where it
+    waits, to tell the rank that hung from the ranks waiting for it in a collective."""
+    import faulthandler
+    import signal
+
+    stream = open(path, "w", encoding="utf-8")
+    faulthandler.register(signal.SIGUSR1, file=stream, all_threads=True)
+    _KEPT.append(stream)
+
+
+_KEPT: list[Any] = []  # the stack file stays open for faulthandler as long as the rank lives
 
 
 def _stdin_from_devnull() -> None:

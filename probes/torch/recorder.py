@@ -14,7 +14,7 @@ from audit.trace import format as fmt
 from probes.torch import require_torch
 
 
-def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[[int], None]) -> None:
+def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[..., None]) -> None:
     """The runner's loop: the recipe builds, repro-audit trains and records."""
     require_torch()
     if config.nproc:
@@ -29,7 +29,7 @@ def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[[in
         _record(config, writer, progress=progress, ranks=None)
 
 
-def _record(config: RunConfig, writer: TraceWriter, *, progress: Callable[[int], None],
+def _record(config: RunConfig, writer: TraceWriter, *, progress: Callable[..., None],
             ranks: dict[str, Any] | None) -> None:
     import torch
 
@@ -90,6 +90,8 @@ def _record(config: RunConfig, writer: TraceWriter, *, progress: Callable[[int],
             batch = interventions.batch(step, next(batches))
             micro = batch if recipe.micro_batches > 1 else [batch]
             optimizer.zero_grad(set_to_none=True)
+            phase = _phases(progress, step, ranked=ranks is not None)
+            phase("forward")
             frames = compiled_frames()
             recorder.begin_step(step, batch, replay=_forward(recipe, model, micro[0], step))
             for index, part in enumerate(micro):
@@ -100,8 +102,10 @@ def _record(config: RunConfig, writer: TraceWriter, *, progress: Callable[[int],
                     total = recorder.combine_loss(terms, scale=1.0 / len(micro))
                 except TypeError as exc:
                     raise RunFailed(f"recipe {config.recipe}: {exc}") from exc
+                phase("backward")
                 recorder.backward(scaled_for_backward(recipe, total))
                 recorder.after_backward()
+            phase("optimizer step")
             update = prepare_update(recipe, model=model, optimizer=optimizer, step=step, spec=config.recipe)
             if update:
                 recorder.note_update(update)
@@ -124,6 +128,14 @@ def _record(config: RunConfig, writer: TraceWriter, *, progress: Callable[[int],
         recorder.close()
     # Modules imported lazily during training belong to the code fingerprint too.
     writer.write_json(fmt.ENVIRONMENT, environment())
+
+
+def _phases(progress: Callable[..., None], step: int, *, ranked: bool) -> Callable[[str], None]:
+    """Where in the step a rank is, said to the launcher (which names the rank a hang holds up); nothing
+    for one plain process."""
+    if not ranked:
+        return lambda name: None
+    return lambda name: progress(step, phase=name)
 
 
 def _environment(config: RunConfig, ranks: dict[str, Any] | None) -> Callable[[], dict[str, Any]]:
