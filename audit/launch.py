@@ -23,11 +23,19 @@ from pathlib import Path
 from typing import Any
 
 from audit.config import RunConfig
+from audit.errors import UserError
 from audit.rank_stacks import in_library, innermost_frame, request_stacks
-from audit.runner import POLL_S, ProgressCallback, RunResult, Stop, _end_group, _has_exited, _interrupted_error
+from audit.runner import (
+    POLL_S,
+    ProgressCallback,
+    RunResult,
+    Stop,
+    _end_group,
+    _has_exited,
+    _interrupted_error,
+)
 from audit.trace import finalize_partial
-from audit.trace.ranks import rank_folder, start_ranked_run, write_ranks_file
-from audit.trace.ranks import RANKS_FORMAT
+from audit.trace.ranks import RANKS_FORMAT, rank_folder, start_ranked_run, write_ranks_file
 
 PHASES = ("forward", "backward", "optimizer step")  # what a rank reports entering, in step order
 # What a collective says when another rank died: the error of a rank that was waiting, not the cause.
@@ -66,12 +74,9 @@ class _Ranks:
         command = [self.config.python or sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc-per-node={self.config.nproc}", "-m", "audit.worker", "--trace", str(self.run_folder),
                    "--channel", str(self.channel)]
-        log = open(self.run_folder / "launcher.log", "wb")
-        try:
+        with open(self.run_folder / "launcher.log", "wb") as log:
             process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True)
-        finally:
-            log.close()
         try:
             ending = self._wait(process, stop)
         except BaseException as exc:
@@ -189,8 +194,8 @@ class _Ranks:
                 "message": f"stopped by torchrun because rank {failed_rank} ended: {error.get('message', '')}"}
             try:
                 finalize_partial(rank_folder(self.run_folder, rank), error=own)
-            except Exception:
-                pass
+            except UserError:
+                pass  # that rank's folder cannot be finalised (disk): the other ranks still are
 
     def _position(self, rank: int) -> tuple[int, int]:
         """How far a rank got: its last finished step, then the phase of the next one it entered."""

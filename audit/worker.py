@@ -15,8 +15,9 @@ import os
 import random
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # Exit codes the runner understands.
 EXIT_OK = 0
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         rank = int(os.environ.get("RANK", "0"))
         die_with_parent(os.getppid())
         trace = str(Path(args.trace) / f"rank_{rank:02d}")
-        events = open(Path(args.channel) / f"rank_{rank:02d}.jsonl", "a", buffering=1, encoding="utf-8")
+        events = open(Path(args.channel) / f"rank_{rank:02d}.jsonl", "a", buffering=1,  # noqa: SIM115 (lives as
+                      encoding="utf-8")  # long as the rank, like the events pipe)
         events.write(json.dumps({"event": "started", "pid": os.getpid()}) + "\n")
         _stacks_on_request(Path(args.channel) / f"rank_{rank:02d}.stack")
         payload_text = (Path(args.channel) / "config.json").read_text(encoding="utf-8")
@@ -140,7 +142,7 @@ def _stacks_on_request(path: Path) -> None:
     import faulthandler
     import signal
 
-    stream = open(path, "w", encoding="utf-8")
+    stream = open(path, "w", encoding="utf-8")  # noqa: SIM115 (faulthandler writes to it until the rank ends)
     faulthandler.register(signal.SIGUSR1, file=stream, all_threads=True)
     _KEPT.append(stream)
 

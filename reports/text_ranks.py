@@ -21,8 +21,8 @@ def render_ranked_text(result: RankedResult, *, name: str) -> str:
     if first is None:
         runs = len(result.world_sizes)
         steps = result.cross_rank[0].run_a.steps_recorded
-        lines = [f"IDENTICAL: {runs} runs of {name!r} on {ranks} ranks match bitwise rank by rank, and within each "
-                 f"run every rank holds the same parameters and optimizer state ({steps} steps each)"]
+        lines = [(f"IDENTICAL: {runs} runs of {name!r} on {ranks} ranks match bitwise rank by rank, and within each "
+                 f"run every rank holds the same parameters and optimizer state ({steps} steps each)")]
     else:
         lines = [f"first divergence in (step, rank) order, {name!r} on {ranks} ranks:", "", render_text(first), ""]
     lines += ["Ranks:"] + [f"  {_cross_line(index, c)}" for index, c in enumerate(result.cross_rank, start=1)]

@@ -46,7 +46,7 @@ def compare_ranks(ranks: Sequence[Trace], *, label: str) -> Comparison:
 
 
 def _common_steps(ranks: Sequence[Trace]) -> list[int]:
-    common = set.intersection(*(set(record["step"] for record in trace.steps) for trace in ranks))
+    common = set.intersection(*({record["step"] for record in trace.steps} for trace in ranks))
     return sorted(common)
 
 
