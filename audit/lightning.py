@@ -6,8 +6,9 @@ Importing this module imports Lightning; nothing else in `audit` does.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from probes.torch import require_torch
 

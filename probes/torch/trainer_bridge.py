@@ -7,8 +7,9 @@ calls (probes/torch/attach.py), so the trace is the one the runner writes for a 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
