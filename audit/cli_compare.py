@@ -145,8 +145,17 @@ def compare_command(trace_a: str, trace_b: str, **options: Any) -> int:
     Example:
       repro-audit compare runs/a.trace runs/b.trace --json result.json
     """
-    traces = Trace(trace_a), Trace(trace_b)
+    from audit.trace.ranks import is_ranked_run, open_ranks
+
     reports = check_report_targets(_report_requests(options), protected=[Path(trace_a), Path(trace_b)])
+    if is_ranked_run(Path(trace_a)) and is_ranked_run(Path(trace_b)):  # two runs of N ranks: rank by rank
+        from audit.cli_ranks import report_ranked
+
+        runs = [open_ranks(trace_a), open_ranks(trace_b)]
+        labels = [runs[0][0].label, runs[1][0].label]
+        return report_ranked(runs, labels=labels, name=f"{labels[0]} vs {labels[1]}", reports=reports,
+                             options=options, temporary=None)
+    traces = Trace(trace_a), Trace(trace_b)
     return _compare_and_report(*traces, reports, **options)
 
 
