@@ -42,8 +42,8 @@ def epoch_repeat(divergence: Divergence) -> None:
     facts = divergence.evidence
     divergence.cause = "epoch_repeat"
     divergence.explanation = (f"Rank {facts['rank']}'s batch at step {divergence.step} repeats its batch of step "
-                              f"{facts['repeats_step']}: the sampler yields the same order every epoch, as a "
-                              "DistributedSampler does without set_epoch(epoch).")
+                              f"{facts['repeats_step']}: its data comes in the same order every epoch, as from a "
+                              "DistributedSampler without set_epoch(epoch), or data that is not shuffled at all.")
 
 
 RULES: dict[str, Callable[[Divergence], None]] = {

@@ -27,14 +27,34 @@ class TrainerBridge:
         self.seed, self.loss_weights, self.capture, self.config = seed, loss_weights, capture, config
         self.run: AttachedRun | None = None
         self.current: AttachedStep | None = None
+        self.ranks: dict[str, Any] | None = None
 
     def open(self, model: torch.nn.Module, optimizer: Any) -> None:
         """`optimizer` may be a wrapper (accelerate's AcceleratedOptimizer): the torch optimizer inside it."""
         inner = getattr(optimizer, "optimizer", optimizer)
-        self.run = AttachedRun(self.path, model=model, optimizer=inner, build=None, label=self.label,
+        ranks = _ranks()
+        path = self.path if ranks is None else self.path / f"rank_{ranks['rank']:02d}"
+        if ranks is not None and ranks["rank"] == 0:
+            self._write_ranks(ranks, complete=False)
+        self.run = AttachedRun(path, model=model, optimizer=inner, build=None, label=self.label,
                                loss_weights=self.loss_weights, capture=self.capture, seed=self.seed)
+        self.ranks = ranks
         if self.config is not None:  # to compare with a recipe run, whose config is compared too
             self.run.writer.manifest["config"] = dict(self.config)
+        if ranks is not None:  # the rank's facts, as a run under `launch` records them
+            from probes.torch.attach import _script_folder
+            from probes.torch.environment import torch_environment
+
+            self.run.writer.write_json("environment.json", {**torch_environment(recipe_dir=_script_folder()),
+                                                            "distributed": ranks})
+
+    def _write_ranks(self, ranks: Mapping[str, Any], *, complete: bool) -> None:
+        """Rank 0 says how many ranks the run has (ranks.json), so `compare` reads it rank by rank."""
+        from audit.trace.ranks import RANKS_FORMAT, write_ranks_file
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_ranks_file(self.path, {"format": RANKS_FORMAT, "nproc": ranks["world_size"], "label": self.label,
+                                     "complete": complete})
 
     def begin(self, batch: Any) -> None:
         assert self.run is not None, "the trainer started a step before training began"
@@ -63,3 +83,16 @@ class TrainerBridge:
         if self.run is not None:
             self.run.close(error)
             self.run = None
+            if self.ranks is not None and self.ranks["rank"] == 0 and error is None:
+                self._write_ranks(self.ranks, complete=True)
+
+
+def _ranks() -> dict[str, Any] | None:
+    """The rank's facts where the trainer runs under a process group of more than one rank (DDP)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    from probes.torch.distributed import distributed_facts
+
+    return distributed_facts()

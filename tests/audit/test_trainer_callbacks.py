@@ -5,6 +5,8 @@ Optional extras (`pip install 'repro-audit[trainers]'`): skipped, with the insta
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,8 +14,10 @@ import pytest
 
 from audit.config import load_config
 from audit.diff import compare_traces
+from audit.diff.compare_ranks import compare_ranks
 from audit.runner import record
 from audit.trace import Trace
+from audit.trace.ranks import open_ranks
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "configs" / "torch" / "ddp"
 # What the trainers' own loops change, and the inputs that differ by construction (config, script, packages):
@@ -104,3 +108,23 @@ def test_lightning_callback_records_what_the_recipe_records(recipe_trace, traine
     lightning_trace = Trace(tmp_path / "pl.trace")
     assert lightning_trace.complete
     _same_steps(recipe_trace, lightning_trace)
+
+
+def test_huggingface_trainer_callback_records_each_rank_under_torchrun(tmp_path) -> None:
+    pytest.importorskip("accelerate", reason="the Trainer needs accelerate: pip install 'repro-audit[trainers]'")
+    pytest.importorskip("transformers", reason="pip install 'repro-audit[trainers]'")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                    str(FIXTURES / "hf_trainer_ddp.py"), str(tmp_path / "run.trace")], check=True, env=env,
+                   capture_output=True)
+    ranks = open_ranks(tmp_path / "run.trace")
+    assert [(t.environment["distributed"]["rank"], t.environment["distributed"]["world_size"]) for t in ranks] \
+        == [(0, 2), (1, 2)]
+    comparison = compare_ranks(ranks, label="hf")
+    # DDP kept the ranks equal and accelerate gave each rank its own shard; the examples come unshuffled, so
+    # the second epoch (step 3) repeats the first on every rank, and that is what is found.
+    assert comparison.category_counts["parameters"]["diverged"] == 0
+    assert comparison.category_counts["optimizer"]["diverged"] == 0
+    found = [(d.step, d.evidence["rank"], d.cause) for d in comparison.divergences]
+    assert found == [(3, 0, "epoch_repeat"), (3, 1, "epoch_repeat")]
