@@ -67,15 +67,24 @@ def record_command(config_path: str, output: str, overrides: tuple[str, ...], st
 @cli.command("show")
 @click.argument("trace_path", metavar="TRACE", type=click.Path())
 def show_command(trace_path: str) -> int:
-    """Summarise one recorded trace: steps, loss terms, and where NaN entered the gradients.
+    """Summarise one recorded trace: steps, loss terms, and where NaN entered the gradients; for a run of
+    several ranks, each rank's steps and the checks across its ranks.
 
     \b
     Example:
       repro-audit show baseline.trace
     """
     from audit.trace import Trace
+    from audit.trace.ranks import is_ranked_run
     from reports.trace_summary import render_trace_summary
 
+    if is_ranked_run(Path(trace_path)):  # a run of N ranks: each rank's length and the cross-rank checks
+        from audit.cli_ranks import summarise_ranked_run
+        from audit.trace.ranks import read_ranks_file
+
+        label = str(read_ranks_file(Path(trace_path)).get("label") or Path(trace_path).stem)
+        summarise_ranked_run(Path(trace_path), label=label)
+        return 0
     trace = Trace(trace_path)
     warn_local_changes(trace)
     click.echo(render_trace_summary(trace))

@@ -78,11 +78,11 @@ def _shown(result: RankedResult, runs: list[list[Trace]]) -> tuple[Comparison, T
 
 
 def summarise_ranked_run(path: Path, *, label: str) -> None:
-    """What `record` prints for a run of N ranks: each rank's summary line and the cross-rank verdict."""
+    """What `record` and `show` print for a run of N ranks: each rank's steps and the cross-rank verdict."""
     from audit.diff.compare_ranks import compare_ranks
     from reports.text import render_text
 
     ranks = open_ranks(path)
-    click.echo(f"recorded {len(ranks)} ranks into {path}: " + ", ".join(
+    click.echo(f"{len(ranks)} ranks in {path}: " + ", ".join(
         f"rank {rank} {len(trace.steps)} steps" for rank, trace in enumerate(ranks)))
     click.echo(render_text(compare_ranks(ranks, label=label)))

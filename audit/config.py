@@ -97,6 +97,14 @@ class RunConfig:
         return validate(dict(data), config_dir=config_dir, source=source, default_label=str(data.get("label", "run")))
 
 
+def refuse_launch(config: RunConfig, *, what: str) -> RunConfig:
+    """Commands that read one trace per run do not take runs of several ranks yet: said, not a crash later."""
+    if config.nproc:
+        raise ConfigError(f"{config.source or 'config'}: {what} does not take runs of several ranks (launch/"
+                          f"--nproc) yet; record, check, diff and compare do")
+    return config
+
+
 def term_weight(weights: Mapping[str, float], term: str) -> float:
     """Weight of a loss term: exact name first, then the first matching glob pattern, else 1.0."""
     if term in weights:

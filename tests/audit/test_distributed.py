@@ -57,6 +57,21 @@ def test_check_nproc_2_of_a_deterministic_ddp_config_is_identical(checked) -> No
     assert ranks[0].steps[0]["batch"]["hash"] != ranks[1].steps[0]["batch"]["hash"]
 
 
+def test_show_of_a_run_of_ranks_checks_its_ranks(checked) -> None:
+    run = next(checked[3].glob("1-*"))
+    code, out, _ = run_cli("show", str(run))
+    assert code == 0
+    assert out.startswith(f"2 ranks in {run}: rank 0 3 steps, rank 1 3 steps")
+    assert "IDENTICAL: deterministic run 1 rank 0 and deterministic run 1 rank 1 match bitwise" in out
+    code, _, err = run_cli("compare", str(run), str(run / "rank_00"))
+    assert code == 2 and "is a run of several ranks (launch/--nproc), not one trace" in one_line(err)
+
+
+def test_commands_that_read_one_trace_refuse_a_run_of_ranks() -> None:
+    code, _, err = run_cli("health", str(DDP / "deterministic.yaml"))
+    assert code == 2 and "health does not take runs of several ranks (launch/--nproc) yet" in one_line(err)
+
+
 def test_a_rank_that_perturbs_its_parameters_once_is_named(tmp_path_factory) -> None:
     comparison = compare_ranks(_ranked(tmp_path_factory, "perturbed_rank"), label="perturbed")
     first = comparison.first_divergence
