@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from audit.config import RunConfig, apply_override, load_config
+from audit.config import RunConfig, apply_override, load_config, refuse_launch
 from audit.divergence import CATEGORIES, Comparison
 from audit.errors import RunFailed
 from audit.pytest_recipes import RecipeSource, recipe_framework, recipe_spec
@@ -236,7 +236,7 @@ class Auditor:
             path = Path(config)
             if not path.is_absolute() and self.base_dir is not None:
                 path = self.base_dir / path
-            return load_config(path, overrides=overrides, steps=steps)
+            return refuse_launch(load_config(path, overrides=overrides, steps=steps), what="the pytest plugin")
         if isinstance(config, RunConfig):
             raw, config_dir, source = config.to_dict(), config.config_dir, config.source
         elif isinstance(config, Mapping):

@@ -14,7 +14,7 @@ import click
 from audit.cli import EXIT_SAME, cli
 from audit.cli_executor import executor_options, opened_executor
 from audit.cli_progress import Progress
-from audit.config import load_config
+from audit.config import load_config, refuse_launch
 from audit.errors import RunFailed
 from audit.outputs import check_keep_folder, check_report_targets, write_report
 
@@ -47,8 +47,8 @@ def bisect_command(config_a: str, config_b: str | None, set_a: tuple[str, ...], 
 
     if config_b is None and not set_b:
         raise click.UsageError("give CONFIG_B, or --set-b to bisect CONFIG_A against itself with overrides")
-    first = load_config(config_a, overrides=set_a, steps=steps)
-    second = load_config(config_b or config_a, overrides=set_b, steps=steps)
+    first = refuse_launch(load_config(config_a, overrides=set_a, steps=steps), "bisect")
+    second = refuse_launch(load_config(config_b or config_a, overrides=set_b, steps=steps), "bisect")
     inputs = [Path(config_a), Path(config_b or config_a)]
     reports = check_report_targets([("--json", json_path)],
                                    protected=inputs + ([Path(keep)] if keep else []))

@@ -23,9 +23,11 @@ from audit.runner import record as record_config
 @click.option("--values", type=click.Choice(["none", "first", "all"]), help="Keep tensor values.")
 @click.option("--python", "python", type=click.Path(exists=True, dir_okay=False),
               help="Run with this Python interpreter (another virtual environment).")
+@click.option("--nproc", type=click.IntRange(min=1, max=64),
+              help="Run N ranks under torchrun (DDP); -o is then a folder with a trace per rank.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def record_command(config_path: str, output: str, overrides: tuple[str, ...], steps: int | None,
-                   values: str | None, python: str | None, quiet: bool) -> int:
+                   values: str | None, python: str | None, nproc: int | None, quiet: bool) -> int:
     """Run CONFIG in a fresh subprocess and write its trace.
 
     \b
@@ -34,7 +36,7 @@ def record_command(config_path: str, output: str, overrides: tuple[str, ...], st
     """
     from audit.cli_compare import interpreter
 
-    config = load_config(config_path, overrides=overrides, steps=steps, values=values)
+    config = load_config(config_path, overrides=overrides, steps=steps, values=values, nproc=nproc)
     config.python = interpreter(python)
     target = check_trace_destination(output, option="-o", protected=[Path(config_path)])
     try:
@@ -45,6 +47,12 @@ def record_command(config_path: str, output: str, overrides: tuple[str, ...], st
         raise
     if not result.ok:
         raise RunFailed(result.failure_line(), trace_path=str(result.trace_path) if result.trace_path else None)
+    if config.nproc:
+        if not quiet:
+            from audit.cli_ranks import summarise_ranked_run
+
+            summarise_ranked_run(target, label=config.label)
+        return 0
     from audit.trace import Trace
 
     trace = Trace(target)
@@ -59,15 +67,24 @@ def record_command(config_path: str, output: str, overrides: tuple[str, ...], st
 @cli.command("show")
 @click.argument("trace_path", metavar="TRACE", type=click.Path())
 def show_command(trace_path: str) -> int:
-    """Summarise one recorded trace: steps, loss terms, and where NaN entered the gradients.
+    """Summarise one recorded trace: steps, loss terms, and where NaN entered the gradients; for a run of
+    several ranks, each rank's steps and the checks across its ranks.
 
     \b
     Example:
       repro-audit show baseline.trace
     """
     from audit.trace import Trace
+    from audit.trace.ranks import is_ranked_run
     from reports.trace_summary import render_trace_summary
 
+    if is_ranked_run(Path(trace_path)):  # a run of N ranks: each rank's length and the cross-rank checks
+        from audit.cli_ranks import summarise_ranked_run
+        from audit.trace.ranks import read_ranks_file
+
+        label = str(read_ranks_file(Path(trace_path)).get("label") or Path(trace_path).stem)
+        summarise_ranked_run(Path(trace_path), label=label)
+        return 0
     trace = Trace(trace_path)
     warn_local_changes(trace)
     click.echo(render_trace_summary(trace))

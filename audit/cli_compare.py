@@ -95,10 +95,13 @@ def _tolerance_options(function: Any) -> Any:
 @click.option("--seeds", type=click.IntRange(min=2),
               help="Run each config with this many seeds and test B's curves against A's seed-to-seed spread.")
 @noise_options
+@click.option("--nproc", type=click.IntRange(min=1, max=64),
+              help="Run both configs with N ranks under torchrun (DDP) and compare them rank by rank.")
 @_tolerance_options
 def diff_command(config_a: str, config_b: str | None, set_a: tuple[str, ...], set_b: tuple[str, ...],
                  steps: int | None, values: str | None, keep: str | None, python_a: str | None,
                  python_b: str | None, ref_a: str | None, ref_b: str | None, verify: bool, seeds: int | None,
+                 nproc: int | None,
                  **options: Any) -> int:
     """Run two configs in separate processes and explain where they first diverge.
 
@@ -120,14 +123,16 @@ def diff_command(config_a: str, config_b: str | None, set_a: tuple[str, ...], se
         values = verified_values(values)
     with contextlib.ExitStack() as checkouts:
         paths = [_at_commit(checkouts, path, ref) for path, ref in ((config_a, ref_a), (config_b or config_a, ref_b))]
-        first = load_config(paths[0], overrides=set_a, steps=steps, values=values)
-        second = load_config(paths[1], overrides=set_b, steps=steps, values=values)
+        first = load_config(paths[0], overrides=set_a, steps=steps, values=values, nproc=nproc)
+        second = load_config(paths[1], overrides=set_b, steps=steps, values=values, nproc=nproc)
         for config, ref in ((first, ref_a), (second, ref_b)):
             config.label += f"@{ref}" if ref else ""
         if first.label == second.label:
             first.label, second.label = f"{first.label} (A)", f"{second.label} (B)"
         first.python, second.python = interpreter(python_a), interpreter(python_b)
         if seeds is not None:
+            if first.nproc or second.nproc:
+                raise UserError("--seeds runs single processes: it does not take launch/--nproc configs yet")
             from audit.cli_noise import noise_diff
 
             return noise_diff([first, second], [Path(config_a), Path(config_b or config_a)], seeds=seeds,
@@ -156,6 +161,10 @@ def _diff(configs: list[RunConfig], inputs: list[Path], keep: str | None, verify
           options: dict[str, Any]) -> int:
     second = configs[1]
     reports = _checked_outputs(configs, keep, inputs, options)
+    if any(config.nproc for config in configs):
+        if verify:
+            raise UserError("--verify is not available for runs with launch/--nproc yet")
+        return _ranked(configs, keep, reports, options, name=f"{configs[0].label} vs {second.label}")
     with _run_folder(keep) as folder:
         traces = _record(configs, folder=folder, kept=keep is not None, quiet=options["quiet"])
         proof = None
@@ -202,8 +211,17 @@ def compare_command(trace_a: str, trace_b: str, **options: Any) -> int:
     Example:
       repro-audit compare runs/a.trace runs/b.trace --json result.json
     """
-    traces = Trace(trace_a), Trace(trace_b)
+    from audit.trace.ranks import is_ranked_run, open_ranks
+
     reports = check_report_targets(_report_requests(options), protected=[Path(trace_a), Path(trace_b)])
+    if is_ranked_run(Path(trace_a)) and is_ranked_run(Path(trace_b)):  # two runs of N ranks: rank by rank
+        from audit.cli_ranks import report_ranked
+
+        runs = [open_ranks(trace_a), open_ranks(trace_b)]
+        labels = [runs[0][0].label, runs[1][0].label]
+        return report_ranked(runs, labels=labels, name=f"{labels[0]} vs {labels[1]}", reports=reports,
+                             options=options, temporary=None)
+    traces = Trace(trace_a), Trace(trace_b)
     return _compare_and_report(*traces, reports, **options)
 
 
@@ -215,9 +233,11 @@ def compare_command(trace_a: str, trace_b: str, **options: Any) -> int:
 @click.option("--values", type=click.Choice(["none", "first", "all"]), help="Keep tensor values.")
 @click.option("--keep", type=click.Path(file_okay=False), help="Keep the traces in this folder.")
 @_zoom_option
+@click.option("--nproc", type=click.IntRange(min=1, max=64),
+              help="Run N ranks under torchrun (DDP): check the ranks of each run and the runs rank by rank.")
 @_tolerance_options
 def check_command(config_path: str, runs: int, overrides: tuple[str, ...], steps: int | None, values: str | None,
-                  keep: str | None, **options: Any) -> int:
+                  keep: str | None, nproc: int | None, **options: Any) -> int:
     """Run one config N times and report run-to-run nondeterminism.
 
     \b
@@ -226,10 +246,12 @@ def check_command(config_path: str, runs: int, overrides: tuple[str, ...], steps
     """
     configs = []
     for index in range(1, runs + 1):
-        config = load_config(config_path, overrides=overrides, steps=steps, values=values)
+        config = load_config(config_path, overrides=overrides, steps=steps, values=values, nproc=nproc)
         config.label = f"{config.label} run {index}"
         configs.append(config)
     reports = _checked_outputs(configs, keep, [Path(config_path)], options)
+    if configs[0].nproc:
+        return _ranked(configs, keep, reports, options, name=configs[0].label.rsplit(" run ", 1)[0])
     with _run_folder(keep) as folder:
         traces = _record(configs, folder=folder, kept=keep is not None, quiet=options["quiet"])
         from audit.cli_commands import warn_local_changes
@@ -272,6 +294,17 @@ def _check_and_report(traces: list[Trace], name: str, reports: list[ReportTarget
     _write_outputs(diverged[0] if diverged else comparisons[0], traces[0], traces[-1], reports, options,
                    check=comparisons)
     return EXIT_DIFFERENT if diverged else EXIT_SAME
+
+
+def _ranked(configs: list[RunConfig], keep: str | None, reports: list[ReportTarget], options: dict[str, Any], *,
+            name: str) -> int:
+    """Runs of N ranks (audit/cli_ranks.py): each run's ranks against each other, the runs rank by rank."""
+    from audit.cli_ranks import record_ranked, report_ranked
+
+    with _run_folder(keep) as folder:
+        runs = record_ranked(configs, folder=folder, kept=keep is not None, quiet=options["quiet"])
+        return report_ranked(runs, labels=[config.label for config in configs], name=name, reports=reports,
+                             options=options, temporary=None if keep is not None else folder)
 
 
 def _report_requests(options: dict[str, Any]) -> list[tuple[str, str | None]]:

@@ -20,7 +20,7 @@ from audit.cli import EXIT_DIFFERENT, EXIT_SAME, cli
 from audit.cli_progress import Progress
 from audit.cli_terminal import color_option, echo_report, report_width, use_color
 from audit.cli_thresholds import health_threshold_options
-from audit.config import RunConfig, load_config
+from audit.config import RunConfig, load_config, refuse_launch
 from audit.errors import ConfigError, Interrupted, RunFailed
 from audit.health import RULE_TITLES, HealthReport, Thresholds, check_trace
 from audit.health.findings import format_extent
@@ -103,7 +103,7 @@ def _is_trace(path: Path) -> bool:
 
 
 def _health_config(source: str, *, steps: int | None, overrides: tuple[str, ...]) -> RunConfig:
-    config = load_config(source, overrides=overrides, steps=steps)
+    config = refuse_launch(load_config(source, overrides=overrides, steps=steps), what="health")
     # The rules need these, whatever the config says.
     config.capture["health"] = True
     config.capture["module_outputs"] = True

@@ -16,7 +16,7 @@ import click
 from audit.cli import EXIT_DIFFERENT, EXIT_SAME, cli
 from audit.cli_executor import noise_options, opened_executor
 from audit.cli_progress import Progress
-from audit.config import RunConfig, load_config
+from audit.config import RunConfig, load_config, refuse_launch
 from audit.errors import RunFailed
 from audit.noise import NoiseResult, noise_result, record_noise
 from audit.outputs import ReportTarget, check_keep_folder, check_report_targets, write_report
@@ -44,7 +44,7 @@ def noise_command(config_path: str, seeds: int, steps: int | None, overrides: tu
       repro-audit noise fixtures/configs/torch/baseline.yaml --seeds 8 --steps 10
       repro-audit noise fixtures/configs/torch/baseline.yaml --seeds 4 --vary data --executor ray --address auto
     """
-    config = load_config(config_path, overrides=overrides)
+    config = refuse_launch(load_config(config_path, overrides=overrides), "noise")
     run_noise([config], [Path(config_path)], seeds=seeds, steps=steps, options=options)
     return EXIT_SAME
 

@@ -12,7 +12,7 @@ import click
 
 from audit.cli import EXIT_DIFFERENT, EXIT_SAME, cli
 from audit.cli_progress import Progress
-from audit.config import load_config
+from audit.config import load_config, refuse_launch
 from audit.errors import Interrupted, RunFailed
 from audit.outputs import (
     check_keep_folder,
@@ -47,7 +47,7 @@ def ops_command(config_path: str, overrides: tuple[str, ...], steps: int | None,
     from audit.ops.report import ops_report
     from reports.ops_text import render_ops_text
 
-    config = load_config(config_path, overrides=overrides, steps=steps)
+    config = refuse_launch(load_config(config_path, overrides=overrides, steps=steps), "ops")
     targets = check_report_targets([("--json", json_path)], protected=[Path(config_path)])
     folder = check_keep_folder(keep) if keep is not None else Path(tempfile.mkdtemp(prefix="repro-audit-ops-"))
     trace_path = check_trace_destination(folder / trace_file_name(config.label), option="--keep",

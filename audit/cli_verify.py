@@ -10,7 +10,7 @@ import click
 from audit.cli import cli
 from audit.cli_compare import _compare_and_report, _record, _report_requests, _run_folder, _tolerance_options
 from audit.cli_progress import Progress
-from audit.config import RunConfig, load_config
+from audit.config import RunConfig, load_config, refuse_launch
 from audit.divergence import Comparison
 from audit.errors import UserError
 from audit.outputs import check_report_targets
@@ -82,7 +82,8 @@ def verify_command(trace_a: str, trace_b: str, config_a: str, config_b: str, set
 
 def _config_of(trace: Trace, path: str, overrides: tuple[str, ...], side: str) -> RunConfig:
     """The config file, as the trace was recorded from it; another config is refused by the key that differs."""
-    config = load_config(path, overrides=overrides, steps=max(len(trace.steps), 1), values="all")
+    config = refuse_launch(load_config(path, overrides=overrides, steps=max(len(trace.steps), 1), values="all"),
+                           what="--verify")
     recorded, loaded = trace.config, config.to_dict()
     for key in COMPARED_KEYS:
         if recorded.get(key) != loaded.get(key):

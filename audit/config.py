@@ -11,9 +11,10 @@ import datetime
 import fnmatch
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -23,7 +24,9 @@ from audit.errors import ConfigError
 FRAMEWORKS = ("torch", "tensorflow")
 VALUE_MODES = ("none", "first", "all")
 TOP_LEVEL_KEYS = {"recipe", "framework", "seed", "steps", "params", "loss_weights", "capture", "timeout", "label",
-                  "interventions", "data_order_seed"}
+                  "interventions", "data_order_seed", "launch"}
+LAUNCH_KEYS = ("nproc",)
+MAX_NPROC = 64  # ranks on one machine: more is a typo, not a run
 CAPTURE_DEFAULTS: dict[str, Any] = {
     "values": "none",  # keep tensor values: none, first (step 1), all
     "graph": True,  # op-level graph of step 1 and of steps whose op sequence changes
@@ -58,11 +61,18 @@ class RunConfig:
     # Passed to the recipe as `build(params, data_order_seed=...)` when set (`noise --vary data`): the order
     # the recipe serves its data in, kept apart from `seed`, which drives initialisation and dropout.
     data_order_seed: int | None = None
+    # `launch: {nproc: N}`: run under torchrun with N ranks (audit/launch.py); empty for a single process.
+    launch: dict[str, Any] = field(default_factory=dict)
     config_dir: str | None = None
     source: str | None = None
     # The interpreter the run's worker starts with (`--python-b`): another environment, same config. Not part
     # of the config: the environment fingerprint records what it changed.
     python: str | None = None
+
+    @property
+    def nproc(self) -> int:
+        """How many ranks the run starts; 0 for one plain process (no launcher, no process group)."""
+        return int(self.launch.get("nproc", 0))
 
     def weight_for(self, term: str) -> float:
         return term_weight(self.loss_weights, term)
@@ -82,12 +92,21 @@ class RunConfig:
             # Written only when set, so ordinary traces and their config comparison read as before.
             **({"interventions": copy.deepcopy(self.interventions)} if self.interventions else {}),
             **({"data_order_seed": self.data_order_seed} if self.data_order_seed is not None else {}),
+            **({"launch": dict(self.launch)} if self.launch else {}),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, config_dir: str | None = None,
                   source: str | None = None) -> RunConfig:
         return validate(dict(data), config_dir=config_dir, source=source, default_label=str(data.get("label", "run")))
+
+
+def refuse_launch(config: RunConfig, *, what: str) -> RunConfig:
+    """Commands that read one trace per run do not take runs of several ranks yet: said, not a crash later."""
+    if config.nproc:
+        raise ConfigError(f"{config.source or 'config'}: {what} does not take runs of several ranks (launch/"
+                          f"--nproc) yet; record, check, diff and compare do")
+    return config
 
 
 def term_weight(weights: Mapping[str, float], term: str) -> float:
@@ -101,7 +120,7 @@ def term_weight(weights: Mapping[str, float], term: str) -> float:
 
 
 def load_config(path: str | Path, *, overrides: Sequence[str] = (), steps: int | None = None,
-                values: str | None = None) -> RunConfig:
+                values: str | None = None, nproc: int | None = None) -> RunConfig:
     """Read a config file and apply command-line overrides; every problem is one ConfigError line."""
     if str(path) == "":
         raise ConfigError("config path is empty")
@@ -120,6 +139,9 @@ def load_config(path: str | Path, *, overrides: Sequence[str] = (), steps: int |
         if not isinstance(raw["capture"], dict):
             raise ConfigError(f"{path}: 'capture' must be a mapping")
         raw["capture"]["values"] = values
+    if nproc is not None:  # `--nproc N`; a launch that is not a mapping is refused by validate
+        launch = raw.get("launch") or {}
+        raw["launch"] = {**launch, "nproc": nproc} if isinstance(launch, dict) else launch
     return validate(raw, config_dir=str(path.resolve().parent), source=str(path), default_label=path.stem)
 
 
@@ -184,12 +206,29 @@ def validate(raw: dict[str, Any], *, config_dir: str | None, source: str | None,
     data_order_seed = raw.get("data_order_seed")
     if data_order_seed is not None:
         data_order_seed = _int(data_order_seed, "data_order_seed", where, minimum=0, maximum=MAX_SEED)
+    launch = _launch(_mapping(raw, "launch", where, what="a mapping like {nproc: 2}"), where, framework)
     return RunConfig(
         recipe=recipe, framework=framework, seed=seed, steps=steps, params=params,
         loss_weights={str(k): float(v) for k, v in weights.items()}, capture=capture,
         timeout=float(timeout), label=label, interventions=interventions, data_order_seed=data_order_seed,
+        launch=launch,
         config_dir=config_dir, source=source,
     )
+
+
+def _launch(raw: dict[str, Any], where: str, framework: str) -> dict[str, Any]:
+    """`launch: {nproc: N}`: N ranks under torchrun, one trace each (torch only)."""
+    if not raw:
+        return {}
+    unknown = sorted(set(raw) - set(LAUNCH_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown launch option {unknown[0]!r} (known: {', '.join(LAUNCH_KEYS)})")
+    if "nproc" not in raw:
+        raise ConfigError(f"{where}: launch needs 'nproc', the number of ranks (e.g. launch: {{nproc: 2}})")
+    nproc = _int(raw["nproc"], "launch.nproc", where, minimum=1, maximum=MAX_NPROC)
+    if framework != "torch":
+        raise ConfigError(f"{where}: launch (torchrun) is for framework torch, not {framework}")
+    return {"nproc": nproc}
 
 
 def _mapping(raw: Mapping[str, Any], key: str, where: str, *, what: str = "a mapping") -> dict[str, Any]:
@@ -261,6 +300,7 @@ def _capture(raw: Any, where: str) -> dict[str, Any]:
 def _int(value: Any, key: str, where: str, *, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum or \
             (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum} (2**32 - 1)"
+        bound = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}" + \
+            (" (2**32 - 1)" if maximum == MAX_SEED else "")
         raise ConfigError(f"{where}: {key} must be an integer {bound}, got {value!r}")
     return value

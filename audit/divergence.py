@@ -46,17 +46,24 @@ KINDS: tuple[str, ...] = (
     "order",  # same set, other order only
     "nonfinite",  # NaN/Inf in one or both runs
     "incomplete",  # one run stopped early; what could not be compared
+    # Across the ranks of one DDP run (audit/diff/compare_ranks.py):
+    "desync",  # a rank holds other bits than rank 0 where DDP keeps them equal
+    "overlap",  # two ranks train on the same batch
+    "repeated",  # a rank's batch repeats one of its own earlier batches
 )
 
 
 # Named causes from the most to the least telling, for what a report puts above the fold: a NaN that a
 # zero-weighted term lets through matters more than the config key that added the term.
 CAUSE_SEVERITY: tuple[str, ...] = (
+    "rank_desync",
     "nan_zero_weight_term",
     "nan_weighted_term",
     "code_change",
     "nondeterminism",
     "data_change",
+    "shard_overlap",
+    "epoch_repeat",
     "random_stream_shift",
     "seed_offset_shift",
     "hyperparameter_change",

@@ -60,6 +60,13 @@ def trace_file_name(label: str, *, prefix: str = "") -> str:
     return f"{prefix}{slug}.trace"
 
 
+def is_ranked_run(folder: Path) -> bool:
+    """A run of N ranks this tool wrote (`launch`/`--nproc`): replaced by the next such run, like a trace."""
+    from audit.trace.ranks import is_ranked_run as ranked
+
+    return ranked(folder)
+
+
 def check_trace_destination(path: str | os.PathLike[str], *, option: str,
                             protected: Iterable[Path] = ()) -> Path:
     """Refuse a trace destination that would replace or nest in something that is not a trace we wrote (an
@@ -70,7 +77,7 @@ def check_trace_destination(path: str | os.PathLike[str], *, option: str,
     _refuse_protected(target, option=option, protected=protected)
     for candidate, what in ((target, "it"), (_staging(target), f"its staging folder {_staging(target)}")):
         if candidate.is_symlink() or (candidate.exists() and not is_trace_folder(candidate)
-                                      and not _is_empty_folder(candidate)):
+                                      and not _is_empty_folder(candidate) and not is_ranked_run(candidate)):
             raise OutputError(f"refusing to write the trace to {target}: {what} exists and is not a "
                               "repro-audit trace")
     _refuse_inside_trace(target, option=option)

@@ -93,6 +93,10 @@ def record(config: RunConfig, trace_path: str | os.PathLike[str], *,
     """
     trace_path = Path(trace_path)
     trace_path.parent.mkdir(parents=True, exist_ok=True)
+    if config.nproc:
+        from audit.launch import record_ranks
+
+        return record_ranks(config, trace_path, progress=progress, stop=stop)
     payload = json.dumps({"config": config.to_dict(), "config_dir": config.config_dir,
                           "source": config.source, "mode": mode, "zoom": zoom})
     started = time.monotonic()

@@ -15,8 +15,9 @@ import os
 import random
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from audit.tool_path import forget_tool_folder
 
@@ -29,14 +30,27 @@ EXIT_USER_ERROR = 3
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m audit.worker")
     parser.add_argument("--trace", required=True)
-    parser.add_argument("--events-fd", type=int, required=True)
-    parser.add_argument("--parent-pid", type=int, required=True)
+    parser.add_argument("--events-fd", type=int)
+    parser.add_argument("--parent-pid", type=int)
+    parser.add_argument("--channel", help="under torchrun: the folder with config.json and the ranks' events")
     args = parser.parse_args(argv)
     forget_tool_folder()  # before the recipe is imported: an `audit` package it imports is the user's own
     from audit.parent_watch import die_with_parent
 
-    die_with_parent(args.parent_pid)
-    events = os.fdopen(args.events_fd, "w", buffering=1, encoding="utf-8")
+    if args.channel:  # one rank of a run under torchrun (audit/launch.py): it dies with torchrun
+        rank = int(os.environ.get("RANK", "0"))
+        die_with_parent(os.getppid())
+        trace = str(Path(args.trace) / f"rank_{rank:02d}")
+        events = open(Path(args.channel) / f"rank_{rank:02d}.jsonl", "a", buffering=1,  # noqa: SIM115 (lives as
+                      encoding="utf-8")  # long as the rank, like the events pipe)
+        events.write(json.dumps({"event": "started", "pid": os.getpid()}) + "\n")
+        _stacks_on_request(Path(args.channel) / f"rank_{rank:02d}.stack")
+        payload_text = (Path(args.channel) / "config.json").read_text(encoding="utf-8")
+    else:
+        die_with_parent(args.parent_pid)
+        trace = args.trace
+        events = os.fdopen(args.events_fd, "w", buffering=1, encoding="utf-8")
+        payload_text = sys.stdin.read()
 
     def emit(event: dict[str, Any]) -> None:
         events.write(json.dumps(event) + "\n")
@@ -46,19 +60,24 @@ def main(argv: list[str] | None = None) -> int:
     from audit.trace import TraceWriter
     from audit.trace import format as fmt
 
-    payload = json.loads(sys.stdin.read())
+    payload = json.loads(payload_text)
     _stdin_from_devnull()
     config = RunConfig.from_dict(payload["config"], config_dir=payload.get("config_dir"),
                                  source=payload.get("source"))
     try:
-        writer = TraceWriter(args.trace, framework=config.framework, config=config.to_dict(), label=config.label)
+        writer = TraceWriter(trace, framework=config.framework, config=config.to_dict(), label=config.label)
     except UserError as exc:  # the trace cannot go there (not ours to replace, no space): said, not a traceback
         emit({"event": "error", **_error("user_error", exc, 1)})
         return EXIT_USER_ERROR
     _redirect_output(writer.staging / fmt.LOG)
     current_step = {"step": 0}
 
-    def progress(step: int) -> None:
+    def progress(step: int, phase: str | None = None) -> None:
+        """A finished step; or, from a rank under torchrun, the phase of the step it enters (so a hang is
+        placed: the rank still in forward is the one the others wait for in the all-reduce)."""
+        if phase is not None:
+            emit({"event": "phase", "step": step, "phase": phase})
+            return
         current_step["step"] = step
         emit({"event": "step", "step": step, "steps": config.steps})
 
@@ -138,6 +157,20 @@ def _error(kind: str, exc: BaseException, step: int) -> dict[str, Any]:
         "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
         "step": step,
     }
+
+
+def _stacks_on_request(path: Path) -> None:
+    """SIGUSR1 writes every thread's Python stack to `path`: on a timeout the launcher asks each rank where it
+    waits, to tell the rank that hung from the ranks waiting for it in a collective."""
+    import faulthandler
+    import signal
+
+    stream = open(path, "w", encoding="utf-8")  # noqa: SIM115 (faulthandler writes to it until the rank ends)
+    faulthandler.register(signal.SIGUSR1, file=stream, all_threads=True)
+    _KEPT.append(stream)
+
+
+_KEPT: list[Any] = []  # the stack file stays open for faulthandler as long as the rank lives
 
 
 def _stdin_from_devnull() -> None:

@@ -13,3 +13,4 @@ python -m pip install --quiet "torch==2.13.0"
 python -m pip install --quiet -e ".[all,test]"
 # Optional extras: their tests are skipped, with the reason, where they cannot be installed.
 python -m pip install --quiet -e ".[ray]" || echo "setup: ray could not be installed; the Ray executor's tests will be skipped" >&2
+python -m pip install --quiet -e ".[trainers]" || echo "setup: the trainers extra could not be installed; the Trainer and Lightning callback tests will be skipped" >&2

@@ -45,6 +45,11 @@ class Trace:
         if not self.path.exists():
             raise TraceError(f"trace not found: {self.path}")
         if not self.path.is_dir() or not os.path.lexists(self.path / fmt.MANIFEST):
+            from audit.trace.ranks import is_ranked_run
+
+            if self.path.is_dir() and is_ranked_run(self.path):
+                raise TraceError(f"{self.path} is a run of several ranks (launch/--nproc), not one trace: give one "
+                                 f"rank's folder ({self.path / 'rank_00'}), or compare two such runs")
             raise TraceError(f"not a repro-audit trace (no {fmt.MANIFEST}): {self.path}")
         # Listed files and their digests (schema 4); None for older traces, which are read as before.
         self._files: dict[str, dict[str, Any]] | None = None

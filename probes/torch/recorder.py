@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from audit.config import RunConfig
 from audit.errors import RunFailed
@@ -14,14 +15,27 @@ from audit.trace import format as fmt
 from probes.torch import require_torch
 
 
-def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[[int], None]) -> None:
+def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[..., None]) -> None:
     """The runner's loop: the recipe builds, repro-audit trains and records."""
     require_torch()
+    if config.nproc:
+        from probes.torch.distributed import join_process_group, leave_process_group
+
+        ranks = join_process_group()  # before the build: the recipe may shard its data by rank
+        try:
+            _record(config, writer, progress=progress, ranks=ranks)
+        finally:
+            leave_process_group()
+    else:
+        _record(config, writer, progress=progress, ranks=None)
+
+
+def _record(config: RunConfig, writer: TraceWriter, *, progress: Callable[..., None],
+            ranks: dict[str, Any] | None) -> None:
     import torch
 
     from probes.torch.compiled import compiled_frames, refuse_compiled_model, refuse_compiled_step
     from probes.torch.dispatch_capture import DispatchCapture
-    from probes.torch.environment import torch_environment
     from probes.torch.initialisation import initialisation_record
     from probes.torch.interventions import TorchInterventions, generator_states
     from probes.torch.modules import module_tree
@@ -30,7 +44,7 @@ def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[[in
     from probes.torch.step_recorder import TorchStepRecorder
     from probes.torch.tensors import values_for_file
 
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # the same seed on every rank, as DDP's users do
     build = resolve_recipe(config.recipe, config_dir=Path(config.config_dir) if config.config_dir else None)
     ledger = RandomLedger(module_of=lambda: None)
     capture = DispatchCapture(ledger, lambda: None, record_ops=False, track_storage=True)
@@ -45,7 +59,8 @@ def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[[in
         raise RunFailed(f"recipe {config.recipe}: 'optimizer' must be a torch.optim.Optimizer, got "
                         f"{type(optimizer).__name__}")
     refuse_compiled_model(model, where=f"recipe {config.recipe}")
-    writer.write_json(fmt.ENVIRONMENT, torch_environment(recipe_dir=config.config_dir))
+    environment = _environment(config, ranks)
+    writer.write_json(fmt.ENVIRONMENT, environment())
     writer.write_json(fmt.INITIALISATION, initialisation_record(model, capture, ledger.take_entries(),
                                                                  seed=config.seed))
     structure: dict[str, Any] = {"modules": module_tree(model), "graph_steps": []}
@@ -62,6 +77,13 @@ def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[[in
                                  ledger=ledger, num_classes=recipe.extras.get("num_classes"),
                                  dropped_terms=interventions.dropped_terms)
     batches = step_batches(recipe.batches, steps=config.steps, spec=config.recipe, per_step=recipe.micro_batches)
+    if ranks is not None:  # the recorder watches the inner module; forward and backward go through DDP
+        from probes.torch.distributed import wrap_in_ddp
+
+        recipe.model = wrap_in_ddp(model)
+    # The step's forward goes through DDP (its all-reduce is the step); a NaN replay through the inner module
+    # only, since a forward through DDP without its backward would leave DDP's reducer waiting.
+    trained = recipe.model
     model.train()
     private = ExitStack()
     private.enter_context(interventions.private_generators(model))
@@ -70,18 +92,22 @@ def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[[in
             batch = interventions.batch(step, next(batches))
             micro = batch if recipe.micro_batches > 1 else [batch]
             optimizer.zero_grad(set_to_none=True)
+            phase = _phases(progress, step, ranked=ranks is not None)
+            phase("forward")
             frames = compiled_frames()
             recorder.begin_step(step, batch, replay=_forward(recipe, model, micro[0], step))
             for index, part in enumerate(micro):
                 if index:
                     recorder.next_micro_batch(replay=_forward(recipe, model, part, step))
-                terms = _forward(recipe, model, part, step)()
+                terms = _forward(recipe, trained, part, step)()
                 try:
                     total = recorder.combine_loss(terms, scale=1.0 / len(micro))
                 except TypeError as exc:
                     raise RunFailed(f"recipe {config.recipe}: {exc}") from exc
+                phase("backward")
                 recorder.backward(scaled_for_backward(recipe, total))
                 recorder.after_backward()
+            phase("optimizer step")
             update = prepare_update(recipe, model=model, optimizer=optimizer, step=step, spec=config.recipe)
             if update:
                 recorder.note_update(update)
@@ -103,7 +129,28 @@ def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[[in
         private.close()
         recorder.close()
     # Modules imported lazily during training belong to the code fingerprint too.
-    writer.write_json(fmt.ENVIRONMENT, torch_environment(recipe_dir=config.config_dir))
+    writer.write_json(fmt.ENVIRONMENT, environment())
+
+
+def _phases(progress: Callable[..., None], step: int, *, ranked: bool) -> Callable[[str], None]:
+    """Where in the step a rank is, said to the launcher (which names the rank a hang holds up); nothing
+    for one plain process."""
+    if not ranked:
+        return lambda name: None
+    return lambda name: progress(step, phase=name)
+
+
+def _environment(config: RunConfig, ranks: dict[str, Any] | None) -> Callable[[], dict[str, Any]]:
+    """The environment fingerprint, with the rank's facts under "distributed" when launched by torchrun."""
+    from probes.torch.environment import torch_environment
+
+    def environment() -> dict[str, Any]:
+        found = torch_environment(recipe_dir=config.config_dir)
+        if ranks is not None:
+            found["distributed"] = ranks
+        return found
+
+    return environment
 
 
 def _forward(recipe: Recipe, model: Any, batch: Any, step: int) -> Callable[[], Any]:

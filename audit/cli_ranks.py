@@ -1,0 +1,88 @@
+"""`record`, `check` and `diff` of configs with `launch: {nproc: N}` (or `--nproc N`): runs of N ranks.
+
+Each run is a folder with a trace per rank (audit/trace/ranks.py). The ranks of a run are checked against
+each other, and runs against each other rank by rank; the report leads with the first divergence in
+(step, rank) order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from audit.cli import EXIT_DIFFERENT, EXIT_SAME
+from audit.cli_progress import Progress
+from audit.cli_thresholds import thresholds_from
+from audit.config import RunConfig
+from audit.diff.compare_ranked import RankedResult, compare_ranked_runs
+from audit.divergence import Comparison
+from audit.errors import RunFailed
+from audit.outputs import ReportTarget, trace_file_name, write_report
+from audit.runner import raise_for_failures, record_all
+from audit.trace import Trace
+from audit.trace.ranks import open_ranks
+
+
+def record_ranked(configs: Sequence[RunConfig], *, folder: Path, kept: bool, quiet: bool) -> list[list[Trace]]:
+    """Record each config's ranks, one run after the other: each run already takes N processes."""
+    jobs = [(config, folder / trace_file_name(config.label, prefix=f"{index}-"))
+            for index, config in enumerate(configs, 1)]
+    with Progress(quiet=quiet) as progress:
+        results = record_all(jobs, progress=progress.update, parallel=False)
+    try:
+        raise_for_failures(results, traces_kept=kept)
+    except RunFailed as exc:
+        if kept:
+            raise
+        raise RunFailed(f"{exc} (--keep DIR keeps what they recorded)") from None
+    return [open_ranks(path) for _, path in jobs]
+
+
+def report_ranked(runs: list[list[Trace]], *, labels: Sequence[str], name: str, reports: Sequence[ReportTarget],
+                  options: dict[str, Any], temporary: Path | None) -> int:
+    from audit.cli_compare import _stdout_is_free, forget_trace_paths
+    from reports.text_ranks import render_ranked_json, render_ranked_text
+
+    result = compare_ranked_runs(runs, labels=labels, rtol=options["rtol"], atol=options["atol"],
+                                 ignore=tuple(options["ignore"]), health_thresholds=thresholds_from(options))
+    for comparison in _comparisons(result):
+        forget_trace_paths(comparison, temporary)
+    if _stdout_is_free(reports):
+        click.echo(render_ranked_text(result, name=name))
+    for report in reports:
+        if report.option == "--json":
+            write_report(report, render_ranked_json(result))
+        else:
+            from reports.html import render_html
+
+            shown, trace_a, trace_b = _shown(result, runs)
+            write_report(report, render_html(shown, trace_a=trace_a, trace_b=trace_b))
+    return EXIT_SAME if result.identical else EXIT_DIFFERENT
+
+
+def _comparisons(result: RankedResult) -> list[Comparison]:
+    return list(result.cross_rank) + [entry.comparison for entry in result.rank_by_rank]
+
+
+def _shown(result: RankedResult, runs: list[list[Trace]]) -> tuple[Comparison, Trace, Trace]:
+    """The comparison the HTML report shows (the first divergence's, else run 1's ranks) and its traces."""
+    first = result.first()
+    for entry in result.rank_by_rank:
+        if entry.comparison is first:
+            return first, runs[0][entry.rank], runs[entry.run - 1][entry.rank]
+    index = next((i for i, c in enumerate(result.cross_rank) if c is first), 0)
+    return result.cross_rank[index], runs[index][0], runs[index][-1]
+
+
+def summarise_ranked_run(path: Path, *, label: str) -> None:
+    """What `record` and `show` print for a run of N ranks: each rank's steps and the cross-rank verdict."""
+    from audit.diff.compare_ranks import compare_ranks
+    from reports.text import render_text
+
+    ranks = open_ranks(path)
+    click.echo(f"{len(ranks)} ranks in {path}: " + ", ".join(
+        f"rank {rank} {len(trace.steps)} steps" for rank, trace in enumerate(ranks)))
+    click.echo(render_text(compare_ranks(ranks, label=label)))

@@ -1,0 +1,55 @@
+"""One rank of a run under torchrun: its process group, its DistributedDataParallel wrapper, its facts.
+
+The runner, not the recipe, joins the process group (before the recipe builds, so a recipe can shard its
+data with `torch.distributed.get_rank()` or a DistributedSampler) and wraps the model in DDP after the
+recipe built it: the same recipe then runs as one process or as N ranks, and the recorder hooks the inner
+module, so parameter names are the recipe's own (no `module.` prefix) and compare across world sizes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def join_process_group() -> dict[str, Any]:
+    """Init the default process group from torchrun's environment: gloo on CPU, nccl where CUDA is."""
+    import torch
+    import torch.distributed as dist
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend)
+    return distributed_facts()
+
+
+def distributed_facts() -> dict[str, Any]:
+    """Rank, world size, backend and the launcher's variables: part of the rank's environment."""
+    import torch.distributed as dist
+
+    launcher = {name: os.environ[name] for name in ("LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+                                                    "TORCHELASTIC_RUN_ID", "OMP_NUM_THREADS")
+                if name in os.environ}
+    launcher.pop("TORCHELASTIC_RUN_ID", None)  # a fresh id per run: not a fact to compare
+    return {"rank": dist.get_rank(), "world_size": dist.get_world_size(), "backend": str(dist.get_backend()),
+            "launcher": "torch.distributed.run", "environment": launcher}
+
+
+def wrap_in_ddp(model: Any) -> Any:
+    """The recipe's model in DistributedDataParallel (which broadcasts rank 0's parameters and buffers)."""
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    if torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+        model.to(device)
+        return DistributedDataParallel(model, device_ids=[device.index])
+    return DistributedDataParallel(model)
+
+
+def leave_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()

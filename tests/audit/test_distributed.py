@@ -1,0 +1,151 @@
+"""Runs of 2 ranks under torchrun (gloo on CPU): per-rank traces, cross-rank checks, rank-by-rank comparison.
+
+Each torchrun start costs seconds, so each fixture config is recorded once per module and shared.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from audit.config import load_config
+from audit.diff.compare_ranks import compare_ranks
+from audit.errors import ConfigError
+from audit.runner import record
+from audit.trace.ranks import open_ranks
+from reports.json_report import render_json
+from reports.text import render_text
+from tests.helpers import one_line, run_cli
+
+DDP = Path(__file__).resolve().parents[2] / "fixtures" / "configs" / "torch" / "ddp"
+
+
+def _ranked(tmp_path_factory: pytest.TempPathFactory, name: str, *overrides: str) -> list:
+    """Record fixtures/configs/torch/ddp/NAME.yaml with 2 ranks; the traces of its ranks."""
+    run = tmp_path_factory.mktemp(name) / "run.trace"
+    result = record(load_config(DDP / f"{name}.yaml", overrides=overrides, nproc=2), run)
+    assert result.ok, result.failure_line()
+    return open_ranks(run)
+
+
+@pytest.fixture(scope="module")
+def checked(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, dict, Path]:
+    keep = tmp_path_factory.mktemp("check")
+    report = keep.parent / "check.json"
+    code, out, err = run_cli("check", str(DDP / "deterministic.yaml"), "--nproc", "2", "--keep", str(keep),
+                             "--json", str(report), "-q")
+    assert err == "" or "warning" in err, err
+    return code, out, json.loads(report.read_text()), keep
+
+
+def test_check_nproc_2_of_a_deterministic_ddp_config_is_identical(checked) -> None:
+    code, _, document, keep = checked
+    assert code == 0
+    assert document["identical"] is True and document["world_sizes"] == [2, 2]
+    assert [(entry["rank"], entry["run"]) for entry in document["rank_by_rank"]] == [(0, 2), (1, 2)]
+    assert all(entry["comparison"]["divergences"] == [] for entry in document["rank_by_rank"])
+    assert all(cross["divergences"] == [] for cross in document["cross_rank"])
+    ranks = open_ranks(next(keep.glob("1-*")))
+    assert [trace.environment["distributed"]["rank"] for trace in ranks] == [0, 1]
+    facts = ranks[1].environment["distributed"]
+    assert facts["world_size"] == 2 and facts["backend"] == "gloo" and facts["launcher"] == "torch.distributed.run"
+    # DDP keeps the parameters equal, the sampler gives each rank its own shard
+    assert ranks[0].steps[-1]["parameters"] == ranks[1].steps[-1]["parameters"]
+    assert ranks[0].steps[0]["batch"]["hash"] != ranks[1].steps[0]["batch"]["hash"]
+
+
+def test_show_of_a_run_of_ranks_checks_its_ranks(checked) -> None:
+    run = next(checked[3].glob("1-*"))
+    code, out, _ = run_cli("show", str(run))
+    assert code == 0
+    assert out.startswith(f"2 ranks in {run}: rank 0 3 steps, rank 1 3 steps")
+    assert "IDENTICAL: deterministic run 1 rank 0 and deterministic run 1 rank 1 match bitwise" in out
+    code, _, err = run_cli("compare", str(run), str(run / "rank_00"))
+    assert code == 2 and "is a run of several ranks (launch/--nproc), not one trace" in one_line(err)
+
+
+def test_commands_that_read_one_trace_refuse_a_run_of_ranks() -> None:
+    code, _, err = run_cli("health", str(DDP / "deterministic.yaml"))
+    assert code == 2 and "health does not take runs of several ranks (launch/--nproc) yet" in one_line(err)
+
+
+def test_a_rank_that_perturbs_its_parameters_once_is_named(tmp_path_factory) -> None:
+    comparison = compare_ranks(_ranked(tmp_path_factory, "perturbed_rank"), label="perturbed")
+    first = comparison.first_divergence
+    assert first is not None
+    assert (first.step, first.evidence["rank"], first.evidence["item"]) == (2, 1, "0.weight")
+    assert first.category == "parameters" and first.kind == "desync" and first.cause == "rank_desync"
+    # the all-reduced gradients agreed, so the drift came after the all-reduce, and it lasts
+    assert first.evidence["gradients_agree"] is True and first.evidence["later_steps"] == [3]
+    text = render_text(comparison)
+    assert "0.weight on rank 1" in text and "after step 2" in text and "after the all-reduce" in text
+    assert json.loads(render_json(comparison))["divergences"][0]["cause"] == "rank_desync"
+
+
+def test_every_rank_training_on_the_same_data_is_named(tmp_path_factory) -> None:
+    comparison = compare_ranks(_ranked(tmp_path_factory, "same_data_every_rank"), label="same")
+    first = comparison.first_divergence
+    assert first is not None and first.cause == "shard_overlap"
+    assert first.step == 1 and first.evidence["ranks"] == [0, 1]
+    assert [d.step for d in comparison.divergences if d.cause == "shard_overlap"] == [1, 2, 3]
+    assert any("same random stream" in note for note in comparison.notes)
+
+
+def test_a_sampler_without_set_epoch_is_named(tmp_path_factory) -> None:
+    comparison = compare_ranks(_ranked(tmp_path_factory, "no_set_epoch"), label="no_set_epoch")
+    found = [(d.step, d.evidence["rank"], d.evidence["repeats_step"]) for d in comparison.divergences]
+    assert found == [(3, 0, 1), (3, 1, 1)]
+    assert all(d.cause == "epoch_repeat" for d in comparison.divergences)
+    assert "set_epoch" in render_text(comparison)
+
+
+def test_a_failed_rank_keeps_the_other_ranks_traces(tmp_path: Path) -> None:
+    config = load_config(DDP / "deterministic.yaml", overrides=["params.crash={rank: 1, step: 2}"])
+    result = record(config, tmp_path / "run.trace")
+    assert not result.ok and result.error is not None and result.error["rank"] == 1
+    assert "rank 1: synthetic failure on rank 1 at step 2" in result.failure_line()
+    ranks = open_ranks(tmp_path / "run.trace")
+    assert [(trace.complete, len(trace.steps)) for trace in ranks] == [(False, 1), (False, 1)]
+
+
+def test_a_hung_rank_times_out_with_one_line_naming_it(tmp_path: Path) -> None:
+    code, _, err = run_cli("record", str(DDP / "deterministic.yaml"), "-o", str(tmp_path / "run.trace"),
+                           "--set", "params.hang={rank: 1, step: 2}", "--set", "timeout=25", "-q")
+    line = one_line(err)
+    assert code == 2
+    assert "timed out at step 2" in line and "rank 1 hung in step 2" in line and "ddp_recipes.py" in line
+    assert "rank 0 in step 2" in line and "waits in torch" in line
+
+
+def test_diff_across_world_sizes_compares_rank_by_rank_and_says_so(tmp_path: Path) -> None:
+    code, out, _ = run_cli("diff", str(DDP / "deterministic.yaml"), "--set-b", "launch.nproc=1", "-q")
+    assert code == 1
+    assert "world size 2 against 1" in out and "another order (ring all-reduce)" in out
+    assert "rank 0, run 2 against run 1: first divergence" in out
+    assert "(step, rank) order" in out
+
+
+@pytest.mark.parametrize(("launch", "message"), [
+    ("{nproc: 0}", "launch.nproc must be an integer from 1 to 64, got 0"),
+    ("{ranks: 2}", "unknown launch option 'ranks' (known: nproc)"),
+    ("{}", None),
+    ("2", "'launch' must be a mapping like {nproc: 2}, got int"),
+])
+def test_launch_is_validated(tmp_path: Path, launch: str, message: str | None) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"recipe: ddp_recipes:build\nlaunch: {launch}\n")
+    if message is None:
+        assert load_config(path).nproc == 0
+        return
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(path)
+
+
+def test_launch_needs_torch(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("recipe: m:build\nframework: tensorflow\nlaunch: {nproc: 2}\n")
+    code, _, err = run_cli("record", str(path), "-o", str(tmp_path / "t"))
+    assert code == 2 and "launch (torchrun) is for framework torch" in one_line(err)
