@@ -96,6 +96,8 @@ def _finish(writer: Any, emit: Callable[[dict[str, Any]], None], *, error: dict[
 def _recorder_for(framework: str) -> Callable[..., None]:
     if framework == "torch":
         from probes.torch.recorder import record_run
+    elif framework == "returnn":
+        from probes.returnn.recorder import record_run
     else:
         from probes.tf.recorder import record_run
     return record_run
