@@ -47,8 +47,9 @@ def record_torch_engine(config: RunConfig, writer: TraceWriter, *, config_file: 
         engine._create_model = created_under_capture
         engine.init_train_from_config(rnn.config, rnn.train_data, rnn.dev_data, rnn.eval_data)
         model, optimizer = engine.get_pt_model(), engine.get_pt_optimizer()
-        writer.write_json(fmt.INITIALISATION, initialisation_record(model, build, ledger.take_entries(),
-                                                                     seed=rnn.config.int("random_seed", 42)))
+        initialisation = initialisation_record(model, build, ledger.take_entries(),
+                                               seed=rnn.config.int("random_seed", 42))
+        writer.write_json(fmt.INITIALISATION, per_op_seed_offsets(initialisation))
         structure: dict[str, Any] = {"modules": module_tree(model), "graph_steps": []}
         writer.write_json(fmt.STRUCTURE, structure)
         writer.write_json(fmt.ENVIRONMENT, returnn_environment(config, config_file=config_file))
@@ -63,6 +64,18 @@ def record_torch_engine(config: RunConfig, writer: TraceWriter, *, config_file: 
             rnn.finalize()
         # Modules imported during training belong to the code fingerprint too.
         writer.write_json(fmt.ENVIRONMENT, returnn_environment(config, config_file=config_file))
+
+
+def per_op_seed_offsets(initialisation: dict[str, Any]) -> dict[str, Any]:
+    """RETURNN's torch backend seeds a fresh generator for every random op from one seed sequence, so a
+    tensor's seed offset is its draw's position in that sequence: a layer created earlier moves every later
+    one (the offset within each fresh generator is always 0 and says nothing)."""
+    position = {draw["generator"]: index for index, draw in enumerate(initialisation.get("draws") or [])
+                if draw.get("offset_before") == 0}
+    for tensor in initialisation.get("tensors") or []:
+        if tensor.get("generator") in position and tensor.get("seed_offset") == 0:
+            tensor["seed_offset"] = position[tensor["generator"]]
+    return initialisation
 
 
 class FirstBatches:
