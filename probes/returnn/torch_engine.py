@@ -46,7 +46,7 @@ def record_torch_engine(config: RunConfig, writer: TraceWriter, *, config_file: 
 
         engine._create_model = created_under_capture
         engine.init_train_from_config(rnn.config, rnn.train_data, rnn.dev_data, rnn.eval_data)
-        model, optimizer = engine.get_pt_model(), engine.get_pt_optimizer()
+        model = engine.get_pt_model()
         initialisation = initialisation_record(model, build, ledger.take_entries(),
                                                seed=rnn.config.int("random_seed", 42))
         writer.write_json(fmt.INITIALISATION, per_op_seed_offsets(initialisation))
