@@ -1,0 +1,110 @@
+"""Recording overhead on RETURNN's own torch engine, as a ratio against RETURNN's own step.
+
+    python benchmarks/bench_returnn.py [--steps 40] [--rounds 3]
+
+Each variant runs in a fresh process (RETURNN keeps global state): `plain` is RETURNN's engine training the
+fixture config (fixtures/returnn/tiny_lstm_torch.config, per-head auxiliary losses marked) with nothing
+attached; `recorded` is the same engine under `framework: returnn` recording (default capture: hashes and
+statistics of gradients, parameters, optimizer state and module outputs, random ledger, graph digest).
+A step's time is the interval between two consecutive ends of RETURNN's updater step (data loading,
+forward, backward and update included), the first five steps left out (step 1 captures the op graph);
+the median interval per variant, the median ratio over rounds. The fixture model is tiny (786 parameters),
+so the ratio is the recorder's fixed cost per step at its largest relative to the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures" / "returnn"
+WARMUP = 5
+
+
+def _params(steps: int) -> dict[str, Any]:
+    return {"aux_loss": "per_head", "aux_loss_scale": 0.0,
+            "train": {"class": "DummyDataset", "input_dim": 9, "output_dim": 2, "num_seqs": 4 * (steps + 2),
+                      "seq_len": 6}}
+
+
+def plain(steps: int) -> list[float]:
+    """RETURNN's engine alone: step ends, timed from a wrapper on its updater."""
+    sys.path.insert(0, str(FIXTURES))
+    from returnn import __main__ as rnn
+
+    ends: list[float] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        rnn.init(config_filename=str(FIXTURES / "tiny_lstm_torch.config"),
+                 config_updates={"model": f"{scratch}/model", "log": None, **_params(steps)})
+        engine = rnn.engine
+        engine.init_train_from_config(rnn.config, rnn.train_data, rnn.dev_data, rnn.eval_data)
+        update = engine._updater.step
+
+        def timed(**kwargs: Any) -> None:
+            update(**kwargs)
+            ends.append(time.perf_counter())
+
+        engine._updater.step = timed
+        engine.train()
+        rnn.finalize()
+    return ends[:steps]
+
+
+def recorded(steps: int) -> list[float]:
+    """The same engine recorded by repro-audit: step ends from the recorder's progress callback."""
+    sys.path.insert(0, str(ROOT))
+    from audit.config import RunConfig
+    from audit.trace import TraceWriter
+    from probes.returnn.recorder import record_run
+
+    ends: list[float] = []
+    config = RunConfig.from_dict({"framework": "returnn", "returnn_config": "tiny_lstm_torch.config",
+                                  "steps": steps, "params": _params(steps)}, config_dir=str(FIXTURES))
+    with tempfile.TemporaryDirectory() as scratch:
+        writer = TraceWriter(Path(scratch) / "run.trace", framework="returnn", config=config.to_dict(),
+                             label="bench")
+        record_run(config, writer, progress=lambda step: ends.append(time.perf_counter()))
+        writer.finish(complete=True)
+    return ends
+
+
+def _median_step(ends: list[float]) -> float:
+    intervals = [b - a for a, b in zip(ends[WARMUP:], ends[WARMUP + 1:])]
+    return statistics.median(intervals)
+
+
+def _child(variant: str, steps: int) -> float:
+    out = subprocess.run([sys.executable, __file__, "--child", variant, "--steps", str(steps)], check=True,
+                         capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--child", choices=["plain", "recorded"])
+    args = parser.parse_args()
+    if args.child:
+        ends = plain(args.steps) if args.child == "plain" else recorded(args.steps)
+        print(_median_step(ends))
+        return
+    rounds = []
+    for _ in range(args.rounds):
+        step_plain, step_recorded = _child("plain", args.steps), _child("recorded", args.steps)
+        rounds.append({"plain_ms": step_plain * 1e3, "recorded_ms": step_recorded * 1e3,
+                       "ratio": step_recorded / step_plain})
+    print(json.dumps({"rounds": rounds, "median_ratio": statistics.median(r["ratio"] for r in rounds),
+                      "steps": args.steps, "warmup_steps_left_out": WARMUP}, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
