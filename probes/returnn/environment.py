@@ -17,12 +17,17 @@ from probes.common.hashing import hash_bytes
 CONFIG_MODULE = "__returnn_config__"
 
 
-def returnn_environment(config: RunConfig, *, config_file: Path) -> dict[str, Any]:
+def returnn_environment(config: RunConfig, *, config_file: Path, framework: str = "torch") -> dict[str, Any]:
     import returnn
 
-    from probes.torch.environment import torch_environment
+    if framework == "torch":
+        from probes.torch.environment import torch_environment
 
-    environment = torch_environment(recipe_dir=str(config_file.parent))
+        environment = torch_environment(recipe_dir=str(config_file.parent))
+    else:
+        from probes.tf.environment import tf_environment
+
+        environment = tf_environment(recipe_dir=str(config_file.parent))
     source = config_file.read_bytes()
     environment["modules"][CONFIG_MODULE] = {"path": config_file.name, "hash": hash_bytes(source)}
     environment["sources"][CONFIG_MODULE] = source.decode("utf-8", "replace")

@@ -32,8 +32,13 @@ def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[[in
 
         record_torch_engine(config, writer, config_file=config_file, progress=progress)
         return
+    if backend == "tensorflow-net-dict":
+        from probes.returnn.tf_engine import record_tf_engine
+
+        record_tf_engine(config, writer, config_file=config_file, progress=progress)
+        return
     raise ConfigError(f"{config.source or 'config'}: RETURNN backend {backend!r} is not supported yet "
-                      f"(supported: torch)")
+                      f"(supported: torch, tensorflow-net-dict)")
 
 
 def _backend(config_file: Path, config: RunConfig) -> str:
