@@ -2,7 +2,7 @@
 
 RETURNN owns the loop (batching, its updater with clipping and learning-rate control, the loss scales), so
 the recorder attaches to it as attach mode attaches to a user's loop: around the engine's model creation,
-its train step and its updater step, on this engine instance only.
+its train step and its updater step (torch), or its session, updater and runner (TF net dict).
 """
 
 from __future__ import annotations
