@@ -128,3 +128,24 @@ def test_edited_returnn_file_is_named_as_the_first_cause(tmp_path: Path) -> None
     assert (root["category"], root["cause"]) == ("code", "code_change")
     assert (f"run B used returnn {returnn.__version__} with local changes to returnn/torch/updater.py"
             in root["explanation"]), root["explanation"]
+
+
+def test_returnn_config_and_its_imports_are_in_the_code_fingerprint(recorded: dict[str, Path]) -> None:
+    from audit.trace import Trace
+
+    environment = Trace(recorded["baseline"]).environment
+    config_file = (FIXTURES / "tiny_lstm_torch.config").read_text(encoding="utf-8")
+    assert environment["modules"]["__returnn_config__"]["path"] == "tiny_lstm_torch.config"
+    assert environment["sources"]["__returnn_config__"] == config_file
+    assert environment["modules"]["tiny_model"]["path"] == "tiny_model.py"
+    assert "class Model(rf.Module)" in environment["sources"]["tiny_model"]
+    assert environment["returnn"]["version"] == returnn.__version__
+
+
+def test_unsupported_returnn_backend_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "jax.config"
+    config.write_text('#!rnn.py\nbackend = "jax"\ntask = "train"\n', encoding="utf-8")
+    code, out, err = run_cli("record", str(config), "-o", str(tmp_path / "t.trace"), "-q")
+    assert code == 2, out + err
+    assert "RETURNN backend 'jax' is not supported yet (supported: torch, tensorflow-net-dict)" in err
+    assert "Traceback" not in err
