@@ -97,6 +97,7 @@ class NetDictSteps:
         self.backward_end = 0
         self.structure: dict[str, Any] = {"modules": [], "graph_steps": [], "mode": "graph"}
         self.graph_pending = False
+        self.seq_tags: Any = None
 
     def wrap_session(self, session: Any) -> Any:
         self.run = RecordingRun(session.run, self)
@@ -118,9 +119,16 @@ class NetDictSteps:
             self._new_network(fetches)
         fetches[FETCH_KEY] = self.fetches
         self.epoch_steps = 0
-        more = runner.data_provider.have_more_data
-        runner.data_provider.have_more_data = (
-            lambda session: self.epoch_steps < self.config.steps and more(session=session))
+        provider = runner.data_provider
+        more, feed_dict = provider.have_more_data, provider.get_feed_dict
+        provider.have_more_data = lambda session: self.epoch_steps < self.config.steps and more(session=session)
+
+        def feed_with_tags(*args: Any, **kwargs: Any) -> Any:
+            feed, meta = feed_dict(*args, **kwargs)
+            self.seq_tags = meta.get("seq_tag") if isinstance(meta, dict) else None
+            return feed, meta
+
+        provider.get_feed_dict = feed_with_tags
 
     def _new_network(self, fetches: dict[str, Any]) -> None:
         import tensorflow as tf
@@ -188,7 +196,7 @@ class NetDictSteps:
         values.update({key: np.asarray(v) for key, v in state.items()})
         values["optimizer_lr"] = np.asarray(found["optimizer_lr"])
         summaries = {key: summarize_array(v) for key, v in values.items()}
-        record = assemble(self.steps, batch=_batch_record(feed_dict), summaries=summaries, values=values,
+        record = assemble(self.steps, batch=_batch_record(feed_dict, self.seq_tags), summaries=summaries, values=values,
                           term_names=list(self.terms), weights=self.weights, parameter_names=self.parameters,
                           optimizer=self.optimizer_view)
         record["update"] = {"epoch": int(self.engine.epoch), "learning_rate": float(values["optimizer_lr"])}
@@ -225,11 +233,20 @@ class NetDictSteps:
         return {"digest": self.graph_data["digest"], "ops": len(self.graph_data["ops"]), "stored": False}
 
 
-def _batch_record(feed_dict: dict[Any, Any]) -> dict[str, Any]:
+def _batch_record(feed_dict: dict[Any, Any], seq_tags: Any) -> dict[str, Any]:
+    """The feed dict RETURNN built: data, targets, sequence lengths, and the sequence tags (as bytes)."""
+    from probes.returnn.batches import seq_tag_bytes
     from probes.tf.step_record import batch_record
 
-    named = {getattr(key, "name", str(key)): value for key, value in feed_dict.items()
-             if isinstance(value, np.ndarray) and value.dtype.kind in "biuf"}
+    named = {}
+    for key, value in feed_dict.items():
+        if not isinstance(value, np.ndarray):
+            continue
+        name = getattr(key, "name", str(key))
+        if value.dtype.kind in "biuf":
+            named[name] = value
+    if seq_tags is not None:
+        named["seq_tags"] = seq_tag_bytes(seq_tags)
     return batch_record(dict(sorted(named.items())))[0]
 
 

@@ -159,14 +159,19 @@ class EngineSteps:
 
 
 def _batch(extern_data: Any) -> dict[str, Any]:
-    """The batch as RETURNN hands it to the step: every data key's raw tensor and sequence lengths."""
+    """The batch as RETURNN hands it to the step: every data key's raw tensor and sequence lengths, and
+    the sequence tags (as bytes)."""
     import torch
+
+    from probes.returnn.batches import seq_tag_bytes
 
     batch: dict[str, Any] = {}
     for name, tensor in extern_data.data.items():
         raw = tensor.raw_tensor
         if isinstance(raw, torch.Tensor):
             batch[name] = raw
+        elif name == "seq_tag" and raw is not None:
+            batch["seq_tags"] = torch.from_numpy(seq_tag_bytes(raw))
         for dim in tensor.dims:
             if dim.dyn_size_ext is not None and isinstance(dim.dyn_size_ext.raw_tensor, torch.Tensor):
                 batch[f"{name}:size:{dim.name}"] = dim.dyn_size_ext.raw_tensor
