@@ -6,10 +6,6 @@ Skipped only where RETURNN cannot be imported (install it with `pip install 'rep
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -97,37 +93,6 @@ def test_recorded_parameters_equal_returnns_checkpoint_bitwise(recorded: dict[st
         assert recorded_value.tobytes() == tensor.numpy().tobytes(), name
     assert not np.array_equal(values.get("parameters/embed.weight"),
                               trace.values(1).get("parameters/embed.weight"))  # type: ignore[union-attr]
-
-
-def _venv_with_returnn(folder: Path) -> Path:
-    """A virtual environment that sees this one's packages, with its own pip-installed copy of RETURNN
-    (package and dist-info with its RECORD); its python."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
-    python = folder / "bin" / "python"
-    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
-    outer = Path(sysconfig.get_paths()["purelib"])
-    (site / "outer.pth").write_text(str(outer) + "\n", encoding="utf-8")
-    package = Path(returnn.__file__).resolve().parent
-    shutil.copytree(package, site / "returnn", ignore=shutil.ignore_patterns("__pycache__"))
-    info = next(package.parent.glob("returnn-*.dist-info"))
-    shutil.copytree(info, site / info.name)
-    return python
-
-
-def test_edited_returnn_file_is_named_as_the_first_cause(tmp_path: Path) -> None:
-    clean, edited = _venv_with_returnn(tmp_path / "clean"), _venv_with_returnn(tmp_path / "edited")
-    updater = next((edited.parent.parent / "lib").glob("python*/site-packages/returnn/torch/updater.py"))
-    updater.write_text(updater.read_text(encoding="utf-8") + "\n# a local fix\n", encoding="utf-8")
-    report = tmp_path / "r.json"
-    config = str(FIXTURES / "torch_baseline.yaml")
-    code, out, err = run_cli("diff", config, config, "--python-a", str(clean), "--python-b", str(edited),
-                             "--steps", "1", "-q", "--json", str(report))
-    assert code == 1, out + err
-    root = _divergences(report)[0]
-    assert (root["category"], root["cause"]) == ("code", "code_change")
-    assert (f"run B used returnn {returnn.__version__} with local changes to returnn/torch/updater.py"
-            in root["explanation"]), root["explanation"]
 
 
 def test_returnn_config_and_its_imports_are_in_the_code_fingerprint(recorded: dict[str, Path]) -> None:
