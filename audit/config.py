@@ -21,10 +21,10 @@ import yaml
 from audit.config_files import first_line, load_yaml, read_config_file
 from audit.errors import ConfigError
 
-FRAMEWORKS = ("torch", "tensorflow")
+FRAMEWORKS = ("torch", "tensorflow", "returnn")
 VALUE_MODES = ("none", "first", "all")
 TOP_LEVEL_KEYS = {"recipe", "framework", "seed", "steps", "params", "loss_weights", "capture", "timeout", "label",
-                  "interventions", "data_order_seed", "launch"}
+                  "interventions", "data_order_seed", "launch", "returnn_config"}
 LAUNCH_KEYS = ("nproc",)
 MAX_NPROC = 64  # ranks on one machine: more is a typo, not a run
 CAPTURE_DEFAULTS: dict[str, Any] = {
@@ -68,6 +68,9 @@ class RunConfig:
     # The interpreter the run's worker starts with (`--python-b`): another environment, same config. Not part
     # of the config: the environment fingerprint records what it changed.
     python: str | None = None
+    # framework: returnn: the RETURNN config file (relative to the config's folder) whose engine runs; params
+    # then override its values (docs/returnn.md).
+    returnn_config: str | None = None
 
     @property
     def nproc(self) -> int:
@@ -93,6 +96,7 @@ class RunConfig:
             **({"interventions": copy.deepcopy(self.interventions)} if self.interventions else {}),
             **({"data_order_seed": self.data_order_seed} if self.data_order_seed is not None else {}),
             **({"launch": dict(self.launch)} if self.launch else {}),
+            **({"returnn_config": self.returnn_config} if self.returnn_config else {}),
         }
 
     @classmethod
@@ -174,15 +178,18 @@ def validate(raw: dict[str, Any], *, config_dir: str | None, source: str | None,
     unknown = sorted(set(raw) - TOP_LEVEL_KEYS)
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(TOP_LEVEL_KEYS))})")
+    framework = raw.get("framework", "torch")
+    if not isinstance(framework, str) or framework not in FRAMEWORKS:
+        raise ConfigError(f"{where}: framework must be one of {', '.join(FRAMEWORKS)}, got {framework!r}")
+    returnn_config = _returnn_config(raw, framework, where)
+    if returnn_config is not None:
+        raw.setdefault("recipe", "returnn:engine")  # RETURNN's own engine runs: there is no recipe of ours
     if "recipe" not in raw:
         raise ConfigError(f"{where}: missing required key 'recipe' (module:function)")
     recipe = raw["recipe"]
     if not isinstance(recipe, str) or not RECIPE_SPEC.fullmatch(recipe):
         raise ConfigError(f"{where}: recipe must be 'module:function' (Python names, the module may be "
                           f"dotted), got {recipe!r}")
-    framework = raw.get("framework", "torch")
-    if not isinstance(framework, str) or framework not in FRAMEWORKS:
-        raise ConfigError(f"{where}: framework must be one of {', '.join(FRAMEWORKS)}, got {framework!r}")
     seed = _int(raw.get("seed", 0), "seed", where, minimum=0, maximum=MAX_SEED)
     steps = _int(raw.get("steps", 3), "steps", where, minimum=1)
     params = _mapping(raw, "params", where)
@@ -211,7 +218,7 @@ def validate(raw: dict[str, Any], *, config_dir: str | None, source: str | None,
         recipe=recipe, framework=framework, seed=seed, steps=steps, params=params,
         loss_weights={str(k): float(v) for k, v in weights.items()}, capture=capture,
         timeout=float(timeout), label=label, interventions=interventions, data_order_seed=data_order_seed,
-        launch=launch,
+        launch=launch, returnn_config=returnn_config,
         config_dir=config_dir, source=source,
     )
 
@@ -229,6 +236,18 @@ def _launch(raw: dict[str, Any], where: str, framework: str) -> dict[str, Any]:
     if framework != "torch":
         raise ConfigError(f"{where}: launch (torchrun) is for framework torch, not {framework}")
     return {"nproc": nproc}
+
+
+def _returnn_config(raw: Mapping[str, Any], framework: str, where: str) -> str | None:
+    """`framework: returnn` names the RETURNN config file to run; no other framework takes one."""
+    value = raw.get("returnn_config")
+    if framework != "returnn":
+        if value is not None:
+            raise ConfigError(f"{where}: returnn_config is only for framework: returnn")
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: framework: returnn needs returnn_config: the RETURNN config file to run")
+    return value
 
 
 def _mapping(raw: Mapping[str, Any], key: str, where: str, *, what: str = "a mapping") -> dict[str, Any]:

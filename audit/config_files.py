@@ -32,8 +32,12 @@ class BoundedLoader(yaml.SafeLoader):
 def read_config_file(path: Path) -> dict[str, Any]:
     """The mapping a .yaml, .yml or .toml config file holds; every problem is one ConfigError line."""
     suffix = path.suffix.lower()
+    if suffix == ".config":
+        # A RETURNN config file itself: RETURNN's engine runs it as it stands (docs/returnn.md).
+        _read_text(path)
+        return {"framework": "returnn", "returnn_config": path.name}
     if suffix not in (".yaml", ".yml", ".toml"):
-        raise ConfigError(f"config {path} must end in .yaml, .yml or .toml")
+        raise ConfigError(f"config {path} must end in .yaml, .yml or .toml (or be a RETURNN .config file)")
     text = _read_text(path)
     try:
         if suffix == ".toml":

@@ -129,6 +129,10 @@ def _recorder_for(framework: str, mode: str, zoom: dict[str, Any] | None) -> Cal
 
         return partial(record_zoom, zoom=zoom or {})
     if mode == "ops":
+        if framework == "returnn":
+            from audit.errors import ConfigError
+
+            raise ConfigError("repro-audit ops runs torch and TensorFlow recipes; RETURNN configs are not supported yet")
         if framework == "torch":
             from probes.torch.ops_run import record_ops as record_torch_ops
 
@@ -138,6 +142,8 @@ def _recorder_for(framework: str, mode: str, zoom: dict[str, Any] | None) -> Cal
         return record_tf_ops
     if framework == "torch":
         from probes.torch.recorder import record_run
+    elif framework == "returnn":
+        from probes.returnn.recorder import record_run
     else:
         from probes.tf.recorder import record_run
     return record_run

@@ -14,3 +14,5 @@ python -m pip install --quiet -e ".[all,test]"
 # Optional extras: their tests are skipped, with the reason, where they cannot be installed.
 python -m pip install --quiet -e ".[ray]" || echo "setup: ray could not be installed; the Ray executor's tests will be skipped" >&2
 python -m pip install --quiet -e ".[trainers]" || echo "setup: the trainers extra could not be installed; the Trainer and Lightning callback tests will be skipped" >&2
+# RETURNN is optional: where it cannot be installed, setup goes on and tests/returnn skip, saying why.
+python -m pip install --quiet -e ".[returnn]" || echo "setup: RETURNN could not be installed; tests/returnn will be skipped" >&2

@@ -27,6 +27,9 @@ def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
 
 @pytest.mark.parametrize("text, message", [
     ("recipe: m:f\ntimeout: .nan\n", "timeout must be a finite positive number"),
+    ("framework: returnn\n", "framework: returnn needs returnn_config: the RETURNN config file to run"),
+    ("framework: returnn\nreturnn_config: 3\n", "framework: returnn needs returnn_config"),
+    ("recipe: m:f\nreturnn_config: a.config\n", "returnn_config is only for framework: returnn"),
     ("recipe: m:f\ntimeout: .inf\n", "timeout must be a finite positive number"),
     ("recipe: m:f\ntimeout: -1\n", "timeout must be a finite positive number"),
     ("recipe: m:f\nloss_weights: {a: .nan}\n", "loss weight of 'a' must be a number and finite"),

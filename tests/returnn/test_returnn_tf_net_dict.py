@@ -1,0 +1,91 @@
+"""RETURNN's own TF net-dict engine (graph mode), recorded and compared: the seed's rows in its own engine.
+
+Skipped only where RETURNN (or TensorFlow) cannot be imported.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import run_cli
+
+pytest.importorskip("returnn", reason="RETURNN is not installed: pip install 'repro-audit[returnn]'")
+pytest.importorskip("tree", reason="dm-tree (needed by RETURNN) is not installed: pip install 'repro-audit[returnn]'")
+tf = pytest.importorskip("tensorflow", reason="TensorFlow is not installed: pip install 'repro-audit[tensorflow]'")
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "returnn"
+
+
+def _walk(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    every = []
+    for divergence in found:
+        every.append(divergence)
+        every.extend(_walk(divergence.get("children") or []))
+    return every
+
+
+def _compare(a: Path, b: Path, report: Path) -> list[dict[str, Any]]:
+    code, out, err = run_cli("compare", str(a), str(b), "-q", "--json", str(report))
+    assert code == 1, out + err
+    return json.loads(report.read_text(encoding="utf-8"))["divergences"]
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("returnn_tf")
+    traces = {"baseline": folder / "baseline.trace", "early": folder / "early.trace",
+              "checkpoint": folder / "model" / "model"}
+    code, out, err = run_cli("record", str(FIXTURES / "tf_baseline.yaml"), "-o", str(traces["baseline"]),
+                             "--values", "all", "--set", f"params.model={traces['checkpoint']}", "-q")
+    assert code == 0, out + err
+    code, out, err = run_cli("record", str(FIXTURES / "tf_early_layer.yaml"), "-o", str(traces["early"]), "-q")
+    assert code == 0, out + err
+    return traces
+
+
+def test_simplified_zero_eval_layer_losses_change_the_graph_and_the_batches(tmp_path: Path) -> None:
+    """The seed's simplified row: '0.0 * tf.reduce_sum(...)' eval layers with loss='as_is'. Their loss is
+    zero, yet RETURNN batches a network with eval layers (recurrent) as separate sequences, where the
+    baseline's feed-forward network gets its sequences concatenated: shared numbers change."""
+    report = tmp_path / "r.json"
+    code, out, err = run_cli("diff", str(FIXTURES / "tf_baseline.yaml"), str(FIXTURES / "tf_zero_aux_simplified.yaml"),
+                             "-q", "--json", str(report))
+    assert code == 1, out + err
+    found = _walk(json.loads(report.read_text(encoding="utf-8"))["divergences"])
+    categories = {d["category"] for d in found}
+    assert {"graph", "data", "parameters"} <= categories
+    terms = {d["name"].split()[-1] for d in found if d["category"] == "loss_terms"}
+    assert {"aux_l0", "aux_l1"} <= terms
+    graph = next(d for d in found if d["category"] == "graph" and d["step"] == 1)
+    assert "None of them feeds the model's shared forward pass" in graph["explanation"]
+    data = next(d for d in found if d["category"] == "data")
+    assert "data" in data["name"]
+
+
+def test_layer_created_earlier_shifts_op_seeds(recorded: dict[str, Path], tmp_path: Path) -> None:
+    found = _walk(_compare(recorded["baseline"], recorded["early"], tmp_path / "r.json"))
+    embed = next(d for d in found if d["category"] == "initialisation" and d["name"] == "embed.W")
+    assert embed["explanation"].startswith("Parameter embed.W got other initial values because")
+    assert "by early (1 random op: early/W/Initializer/random_uniform/RandomUniform, only in run B)" in \
+        embed["explanation"]
+
+
+def test_recorded_variables_equal_returnns_checkpoint_bitwise(recorded: dict[str, Path]) -> None:
+    from audit.trace import Trace
+
+    trace = Trace(recorded["baseline"])
+    last = trace.steps[-1]
+    values = trace.values(last["step"])
+    assert values is not None
+    reader = tf.train.load_checkpoint(str(recorded["checkpoint"]) + ".001")
+    assert set(last["parameters"]) == {"embed.W", "embed.b", "l0.W", "l0.b", "l1.W", "l1.b", "output.W",
+                                       "output.b"}
+    for name in last["parameters"]:
+        saved = reader.get_tensor(name.replace(".", "/"))
+        kept = values.get(f"parameters/{name}")
+        assert kept is not None and kept.dtype == saved.dtype, name
+        assert kept.tobytes() == saved.tobytes(), name

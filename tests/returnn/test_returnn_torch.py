@@ -1,0 +1,116 @@
+"""RETURNN's own torch engine, recorded and compared: the seed's rows on a tiny RETURNN setup.
+
+Skipped only where RETURNN cannot be imported (install it with `pip install 'repro-audit[returnn]'`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.helpers import run_cli
+
+returnn = pytest.importorskip("returnn", reason="RETURNN is not installed: pip install 'repro-audit[returnn]'")
+pytest.importorskip("tree", reason="dm-tree (needed by RETURNN) is not installed: pip install 'repro-audit[returnn]'")
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "returnn"
+
+
+def _divergences(report: Path) -> list[dict[str, Any]]:
+    return json.loads(report.read_text(encoding="utf-8"))["divergences"]
+
+
+def _walk(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    every = []
+    for divergence in found:
+        every.append(divergence)
+        every.extend(_walk(divergence.get("children") or []))
+    return every
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The baseline (with values and RETURNN's own checkpoint kept) and the early-layer run."""
+    folder = tmp_path_factory.mktemp("returnn")
+    traces = {"baseline": folder / "baseline.trace", "early": folder / "early.trace",
+              "checkpoint": folder / "model" / "model"}
+    code, out, err = run_cli("record", str(FIXTURES / "torch_baseline.yaml"), "-o", str(traces["baseline"]),
+                             "--values", "all", "--set", f"params.model={traces['checkpoint']}", "-q")
+    assert code == 0, out + err
+    code, out, err = run_cli("record", str(FIXTURES / "torch_early_layer.yaml"), "-o", str(traces["early"]), "-q")
+    assert code == 0, out + err
+    return traces
+
+
+def test_zero_scaled_losses_per_head_change_the_graph_and_no_shared_number(tmp_path: Path) -> None:
+    report = tmp_path / "r.json"
+    code, out, err = run_cli("diff", str(FIXTURES / "torch_baseline.yaml"),
+                             str(FIXTURES / "torch_zero_aux_per_head.yaml"), "-q", "--json", str(report))
+    assert code == 1, out + err
+    found = _walk(_divergences(report))
+    categories = {d["category"] for d in found}
+    assert "graph" in categories
+    # The zero-scaled terms are there, by name and with RETURNN's scale 0.0 ...
+    added = {d["name"] for d in found if d["category"] == "loss_terms"}
+    assert {"aux_l0_h0", "aux_l0_h1", "aux_l1_h0", "aux_l1_h1"} <= {name.split()[-1] for name in added}
+    # ... and RETURNN leaves them out of its total: no gradient, update or parameter changes.
+    assert not categories & {"gradients", "optimizer", "parameters", "initialisation", "random_draws"}
+
+
+def test_layer_created_earlier_shifts_seed_offsets(recorded: dict[str, Path], tmp_path: Path) -> None:
+    report = tmp_path / "r.json"
+    code, out, err = run_cli("compare", str(recorded["baseline"]), str(recorded["early"]), "-q", "--json",
+                             str(report))
+    assert code == 1, out + err
+    found = {d["name"]: d for d in _walk(_divergences(report)) if d["category"] == "initialisation"}
+    embed = found["embed.weight"]
+    assert embed["evidence"]["seed_offset"] == {"a": 0, "b": 1}
+    assert embed["explanation"].startswith("Parameter embed.weight got other initial values because 1 more random")
+    assert "were drawn before it in run B (0 vs 1)" in embed["explanation"]
+    assert "5 tensors created after it are shifted as well" in embed["explanation"]
+
+
+def test_recorded_parameters_equal_returnns_checkpoint_bitwise(recorded: dict[str, Path]) -> None:
+    import torch
+
+    from audit.trace import Trace
+
+    trace = Trace(recorded["baseline"])
+    last = trace.steps[-1]["step"]
+    values = trace.values(last)
+    assert values is not None
+    checkpoint = torch.load(str(recorded["checkpoint"]) + ".001.pt", map_location="cpu", weights_only=True)
+    state = checkpoint["model"]
+    assert set(state) == set(trace.steps[-1]["parameters"])
+    for name, tensor in state.items():
+        recorded_value = values.get(f"parameters/{name}")
+        assert recorded_value is not None, name
+        assert recorded_value.dtype == tensor.numpy().dtype
+        assert recorded_value.tobytes() == tensor.numpy().tobytes(), name
+    assert not np.array_equal(values.get("parameters/embed.weight"),
+                              trace.values(1).get("parameters/embed.weight"))  # type: ignore[union-attr]
+
+
+def test_returnn_config_and_its_imports_are_in_the_code_fingerprint(recorded: dict[str, Path]) -> None:
+    from audit.trace import Trace
+
+    environment = Trace(recorded["baseline"]).environment
+    config_file = (FIXTURES / "tiny_lstm_torch.config").read_text(encoding="utf-8")
+    assert environment["modules"]["__returnn_config__"]["path"] == "tiny_lstm_torch.config"
+    assert environment["sources"]["__returnn_config__"] == config_file
+    assert environment["modules"]["tiny_model"]["path"] == "tiny_model.py"
+    assert "class Model(rf.Module)" in environment["sources"]["tiny_model"]
+    assert environment["returnn"]["version"] == returnn.__version__
+
+
+def test_unsupported_returnn_backend_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "jax.config"
+    config.write_text('#!rnn.py\nbackend = "jax"\ntask = "train"\n', encoding="utf-8")
+    code, out, err = run_cli("record", str(config), "-o", str(tmp_path / "t.trace"), "-q")
+    assert code == 2, out + err
+    assert "RETURNN backend 'jax' is not supported yet (supported: torch, tensorflow-net-dict)" in err
+    assert "Traceback" not in err
