@@ -47,8 +47,8 @@ def bisect_command(config_a: str, config_b: str | None, set_a: tuple[str, ...], 
 
     if config_b is None and not set_b:
         raise click.UsageError("give CONFIG_B, or --set-b to bisect CONFIG_A against itself with overrides")
-    first = refuse_launch(load_config(config_a, overrides=set_a, steps=steps), "bisect")
-    second = refuse_launch(load_config(config_b or config_a, overrides=set_b, steps=steps), "bisect")
+    first = refuse_launch(load_config(config_a, overrides=set_a, steps=steps), what="bisect")
+    second = refuse_launch(load_config(config_b or config_a, overrides=set_b, steps=steps), what="bisect")
     inputs = [Path(config_a), Path(config_b or config_a)]
     reports = check_report_targets([("--json", json_path)],
                                    protected=inputs + ([Path(keep)] if keep else []))

@@ -44,7 +44,7 @@ def noise_command(config_path: str, seeds: int, steps: int | None, overrides: tu
       repro-audit noise fixtures/configs/torch/baseline.yaml --seeds 8 --steps 10
       repro-audit noise fixtures/configs/torch/baseline.yaml --seeds 4 --vary data --executor ray --address auto
     """
-    config = refuse_launch(load_config(config_path, overrides=overrides), "noise")
+    config = refuse_launch(load_config(config_path, overrides=overrides), what="noise")
     run_noise([config], [Path(config_path)], seeds=seeds, steps=steps, options=options)
     return EXIT_SAME
 

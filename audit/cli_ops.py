@@ -47,7 +47,7 @@ def ops_command(config_path: str, overrides: tuple[str, ...], steps: int | None,
     from audit.ops.report import ops_report
     from reports.ops_text import render_ops_text
 
-    config = refuse_launch(load_config(config_path, overrides=overrides, steps=steps), "ops")
+    config = refuse_launch(load_config(config_path, overrides=overrides, steps=steps), what="ops")
     targets = check_report_targets([("--json", json_path)], protected=[Path(config_path)])
     folder = check_keep_folder(keep) if keep is not None else Path(tempfile.mkdtemp(prefix="repro-audit-ops-"))
     trace_path = check_trace_destination(folder / trace_file_name(config.label), option="--keep",

@@ -67,9 +67,17 @@ def test_show_of_a_run_of_ranks_checks_its_ranks(checked) -> None:
     assert code == 2 and "is a run of several ranks (launch/--nproc), not one trace" in one_line(err)
 
 
-def test_commands_that_read_one_trace_refuse_a_run_of_ranks() -> None:
-    code, _, err = run_cli("health", str(DDP / "deterministic.yaml"))
-    assert code == 2 and "health does not take runs of several ranks (launch/--nproc) yet" in one_line(err)
+@pytest.mark.parametrize("command", [["health"], ["noise", "--seeds", "2"], ["ops"], ["bisect"]])
+def test_commands_that_read_one_trace_refuse_a_run_of_ranks(command: list[str]) -> None:
+    args = [command[0], str(DDP / "deterministic.yaml"), *(["--set-b", "seed=1"] if command[0] == "bisect" else []),
+            *command[1:]]
+    code, _, err = run_cli(*args)
+    assert code == 2 and f"{command[0]} does not take runs of several ranks (launch/--nproc) yet" in one_line(err), err
+
+
+def test_diff_seeds_refuses_a_run_of_ranks() -> None:
+    code, _, err = run_cli("diff", str(DDP / "deterministic.yaml"), "--set-b", "seed=1", "--seeds", "2", "--nproc", "2")
+    assert code == 2 and "--seeds runs single processes" in one_line(err), err
 
 
 def test_a_rank_that_perturbs_its_parameters_once_is_named(tmp_path_factory) -> None:
