@@ -5,8 +5,8 @@ Nothing in this package imports torch or TensorFlow at import time, so `repro-au
 
 from __future__ import annotations
 
-from audit.attach import attach
-from audit.recipe import Recipe
+from repro_audit.audit.attach import attach
+from repro_audit.audit.recipe import Recipe
 
 __all__ = ["Recipe", "attach", "__version__"]
 __version__ = "0.1.0"

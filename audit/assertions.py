@@ -1,6 +1,6 @@
 """Assert that training runs are identical: the library API behind the pytest plugin, usable without pytest.
 
-Each assertion records its runs through `audit.runner` (one fresh process per run, two at a time), compares
+Each assertion records its runs through `repro_audit.audit.runner` (one fresh process per run, two at a time), compares
 the traces and, on a divergence, raises `RunsDiverged` whose message is at most 12 lines naming the cause
 (reports/pytest_message.py): a summary to read in a test log, not a dump. A run that could not be recorded
 (crash, timeout, bad config) is not a divergence: it raises the project's user-facing `RunFailed` or
@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from audit.config import RunConfig, apply_override, load_config, refuse_launch
-from audit.divergence import CATEGORIES, Comparison
-from audit.errors import RunFailed
-from audit.pytest_recipes import RecipeSource, recipe_framework, recipe_spec
-from audit.runner import RunResult, record_all
-from audit.trace import Trace
+from repro_audit.audit.config import RunConfig, apply_override, load_config, refuse_launch
+from repro_audit.audit.divergence import CATEGORIES, Comparison
+from repro_audit.audit.errors import RunFailed
+from repro_audit.audit.pytest_recipes import RecipeSource, recipe_framework, recipe_spec
+from repro_audit.audit.runner import RunResult, record_all
+from repro_audit.audit.trace import Trace
 
 ConfigSource = Union[str, "os.PathLike[str]", RunConfig, Mapping[str, Any]]
 
@@ -172,7 +172,7 @@ class Auditor:
     def _assert_pair(self, first: RunConfig, second: RunConfig, *, rtol: float, atol: float,
                      ignore: tuple[str, ...]) -> Comparison:
         __tracebackhide__ = True
-        from audit.diff import compare_traces
+        from repro_audit.audit.diff import compare_traces
 
         runs = f"{first.label!r} (A) vs {second.label!r} (B)"
         if first.label == second.label:
@@ -196,7 +196,7 @@ class Auditor:
         with NaN/Inf fails unless `allow_nonfinite`, even when the golden trace has the same NaN.
         """
         __tracebackhide__ = True
-        from audit import pytest_golden as goldens
+        from repro_audit.audit import pytest_golden as goldens
 
         rtol, atol, ignore = self._with_defaults(rtol, atol, ignore)
         run = self._resolve(config, overrides=overrides, steps=self._steps(steps))
@@ -261,7 +261,7 @@ class Auditor:
     def _fail(self, verdict: str, runs: str, comparison: Comparison, folder: _AssertionFolder, trace_a: Trace,
               trace_b: Trace, *, check: Sequence[Comparison] | None = None) -> None:
         __tracebackhide__ = True
-        from reports.pytest_message import failure_message
+        from repro_audit.reports.pytest_message import failure_message
 
         report_path = None
         if self.report_dir is not None:
@@ -275,7 +275,7 @@ class Auditor:
 
     def _write_report(self, comparison: Comparison, trace_a: Trace, trace_b: Trace,
                       check: Sequence[Comparison] | None) -> Path:
-        from reports.html import write_html
+        from repro_audit.reports.html import write_html
 
         assert self.report_dir is not None
         suffix = f"-{len(self.reports) + 1}" if self.reports else ""
@@ -327,10 +327,10 @@ def _compare_runs(traces: Sequence[Trace], *, rtol: float, atol: float,
                   ignore: tuple[str, ...]) -> list[Comparison]:
     """Run 1 against each later run; `compare_check` unless categories are left out."""
     if not ignore:
-        from audit.diff import compare_check
+        from repro_audit.audit.diff import compare_check
 
         return list(compare_check(list(traces), rtol=rtol, atol=atol))
-    from audit.diff import compare_traces
+    from repro_audit.audit.diff import compare_traces
 
     return [compare_traces(traces[0], trace, rtol=rtol, atol=atol, ignore=ignore) for trace in traces[1:]]
 

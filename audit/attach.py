@@ -1,6 +1,6 @@
 """Attach mode for users who keep their own training loop (PyTorch).
 
-    with audit.attach("run.trace", model=model, optimizer=optimizer, loss_weights={"aux": 0.0}) as run:
+    with repro_audit.attach("run.trace", model=model, optimizer=optimizer, loss_weights={"aux": 0.0}) as run:
         for batch in loader:
             with run.step(batch) as step:
                 optimizer.zero_grad()
@@ -24,10 +24,10 @@ def attach(path: str | Path, *, model: Any = None, optimizer: Any = None,
     Pass `build=` (a function returning model and optimizer) to record creation order and seed offsets;
     a model built before attaching has its initial values recorded, but not how they came about.
     """
-    from probes.torch import require_torch
+    from repro_audit.probes.torch import require_torch
 
     require_torch()
-    from probes.torch.attach import AttachedRun
+    from repro_audit.probes.torch.attach import AttachedRun
 
     return AttachedRun(path, model=model, optimizer=optimizer, build=build, label=label,
                        loss_weights=loss_weights, capture=capture, seed=seed)

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from audit.cli_errors import (
+from repro_audit.audit.cli_errors import (
     EXIT_DIFFERENT,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -19,8 +19,8 @@ from audit.cli_errors import (
     EXIT_TROUBLE,
     report_failure,
 )
-from audit.cli_help import SectionedCommand
-from audit.interrupt import handling_interrupts
+from repro_audit.audit.cli_help import SectionedCommand
+from repro_audit.audit.interrupt import handling_interrupts
 
 __all__ = ["EXIT_DIFFERENT", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_SAME", "EXIT_TROUBLE", "cli", "main"]
 
@@ -57,7 +57,7 @@ def main() -> None:
 
 
 # Imported for their side effect: each registers its commands on `cli`.
-from audit import (  # noqa: F401,E402
+from repro_audit.audit import (  # noqa: F401,E402
     cli_bisect,
     cli_commands,
     cli_compare,

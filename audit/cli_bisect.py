@@ -11,12 +11,12 @@ from typing import Any
 
 import click
 
-from audit.cli import EXIT_SAME, cli
-from audit.cli_executor import executor_options, opened_executor
-from audit.cli_progress import Progress
-from audit.config import load_config, refuse_launch
-from audit.errors import RunFailed
-from audit.outputs import check_keep_folder, check_report_targets, write_report
+from repro_audit.audit.cli import EXIT_SAME, cli
+from repro_audit.audit.cli_executor import executor_options, opened_executor
+from repro_audit.audit.cli_progress import Progress
+from repro_audit.audit.config import load_config, refuse_launch
+from repro_audit.audit.errors import RunFailed
+from repro_audit.audit.outputs import check_keep_folder, check_report_targets, write_report
 
 
 @cli.command("bisect")
@@ -40,10 +40,10 @@ def bisect_command(config_a: str, config_b: str | None, set_a: tuple[str, ...], 
       repro-audit bisect fixtures/configs/torch/baseline.yaml fixtures/configs/torch/zero_entropy_loss.yaml
       repro-audit bisect run.yaml --set-b params.lr=0.01 --set-b label=other --steps 2
     """
-    from audit.bisect import Bisection
-    from audit.cli_compare import _run_folder
-    from reports.json_report import render_document
-    from reports.text_bisect import render_bisect_text
+    from repro_audit.audit.bisect import Bisection
+    from repro_audit.audit.cli_compare import _run_folder
+    from repro_audit.reports.json_report import render_document
+    from repro_audit.reports.text_bisect import render_bisect_text
 
     if config_b is None and not set_b:
         raise click.UsageError("give CONFIG_B, or --set-b to bisect CONFIG_A against itself with overrides")

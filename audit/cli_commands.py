@@ -7,12 +7,12 @@ from typing import Any
 
 import click
 
-from audit.cli import cli
-from audit.cli_progress import Progress
-from audit.config import load_config
-from audit.errors import Interrupted, RunFailed
-from audit.outputs import check_trace_destination
-from audit.runner import record as record_config
+from repro_audit.audit.cli import cli
+from repro_audit.audit.cli_progress import Progress
+from repro_audit.audit.config import load_config
+from repro_audit.audit.errors import Interrupted, RunFailed
+from repro_audit.audit.outputs import check_trace_destination
+from repro_audit.audit.runner import record as record_config
 
 
 @cli.command("record")
@@ -34,7 +34,7 @@ def record_command(config_path: str, output: str, overrides: tuple[str, ...], st
     Example:
       repro-audit record fixtures/configs/torch/baseline.yaml -o baseline.trace --steps 3
     """
-    from audit.cli_compare import interpreter
+    from repro_audit.audit.cli_compare import interpreter
 
     config = load_config(config_path, overrides=overrides, steps=steps, values=values, nproc=nproc)
     config.python = interpreter(python)
@@ -49,16 +49,16 @@ def record_command(config_path: str, output: str, overrides: tuple[str, ...], st
         raise RunFailed(result.failure_line(), trace_path=str(result.trace_path) if result.trace_path else None)
     if config.nproc:
         if not quiet:
-            from audit.cli_ranks import summarise_ranked_run
+            from repro_audit.audit.cli_ranks import summarise_ranked_run
 
             summarise_ranked_run(target, label=config.label)
         return 0
-    from audit.trace import Trace
+    from repro_audit.audit.trace import Trace
 
     trace = Trace(target)
     warn_local_changes(trace)
     if not quiet:
-        from reports.trace_summary import render_trace_summary
+        from repro_audit.reports.trace_summary import render_trace_summary
 
         click.echo(render_trace_summary(trace))
     return 0
@@ -74,13 +74,13 @@ def show_command(trace_path: str) -> int:
     Example:
       repro-audit show baseline.trace
     """
-    from audit.trace import Trace
-    from audit.trace.ranks import is_ranked_run
-    from reports.trace_summary import render_trace_summary
+    from repro_audit.audit.trace import Trace
+    from repro_audit.audit.trace.ranks import is_ranked_run
+    from repro_audit.reports.trace_summary import render_trace_summary
 
     if is_ranked_run(Path(trace_path)):  # a run of N ranks: each rank's length and the cross-rank checks
-        from audit.cli_ranks import summarise_ranked_run
-        from audit.trace.ranks import read_ranks_file
+        from repro_audit.audit.cli_ranks import summarise_ranked_run
+        from repro_audit.audit.trace.ranks import read_ranks_file
 
         label = str(read_ranks_file(Path(trace_path)).get("label") or Path(trace_path).stem)
         summarise_ranked_run(Path(trace_path), label=label)

@@ -13,16 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from audit.cli import EXIT_DIFFERENT, EXIT_SAME, EXIT_TROUBLE, cli
-from audit.cli_executor import noise_options
-from audit.cli_progress import Progress
-from audit.cli_terminal import color_option, echo_report, report_width, use_color
-from audit.cli_thresholds import health_threshold_options, thresholds_from
-from audit.config import RunConfig, load_config
-from audit.divergence import CATEGORIES, Comparison
-from audit.errors import Interrupted, OutputError, RunFailed, UserError
-from audit.noise.stats import DEFAULT_ALPHA
-from audit.outputs import (
+from repro_audit.audit.cli import EXIT_DIFFERENT, EXIT_SAME, EXIT_TROUBLE, cli
+from repro_audit.audit.cli_executor import noise_options
+from repro_audit.audit.cli_progress import Progress
+from repro_audit.audit.cli_terminal import color_option, echo_report, report_width, use_color
+from repro_audit.audit.cli_thresholds import health_threshold_options, thresholds_from
+from repro_audit.audit.config import RunConfig, load_config
+from repro_audit.audit.divergence import CATEGORIES, Comparison
+from repro_audit.audit.errors import Interrupted, OutputError, RunFailed, UserError
+from repro_audit.audit.noise.stats import DEFAULT_ALPHA
+from repro_audit.audit.outputs import (
     ReportTarget,
     check_keep_folder,
     check_report_targets,
@@ -30,11 +30,11 @@ from audit.outputs import (
     trace_file_name,
     write_report,
 )
-from audit.runner import raise_for_failures, record_all
-from audit.trace import Trace
+from repro_audit.audit.runner import raise_for_failures, record_all
+from repro_audit.audit.trace import Trace
 
 if TYPE_CHECKING:
-    from audit.cli_verify import Annotate
+    from repro_audit.audit.cli_verify import Annotate
 
 # `--ignore health` leaves the runs' health out of the report, as `ignore=("health",)` does in the plugin.
 CATEGORY_NAMES = CATEGORIES
@@ -118,7 +118,7 @@ def diff_command(config_a: str, config_b: str | None, set_a: tuple[str, ...], se
         raise click.UsageError("--seeds compares seed-to-seed bands: --verify, --values, --rtol, --atol and --ignore "
                                "do not apply")
     if verify:
-        from audit.cli_verify import verified_values
+        from repro_audit.audit.cli_verify import verified_values
 
         values = verified_values(values)
     with contextlib.ExitStack() as checkouts:
@@ -133,7 +133,7 @@ def diff_command(config_a: str, config_b: str | None, set_a: tuple[str, ...], se
         if seeds is not None:
             if first.nproc or second.nproc:
                 raise UserError("--seeds runs single processes: it does not take launch/--nproc configs yet")
-            from audit.cli_noise import noise_diff
+            from repro_audit.audit.cli_noise import noise_diff
 
             return noise_diff([first, second], [Path(config_a), Path(config_b or config_a)], seeds=seeds,
                               steps=None, options={**options, "keep": keep})
@@ -152,7 +152,7 @@ def _at_commit(checkouts: contextlib.ExitStack, config: str, ref: str | None) ->
     """The config's path, or its path in a temporary worktree at `ref` that lives as long as `checkouts`."""
     if ref is None:
         return config
-    from audit.git_checkout import config_at
+    from repro_audit.audit.git_checkout import config_at
 
     return str(checkouts.enter_context(config_at(config, ref)))
 
@@ -169,7 +169,7 @@ def _diff(configs: list[RunConfig], inputs: list[Path], keep: str | None, verify
         traces = _record(configs, folder=folder, kept=keep is not None, quiet=options["quiet"])
         proof = None
         if verify:
-            from audit.cli_verify import verification_step
+            from repro_audit.audit.cli_verify import verification_step
 
             proof = verification_step(second, folder, quiet=options["quiet"])
         zoom = options.pop("zoom")
@@ -192,7 +192,7 @@ def _zoom(comparison: Comparison, configs: tuple[RunConfig, RunConfig], folder: 
           quiet: bool) -> None:
     if comparison.identical:
         return
-    from audit.ops.zoom import zoom_in
+    from repro_audit.audit.ops.zoom import zoom_in
 
     order = [str(module.get("path")) for module in trace_a.structure.get("modules") or []]
     with Progress(quiet=quiet) as progress:
@@ -211,11 +211,11 @@ def compare_command(trace_a: str, trace_b: str, **options: Any) -> int:
     Example:
       repro-audit compare runs/a.trace runs/b.trace --json result.json
     """
-    from audit.trace.ranks import is_ranked_run, open_ranks
+    from repro_audit.audit.trace.ranks import is_ranked_run, open_ranks
 
     reports = check_report_targets(_report_requests(options), protected=[Path(trace_a), Path(trace_b)])
     if is_ranked_run(Path(trace_a)) and is_ranked_run(Path(trace_b)):  # two runs of N ranks: rank by rank
-        from audit.cli_ranks import report_ranked
+        from repro_audit.audit.cli_ranks import report_ranked
 
         runs = [open_ranks(trace_a), open_ranks(trace_b)]
         labels = [runs[0][0].label, runs[1][0].label]
@@ -254,7 +254,7 @@ def check_command(config_path: str, runs: int, overrides: tuple[str, ...], steps
         return _ranked(configs, keep, reports, options, name=configs[0].label.rsplit(" run ", 1)[0])
     with _run_folder(keep) as folder:
         traces = _record(configs, folder=folder, kept=keep is not None, quiet=options["quiet"])
-        from audit.cli_commands import warn_local_changes
+        from repro_audit.audit.cli_commands import warn_local_changes
 
         warn_local_changes(traces[0])
         return _check_and_report(traces, configs[0].label.rsplit(" run ", 1)[0], reports, options,
@@ -264,9 +264,9 @@ def check_command(config_path: str, runs: int, overrides: tuple[str, ...], steps
 def _check_and_report(traces: list[Trace], name: str, reports: list[ReportTarget],
                       options: dict[str, Any], *, temporary: Path | None = None,
                       configs: Sequence[RunConfig] = (), folder: Path | None = None) -> int:
-    from audit.diff import compare_check
-    from reports.text import render_text
-    from reports.text_layout import wrap, wrap_styled
+    from repro_audit.audit.diff import compare_check
+    from repro_audit.reports.text import render_text
+    from repro_audit.reports.text_layout import wrap, wrap_styled
 
     runs = len(traces)
     others = "run 2" if runs == 2 else f"runs 2-{runs}"
@@ -299,7 +299,7 @@ def _check_and_report(traces: list[Trace], name: str, reports: list[ReportTarget
 def _ranked(configs: list[RunConfig], keep: str | None, reports: list[ReportTarget], options: dict[str, Any], *,
             name: str) -> int:
     """Runs of N ranks (audit/cli_ranks.py): each run's ranks against each other, the runs rank by rank."""
-    from audit.cli_ranks import record_ranked, report_ranked
+    from repro_audit.audit.cli_ranks import record_ranked, report_ranked
 
     with _run_folder(keep) as folder:
         runs = record_ranked(configs, folder=folder, kept=keep is not None, quiet=options["quiet"])
@@ -379,8 +379,8 @@ def _compare_and_report(trace_a: Trace, trace_b: Trace, reports: list[ReportTarg
                         annotate: Annotate | None = None, temporary: Path | None = None, **options: Any) -> int:
     """`annotate` adds to the comparison before it is presented (`--verify`'s table); `temporary`: a folder
     removed when the command ends, so no output points at the traces in it."""
-    from audit.diff import compare_traces
-    from reports.text import render_text
+    from repro_audit.audit.diff import compare_traces
+    from repro_audit.reports.text import render_text
 
     with Progress(quiet=options["quiet"]) as progress, \
             progress.stage(f"comparing {trace_a.label} with {trace_b.label}"):
@@ -431,12 +431,12 @@ def _write_outputs(comparison: Comparison, trace_a: Trace, trace_b: Trace, repor
         for report in reports:
             where = "stdout" if report.to_stdout else report.path
             if report.option == "--json":
-                from reports.json_report import render_json
+                from repro_audit.reports.json_report import render_json
 
                 with progress.stage(f"writing the JSON report to {where}"):
                     write_report(report, render_json(comparison))
                 continue
-            from reports.html import render_html
+            from repro_audit.reports.html import render_html
 
             with progress.stage(f"writing the HTML report to {where}"):
                 write_report(report, render_html(comparison, trace_a=trace_a, trace_b=trace_b, check=check))

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from audit.cli import cli
+from repro_audit.audit.cli import cli
 
 
 @cli.command("env")
@@ -52,11 +52,11 @@ def env_command(as_json: bool) -> int:
 
 def _environment() -> dict[str, Any]:
     try:
-        from probes.torch.environment import torch_environment
+        from repro_audit.probes.torch.environment import torch_environment
 
         return torch_environment(recipe_dir=None)
     except ImportError:
-        from probes.common.environment import base_environment
+        from repro_audit.probes.common.environment import base_environment
 
         return base_environment(recipe_dir=None)
 

@@ -15,7 +15,7 @@ import traceback
 
 import click
 
-from audit.errors import Interrupted, UserError
+from repro_audit.audit.errors import Interrupted, UserError
 
 EXIT_SAME, EXIT_DIFFERENT, EXIT_TROUBLE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 MAX_LINE = 1000  # characters of one error line; longer messages keep their start and end

@@ -10,9 +10,9 @@ from typing import Any
 
 import click
 
-from audit.executors import EXECUTORS, Executor, make_executor
-from audit.noise.plan import VARY
-from audit.noise.stats import DEFAULT_ALPHA
+from repro_audit.audit.executors import EXECUTORS, Executor, make_executor
+from repro_audit.audit.noise.plan import VARY
+from repro_audit.audit.noise.stats import DEFAULT_ALPHA
 
 
 def executor_options(function: Any) -> Any:

@@ -1,6 +1,6 @@
 """`repro-audit health`: record a config (or open a trace) and flag training-health anomalies.
 
-The rules in `audit.health` decide; `render_text` only prints their findings. Exit 0 healthy, 1 flagged,
+The rules in `repro_audit.audit.health` decide; `render_text` only prints their findings. Exit 0 healthy, 1 flagged,
 2 bad input (the CLI group turns our UserErrors into one line).
 """
 
@@ -16,25 +16,25 @@ from typing import Any
 
 import click
 
-from audit.cli import EXIT_DIFFERENT, EXIT_SAME, cli
-from audit.cli_progress import Progress
-from audit.cli_terminal import color_option, echo_report, report_width, use_color
-from audit.cli_thresholds import health_threshold_options
-from audit.config import RunConfig, load_config, refuse_launch
-from audit.errors import ConfigError, Interrupted, RunFailed
-from audit.health import RULE_TITLES, HealthReport, Thresholds, check_trace
-from audit.health.findings import format_extent
-from audit.outputs import (
+from repro_audit.audit.cli import EXIT_DIFFERENT, EXIT_SAME, cli
+from repro_audit.audit.cli_progress import Progress
+from repro_audit.audit.cli_terminal import color_option, echo_report, report_width, use_color
+from repro_audit.audit.cli_thresholds import health_threshold_options
+from repro_audit.audit.config import RunConfig, load_config, refuse_launch
+from repro_audit.audit.errors import ConfigError, Interrupted, RunFailed
+from repro_audit.audit.health import RULE_TITLES, HealthReport, Thresholds, check_trace
+from repro_audit.audit.health.findings import format_extent
+from repro_audit.audit.outputs import (
     check_keep_folder,
     check_report_targets,
     check_trace_destination,
     trace_file_name,
     write_report,
 )
-from audit.runner import record as record_config
-from audit.trace import Trace
-from audit.trace import format as fmt
-from reports.text_layout import DEFAULT_WIDTH, MIN_WIDTH, fit, style, wrap
+from repro_audit.audit.runner import record as record_config
+from repro_audit.audit.trace import Trace
+from repro_audit.audit.trace import format as fmt
+from repro_audit.reports.text_layout import DEFAULT_WIDTH, MIN_WIDTH, fit, style, wrap
 
 SHOWN_PER_RULE = 8
 
@@ -81,7 +81,7 @@ def health_command(source: str, steps: int | None, overrides: tuple[str, ...], j
         with progress.stage("checking the health rules"):
             report = check_trace(trace, thresholds=thresholds)
         if html_path is not None:  # while the trace exists: its step records draw the charts
-            from reports.html.health_page import render_health_html
+            from repro_audit.reports.html.health_page import render_health_html
 
             with progress.stage("drawing the HTML report"):
                 html = render_health_html(report, trace=trace)

@@ -1,6 +1,6 @@
-"""`python -m audit.cli_main`: the CLI without the console script."""
+"""`python -m repro_audit.audit.cli_main`: the CLI without the console script."""
 
-from audit.cli import main
+from repro_audit.audit.cli import main
 
 if __name__ == "__main__":
     main()

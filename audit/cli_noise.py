@@ -13,13 +13,13 @@ from typing import Any
 
 import click
 
-from audit.cli import EXIT_DIFFERENT, EXIT_SAME, cli
-from audit.cli_executor import noise_options, opened_executor
-from audit.cli_progress import Progress
-from audit.config import RunConfig, load_config, refuse_launch
-from audit.errors import RunFailed
-from audit.noise import NoiseResult, noise_result, record_noise
-from audit.outputs import ReportTarget, check_keep_folder, check_report_targets, write_report
+from repro_audit.audit.cli import EXIT_DIFFERENT, EXIT_SAME, cli
+from repro_audit.audit.cli_executor import noise_options, opened_executor
+from repro_audit.audit.cli_progress import Progress
+from repro_audit.audit.config import RunConfig, load_config, refuse_launch
+from repro_audit.audit.errors import RunFailed
+from repro_audit.audit.noise import NoiseResult, noise_result, record_noise
+from repro_audit.audit.outputs import ReportTarget, check_keep_folder, check_report_targets, write_report
 
 
 @cli.command("noise")
@@ -58,7 +58,7 @@ def noise_diff(configs: list[RunConfig], inputs: list[Path], *, seeds: int, step
 
 def run_noise(configs: list[RunConfig], inputs: Sequence[Path], *, seeds: int, steps: int | None,
               options: dict[str, Any]) -> NoiseResult:
-    from audit.cli_compare import _run_folder
+    from repro_audit.audit.cli_compare import _run_folder
 
     reports = check_report_targets([("--json", options.get("json_path")), ("--html", options.get("html_path"))],
                                    protected=list(inputs) + ([Path(options["keep"])] if options.get("keep") else []))
@@ -81,14 +81,14 @@ def run_noise(configs: list[RunConfig], inputs: Sequence[Path], *, seeds: int, s
 
 
 def _present(result: NoiseResult, reports: Sequence[ReportTarget], *, quiet: bool) -> None:
-    from reports.json_report import render_document
-    from reports.text_noise import render_noise_text
+    from repro_audit.reports.json_report import render_document
+    from repro_audit.reports.text_noise import render_noise_text
 
     for report in reports:
         if report.option == "--json":
             write_report(report, render_document(result.to_dict()))
         else:
-            from reports.html.noise_page import render_noise_html
+            from repro_audit.reports.html.noise_page import render_noise_html
 
             write_report(report, render_noise_html(result))
     if not any(report.to_stdout for report in reports):

@@ -10,18 +10,18 @@ from typing import Any
 
 import click
 
-from audit.cli import EXIT_DIFFERENT, EXIT_SAME, cli
-from audit.cli_progress import Progress
-from audit.config import load_config, refuse_launch
-from audit.errors import Interrupted, RunFailed
-from audit.outputs import (
+from repro_audit.audit.cli import EXIT_DIFFERENT, EXIT_SAME, cli
+from repro_audit.audit.cli_progress import Progress
+from repro_audit.audit.config import load_config, refuse_launch
+from repro_audit.audit.errors import Interrupted, RunFailed
+from repro_audit.audit.outputs import (
     check_keep_folder,
     check_report_targets,
     check_trace_destination,
     trace_file_name,
     write_report,
 )
-from audit.runner import record
+from repro_audit.audit.runner import record
 
 OPS_FILE = "ops.json"  # written by probes/*/ops_run.py in the run's trace folder
 
@@ -44,8 +44,8 @@ def ops_command(config_path: str, overrides: tuple[str, ...], steps: int | None,
     Example:
       repro-audit ops fixtures/configs/torch/ops/drifting_op.yaml --steps 2
     """
-    from audit.ops.report import ops_report
-    from reports.ops_text import render_ops_text
+    from repro_audit.audit.ops.report import ops_report
+    from repro_audit.reports.ops_text import render_ops_text
 
     config = refuse_launch(load_config(config_path, overrides=overrides, steps=steps), what="ops")
     targets = check_report_targets([("--json", json_path)], protected=[Path(config_path)])

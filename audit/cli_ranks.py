@@ -13,17 +13,17 @@ from typing import Any
 
 import click
 
-from audit.cli import EXIT_DIFFERENT, EXIT_SAME
-from audit.cli_progress import Progress
-from audit.cli_thresholds import thresholds_from
-from audit.config import RunConfig
-from audit.diff.compare_ranked import RankedResult, compare_ranked_runs
-from audit.divergence import Comparison
-from audit.errors import RunFailed
-from audit.outputs import ReportTarget, trace_file_name, write_report
-from audit.runner import raise_for_failures, record_all
-from audit.trace import Trace
-from audit.trace.ranks import open_ranks
+from repro_audit.audit.cli import EXIT_DIFFERENT, EXIT_SAME
+from repro_audit.audit.cli_progress import Progress
+from repro_audit.audit.cli_thresholds import thresholds_from
+from repro_audit.audit.config import RunConfig
+from repro_audit.audit.diff.compare_ranked import RankedResult, compare_ranked_runs
+from repro_audit.audit.divergence import Comparison
+from repro_audit.audit.errors import RunFailed
+from repro_audit.audit.outputs import ReportTarget, trace_file_name, write_report
+from repro_audit.audit.runner import raise_for_failures, record_all
+from repro_audit.audit.trace import Trace
+from repro_audit.audit.trace.ranks import open_ranks
 
 
 def record_ranked(configs: Sequence[RunConfig], *, folder: Path, kept: bool, quiet: bool) -> list[list[Trace]]:
@@ -43,8 +43,8 @@ def record_ranked(configs: Sequence[RunConfig], *, folder: Path, kept: bool, qui
 
 def report_ranked(runs: list[list[Trace]], *, labels: Sequence[str], name: str, reports: Sequence[ReportTarget],
                   options: dict[str, Any], temporary: Path | None) -> int:
-    from audit.cli_compare import _stdout_is_free, forget_trace_paths
-    from reports.text_ranks import render_ranked_json, render_ranked_text
+    from repro_audit.audit.cli_compare import _stdout_is_free, forget_trace_paths
+    from repro_audit.reports.text_ranks import render_ranked_json, render_ranked_text
 
     result = compare_ranked_runs(runs, labels=labels, rtol=options["rtol"], atol=options["atol"],
                                  ignore=tuple(options["ignore"]), health_thresholds=thresholds_from(options))
@@ -56,7 +56,7 @@ def report_ranked(runs: list[list[Trace]], *, labels: Sequence[str], name: str, 
         if report.option == "--json":
             write_report(report, render_ranked_json(result))
         else:
-            from reports.html import render_html
+            from repro_audit.reports.html import render_html
 
             shown, trace_a, trace_b = _shown(result, runs)
             write_report(report, render_html(shown, trace_a=trace_a, trace_b=trace_b))
@@ -79,8 +79,8 @@ def _shown(result: RankedResult, runs: list[list[Trace]]) -> tuple[Comparison, T
 
 def summarise_ranked_run(path: Path, *, label: str) -> None:
     """What `record` and `show` print for a run of N ranks: each rank's steps and the cross-rank verdict."""
-    from audit.diff.compare_ranks import compare_ranks
-    from reports.text import render_text
+    from repro_audit.audit.diff.compare_ranks import compare_ranks
+    from repro_audit.reports.text import render_text
 
     ranks = open_ranks(path)
     click.echo(f"{len(ranks)} ranks in {path}: " + ", ".join(

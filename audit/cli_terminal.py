@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from reports.text_layout import DEFAULT_WIDTH
+from repro_audit.reports.text_layout import DEFAULT_WIDTH
 
 
 def color_option(function: Any) -> Any:

@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from audit.cli_help import SectionedOption
-from audit.health import Thresholds
+from repro_audit.audit.cli_help import SectionedOption
+from repro_audit.audit.health import Thresholds
 
 DEFAULTS = Thresholds()
 SECTION = "Health thresholds"  # their heading in --help, after the command's own options

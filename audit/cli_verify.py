@@ -7,14 +7,20 @@ from typing import Any, Callable
 
 import click
 
-from audit.cli import cli
-from audit.cli_compare import _compare_and_report, _record, _report_requests, _run_folder, _tolerance_options
-from audit.cli_progress import Progress
-from audit.config import RunConfig, load_config, refuse_launch
-from audit.divergence import Comparison
-from audit.errors import UserError
-from audit.outputs import check_report_targets
-from audit.trace import Trace
+from repro_audit.audit.cli import cli
+from repro_audit.audit.cli_compare import (
+    _compare_and_report,
+    _record,
+    _report_requests,
+    _run_folder,
+    _tolerance_options,
+)
+from repro_audit.audit.cli_progress import Progress
+from repro_audit.audit.config import RunConfig, load_config, refuse_launch
+from repro_audit.audit.divergence import Comparison
+from repro_audit.audit.errors import UserError
+from repro_audit.audit.outputs import check_report_targets
+from repro_audit.audit.trace import Trace
 
 Annotate = Callable[[Comparison, Trace, Trace], None]
 COMPARED_KEYS = ("recipe", "framework", "seed", "params", "loss_weights")  # what makes a config that run
@@ -31,7 +37,7 @@ def verification_step(config_b: RunConfig, folder: Path, *, quiet: bool) -> Anno
     """What `diff --verify` does once the comparison exists: the interventions' runs go into `folder`."""
 
     def annotate(comparison: Comparison, trace_a: Trace, trace_b: Trace) -> None:
-        from audit.verify import verify
+        from repro_audit.audit.verify import verify
 
         if comparison.identical:
             return
@@ -93,6 +99,6 @@ def _config_of(trace: Trace, path: str, overrides: tuple[str, ...], side: str) -
 
 
 def _lacks_values(trace: Trace) -> bool:
-    from audit.verify import needs_values
+    from repro_audit.audit.verify import needs_values
 
     return needs_values(trace)

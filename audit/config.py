@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from audit.config_files import first_line, load_yaml, read_config_file
-from audit.errors import ConfigError
+from repro_audit.audit.config_files import first_line, load_yaml, read_config_file
+from repro_audit.audit.errors import ConfigError
 
 FRAMEWORKS = ("torch", "tensorflow", "returnn")
 VALUE_MODES = ("none", "first", "all")
@@ -207,7 +207,7 @@ def validate(raw: dict[str, Any], *, config_dir: str | None, source: str | None,
     label = raw.get("label", default_label)
     if not isinstance(label, str) or not label.strip() or not label.isprintable():
         raise ConfigError(f"{where}: label must be a non-empty string on one line, got {label!r}")
-    from audit.verify.spec import validate_interventions
+    from repro_audit.audit.verify.spec import validate_interventions
 
     interventions = validate_interventions(_mapping(raw, "interventions", where), where)
     data_order_seed = raw.get("data_order_seed")

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from audit.errors import ConfigError
+from repro_audit.audit.errors import ConfigError
 
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_YAML_NODES = 100_000  # nodes after expanding every alias; real configs have a few hundred

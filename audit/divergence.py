@@ -190,15 +190,15 @@ class Comparison:
     # trace recorded no health statistics; None when neither did. Kept apart from the divergence tree: two
     # runs can be identical and equally unhealthy.
     health: dict[str, Any] | None = None
-    # `--verify`'s table (audit.verify.Verification): each mechanism neutralised in a re-run of run B, and
+    # `--verify`'s table (repro_audit.audit.verify.Verification): each mechanism neutralised in a re-run of run B, and
     # what that changed. None unless asked for.
     verification: Any = None
-    # How far the runs are apart per step (audit.diff.distance.step_distances): per category, per module
+    # How far the runs are apart per step (repro_audit.audit.diff.distance.step_distances): per category, per module
     # output in forward order, per parameter's gradient. Plain JSON data; None when not computed.
     distances: dict[str, Any] | None = None
     # Categories the comparison left out (`--ignore`): not compared, so neither clean nor diverged.
     ignored: list[str] = field(default_factory=list)
-    # The zoom-in of check/diff (audit.ops.zoom.OpZoom): the first op inside the diverging step whose output
+    # The zoom-in of check/diff (repro_audit.audit.ops.zoom.OpZoom): the first op inside the diverging step whose output
     # differs when both sides are re-run with that module hashed op by op. None unless it ran.
     zoom: Any = None
 
@@ -226,15 +226,15 @@ class Comparison:
 
     @property
     def mechanisms(self) -> list[Any]:
-        """The verdict's mechanisms (audit.mechanisms.Mechanism), grouped by cause, most telling first."""
-        from audit.mechanisms import mechanisms
+        """The verdict's mechanisms (repro_audit.audit.mechanisms.Mechanism), grouped by cause, most telling first."""
+        from repro_audit.audit.mechanisms import mechanisms
 
         return mechanisms(self)
 
     @property
     def changed_inputs(self) -> list[Divergence]:
         """The roots that are inputs the user changed: config, code, environment."""
-        from audit.mechanisms import changed_inputs
+        from repro_audit.audit.mechanisms import changed_inputs
 
         return changed_inputs(self)
 

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from audit.errors import UserError
+from repro_audit.audit.errors import UserError
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""`from audit.hf import AuditTrainerCallback`: record a HuggingFace `Trainer` run as a trace (docs/trainers.md).
+"""`from repro_audit.audit.hf import AuditTrainerCallback`: record a HuggingFace `Trainer` run as a trace (docs/trainers.md).
 
 Importing this module imports transformers; nothing else in `audit` does.
 """
@@ -9,17 +9,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from probes.torch import require_torch
+from repro_audit.probes.torch import require_torch
 
 require_torch()
 try:
     from transformers import TrainerCallback
 except ImportError as exc:  # said with the fix, where the integration is first needed
-    from audit.errors import FrameworkMissing
+    from repro_audit.audit.errors import FrameworkMissing
 
     raise FrameworkMissing("transformers is not installed: pip install 'repro-audit[trainers]'") from exc
 
-from probes.torch.trainer_bridge import TrainerBridge
+from repro_audit.probes.torch.trainer_bridge import TrainerBridge
 
 
 class AuditTrainerCallback(TrainerCallback):  # type: ignore[misc]

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-from audit.errors import Interrupted
+from repro_audit.audit.errors import Interrupted
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 

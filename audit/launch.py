@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from audit.config import RunConfig
-from audit.errors import UserError
-from audit.rank_stacks import in_library, innermost_frame, request_stacks
-from audit.runner import (
+from repro_audit.audit.config import RunConfig
+from repro_audit.audit.errors import UserError
+from repro_audit.audit.rank_stacks import in_library, innermost_frame, request_stacks
+from repro_audit.audit.runner import (
     POLL_S,
     ProgressCallback,
     RunResult,
@@ -34,8 +34,8 @@ from audit.runner import (
     _has_exited,
     _interrupted_error,
 )
-from audit.trace import finalize_partial
-from audit.trace.ranks import RANKS_FORMAT, rank_folder, start_ranked_run, write_ranks_file
+from repro_audit.audit.trace import finalize_partial
+from repro_audit.audit.trace.ranks import RANKS_FORMAT, rank_folder, start_ranked_run, write_ranks_file
 
 PHASES = ("forward", "backward", "optimizer step")  # what a rank reports entering, in step order
 # What a collective says when another rank died: the error of a rank that was waiting, not the cause.
@@ -72,7 +72,7 @@ class _Ranks:
         env["PYTHONPATH"] = project_root + os.pathsep + env.get("PYTHONPATH", "")
         env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default, said here so it is not a warning
         command = [self.config.python or sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc-per-node={self.config.nproc}", "-m", "audit.worker", "--trace", str(self.run_folder),
+                   f"--nproc-per-node={self.config.nproc}", "-m", "repro_audit.audit.worker", "--trace", str(self.run_folder),
                    "--channel", str(self.channel)]
         with open(self.run_folder / "launcher.log", "wb") as log:
             process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log,

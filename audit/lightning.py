@@ -1,4 +1,4 @@
-"""`from audit.lightning import AuditLightningCallback`: record a Lightning `Trainer.fit` as a trace
+"""`from repro_audit.audit.lightning import AuditLightningCallback`: record a Lightning `Trainer.fit` as a trace
 (docs/trainers.md).
 
 Importing this module imports Lightning; nothing else in `audit` does.
@@ -10,17 +10,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from probes.torch import require_torch
+from repro_audit.probes.torch import require_torch
 
 require_torch()
 try:
     from lightning.pytorch import Callback
 except ImportError as exc:
-    from audit.errors import FrameworkMissing
+    from repro_audit.audit.errors import FrameworkMissing
 
     raise FrameworkMissing("lightning is not installed: pip install 'repro-audit[trainers]'") from exc
 
-from probes.torch.trainer_bridge import TrainerBridge
+from repro_audit.probes.torch.trainer_bridge import TrainerBridge
 
 
 class AuditLightningCallback(Callback):  # type: ignore[misc]

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from audit.divergence import RUN_CATEGORIES, Divergence
+from repro_audit.audit.divergence import RUN_CATEGORIES, Divergence
 
 if TYPE_CHECKING:
-    from audit.divergence import Comparison
+    from repro_audit.audit.divergence import Comparison
 
 INPUT_CATEGORIES = RUN_CATEGORIES[:3]  # environment, code, config: what the user changed
 INPUT_CAUSES = frozenset({"environment_change", "code_change", "config_change"})

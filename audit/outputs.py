@@ -16,8 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from audit.errors import OutputError
-from audit.trace import format as fmt
+from repro_audit.audit.errors import OutputError
+from repro_audit.audit.trace import format as fmt
 
 STDOUT = "-"
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # a manifest holds the config; anything larger is not one of ours
@@ -62,7 +62,7 @@ def trace_file_name(label: str, *, prefix: str = "") -> str:
 
 def is_ranked_run(folder: Path) -> bool:
     """A run of N ranks this tool wrote (`launch`/`--nproc`): replaced by the next such run, like a trace."""
-    from audit.trace.ranks import is_ranked_run as ranked
+    from repro_audit.audit.trace.ranks import is_ranked_run as ranked
 
     return ranked(folder)
 

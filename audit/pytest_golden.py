@@ -17,12 +17,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from audit.assertions import NonFiniteRun, record_runs
-from audit.config import RunConfig
-from audit.divergence import Comparison, Divergence
-from audit.errors import ConfigError, TraceError, UserError
-from audit.trace import Trace
-from audit.trace.staging import check_replaceable, output_error
+from repro_audit.audit.assertions import NonFiniteRun, record_runs
+from repro_audit.audit.config import RunConfig
+from repro_audit.audit.divergence import Comparison, Divergence
+from repro_audit.audit.errors import ConfigError, TraceError, UserError
+from repro_audit.audit.trace import Trace
+from repro_audit.audit.trace.staging import check_replaceable, output_error
 
 # A golden trace lives in the repository it tests, so the repository's commit and dirty flag differ from
 # every later run's by construction, and so do those of an editable install of that repository: those facts
@@ -69,7 +69,7 @@ def open_golden(path: Path) -> Trace:
 def compare_with_golden(golden: Trace, fresh: Trace, *, rtol: float, atol: float,
                         ignore: tuple[str, ...]) -> Comparison:
     """The golden trace as run A, the fresh run as run B, without the repository's git state."""
-    from audit.diff import compare_traces
+    from repro_audit.audit.diff import compare_traces
 
     return without_git_state(compare_traces(golden, fresh, rtol=rtol, atol=atol, ignore=ignore))
 
@@ -170,7 +170,7 @@ def write_golden(config: RunConfig, path: Path, *, rtol: float, atol: float, ign
 
 def _change(path: Path, fresh: Trace, *, rtol: float, atol: float, ignore: tuple[str, ...]) -> str | None:
     """What the new run changes against the old golden trace; None when nothing; why it could not be compared."""
-    from reports.pytest_message import cause_line
+    from repro_audit.reports.pytest_message import cause_line
 
     try:
         comparison = compare_with_golden(open_golden(path), fresh, rtol=rtol, atol=atol, ignore=ignore)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from audit.assertions import AssertionDefaults, ignored_categories
+from repro_audit.audit.assertions import AssertionDefaults, ignored_categories
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """pytest plugin: assert in a test that training runs are identical (registered through `pytest11`).
 
-- fixture `repro_audit`: an `audit.assertions.Auditor` for the test, with `assert_deterministic`,
+- fixture `repro_audit`: a `repro_audit.audit.assertions.Auditor` for the test, with `assert_deterministic`,
   `assert_identical`, `assert_recipes_identical` and `assert_matches_golden`;
 - marker `repro_deterministic(config=None, *, runs=None, steps=None, ...)`: the test's training is
   deterministic; the config comes from `config=` or is what the test returns;
@@ -25,12 +25,12 @@ from typing import Any
 
 import pytest
 
-import audit
-import audit.assertions
-import reports
-from audit.assertions import Auditor, ReproAuditFailure
-from audit.errors import UserError
-from audit.pytest_options import PluginSettings, add_settings, read_settings
+import repro_audit.audit.assertions as assertions_module
+from repro_audit import audit as own_audit
+from repro_audit import reports as own_reports
+from repro_audit.audit.assertions import Auditor, ReproAuditFailure
+from repro_audit.audit.errors import UserError
+from repro_audit.audit.pytest_options import PluginSettings, add_settings, read_settings
 
 MARKER = "repro_deterministic"
 FIXTURE = "repro_audit"
@@ -40,9 +40,10 @@ MARKER_OPTIONS = ("runs", "steps", "overrides", "rtol", "atol", "ignore")
 REPORT_HINT = "HTML report: rerun with --repro-audit-report DIR"
 
 # repro-audit's own packages: their frames are left out of the traceback of a user error.
-OWN_FOLDERS = tuple(str(Path(module.__file__).resolve().parent) + os.sep
-                    for module in (audit, reports) if module.__file__)
-ASSERTIONS_FILE = Path(audit.assertions.__file__).resolve()
+# Both spellings: in a checkout repro_audit/audit is a link to audit/, and frames carry the path imported.
+OWN_FOLDERS = tuple(str(folder) + os.sep for module in (own_audit, own_reports) if module.__file__
+                    for folder in {Path(module.__file__).parent, Path(module.__file__).resolve().parent})
+ASSERTIONS_FILE = Path(assertions_module.__file__).resolve()
 
 _auditor_key = pytest.StashKey[Auditor]()
 _settings_key = pytest.StashKey[PluginSettings]()

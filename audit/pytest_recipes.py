@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Union
 
-from audit.errors import ConfigError
+from repro_audit.audit.errors import ConfigError
 
 RecipeSource = Union[str, Callable[..., Any]]  # noqa: UP007
 

@@ -29,7 +29,7 @@ def request_stacks(pids: dict[int, int]) -> None:
 
 
 def innermost_frame(stack_file: Path) -> str | None:
-    """`file:line in function` of the main thread's innermost frame (the thread that runs audit.worker)."""
+    """`file:line in function` of the main thread's innermost frame (the thread that runs repro_audit.audit.worker)."""
     try:
         text = stack_file.read_text(encoding="utf-8", errors="replace")
     except OSError:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from audit.errors import ConfigError, RunFailed
+from repro_audit.audit.errors import ConfigError, RunFailed
 
 
 @dataclass
@@ -109,7 +109,7 @@ def as_recipe(returned: Any, *, spec: str) -> Recipe:
         recipe = Recipe(**{key: value for key, value in returned.items() if key in known}, extras=extras)
     else:
         raise RunFailed(
-            f"recipe {spec} returned {type(returned).__name__}; expected audit.Recipe or a mapping with "
+            f"recipe {spec} returned {type(returned).__name__}; expected repro_audit.Recipe or a mapping with "
             f"keys {', '.join(REQUIRED_FIELDS)}"
         )
     if not callable(recipe.loss):

@@ -22,11 +22,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from audit.config import RunConfig
-from audit.errors import Interrupted, RunFailed
-from audit.tool_path import worker_environment
-from audit.trace import finalize_partial
-from audit.trace import format as fmt
+from repro_audit.audit.config import RunConfig
+from repro_audit.audit.errors import Interrupted, RunFailed
+from repro_audit.audit.tool_path import worker_environment
+from repro_audit.audit.trace import finalize_partial
+from repro_audit.audit.trace import format as fmt
 
 ProgressCallback = Callable[[str, int, int], None]  # (label, step, steps)
 
@@ -94,7 +94,7 @@ def record(config: RunConfig, trace_path: str | os.PathLike[str], *,
     trace_path = Path(trace_path)
     trace_path.parent.mkdir(parents=True, exist_ok=True)
     if config.nproc:
-        from audit.launch import record_ranks
+        from repro_audit.audit.launch import record_ranks
 
         return record_ranks(config, trace_path, progress=progress, stop=stop)
     payload = json.dumps({"config": config.to_dict(), "config_dir": config.config_dir,
@@ -150,7 +150,7 @@ class _Worker:
     def run(self, payload: str, stop: Stop | None) -> RunResult:
         read_fd, write_fd = os.pipe()
         env = {**worker_environment(os.environ), **self.extra_env}
-        command = [self.config.python or sys.executable, "-m", "audit.worker", "--trace", str(self.trace_path),
+        command = [self.config.python or sys.executable, "-m", "repro_audit.audit.worker", "--trace", str(self.trace_path),
                    "--events-fd", str(write_fd), "--parent-pid", str(os.getpid())]
         try:
             # A session of its own: the terminal's Ctrl-C goes to us, not to the worker, and one killpg ends

@@ -1,4 +1,4 @@
-"""The child process that records one run: `python -m audit.worker`.
+"""The child process that records one run: `python -m repro_audit.audit.worker`.
 
 A fresh interpreter per run means no state leaks between runs (imported modules, seeded generators,
 thread pools, cudnn autotuner caches). The parent sends the config as JSON on stdin (no temporary file to
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from audit.tool_path import forget_tool_folder
+from repro_audit.audit.tool_path import forget_tool_folder
 
 # Exit codes the runner understands.
 EXIT_OK = 0
@@ -28,14 +28,14 @@ EXIT_USER_ERROR = 3
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m audit.worker")
+    parser = argparse.ArgumentParser(prog="python -m repro_audit.audit.worker")
     parser.add_argument("--trace", required=True)
     parser.add_argument("--events-fd", type=int)
     parser.add_argument("--parent-pid", type=int)
     parser.add_argument("--channel", help="under torchrun: the folder with config.json and the ranks' events")
     args = parser.parse_args(argv)
     forget_tool_folder()  # before the recipe is imported: an `audit` package it imports is the user's own
-    from audit.parent_watch import die_with_parent
+    from repro_audit.audit.parent_watch import die_with_parent
 
     if args.channel:  # one rank of a run under torchrun (audit/launch.py): it dies with torchrun
         rank = int(os.environ.get("RANK", "0"))
@@ -55,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     def emit(event: dict[str, Any]) -> None:
         events.write(json.dumps(event) + "\n")
 
-    from audit.config import RunConfig
-    from audit.errors import UserError
-    from audit.trace import TraceWriter
-    from audit.trace import format as fmt
+    from repro_audit.audit.config import RunConfig
+    from repro_audit.audit.errors import UserError
+    from repro_audit.audit.trace import TraceWriter
+    from repro_audit.audit.trace import format as fmt
 
     payload = json.loads(payload_text)
     _stdin_from_devnull()
@@ -102,7 +102,7 @@ def _finish(writer: Any, emit: Callable[[dict[str, Any]], None], *, error: dict[
             code: int) -> int:
     """Close the trace and report how the run ended; a trace that cannot be closed (full disk) is the
     run's error, reported as one, never a silent "done"."""
-    from audit.errors import UserError
+    from repro_audit.audit.errors import UserError
 
     try:
         writer.finish(complete=error is None, error=error)
@@ -120,32 +120,32 @@ def _recorder_for(framework: str, mode: str, zoom: dict[str, Any] | None) -> Cal
     zoom-in of check and diff) hashes the ops of one module at one step and writes zoom.json."""
     if mode == "zoom":
         if framework != "torch":
-            from audit.errors import ConfigError
+            from repro_audit.audit.errors import ConfigError
 
             raise ConfigError("the op-level zoom-in supports torch runs only")
         from functools import partial
 
-        from probes.torch.zoom_run import record_zoom
+        from repro_audit.probes.torch.zoom_run import record_zoom
 
         return partial(record_zoom, zoom=zoom or {})
     if mode == "ops":
         if framework == "returnn":
-            from audit.errors import ConfigError
+            from repro_audit.audit.errors import ConfigError
 
             raise ConfigError("repro-audit ops runs torch and TensorFlow recipes; RETURNN configs are not supported yet")
         if framework == "torch":
-            from probes.torch.ops_run import record_ops as record_torch_ops
+            from repro_audit.probes.torch.ops_run import record_ops as record_torch_ops
 
             return record_torch_ops
-        from probes.tf.ops_run import record_ops as record_tf_ops
+        from repro_audit.probes.tf.ops_run import record_ops as record_tf_ops
 
         return record_tf_ops
     if framework == "torch":
-        from probes.torch.recorder import record_run
+        from repro_audit.probes.torch.recorder import record_run
     elif framework == "returnn":
-        from probes.returnn.recorder import record_run
+        from repro_audit.probes.returnn.recorder import record_run
     else:
-        from probes.tf.recorder import record_run
+        from repro_audit.probes.tf.recorder import record_run
     return record_run
 
 

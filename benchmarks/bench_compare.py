@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 RECIPE = textwrap.dedent('''
     """An MLP of about WIDTH*WIDTH*LAYERS parameters on random data."""
     import torch
-    from audit import Recipe
+    from repro_audit import Recipe
 
     def build(params):
         width, layers = params["width"], params["layers"]
@@ -40,8 +40,8 @@ RECIPE = textwrap.dedent('''
 
 
 def record_pair(folder: Path, million: float, steps: int) -> tuple[Path, Path]:
-    from audit.config import load_config
-    from audit.runner import raise_for_failures, record_all
+    from repro_audit.audit.config import load_config
+    from repro_audit.audit.runner import raise_for_failures, record_all
 
     width, layers = 2048, max(1, round(million * 1e6 / (2048 * 2048)))
     (folder / "big_mlp.py").write_text(RECIPE, encoding="utf-8")
@@ -74,8 +74,8 @@ def main() -> None:
     trace_a, trace_b = record_pair(folder, args.params, args.steps)
     print(f"recorded two runs in {time.perf_counter() - started:.1f} s")
 
-    from audit.diff import compare_traces
-    from audit.trace import Trace
+    from repro_audit.audit.diff import compare_traces
+    from repro_audit.audit.trace import Trace
 
     size = plain_read([trace_a, trace_b])  # warm the page cache
     read_times, compare_times = [], []

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RECIPE = textwrap.dedent('''
     """`tensors` / 2 small linear layers, trained on random data."""
     import torch
-    from audit import Recipe
+    from repro_audit import Recipe
 
     def build(params):
         model = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(params["tensors"] // 2)])
@@ -56,12 +56,12 @@ def main() -> None:
                           f"params: {{tensors: {args.tensors}, steps: {args.steps}}}\n", encoding="utf-8")
         trace = folder / f"seed{seed}.trace"
         if not trace.exists():
-            subprocess.run([sys.executable, "-m", "audit.cli_main", "record", str(config), "-o", str(trace), "-q"],
+            subprocess.run([sys.executable, "-m", "repro_audit.audit.cli_main", "record", str(config), "-o", str(trace), "-q"],
                            check=True, cwd=ROOT)
         traces.append(trace)
     report = folder / "comparison.json"
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    completed = subprocess.run([sys.executable, "-m", "audit.cli_main", "compare", *map(str, traces), "--json",
+    completed = subprocess.run([sys.executable, "-m", "repro_audit.audit.cli_main", "compare", *map(str, traces), "--json",
                                 str(report), "-q"], capture_output=True, text=True, cwd=ROOT)
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     data = json.loads(report.read_text(encoding="utf-8"))

@@ -51,9 +51,9 @@ def _rank(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
 
-    from probes.torch.distributed import join_process_group, wrap_in_ddp
-    from probes.torch.random_ledger import RandomLedger
-    from probes.torch.step_recorder import TorchStepRecorder
+    from repro_audit.probes.torch.distributed import join_process_group, wrap_in_ddp
+    from repro_audit.probes.torch.random_ledger import RandomLedger
+    from repro_audit.probes.torch.step_recorder import TorchStepRecorder
 
     facts = join_process_group()
     rank = facts["rank"]

@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     browser, cases = _load("browser"), _load("test_html")
-    from reports.html import write_html
+    from repro_audit.reports.html import write_html
 
     folder = Path(tempfile.mkdtemp(prefix="bench-html-"))
     case = cases.build_case(folder, parameters=1000, steps=20)  # type: ignore[attr-defined]

@@ -70,7 +70,7 @@ def step_timer() -> Any:
 
 def timed_fit(model: Any, x: Any, y: Any, *, batch: int, steps: int, trace: Path | None) -> float:
     """Median seconds per step of one fit, warm-up steps left out."""
-    from audit.keras import AuditCallback
+    from repro_audit.keras import AuditCallback
 
     timer = step_timer()
     callbacks = ([AuditCallback(trace, seed=0)] if trace is not None else []) + [timer]
@@ -100,7 +100,7 @@ def recipe(params: dict[str, Any]) -> Any:
 
     import keras
 
-    from audit.recipe import Recipe
+    from repro_audit.audit.recipe import Recipe
 
     batch = int(params["batch"])
     model, x, y = build(batch)
@@ -118,9 +118,9 @@ def recipe(params: dict[str, Any]) -> Any:
 def measure_runner(*, rounds: int, steps: int, batch: int) -> dict[str, Any]:
     """The runner's recorded function-mode step of the same architecture against a plain `fit` step, rounds
     alternating in one process (the recording stays open between its rounds, as in a run)."""
-    from audit.config import RunConfig
-    from audit.trace import TraceWriter
-    from probes.tf.recorder import open_recording
+    from repro_audit.audit.config import RunConfig
+    from repro_audit.audit.trace import TraceWriter
+    from repro_audit.probes.tf.recorder import open_recording
 
     model, x, y = build(batch)
     timed_fit(model, x, y, batch=batch, steps=WARMUP_STEPS + 1, trace=None)

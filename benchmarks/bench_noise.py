@@ -26,9 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from audit.config import load_config  # noqa: E402
-from audit.executors import Executor, LocalPool, make_executor  # noqa: E402
-from audit.noise import record_noise  # noqa: E402
+from repro_audit.audit.config import load_config  # noqa: E402
+from repro_audit.audit.executors import Executor, LocalPool, make_executor  # noqa: E402
+from repro_audit.audit.noise import record_noise  # noqa: E402
 
 BASELINE = ROOT / "fixtures" / "configs" / "torch" / "baseline.yaml"
 

@@ -34,10 +34,10 @@ VARIANTS = ("plain", "ops", "zoom", "debug_mode")
 
 def make_step(params: dict[str, Any], variant: str, module: str) -> Callable[[int], None]:
     """One variant's training step on its own model copy."""
-    from audit.recipe import loss_takes_step
-    from probes.torch.op_hashes import ModuleRegion, OpHashMode
-    from probes.torch.op_recheck import OpRecheckMode
-    from probes.torch.op_sites import ModuleStack
+    from repro_audit.audit.recipe import loss_takes_step
+    from repro_audit.probes.torch.op_hashes import ModuleRegion, OpHashMode
+    from repro_audit.probes.torch.op_recheck import OpRecheckMode
+    from repro_audit.probes.torch.op_sites import ModuleStack
 
     recipe = load_recipe(params)
     model, optimizer = recipe.model, recipe.optimizer

@@ -44,10 +44,10 @@ def build(name: str) -> Any:
 def step_function(name: str, variant: str) -> Callable[[int], None]:
     """One variant's training step on its own copy of the model: a recorder's hooks stay attached as in a
     real run, and the plain step has none."""
-    from audit.recipe import loss_takes_step
-    from audit.trace.step_lines import dumps_step
-    from probes.torch.random_ledger import RandomLedger
-    from probes.torch.step_recorder import TorchStepRecorder
+    from repro_audit.audit.recipe import loss_takes_step
+    from repro_audit.audit.trace.step_lines import dumps_step
+    from repro_audit.probes.torch.random_ledger import RandomLedger
+    from repro_audit.probes.torch.step_recorder import TorchStepRecorder
 
     recipe = build(name)
     model, optimizer, batches = recipe.model, recipe.optimizer, iter(recipe.batches)
@@ -76,7 +76,7 @@ def step_function(name: str, variant: str) -> Callable[[int], None]:
             with DebugMode(), DebugMode.log_tensor_hashes(hash_fn="hash_tensor"):
                 plain(step)
         return debug
-    from audit.config import CAPTURE_DEFAULTS
+    from repro_audit.audit.config import CAPTURE_DEFAULTS
 
     recorder = TorchStepRecorder(model, optimizer, capture=dict(CAPTURE_DEFAULTS), weight_of=lambda _: 1.0,
                                  ledger=RandomLedger(module_of=lambda: None))
@@ -186,15 +186,15 @@ def end_to_end(steps: int = 4) -> dict[str, Any]:
     """`repro-audit diff` of the fixture's two configs against the same two recipes run plainly."""
     configs = [FIXTURES / "baseline.yaml", FIXTURES / "zero_entropy_loss.yaml"]
     start = time.perf_counter()
-    finished = subprocess.run([sys.executable, "-m", "audit.cli_main", "diff", *map(str, configs), "--steps",
+    finished = subprocess.run([sys.executable, "-m", "repro_audit.audit.cli_main", "diff", *map(str, configs), "--steps",
                                str(steps), "-q", "--json", os.devnull], cwd=ROOT, capture_output=True, text=True,
                               check=False)
     diff = time.perf_counter() - start
     if finished.returncode not in (0, 1):  # 0 identical, 1 differ; anything else means the timing is of a failure
         raise RuntimeError(f"repro-audit diff failed ({finished.returncode}): {finished.stderr.strip()[-500:]}")
     plain_script = (
-        "import sys, torch; sys.path.insert(0, {folder!r}); from audit.config import load_config;"
-        "from audit.recipe import resolve_recipe, as_recipe, loss_takes_step; from pathlib import Path;"
+        "import sys, torch; sys.path.insert(0, {folder!r}); from repro_audit.audit.config import load_config;"
+        "from repro_audit.audit.recipe import resolve_recipe, as_recipe, loss_takes_step; from pathlib import Path;"
         "c = load_config({config!r}); torch.manual_seed(c.seed);"
         "r = as_recipe(resolve_recipe(c.recipe, config_dir=Path(c.config_dir))(dict(c.params)), spec=c.recipe);"
         "it = iter(r.batches)\n"

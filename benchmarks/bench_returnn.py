@@ -83,9 +83,9 @@ def plain(steps: int, backend: str) -> list[float]:
 def recorded(steps: int, backend: str) -> list[float]:
     """The same engine recorded by repro-audit: step ends from the recorder's progress callback."""
     sys.path.insert(0, str(ROOT))
-    from audit.config import RunConfig
-    from audit.trace import TraceWriter
-    from probes.returnn.recorder import record_run
+    from repro_audit.audit.config import RunConfig
+    from repro_audit.audit.trace import TraceWriter
+    from repro_audit.probes.returnn.recorder import record_run
 
     ends: list[float] = []
     config = RunConfig.from_dict({"framework": "returnn", "returnn_config": CONFIGS[backend],

@@ -81,10 +81,10 @@ def eager_step(recipe: Any) -> Callable[[Any], Any]:
 
 
 def recording_ratios(rounds: int, params: dict[str, Any]) -> dict[str, Any]:
-    from audit.config import load_config
-    from audit.trace import TraceWriter
-    from probes.tf.recorder import open_recording
-    from probes.tf.tensors import unpack
+    from repro_audit.audit.config import load_config
+    from repro_audit.audit.trace import TraceWriter
+    from repro_audit.probes.tf.recorder import open_recording
+    from repro_audit.probes.tf.tensors import unpack
 
     config = load_config(FIXTURES / "baseline.yaml", steps=rounds + 2,
                          overrides=[f"params.{key}={value}" for key, value in params.items()])

@@ -68,9 +68,9 @@ def make_step(params: dict[str, Any], capture: dict[str, Any], variant: str) -> 
     Each variant owns its model, so a recorder's hooks stay attached for the whole run, as in a real
     recording, and the plain step runs with no hook at all.
     """
-    from audit.recipe import loss_takes_step
-    from probes.torch.random_ledger import RandomLedger
-    from probes.torch.step_recorder import TorchStepRecorder
+    from repro_audit.audit.recipe import loss_takes_step
+    from repro_audit.probes.torch.random_ledger import RandomLedger
+    from repro_audit.probes.torch.step_recorder import TorchStepRecorder
 
     recipe = load_recipe(params)
     model, optimizer = recipe.model, recipe.optimizer
@@ -101,7 +101,7 @@ def make_step(params: dict[str, Any], capture: dict[str, Any], variant: str) -> 
     sink = open(tempfile.mktemp(suffix=".jsonl"), "w")
 
     def recorded(step: int) -> None:
-        from audit.trace.step_lines import dumps_step
+        from repro_audit.audit.trace.step_lines import dumps_step
 
         batch = next(batches)
         optimizer.zero_grad(set_to_none=True)
@@ -118,7 +118,7 @@ def make_step(params: dict[str, Any], capture: dict[str, Any], variant: str) -> 
 
 
 def measure(params: dict[str, Any], rounds: int) -> dict[str, Any]:
-    from audit.config import CAPTURE_DEFAULTS
+    from repro_audit.audit.config import CAPTURE_DEFAULTS
 
     steps = {variant: make_step(params, dict(CAPTURE_DEFAULTS), variant) for variant in VARIANTS}
     n_params = sum(p.numel() for p in load_recipe(params).model.parameters())
@@ -162,7 +162,7 @@ def _quartiles(values: list[float]) -> list[float]:
 
 def largest_tensor_bytes(params: dict[str, Any]) -> dict[str, int]:
     """Bytes of the largest parameter (= gradient) and of the largest module output of one step."""
-    from probes.torch.modules import ModuleTracker
+    from repro_audit.probes.torch.modules import ModuleTracker
 
     recipe = load_recipe(params)
     tracker = ModuleTracker(recipe.model, keep_outputs=True)
@@ -178,7 +178,7 @@ def largest_tensor_bytes(params: dict[str, Any]) -> dict[str, int]:
 
 def step_peak(params: dict[str, Any], mode: str, steps: int) -> dict[str, int]:
     """In this process: resident size before `steps` steps of `mode` and the peak while they ran."""
-    from audit.config import CAPTURE_DEFAULTS
+    from repro_audit.audit.config import CAPTURE_DEFAULTS
 
     fn = make_step(params, dict(CAPTURE_DEFAULTS), mode)
     for step in range(2, 4):  # warm-up: optimizer state exists, the allocator has its pools

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from audit import Recipe
+from repro_audit import Recipe
 
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 

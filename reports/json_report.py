@@ -15,9 +15,19 @@ import json
 import math
 from typing import Any
 
-from audit.divergence import Comparison, Divergence, RunInfo
-from audit.errors import TraceError
-from audit.trace.schema import AnyJSON, Bool, Fields, Int, Invalid, ListOf, MapOf, Str, nested_within
+from repro_audit.audit.divergence import Comparison, Divergence, RunInfo
+from repro_audit.audit.errors import TraceError
+from repro_audit.audit.trace.schema import (
+    AnyJSON,
+    Bool,
+    Fields,
+    Int,
+    Invalid,
+    ListOf,
+    MapOf,
+    Str,
+    nested_within,
+)
 
 SCHEMA = "repro-audit-comparison"
 SCHEMA_VERSION = 1

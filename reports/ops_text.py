@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from audit.ops.report import OpFinding, OpsReport
+from repro_audit.audit.ops.report import OpFinding, OpsReport
 
 MAX_SHOWN = 20
 

@@ -14,8 +14,8 @@ import math
 from collections import Counter
 from typing import Any
 
-from audit.divergence import CATEGORIES, Comparison, Divergence, display_module
-from audit.mechanisms import INPUT_CATEGORIES, MECHANISM_TITLES, chain, input_summary
+from repro_audit.audit.divergence import CATEGORIES, Comparison, Divergence, display_module
+from repro_audit.audit.mechanisms import INPUT_CATEGORIES, MECHANISM_TITLES, chain, input_summary
 
 MAX_LINES = 12
 # Characters of one line, and mechanisms or other causes listed, by verbosity (0: default and -q, 1: -v,

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from audit.divergence import CATEGORIES, Comparison, Divergence, count_diverged
-from audit.health import RULE_TITLES
-from audit.mechanisms import Mechanism, chain
-from reports.text_layout import DEFAULT_WIDTH, MIN_WIDTH, fit, style, wrap, wrap_styled
-from reports.text_verification import verification_lines
-from reports.text_zoom import zoom_lines
+from repro_audit.audit.divergence import CATEGORIES, Comparison, Divergence, count_diverged
+from repro_audit.audit.health import RULE_TITLES
+from repro_audit.audit.mechanisms import Mechanism, chain
+from repro_audit.reports.text_layout import DEFAULT_WIDTH, MIN_WIDTH, fit, style, wrap, wrap_styled
+from repro_audit.reports.text_verification import verification_lines
+from repro_audit.reports.text_zoom import zoom_lines
 
 WIDTH = DEFAULT_WIDTH  # columns when the caller does not say (the CLI passes the terminal's)
 CONSEQUENCE_LINE_LIMIT = 300  # characters of one consequence: a fact among many, shortened past this

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from audit.bisect import BisectResult
+from repro_audit.audit.bisect import BisectResult
 
 MAX_TESTS = 30
 

@@ -5,9 +5,9 @@ Only walks the NoiseResult; every number and sentence was decided in audit/noise
 
 from __future__ import annotations
 
-from audit.noise import NoiseResult
-from audit.noise.series import metric_title
-from audit.noise.stats import TEST_NAME, p_text
+from repro_audit.audit.noise import NoiseResult
+from repro_audit.audit.noise.series import metric_title
+from repro_audit.audit.noise.stats import TEST_NAME, p_text
 
 MAX_METRICS = 8  # tables shown; the JSON has every one
 MAX_ROWS = 20  # steps per table: the first and last ones

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 
-from audit.diff.compare_ranked import RankedResult
-from audit.divergence import Comparison
-from reports.json_report import SCHEMA_VERSION, to_json_value
-from reports.text import render_text
+from repro_audit.audit.diff.compare_ranked import RankedResult
+from repro_audit.audit.divergence import Comparison
+from repro_audit.reports.json_report import SCHEMA_VERSION, to_json_value
+from repro_audit.reports.text import render_text
 
 RANKED_SCHEMA = "repro-audit-ranked-comparison"
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from audit.divergence import display_module
-from audit.trace import Trace
+from repro_audit.audit.divergence import display_module
+from repro_audit.audit.trace import Trace
 
 MAX_STEPS_SHOWN = 10
 

@@ -31,8 +31,8 @@ def write_config(tmp_path: Path) -> Any:
 def tiny_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One real 3-step trace of the tiny recipe with step 1's values, shared by the tests that damage copies
     of it (never edit it in place)."""
-    from audit.config import load_config
-    from audit.runner import record
+    from repro_audit.audit.config import load_config
+    from repro_audit.audit.runner import record
 
     folder = tmp_path_factory.mktemp("tiny-trace")
     shutil.copy(RECIPES / "tiny_mlp.py", folder / "tiny_mlp.py")
@@ -48,7 +48,7 @@ def resign() -> Any:
     that a test's edits by hand reach the validator instead of stopping at the digests."""
     import json
 
-    from audit.trace.integrity import inventory
+    from repro_audit.audit.trace.integrity import inventory
 
     def sign(trace: Path) -> None:
         manifest = json.loads((trace / "manifest.json").read_text())

@@ -7,7 +7,7 @@ from typing import Any
 
 from click.testing import CliRunner
 
-from audit.cli import cli
+from repro_audit.audit.cli import cli
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from audit.bisect.changes import Change, apply_changes, code_changes, config_changes
-from audit.bisect.ddmin import ddmin
-from audit.bisect.result import BisectResult, Identity
-from audit.bisect.run import Bisection, first_divergence
+from repro_audit.audit.bisect.changes import Change, apply_changes, code_changes, config_changes
+from repro_audit.audit.bisect.ddmin import ddmin
+from repro_audit.audit.bisect.result import BisectResult, Identity
+from repro_audit.audit.bisect.run import Bisection, first_divergence
 
 __all__ = ["BisectResult", "Bisection", "Change", "Identity", "apply_changes", "code_changes", "config_changes",
            "ddmin", "first_divergence"]

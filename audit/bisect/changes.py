@@ -17,8 +17,8 @@ from typing import Any
 
 from deepdiff import DeepDiff
 
-from audit.config import RunConfig
-from audit.trace import Trace
+from repro_audit.audit.config import RunConfig
+from repro_audit.audit.trace import Trace
 
 NOT_SET = "<not set>"
 NOT_APPLIED = ("label",)  # names the run; never changes what it computes

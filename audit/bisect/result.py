@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from audit.bisect.changes import Change
+from repro_audit.audit.bisect.changes import Change
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,15 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from audit.bisect.changes import Change, apply_changes, code_changes, config_changes
-from audit.bisect.ddmin import ddmin
-from audit.bisect.result import BisectResult, Identity, TestedSubset
-from audit.config import RunConfig
-from audit.errors import UserError
-from audit.executors.base import Executor, RunJob, RunsDone
-from audit.outputs import trace_file_name
-from audit.runner import RunResult, raise_for_failures
-from audit.trace import Trace
+from repro_audit.audit.bisect.changes import Change, apply_changes, code_changes, config_changes
+from repro_audit.audit.bisect.ddmin import ddmin
+from repro_audit.audit.bisect.result import BisectResult, Identity, TestedSubset
+from repro_audit.audit.config import RunConfig
+from repro_audit.audit.errors import UserError
+from repro_audit.audit.executors.base import Executor, RunJob, RunsDone
+from repro_audit.audit.outputs import trace_file_name
+from repro_audit.audit.runner import RunResult, raise_for_failures
+from repro_audit.audit.trace import Trace
 
 INPUTS = ("environment", "code", "config", "health")  # not outcomes: left out of the divergence compared
 
@@ -138,7 +138,7 @@ class _MixedFolders:
 
 def first_divergence(trace_a: Trace, trace_x: Trace) -> Identity | None:
     """The first divergence of run X from run A in causal order, in what the runs computed."""
-    from audit.diff import compare_traces
+    from repro_audit.audit.diff import compare_traces
 
     comparison = compare_traces(trace_a, trace_x, ignore=INPUTS)
     first = comparison.first_divergence

@@ -1,5 +1,5 @@
-"""The differ: two traces in, one causal divergence tree out (audit.divergence.Comparison)."""
+"""The differ: two traces in, one causal divergence tree out (repro_audit.audit.divergence.Comparison)."""
 
-from audit.diff.compare import compare_check, compare_traces
+from repro_audit.audit.diff.compare import compare_check, compare_traces
 
 __all__ = ["compare_check", "compare_traces"]

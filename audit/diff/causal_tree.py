@@ -8,8 +8,8 @@ grouped what they recognised; their findings keep their claimed divergences as c
 
 from __future__ import annotations
 
-from audit.divergence import RUN_CATEGORIES, Divergence
-from audit.explain.finding import Finding
+from repro_audit.audit.divergence import RUN_CATEGORIES, Divergence
+from repro_audit.audit.explain.finding import Finding
 
 INPUT_CATEGORIES = frozenset(RUN_CATEGORIES[:3])  # environment, code, config
 

@@ -10,16 +10,16 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from audit.diff.causal_tree import build_tree
-from audit.diff.context import CompareContext
-from audit.diff.distance import step_distances
-from audit.diff.registry import KeptDivergences, comparators
-from audit.diff.values import Tolerance
-from audit.divergence import CATEGORIES, Comparison, Divergence, RunInfo
-from audit.errors import UserError
-from audit.health import Thresholds, check_trace
-from audit.trace import Trace
-from audit.trace.format import hashes_tensors_in_chunks
+from repro_audit.audit.diff.causal_tree import build_tree
+from repro_audit.audit.diff.context import CompareContext
+from repro_audit.audit.diff.distance import step_distances
+from repro_audit.audit.diff.registry import KeptDivergences, comparators
+from repro_audit.audit.diff.values import Tolerance
+from repro_audit.audit.divergence import CATEGORIES, Comparison, Divergence, RunInfo
+from repro_audit.audit.errors import UserError
+from repro_audit.audit.health import Thresholds, check_trace
+from repro_audit.audit.trace import Trace
+from repro_audit.audit.trace.format import hashes_tensors_in_chunks
 
 
 def compare_traces(trace_a: Trace, trace_b: Trace, *, rtol: float = 0.0, atol: float = 0.0,
@@ -48,8 +48,8 @@ def compare_traces(trace_a: Trace, trace_b: Trace, *, rtol: float = 0.0, atol: f
             counts[category]["omitted"] = result.divergences.omitted
             omitted.append(_omitted_note(category, result.divergences))
     # Imported here: the explanation rules read the differ's context and constants, so a module-level
-    # import would make `import audit.explain...` on its own circular.
-    from audit.explain import explain
+    # import would make `import repro_audit.audit.explain...` on its own circular.
+    from repro_audit.audit.explain import explain
 
     distances = step_distances(context, divergences, ignored=ignored)  # before the tree moves divergences
     findings = explain(divergences, context)

@@ -14,11 +14,11 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from audit.diff.context import CompareContext
-from audit.diff.matching import match_names
-from audit.diff.registry import CategoryResult, comparator
-from audit.divergence import Divergence, display_module
-from audit.trace import Trace
+from repro_audit.audit.diff.context import CompareContext
+from repro_audit.audit.diff.matching import match_names
+from repro_audit.audit.diff.registry import CategoryResult, comparator
+from repro_audit.audit.divergence import Divergence, display_module
+from repro_audit.audit.trace import Trace
 
 MAX_GROUPS = 12  # module / loss-term groups named in the evidence of one graph change
 

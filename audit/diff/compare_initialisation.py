@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from audit.diff.context import CompareContext
-from audit.diff.registry import CategoryResult, comparator
-from audit.divergence import Divergence
+from repro_audit.audit.diff.context import CompareContext
+from repro_audit.audit.diff.registry import CategoryResult, comparator
+from repro_audit.audit.divergence import Divergence
 
 
 @comparator("initialisation")

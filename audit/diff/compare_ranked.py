@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from audit.diff.compare import compare_traces
-from audit.diff.compare_ranks import compare_ranks
-from audit.divergence import Comparison
-from audit.trace import Trace
+from repro_audit.audit.diff.compare import compare_traces
+from repro_audit.audit.diff.compare_ranks import compare_ranks
+from repro_audit.audit.divergence import Comparison
+from repro_audit.audit.trace import Trace
 
 
 @dataclass

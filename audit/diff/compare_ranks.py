@@ -13,15 +13,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from audit.divergence import Comparison, Divergence, RunInfo
-from audit.trace import Trace
+from repro_audit.audit.divergence import Comparison, Divergence, RunInfo
+from repro_audit.audit.trace import Trace
 
 KEPT_EQUAL = (("parameters", "parameter"), ("optimizer", "optimizer state"))
 
 
 def compare_ranks(ranks: Sequence[Trace], *, label: str) -> Comparison:
     """Rank 0 against every other rank of one run, in (step, rank) order."""
-    from audit.explain.distributed import explain_ranks
+    from repro_audit.audit.explain.distributed import explain_ranks
 
     steps = _common_steps(ranks)
     divergences: list[Divergence] = []

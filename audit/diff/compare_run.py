@@ -12,16 +12,16 @@ from typing import Any
 
 from deepdiff import DeepDiff
 
-from audit.diff.context import CompareContext
-from audit.diff.registry import CategoryResult, comparator
-from audit.divergence import Divergence
+from repro_audit.audit.diff.context import CompareContext
+from repro_audit.audit.diff.registry import CategoryResult, comparator
+from repro_audit.audit.divergence import Divergence
 
 ENVIRONMENT_SECTIONS = ("python", "platform", "cpu", "framework", "threads", "determinism", "env_vars")
 # Config keys that name the run, bound it, or say what the probes keep: none changes what it computes.
 CONFIG_IGNORED = ("label", "timeout", "capture")
 # repro-audit's own package: it observes the run and never changes what it computes. A user's own `audit`,
 # `probes` or `reports` package is the user's code, compared like any other.
-OWN_PACKAGES = ("audit", "probes", "reports", "__main__")
+OWN_PACKAGES = ("repro_audit", "__main__")
 OWN_MAIN = ("audit/worker.py", "audit/cli_main.py", "repro_audit/__main__.py", "pytest/__main__.py",
             "bin/repro-audit", "bin/pytest")
 
@@ -130,7 +130,7 @@ class _OnDisk:
     digest: Any
 
     def text(self) -> str | None:
-        from probes.common.hashing import hash_bytes
+        from repro_audit.probes.common.hashing import hash_bytes
 
         try:
             data = self.path.read_bytes()

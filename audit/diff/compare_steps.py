@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from audit.diff.context import CompareContext
-from audit.diff.registry import CategoryResult, comparator
-from audit.diff.values import array_evidence
-from audit.divergence import Divergence, display_module
+from repro_audit.audit.diff.context import CompareContext
+from repro_audit.audit.diff.registry import CategoryResult, comparator
+from repro_audit.audit.diff.values import array_evidence
+from repro_audit.audit.divergence import Divergence, display_module
 
 
 @comparator("data")

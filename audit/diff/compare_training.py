@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from audit.diff.compare_steps import _value_kind
-from audit.diff.context import CompareContext
-from audit.diff.registry import CategoryResult, comparator
-from audit.divergence import Divergence, display_module
+from repro_audit.audit.diff.compare_steps import _value_kind
+from repro_audit.audit.diff.context import CompareContext
+from repro_audit.audit.diff.registry import CategoryResult, comparator
+from repro_audit.audit.divergence import Divergence, display_module
 
 OPTIMIZER_STATE_ORDER = 1000  # optimizer state sorts after the hyper-parameters of the same step
 UPDATE_ORDER = 500  # what happened between backward and the optimizer step, between the two

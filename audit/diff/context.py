@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from audit.diff.matching import NameMatch, match_names
-from audit.diff.values import Tolerance, array_evidence, summaries_equal, summary_evidence
-from audit.trace import Trace
+from repro_audit.audit.diff.matching import NameMatch, match_names
+from repro_audit.audit.diff.values import Tolerance, array_evidence, summaries_equal, summary_evidence
+from repro_audit.audit.trace import Trace
 
 
 @dataclass

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from audit.diff.context import CompareContext
-from audit.diff.tensor_distance import TensorDistance, tensor_distance, value_distance
-from audit.divergence import Divergence
+from repro_audit.audit.diff.context import CompareContext
+from repro_audit.audit.diff.tensor_distance import TensorDistance, tensor_distance, value_distance
+from repro_audit.audit.divergence import Divergence
 
 # Categories whose items are numbers: a distance means something. Order: as the step computes them.
 DISTANCE_CATEGORIES = ("data", "module_outputs", "loss_terms", "gradients", "parameters", "buffers")

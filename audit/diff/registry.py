@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from audit.divergence import Divergence, count_diverged
-from audit.errors import InternalError
+from repro_audit.audit.divergence import Divergence, count_diverged
+from repro_audit.audit.errors import InternalError
 
 if TYPE_CHECKING:
-    from audit.diff.context import CompareContext
+    from repro_audit.audit.diff.context import CompareContext
 
 
 # Divergences of one category kept whole in a comparison; the rest are counted. Two runs that drift apart
@@ -82,7 +82,7 @@ def comparator(category: str) -> Callable[[Comparator], Comparator]:
 
 def comparators() -> dict[str, Comparator]:
     """All comparators, importing the modules that register them."""
-    from audit.diff import (  # noqa: F401  (registration happens on import)
+    from repro_audit.audit.diff import (  # noqa: F401  (registration happens on import)
         compare_graph,
         compare_initialisation,
         compare_run,

@@ -110,7 +110,7 @@ def _ulp_bound(a: dict[str, Any], b: dict[str, Any]) -> int | None:
 
 def _ordered(value: float, dtype: str) -> int:
     """The float's bits as an integer whose order and spacing follow the floats, as
-    audit.diff.array_stats.ordered_ints maps arrays (struct instead of numpy: this runs per tensor)."""
+    repro_audit.audit.diff.array_stats.ordered_ints maps arrays (struct instead of numpy: this runs per tensor)."""
     float_format, int_format, bits = _FORMATS[dtype]
     raw = struct.unpack(int_format, struct.pack(float_format, value))[0]
     return (raw ^ ((1 << (bits - 1)) - 1)) + 1 if raw < 0 else raw

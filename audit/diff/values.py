@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from audit.diff.array_stats import MAX_INDICES, float_evidence
+from repro_audit.audit.diff.array_stats import MAX_INDICES, float_evidence
 
 SUMMARY_STATS = ("norm", "mean", "min", "max", "max_abs")
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from audit.executors.base import Executor, RunJob, RunsDone, worth_retrying
-from audit.executors.local import LocalPool
+from repro_audit.audit.executors.base import Executor, RunJob, RunsDone, worth_retrying
+from repro_audit.audit.executors.local import LocalPool
 
 EXECUTORS = ("local", "ray")
 
@@ -16,9 +16,9 @@ def make_executor(kind: str = "local", *, address: str | None = None, workers: i
     if kind == "local":
         return LocalPool(workers=workers)
     if kind == "ray":
-        from audit.executors.ray_pool import LOCAL, RayPool
+        from repro_audit.audit.executors.ray_pool import LOCAL, RayPool
 
         return RayPool(address=address or LOCAL, num_cpus=workers)
-    from audit.errors import UserError
+    from repro_audit.audit.errors import UserError
 
     raise UserError(f"unknown executor {kind!r} (known: {', '.join(EXECUTORS)})")

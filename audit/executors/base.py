@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from audit.config import RunConfig
-from audit.runner import RunResult
+from repro_audit.audit.config import RunConfig
+from repro_audit.audit.runner import RunResult
 
 RunsDone = Callable[[int, int, RunResult], None]  # (runs done, runs in all, the run that just ended)
 

@@ -1,6 +1,6 @@
 """The default executor: every core of this machine, one isolated worker process per run.
 
-Each run is `audit.runner.record`: a fresh Python process of its own session, killed with its process group
+Each run is `repro_audit.audit.runner.record`: a fresh Python process of its own session, killed with its process group
 when it ends, so a pool of them is a process pool with the runner's guarantees (timeouts, partial traces,
 nothing left behind). Threads only wait on those processes. Each run gets one intra-op thread unless
 OMP_NUM_THREADS says otherwise (audit/executors/base.py: thread_env).
@@ -12,8 +12,15 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from audit.executors.base import DoneCounter, RunJob, RunsDone, as_retried, thread_env, worth_retrying
-from audit.runner import RunResult, Stop, record
+from repro_audit.audit.executors.base import (
+    DoneCounter,
+    RunJob,
+    RunsDone,
+    as_retried,
+    thread_env,
+    worth_retrying,
+)
+from repro_audit.audit.runner import RunResult, Stop, record
 
 
 class LocalPool:

@@ -13,10 +13,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from audit.errors import UserError
-from audit.executors.base import DoneCounter, RunJob, RunsDone, as_retried, lost_run, worth_retrying
-from audit.executors.ray_task import job_payload, record_packed, unpack
-from audit.runner import RunResult
+from repro_audit.audit.errors import UserError
+from repro_audit.audit.executors.base import (
+    DoneCounter,
+    RunJob,
+    RunsDone,
+    as_retried,
+    lost_run,
+    worth_retrying,
+)
+from repro_audit.audit.executors.ray_task import job_payload, record_packed, unpack
+from repro_audit.audit.runner import RunResult
 
 PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 LOCAL = "local"  # a Ray instance of our own on this machine, started here and shut down in close()

@@ -13,9 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from audit.config import RunConfig
-from audit.executors.base import thread_env
-from audit.runner import record
+from repro_audit.audit.config import RunConfig
+from repro_audit.audit.executors.base import thread_env
+from repro_audit.audit.runner import record
 
 TRACE_NAME = "run.trace"
 

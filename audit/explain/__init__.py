@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from audit.diff.context import CompareContext
-from audit.divergence import Divergence
-from audit.explain.data import data_change
-from audit.explain.decay import decay_through_zero_gradient
-from audit.explain.finding import Claims, Finding
-from audit.explain.inputs import code_change, config_change, environment_change
-from audit.explain.nondeterminism import fp_reordering, nondeterminism
-from audit.explain.structure import build_stream_shift, graph_change, seed_offset_shift
-from audit.explain.training import hyperparameter_change, nan_through_term, random_stream_shift
+from repro_audit.audit.diff.context import CompareContext
+from repro_audit.audit.divergence import Divergence
+from repro_audit.audit.explain.data import data_change
+from repro_audit.audit.explain.decay import decay_through_zero_gradient
+from repro_audit.audit.explain.finding import Claims, Finding
+from repro_audit.audit.explain.inputs import code_change, config_change, environment_change
+from repro_audit.audit.explain.nondeterminism import fp_reordering, nondeterminism
+from repro_audit.audit.explain.structure import build_stream_shift, graph_change, seed_offset_shift
+from repro_audit.audit.explain.training import hyperparameter_change, nan_through_term, random_stream_shift
 
 Rule = Callable[[list[Divergence], CompareContext, Claims], list[Finding]]
 

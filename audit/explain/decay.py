@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from audit.diff.context import CompareContext
-from audit.divergence import Divergence
-from audit.explain.finding import Claims, Finding
-from audit.explain.inputs import _named
+from repro_audit.audit.diff.context import CompareContext
+from repro_audit.audit.divergence import Divergence
+from repro_audit.audit.explain.finding import Claims, Finding
+from repro_audit.audit.explain.inputs import _named
 
 DECAY_KEYS = ("weight_decay", "decoupled_weight_decay")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from audit.divergence import Divergence
+from repro_audit.audit.divergence import Divergence
 
 
 def rank_desync(divergence: Divergence) -> None:

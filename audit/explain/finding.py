@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from audit.divergence import Divergence
+from repro_audit.audit.divergence import Divergence
 
 
 @dataclass

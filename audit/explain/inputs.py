@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from audit.diff.context import CompareContext
-from audit.divergence import Divergence
-from audit.explain.finding import Claims, Finding
+from repro_audit.audit.diff.context import CompareContext
+from repro_audit.audit.divergence import Divergence
+from repro_audit.audit.explain.finding import Claims, Finding
 
 MAX_NAMED = 4  # items named in one sentence; the evidence lists them all
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from audit.diff.compare_run import CONFIG_IGNORED
-from audit.diff.context import CompareContext
-from audit.divergence import Divergence
-from audit.explain.finding import Claims, Finding
-from audit.explain.inputs import _named
+from repro_audit.audit.diff.compare_run import CONFIG_IGNORED
+from repro_audit.audit.diff.context import CompareContext
+from repro_audit.audit.divergence import Divergence
+from repro_audit.audit.explain.finding import Claims, Finding
+from repro_audit.audit.explain.inputs import _named
 
 # Ops whose GPU kernels accumulate with atomics (torch.use_deterministic_algorithms lists them; TF's
 # enable_op_determinism the same kernels). On CPU they are deterministic; we name them when they were in use.

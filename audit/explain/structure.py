@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from audit.diff.context import CompareContext
-from audit.divergence import Divergence, display_module
-from audit.explain.finding import Claims, Finding
-from audit.explain.inputs import _named
+from repro_audit.audit.diff.context import CompareContext
+from repro_audit.audit.divergence import Divergence, display_module
+from repro_audit.audit.explain.finding import Claims, Finding
+from repro_audit.audit.explain.inputs import _named
 
 
 def graph_change(divergences: list[Divergence], context: CompareContext, claims: Claims) -> list[Finding]:

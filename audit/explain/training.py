@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from audit.diff.context import CompareContext
-from audit.divergence import Divergence, display_module
-from audit.explain.finding import Claims, Finding
-from audit.explain.inputs import _named
-from audit.explain.structure import _term_weights
+from repro_audit.audit.diff.context import CompareContext
+from repro_audit.audit.divergence import Divergence, display_module
+from repro_audit.audit.explain.finding import Claims, Finding
+from repro_audit.audit.explain.inputs import _named
+from repro_audit.audit.explain.structure import _term_weights
 
 VALUE_CATEGORIES = ("module_outputs", "loss_terms", "gradients", "parameters", "buffers", "optimizer")
 

@@ -6,10 +6,10 @@ framework: the rules read plain step records.
 
 from __future__ import annotations
 
-from audit.health.check import check_steps, check_trace, not_checked
-from audit.health.classes import ClassCount, infer_num_classes
-from audit.health.findings import RULE_TITLES, Finding, HealthReport, Thresholds, format_value
-from audit.health.rules import RULES, RunHealth
+from repro_audit.audit.health.check import check_steps, check_trace, not_checked
+from repro_audit.audit.health.classes import ClassCount, infer_num_classes
+from repro_audit.audit.health.findings import RULE_TITLES, Finding, HealthReport, Thresholds, format_value
+from repro_audit.audit.health.rules import RULES, RunHealth
 
 __all__ = ["RULES", "RULE_TITLES", "ClassCount", "Finding", "HealthReport", "RunHealth", "Thresholds",
            "check_steps", "check_trace", "format_value", "infer_num_classes", "not_checked"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from audit.errors import TraceError
-from audit.health.findings import Finding, HealthReport, Thresholds
-from audit.health.rules import ECHOES_OF_NAN, RULES, RunHealth
+from repro_audit.audit.errors import TraceError
+from repro_audit.audit.health.findings import Finding, HealthReport, Thresholds
+from repro_audit.audit.health.rules import ECHOES_OF_NAN, RULES, RunHealth
 
 
 def check_steps(steps: Sequence[Mapping[str, Any]], *, thresholds: Thresholds | None = None,
@@ -32,7 +32,7 @@ def check_steps(steps: Sequence[Mapping[str, Any]], *, thresholds: Thresholds | 
 
 
 def check_trace(trace: Any, *, thresholds: Thresholds | None = None) -> HealthReport:
-    """Findings over a recorded trace (`audit.trace.Trace`); its step-1 graph gives class counts."""
+    """Findings over a recorded trace (`repro_audit.audit.trace.Trace`); its step-1 graph gives class counts."""
     return check_steps(trace.steps, thresholds=thresholds, graph=trace.graph(1), label=trace.label)
 
 

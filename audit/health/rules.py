@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
-from audit.health.classes import ClassCount, infer_num_classes
-from audit.health.findings import Finding, Thresholds, format_number, format_share
-from audit.trace.health_fill import complete_health
+from repro_audit.audit.health.classes import ClassCount, infer_num_classes
+from repro_audit.audit.health.findings import Finding, Thresholds, format_number, format_share
+from repro_audit.audit.trace.health_fill import complete_health
 
 MIB = 2**20
 

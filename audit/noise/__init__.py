@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from audit.noise.plan import VARY, seeded_configs
-from audit.noise.result import NoiseResult, SideNoise
-from audit.noise.run import noise_result, record_noise
+from repro_audit.audit.noise.plan import VARY, seeded_configs
+from repro_audit.audit.noise.result import NoiseResult, SideNoise
+from repro_audit.audit.noise.run import noise_result, record_noise
 
 __all__ = ["VARY", "NoiseResult", "SideNoise", "noise_result", "record_noise", "seeded_configs"]

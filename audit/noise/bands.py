@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from audit.noise.series import Series
+from repro_audit.audit.noise.series import Series
 
 
 @dataclass
@@ -57,7 +57,12 @@ def band(metric: str, values: dict[int, list[float]]) -> Band:
 
 def metric_names(runs: Sequence[Series]) -> list[str]:
     """Every metric any run has: the loss first, loss terms in name order, then gradient norm and distances."""
-    from audit.noise.series import DISTANCE_FROM_INIT, GRADIENT_NORM, PARAMETER_DISTANCE, TOTAL_LOSS
+    from repro_audit.audit.noise.series import (
+        DISTANCE_FROM_INIT,
+        GRADIENT_NORM,
+        PARAMETER_DISTANCE,
+        TOTAL_LOSS,
+    )
 
     found = {metric for series in runs for metric in series}
     fixed_last = [GRADIENT_NORM, DISTANCE_FROM_INIT, PARAMETER_DISTANCE]

@@ -12,10 +12,10 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from audit.config import MAX_SEED, RunConfig
-from audit.errors import ConfigError
-from audit.executors.base import RunJob
-from audit.outputs import trace_file_name
+from repro_audit.audit.config import MAX_SEED, RunConfig
+from repro_audit.audit.errors import ConfigError
+from repro_audit.audit.executors.base import RunJob
+from repro_audit.audit.outputs import trace_file_name
 
 VARY = ("init", "data", "all")
 NOISE_CAPTURE = {"values": "all", "graph": False, "module_outputs": False, "random_draws": False,

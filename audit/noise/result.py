@@ -7,9 +7,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from audit.noise.bands import Band
-from audit.noise.series import TOTAL_LOSS, metric_title
-from audit.noise.stats import TEST_NAME, CurveTest, p_phrase
+from repro_audit.audit.noise.bands import Band
+from repro_audit.audit.noise.series import TOTAL_LOSS, metric_title
+from repro_audit.audit.noise.stats import TEST_NAME, CurveTest, p_phrase
 
 
 @dataclass

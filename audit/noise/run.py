@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from audit.config import RunConfig
-from audit.executors.base import Executor, RunsDone
-from audit.noise.bands import band, metric_names, per_step_values
-from audit.noise.plan import noise_jobs, seeded_configs
-from audit.noise.result import NoiseResult, SideNoise
-from audit.noise.series import Series, run_series
-from audit.noise.stats import DEFAULT_ALPHA, curve_test
-from audit.runner import RunResult, raise_for_failures
-from audit.trace import Trace
+from repro_audit.audit.config import RunConfig
+from repro_audit.audit.executors.base import Executor, RunsDone
+from repro_audit.audit.noise.bands import band, metric_names, per_step_values
+from repro_audit.audit.noise.plan import noise_jobs, seeded_configs
+from repro_audit.audit.noise.result import NoiseResult, SideNoise
+from repro_audit.audit.noise.series import Series, run_series
+from repro_audit.audit.noise.stats import DEFAULT_ALPHA, curve_test
+from repro_audit.audit.runner import RunResult, raise_for_failures
+from repro_audit.audit.trace import Trace
 
 
 def record_noise(configs: Sequence[RunConfig], *, seeds: int, vary: str, steps: int | None, folder: Path,

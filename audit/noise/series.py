@@ -17,8 +17,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from audit.errors import UserError
-from audit.trace import Trace
+from repro_audit.audit.errors import UserError
+from repro_audit.audit.trace import Trace
 
 TOTAL_LOSS = "total_loss"
 GRADIENT_NORM = "gradient_norm"

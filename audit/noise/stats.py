@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from audit.errors import UserError
+from repro_audit.audit.errors import UserError
 
 DEFAULT_ALPHA = 0.05
 TEST_NAME = ("Welch's t-test per step (two-sided), p-values adjusted over each curve's steps by "

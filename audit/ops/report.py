@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from audit.errors import RunFailed
+from repro_audit.audit.errors import RunFailed
 
 OPS_FORMAT = "repro-audit-ops"
 OPS_SCHEMA_VERSION = 1
@@ -120,7 +120,7 @@ def _worse(kept: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 def advice_for(report: OpsReport) -> list[str]:
     """What to change, from the findings: each line a rule on facts the report shows."""
     if report.framework == "tensorflow":
-        from audit.ops.tf_advice import tf_advice
+        from repro_audit.audit.ops.tf_advice import tf_advice
 
         return tf_advice(report)
     advice = []

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from audit.config import RunConfig
-from audit.divergence import Comparison
-from audit.errors import RunFailed
+from repro_audit.audit.config import RunConfig
+from repro_audit.audit.divergence import Comparison
+from repro_audit.audit.errors import RunFailed
 
 ZOOM_FILE = "zoom.json"  # written by probes/torch/zoom_run.py
 # Where an op can be the answer. A first divergence in the data or the random draws is explained by them,
@@ -102,7 +102,7 @@ def zoom_in(comparison: Comparison, configs: tuple[RunConfig, RunConfig], *, fol
     if target is None or any(config.framework != "torch" for config in configs):
         return None
     step, module = target
-    from audit.runner import raise_for_failures, record_all
+    from repro_audit.audit.runner import raise_for_failures, record_all
 
     spec = {"step": step, "module": module}
     jobs = [(_labelled(config, side), folder / f"zoom-{side}") for side, config in zip("ab", configs)]

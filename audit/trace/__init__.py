@@ -6,8 +6,8 @@ docs/trace-format.md for the layout.
 
 from __future__ import annotations
 
-from audit.trace.format import SCHEMA_VERSION, TRACE_FORMAT
-from audit.trace.reader import Trace
-from audit.trace.writer import TraceWriter, finalize_partial
+from repro_audit.audit.trace.format import SCHEMA_VERSION, TRACE_FORMAT
+from repro_audit.audit.trace.reader import Trace
+from repro_audit.audit.trace.writer import TraceWriter, finalize_partial
 
 __all__ = ["SCHEMA_VERSION", "TRACE_FORMAT", "Trace", "TraceWriter", "finalize_partial"]

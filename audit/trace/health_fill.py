@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from probes.common.health_numbers import empty_layer, finish_layer, fmax, fmin, moments
+from repro_audit.probes.common.health_numbers import empty_layer, finish_layer, fmax, fmin, moments
 
 TANH, SIGMOID, RELU = "tanh", "sigmoid", "relu"
 FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})

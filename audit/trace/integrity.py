@@ -21,8 +21,8 @@ from typing import Any
 
 import xxhash
 
-from audit.errors import TraceError
-from audit.trace import format as fmt
+from repro_audit.audit.errors import TraceError
+from repro_audit.audit.trace import format as fmt
 
 DIGEST_PREFIX = "xxh3:"
 CHUNK = 8 << 20  # bytes hashed at a time: large values files are streamed, never held whole

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from audit.errors import TraceError
+from repro_audit.audit.errors import TraceError
 
 RANKS_FILE = "ranks.json"
 RANKS_FORMAT = "repro-audit-ranks"
@@ -61,7 +61,7 @@ def read_ranks_file(run: Path) -> dict[str, Any]:
 
 def open_ranks(run: str | os.PathLike[str]) -> list[Any]:
     """The trace of every rank, in rank order; a rank without a trace is the run's error, by name."""
-    from audit.trace import Trace
+    from repro_audit.audit.trace import Trace
 
     folder = Path(run)
     nproc = read_ranks_file(folder)["nproc"]

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from audit.errors import TraceError
-from audit.trace import format as fmt
-from audit.trace import validate as schemas
-from audit.trace.health_fill import complete_health, module_types
-from audit.trace.integrity import (
+from repro_audit.audit.errors import TraceError
+from repro_audit.audit.trace import format as fmt
+from repro_audit.audit.trace import validate as schemas
+from repro_audit.audit.trace.health_fill import complete_health, module_types
+from repro_audit.audit.trace.integrity import (
     check_digest,
     check_file_digest,
     check_members,
@@ -29,9 +29,9 @@ from audit.trace.integrity import (
     member_step,
     refuse_symlink,
 )
-from audit.trace.schema import Schema
-from audit.trace.staging import MAX_MANIFEST_BYTES
-from audit.trace.validate import validate
+from repro_audit.audit.trace.schema import Schema
+from repro_audit.audit.trace.staging import MAX_MANIFEST_BYTES
+from repro_audit.audit.trace.validate import validate
 
 # What deriving the health record raises on summaries that do not add up (audit/trace/health_fill.py).
 HEALTH_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError, ArithmeticError)
@@ -45,7 +45,7 @@ class Trace:
         if not self.path.exists():
             raise TraceError(f"trace not found: {self.path}")
         if not self.path.is_dir() or not os.path.lexists(self.path / fmt.MANIFEST):
-            from audit.trace.ranks import is_ranked_run
+            from repro_audit.audit.trace.ranks import is_ranked_run
 
             if self.path.is_dir() and is_ranked_run(self.path):
                 raise TraceError(f"{self.path} is a run of several ranks (launch/--nproc), not one trace: give one "

@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from audit.errors import OutputError
-from audit.trace import format as fmt
+from repro_audit.audit.errors import OutputError
+from repro_audit.audit.trace import format as fmt
 
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest holds the config; anything larger is not one of ours
 POLL_S = 0.05

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from audit.trace.format import json_default
+from repro_audit.audit.trace.format import json_default
 
 
 def dumps_step(record: Any) -> str:

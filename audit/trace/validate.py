@@ -11,8 +11,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from audit.errors import TraceError
-from audit.trace.schema import AnyJSON, Bool, Fields, Int, Invalid, ListOf, MapOf, Num, Opaque, Schema, Str
+from repro_audit.audit.errors import TraceError
+from repro_audit.audit.trace.schema import (
+    AnyJSON,
+    Bool,
+    Fields,
+    Int,
+    Invalid,
+    ListOf,
+    MapOf,
+    Num,
+    Opaque,
+    Schema,
+    Str,
+)
 
 ANY, OPAQUE = AnyJSON(), Opaque()
 STR, STR_OR_NULL = Str(), Str(nullable=True)

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from audit.errors import OutputError
-from audit.trace import format as fmt
-from audit.trace.integrity import inventory
-from audit.trace.staging import (
+from repro_audit.audit.errors import OutputError
+from repro_audit.audit.trace import format as fmt
+from repro_audit.audit.trace.integrity import inventory
+from repro_audit.audit.trace.staging import (
     StagingLock,
     check_replaceable,
     claim_staging,
@@ -32,7 +32,7 @@ from audit.trace.staging import (
     output_error,
     staging_path,
 )
-from audit.trace.step_lines import dumps_step
+from repro_audit.audit.trace.step_lines import dumps_step
 
 LOCK_WAIT_S = 2.0  # finalize_partial waits this long for the processes of a killed run to let go of the lock
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from audit.divergence import Divergence
-from audit.trace import Trace
+from repro_audit.audit.divergence import Divergence
+from repro_audit.audit.trace import Trace
 
 SHARED_CATEGORIES = ("module_outputs", "loss_terms", "gradients", "optimizer", "parameters", "buffers")
 NOT_SHARED = ("environment", "code", "config", "graph", "initialisation", "data", "health")  # not compared
@@ -62,7 +62,7 @@ class Effect:
 
 def measure(trace_a: Trace, trace_b: Trace) -> Effect:
     """Compare run B with run A on the shared numbers only (bitwise) and measure the last step's distance."""
-    from audit.diff import compare_traces
+    from repro_audit.audit.diff import compare_traces
 
     comparison = compare_traces(trace_a, trace_b, ignore=NOT_SHARED)
     remaining = [d for d in comparison.walk() if d.category in SHARED_CATEGORIES and d.kind in SHARED_KINDS

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from audit.divergence import Comparison
-from audit.mechanisms import Mechanism
-from audit.trace import Trace
+from repro_audit.audit.divergence import Comparison
+from repro_audit.audit.mechanisms import Mechanism
+from repro_audit.audit.trace import Trace
 
 
 @dataclass

@@ -10,9 +10,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from audit.mechanisms import MECHANISM_TITLES
-from audit.verify.effect import Effect
-from audit.verify.plan import Untested
+from repro_audit.audit.mechanisms import MECHANISM_TITLES
+from repro_audit.audit.verify.effect import Effect
+from repro_audit.audit.verify.plan import Untested
 
 # A row's kind: run B as recorded, one intervention, all of them, all but one, and the changed graph, which
 # needs none: it is confirmed by the row that matched.

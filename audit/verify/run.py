@@ -12,14 +12,14 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from audit.config import RunConfig
-from audit.divergence import Comparison
-from audit.outputs import trace_file_name
-from audit.runner import ProgressCallback, RunResult, record_all
-from audit.trace import Trace
-from audit.verify.effect import measure
-from audit.verify.plan import Intervention, merged, plan
-from audit.verify.result import Row, Verification
+from repro_audit.audit.config import RunConfig
+from repro_audit.audit.divergence import Comparison
+from repro_audit.audit.outputs import trace_file_name
+from repro_audit.audit.runner import ProgressCallback, RunResult, record_all
+from repro_audit.audit.trace import Trace
+from repro_audit.audit.verify.effect import measure
+from repro_audit.audit.verify.plan import Intervention, merged, plan
+from repro_audit.audit.verify.result import Row, Verification
 
 VALUES = "all"  # the distance at the last step and run A's initial values come from kept values
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from audit.errors import ConfigError
+from repro_audit.audit.errors import ConfigError
 
 # key -> (what it does, the type it must have)
 INTERVENTION_KEYS: dict[str, str] = {

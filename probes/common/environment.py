@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from probes.common.hashing import hash_bytes
+from repro_audit.probes.common.hashing import hash_bytes
 
 DETERMINISM_ENV_VARS = (
     "PYTHONHASHSEED",
@@ -34,7 +34,7 @@ DETERMINISM_ENV_VARS = (
 
 def base_environment(*, recipe_dir: str | None) -> dict[str, Any]:
     """Everything except the framework section; module hashes are taken at the moment of the call."""
-    from probes.common.installed_files import local_changes, modified_sources
+    from repro_audit.probes.common.installed_files import local_changes, modified_sources
 
     modules = imported_module_hashes(recipe_dir=recipe_dir)
     changes = local_changes()
@@ -65,7 +65,7 @@ def user_sources(modules: dict[str, dict[str, str]], recipe_dir: str | None) -> 
     root, kept, total = Path(recipe_dir), {}, 0
     for name, entry in modules.items():
         path = entry["path"]
-        if path.startswith("/") or name.split(".")[0] in ("audit", "probes", "reports"):
+        if path.startswith("/") or name.split(".")[0] in ("repro_audit",):
             continue
         try:
             data = (root / path).read_bytes()[:MAX_USER_SOURCE_BYTES]

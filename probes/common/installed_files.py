@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from probes.common.environment import git_state
+from repro_audit.probes.common.environment import git_state
 
 MAX_SOURCE_BYTES = 256 * 1024
 OWN_CHECKOUT = Path(__file__).resolve().parents[2]

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from audit.config import RunConfig
-from probes.common.environment import git_state
-from probes.common.hashing import hash_bytes
+from repro_audit.audit.config import RunConfig
+from repro_audit.probes.common.environment import git_state
+from repro_audit.probes.common.hashing import hash_bytes
 
 CONFIG_MODULE = "__returnn_config__"
 
@@ -21,11 +21,11 @@ def returnn_environment(config: RunConfig, *, config_file: Path, framework: str 
     import returnn
 
     if framework == "torch":
-        from probes.torch.environment import torch_environment
+        from repro_audit.probes.torch.environment import torch_environment
 
         environment = torch_environment(recipe_dir=str(config_file.parent))
     else:
-        from probes.tf.environment import tf_environment
+        from repro_audit.probes.tf.environment import tf_environment
 
         environment = tf_environment(recipe_dir=str(config_file.parent))
     source = config_file.read_bytes()

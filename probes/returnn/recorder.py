@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from audit.config import RunConfig
-from audit.errors import ConfigError
-from audit.trace import TraceWriter
-from probes.returnn import require_returnn
+from repro_audit.audit.config import RunConfig
+from repro_audit.audit.errors import ConfigError
+from repro_audit.audit.trace import TraceWriter
+from repro_audit.probes.returnn import require_returnn
 
 
 def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[[int], None]) -> None:
@@ -28,12 +28,12 @@ def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[[in
     sys.path.insert(0, str(config_file.parent))
     backend = _backend(config_file, config)
     if backend == "torch":
-        from probes.returnn.torch_engine import record_torch_engine
+        from repro_audit.probes.returnn.torch_engine import record_torch_engine
 
         record_torch_engine(config, writer, config_file=config_file, progress=progress)
         return
     if backend == "tensorflow-net-dict":
-        from probes.returnn.tf_engine import record_tf_engine
+        from repro_audit.probes.returnn.tf_engine import record_tf_engine
 
         record_tf_engine(config, writer, config_file=config_file, progress=progress)
         return

@@ -18,11 +18,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from audit.config import RunConfig
-from audit.trace import TraceWriter
-from audit.trace import format as fmt
-from probes.common.hashing import summarize_array
-from probes.returnn.environment import returnn_environment
+from repro_audit.audit.config import RunConfig
+from repro_audit.audit.trace import TraceWriter
+from repro_audit.audit.trace import format as fmt
+from repro_audit.probes.common.hashing import summarize_array
+from repro_audit.probes.returnn.environment import returnn_environment
 
 FETCH_KEY = "repro_audit"
 
@@ -133,8 +133,8 @@ class NetDictSteps:
     def _new_network(self, fetches: dict[str, Any]) -> None:
         import tensorflow as tf
 
-        from probes.tf.graph_init import GraphTree
-        from probes.tf.optimizer_state import V1OptimizerView
+        from repro_audit.probes.tf.graph_init import GraphTree
+        from repro_audit.probes.tf.optimizer_state import V1OptimizerView
 
         engine = self.engine
         self.network = network = engine.network
@@ -171,7 +171,7 @@ class NetDictSteps:
         self._write_build(graph)
 
     def _write_build(self, graph: Any) -> None:
-        from probes.tf.graph_init import graph_initialisation
+        from repro_audit.probes.tf.graph_init import graph_initialisation
 
         build_end = min((op._id for op in graph.get_operations() if op.name.startswith("repro_audit/")),
                         default=_last_op_id(graph)) - 1
@@ -185,7 +185,7 @@ class NetDictSteps:
         self.graph_pending = True
 
     def step_done(self, found: dict[str, Any], feed_dict: dict[Any, Any]) -> None:
-        from probes.tf.step_record import assemble
+        from repro_audit.probes.tf.step_record import assemble
 
         self.steps += 1
         self.epoch_steps += 1
@@ -205,7 +205,7 @@ class NetDictSteps:
         record["values"] = None
         if self.config.capture.get("values", "none") == "all" or (
                 self.config.capture.get("values") == "first" and self.steps == 1):
-            from probes.tf.step_record import kept_values
+            from repro_audit.probes.tf.step_record import kept_values
 
             record["values"] = self.writer.write_values(self.steps, kept_values(self.steps, values, {}))
         self.writer.append_step(record)
@@ -216,7 +216,7 @@ class NetDictSteps:
         the network is new: step 1, and after pretrain rebuilds it)."""
         if not self.config.capture.get("graph", True) or self.optim_op is None:
             return None
-        from probes.tf.graph_record import TracedStep, ancestors, graph_record, label_ops
+        from repro_audit.probes.tf.graph_record import TracedStep, ancestors, graph_record, label_ops
 
         if self.graph_pending:
             executed = ancestors([self.optim_op, *[t.op for t in self.terms.values()]], control=True)
@@ -235,8 +235,8 @@ class NetDictSteps:
 
 def _batch_record(feed_dict: dict[Any, Any], seq_tags: Any) -> dict[str, Any]:
     """The feed dict RETURNN built: data, targets, sequence lengths, and the sequence tags (as bytes)."""
-    from probes.returnn.batches import seq_tag_bytes
-    from probes.tf.step_record import batch_record
+    from repro_audit.probes.returnn.batches import seq_tag_bytes
+    from repro_audit.probes.tf.step_record import batch_record
 
     named = {}
     for key, value in feed_dict.items():
@@ -251,6 +251,6 @@ def _batch_record(feed_dict: dict[Any, Any], seq_tags: Any) -> dict[str, Any]:
 
 
 def _last_op_id(graph: Any) -> int:
-    from probes.tf.capture import last_op_id
+    from repro_audit.probes.tf.capture import last_op_id
 
     return int(last_op_id(graph))

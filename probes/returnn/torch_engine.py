@@ -14,10 +14,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from audit.config import RunConfig
-from audit.trace import TraceWriter
-from audit.trace import format as fmt
-from probes.returnn.environment import returnn_environment
+from repro_audit.audit.config import RunConfig
+from repro_audit.audit.trace import TraceWriter
+from repro_audit.audit.trace import format as fmt
+from repro_audit.probes.returnn.environment import returnn_environment
 
 
 def record_torch_engine(config: RunConfig, writer: TraceWriter, *, config_file: Path,
@@ -25,10 +25,10 @@ def record_torch_engine(config: RunConfig, writer: TraceWriter, *, config_file: 
     import torch
     from returnn import __main__ as rnn
 
-    from probes.torch.dispatch_capture import DispatchCapture
-    from probes.torch.initialisation import initialisation_record
-    from probes.torch.modules import module_tree
-    from probes.torch.random_ledger import RandomLedger
+    from repro_audit.probes.torch.dispatch_capture import DispatchCapture
+    from repro_audit.probes.torch.initialisation import initialisation_record
+    from repro_audit.probes.torch.modules import module_tree
+    from repro_audit.probes.torch.random_ledger import RandomLedger
 
     torch.manual_seed(config.seed)
     with tempfile.TemporaryDirectory(prefix="repro-audit-returnn-") as scratch:
@@ -93,7 +93,7 @@ class EngineSteps:
 
     def __init__(self, engine: Any, config: RunConfig, writer: TraceWriter, structure: dict[str, Any], *,
                  ledger: Any, progress: Callable[[int], None]) -> None:
-        from probes.torch.step_recorder import TorchStepRecorder
+        from repro_audit.probes.torch.step_recorder import TorchStepRecorder
 
         self.engine, self.writer, self.structure, self.progress = engine, writer, structure, progress
         self.scales: dict[str, float] = {}
@@ -163,7 +163,7 @@ def _batch(extern_data: Any) -> dict[str, Any]:
     the sequence tags (as bytes)."""
     import torch
 
-    from probes.returnn.batches import seq_tag_bytes
+    from repro_audit.probes.returnn.batches import seq_tag_bytes
 
     batch: dict[str, Any] = {}
     for name, tensor in extern_data.data.items():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from audit.errors import FrameworkMissing
+from repro_audit.audit.errors import FrameworkMissing
 
 INSTALL_HINT = "TensorFlow is not installed: pip install 'repro-audit[tensorflow]'"
 

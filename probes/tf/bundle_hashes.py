@@ -3,7 +3,7 @@
 A recorded step hands back some 700 arrays (slices of the packed vectors, and large tensors of their own).
 Hashing them one by one through the `xxhash` binding, 64 KiB chunk by chunk, took about 9 ms a step on the
 fixture Transformer, and reducing the ~250 large ones in the graph about 15 ms more. The kernel of
-`probes.common.native_summary` reads every array once, on all cores, and gives both: the same hash
+`repro_audit.probes.common.native_summary` reads every array once, on all cores, and gives both: the same hash
 (`hashing.content_hash` after `hash_raw`'s prefix) and the statistics torch's summaries have (float32
 lanes folded into double totals block by block). Where it cannot be had, the binding hashes and the
 caller reduces as before (`pack` then reduces in the graph).
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from probes.common.hashing import content_hash
-from probes.common.native_summary import BYTES, FLOAT32, FLOAT64, PreparedBatch, Summary, kernel
+from repro_audit.probes.common.hashing import content_hash
+from repro_audit.probes.common.native_summary import BYTES, FLOAT32, FLOAT64, PreparedBatch, Summary, kernel
 
 _KINDS = {np.dtype(np.float32): FLOAT32, np.dtype(np.float64): FLOAT64}
 _PREFIXES: dict[tuple[str, tuple[int, ...]], bytes] = {}  # the same few hundred shapes step after step

@@ -9,7 +9,7 @@ while `active` is off:
 - Keras's backend random functions: every draw with its seed source (SeedGenerator, int seed, global);
 - Keras's `make_default_seed`: the integer seeds Keras draws from Python's `random` when a layer or
   initializer is built without a seed. Their order is the Keras 3 counterpart of a seed offset.
-Raw TF random draws (stateful random ops, `tf.random.Generator`) are wrapped by probes.tf.stateful_random.
+Raw TF random draws (stateful random ops, `tf.random.Generator`) are wrapped by repro_audit.probes.tf.stateful_random.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ class Capture:
     # -- installing ------------------------------------------------------------------------------------
 
     def install(self) -> None:
-        from probes.tf.stateful_random import StatefulRandomWatch
+        from repro_audit.probes.tf.stateful_random import StatefulRandomWatch
 
         self._wrap_gradient_registry()
         self._restore.extend(StatefulRandomWatch(self).install())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from probes.common.environment import base_environment
+from repro_audit.probes.common.environment import base_environment
 
 
 def tf_environment(*, recipe_dir: str | None) -> dict[str, Any]:

@@ -19,12 +19,12 @@ from typing import Any
 
 import keras
 
-from audit.errors import ConfigError
-from audit.trace import TraceWriter
-from audit.trace import format as fmt
-from probes.tf.fit_step import FitStep, FitStepOutputs
-from probes.tf.model_tree import ModelTree
-from probes.tf.step_record import assemble, batch_record
+from repro_audit.audit.errors import ConfigError
+from repro_audit.audit.trace import TraceWriter
+from repro_audit.audit.trace import format as fmt
+from repro_audit.probes.tf.fit_step import FitStep, FitStepOutputs
+from repro_audit.probes.tf.model_tree import ModelTree
+from repro_audit.probes.tf.step_record import assemble, batch_record
 
 RECORDER = "keras-fit"
 NOT_CAPTURED = ("recorded by the Keras fit callback: op graph, layer outputs, random draws and NaN provenance "
@@ -99,8 +99,8 @@ class AuditCallback(keras.callbacks.Callback):
                 "loss_weights": _loss_weights(self.model), "run_eagerly": bool(self.model.run_eagerly)}
 
     def _write_start(self, tree: ModelTree) -> None:
-        from probes.tf.capture import Capture
-        from probes.tf.initialisation import CreationLedger, initialisation_record
+        from repro_audit.probes.tf.capture import Capture
+        from repro_audit.probes.tf.initialisation import CreationLedger, initialisation_record
 
         assert self.writer is not None
         self._write_environment()
@@ -110,7 +110,7 @@ class AuditCallback(keras.callbacks.Callback):
         self.writer.write_json(fmt.STRUCTURE, {"modules": tree.structure(), "graph_steps": [], "mode": RECORDER})
 
     def _write_environment(self) -> None:
-        from probes.tf.environment import tf_environment
+        from repro_audit.probes.tf.environment import tf_environment
 
         assert self.writer is not None
         self.writer.write_json(fmt.ENVIRONMENT, tf_environment(recipe_dir=self.source_dir))

@@ -3,7 +3,7 @@
 `model.fit` calls `model.train_function(iterator)`; `FitStep.install` replaces it with one made by Keras's
 own `_make_function` around `recorded_step`, which runs `model.train_step` unchanged (the hooks of
 probes/tf/fit_hooks catch its terms, total and gradients) and then packs terms, gradients and the state
-after the update with `probes.tf.tensors.pack`, the packing of the runner's steps. The callback gets the
+after the update with `repro_audit.probes.tf.tensors.pack`, the packing of the runner's steps. The callback gets the
 Keras logs as before; the packed outputs wait in `pending` until `on_train_batch_end` reads them.
 """
 
@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from audit.errors import RunFailed
-from probes.tf.fit_hooks import FitHooks, StepSink
-from probes.tf.model_tree import ModelTree
-from probes.tf.optimizer_state import KerasOptimizerView
-from probes.tf.tensors import Layout, hash_only, pack, plan_layout, to_numpy, unpack
+from repro_audit.audit.errors import RunFailed
+from repro_audit.probes.tf.fit_hooks import FitHooks, StepSink
+from repro_audit.probes.tf.model_tree import ModelTree
+from repro_audit.probes.tf.optimizer_state import KerasOptimizerView
+from repro_audit.probes.tf.tensors import Layout, hash_only, pack, plan_layout, to_numpy, unpack
 
 
 @dataclass
@@ -189,7 +189,7 @@ def _tupled(value: Any) -> Any:
 
 def _named_batch(batch: dict[str, Any]) -> list[tuple[str, Any]]:
     """Batch tensors named as a recipe's dict batch names them (`x`, `y.out_a`, `sample_weight`)."""
-    from probes.tf.tensors import named_tensors
+    from repro_audit.probes.tf.tensors import named_tensors
 
     return [(name, tensor) for name, tensor in named_tensors(batch) if tensor is not None]
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from probes.common.hashing import hash_array
-from probes.tf.graph_record import STATEFUL_RANDOM_OPS, ancestors
-from probes.tf.model_tree import ModuleEntry, TrackedVariable, _describe
-from probes.tf.tensors import dtype_name, summarize_array
+from repro_audit.probes.common.hashing import hash_array
+from repro_audit.probes.tf.graph_record import STATEFUL_RANDOM_OPS, ancestors
+from repro_audit.probes.tf.model_tree import ModuleEntry, TrackedVariable, _describe
+from repro_audit.probes.tf.tensors import dtype_name, summarize_array
 
 RANDOM_OP_MARKERS = ("Random", "TruncatedNormal", "Multinomial")
 

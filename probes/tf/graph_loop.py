@@ -5,20 +5,20 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from audit.config import RunConfig
-from audit.errors import RunFailed
-from audit.recipe import Recipe
-from audit.trace import TraceWriter
-from audit.trace import format as fmt
-from probes.common.collector import CollectorPause
-from probes.tf.capture import Capture
-from probes.tf.environment import tf_environment
-from probes.tf.graph_mode import GraphProgram
-from probes.tf.health import step_health
-from probes.tf.nan_provenance import origins_from
-from probes.tf.random_draws import DrawLedger
-from probes.tf.recorder import keep_values
-from probes.tf.step_record import assemble, batch_record, kept_values, nonfinite_parameters
+from repro_audit.audit.config import RunConfig
+from repro_audit.audit.errors import RunFailed
+from repro_audit.audit.recipe import Recipe
+from repro_audit.audit.trace import TraceWriter
+from repro_audit.audit.trace import format as fmt
+from repro_audit.probes.common.collector import CollectorPause
+from repro_audit.probes.tf.capture import Capture
+from repro_audit.probes.tf.environment import tf_environment
+from repro_audit.probes.tf.graph_mode import GraphProgram
+from repro_audit.probes.tf.health import step_health
+from repro_audit.probes.tf.nan_provenance import origins_from
+from repro_audit.probes.tf.random_draws import DrawLedger
+from repro_audit.probes.tf.recorder import keep_values
+from repro_audit.probes.tf.step_record import assemble, batch_record, kept_values, nonfinite_parameters
 
 GRAPH_ACTIVATIONS_NOTE = "graph mode: activation statistics only for the float tensors extras['module_outputs'] names"
 

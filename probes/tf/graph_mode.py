@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from audit.errors import RunFailed
-from audit.recipe import Recipe, loss_takes_step
-from probes.tf.capture import Capture, last_op_id
-from probes.tf.graph_init import GraphTree, graph_initialisation
-from probes.tf.graph_record import (
+from repro_audit.audit.errors import RunFailed
+from repro_audit.audit.recipe import Recipe, loss_takes_step
+from repro_audit.probes.tf.capture import Capture, last_op_id
+from repro_audit.probes.tf.graph_init import GraphTree, graph_initialisation
+from repro_audit.probes.tf.graph_record import (
     STATEFUL_RANDOM_OPS,
     OpLabels,
     TracedStep,
@@ -30,10 +30,10 @@ from probes.tf.graph_record import (
     graph_record,
     label_ops,
 )
-from probes.tf.health import ActivationOutput, activation_counts, graph_activation_outputs
-from probes.tf.nan_provenance import group_by_dtype, nonfinite_matrix
-from probes.tf.optimizer_state import V1OptimizerView, is_v1_optimizer
-from probes.tf.tensors import hash_only, pack, unpack
+from repro_audit.probes.tf.health import ActivationOutput, activation_counts, graph_activation_outputs
+from repro_audit.probes.tf.nan_provenance import group_by_dtype, nonfinite_matrix
+from repro_audit.probes.tf.optimizer_state import V1OptimizerView, is_v1_optimizer
+from repro_audit.probes.tf.tensors import hash_only, pack, unpack
 
 
 def seeded_graph(seed: int | None = None) -> Any:

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from probes.common.hashing import hash_text
-from probes.tf.capture import GradientCall, LayerCall
+from repro_audit.probes.common.hashing import hash_text
+from repro_audit.probes.tf.capture import GradientCall, LayerCall
 
 # Stateful random ops: their values come from a kernel-held stream seeded by (seed, seed2) attributes.
 STATEFUL_RANDOM_OPS = {"RandomUniform", "RandomUniformInt", "RandomStandardNormal", "TruncatedNormal",

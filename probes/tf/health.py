@@ -1,6 +1,6 @@
 """Training-health statistics of one TensorFlow step: the `health` key of a step record (docs/health.md).
 
-The same record as `probes.torch.health.step_health` writes, so the rules in `audit.health` read both
+The same record as `repro_audit.probes.torch.health.step_health` writes, so the rules in `repro_audit.audit.health` read both
 alike. Almost everything comes from what the recorded step already returns: the gradient and parameter
 summaries give per-layer norms, minima, maxima and zero counts, the layer-output summaries give min, max,
 mean and std. What is left are the saturation and dead-unit counts of activation outputs, which
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from probes.common.health_numbers import (
+from repro_audit.probes.common.health_numbers import (
     SIGMOID_SATURATION,
     TANH_SATURATION,
     current_rss,
@@ -28,7 +28,7 @@ from probes.common.health_numbers import (
     initial_loss,
     moments,
 )
-from probes.tf.tensors import FLOAT_NAMES
+from repro_audit.probes.tf.tensors import FLOAT_NAMES
 
 TANH, SIGMOID, RELU = "tanh", "sigmoid", "relu"
 # Layer types whose output is an activation, by class name: Keras's own, and torch's names for custom ones.

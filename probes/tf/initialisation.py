@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from probes.common.hashing import hash_array
-from probes.tf.capture import Capture, RandomCall, initializer_in_stack
-from probes.tf.model_tree import ModelTree
-from probes.tf.tensors import dtype_name, summarize, to_numpy
+from repro_audit.probes.common.hashing import hash_array
+from repro_audit.probes.tf.capture import Capture, RandomCall, initializer_in_stack
+from repro_audit.probes.tf.model_tree import ModelTree
+from repro_audit.probes.tf.tensors import dtype_name, summarize, to_numpy
 
 
 @dataclass

@@ -11,8 +11,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from audit.errors import RunFailed
-from audit.trace import Trace
+from repro_audit.audit.errors import RunFailed
+from repro_audit.audit.trace import Trace
 
 RNG_KEY = "rng_after_build/"
 
@@ -93,7 +93,7 @@ class TfInterventions:
 
 
 def _replaced(value: Any, prefix: str, values: Any) -> Any:
-    """`value` with each array or tensor replaced by the kept one at its path (probes.tf.tensors names)."""
+    """`value` with each array or tensor replaced by the kept one at its path (repro_audit.probes.tf.tensors names)."""
     import tensorflow as tf
 
     if isinstance(value, (np.ndarray, tf.Tensor, tf.Variable)):

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from probes.tf.tensors import dtype_name
+from repro_audit.probes.tf.tensors import dtype_name
 
 
 @dataclass

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from probes.tf.capture import graph_mark
-from probes.tf.graph_record import OpLabels, TracedStep, label_ops, term_label, trainable_sources
-from probes.tf.tensors import to_numpy
+from repro_audit.probes.tf.capture import graph_mark
+from repro_audit.probes.tf.graph_record import OpLabels, TracedStep, label_ops, term_label, trainable_sources
+from repro_audit.probes.tf.tensors import to_numpy
 
 MAX_ORIGINS = 8
 Stats = dict[tuple[int, int], tuple[int, int, int, int]]  # (op id, output index) -> nan, +inf, -inf, numel

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from probes.common.source_lines import user_frame
+from repro_audit.probes.common.source_lines import user_frame
 
 
 class TfOpRecheck:
@@ -67,7 +67,7 @@ class TfOpRecheck:
                     "source": user_frame(2), "dtype": str(a.dtype), "shape": list(a.shape),
                     "distance": _distance(a, b), "backward_node": None, "loss_terms": []})
                 break
-        from probes.tf.known_nondeterministic import known_tf_nondeterministic
+        from repro_audit.probes.tf.known_nondeterministic import known_tf_nondeterministic
 
         entry = known_tf_nondeterministic(name, device)
         if entry is not None:

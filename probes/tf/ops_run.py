@@ -11,16 +11,16 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from audit.config import RunConfig
-from audit.recipe import step_batches
-from audit.trace import TraceWriter
+from repro_audit.audit.config import RunConfig
+from repro_audit.audit.recipe import step_batches
+from repro_audit.audit.trace import TraceWriter
 
 OPS_FILE = "ops.json"
 
 
 def record_ops(config: RunConfig, writer: TraceWriter, *, progress: Callable[[int], None]) -> None:
-    from probes.tf.op_recheck import TfOpRecheck, _op_determinism
-    from probes.tf.recorder import open_recording
+    from repro_audit.probes.tf.op_recheck import TfOpRecheck, _op_determinism
+    from repro_audit.probes.tf.recorder import open_recording
 
     recheck: TfOpRecheck | None = None
     done = 0

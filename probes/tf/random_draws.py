@@ -6,7 +6,7 @@ state is symbolic, so the draws seen at trace time are replayed here from the ge
 start of the step; an eager step knows the states directly. Raw TF stateful random ops (tf.random.uniform,
 tf.nn.dropout without a seed) draw from a stream held by their kernel and seeded by the op's (seed, seed2):
 their entries (`generator: tf-op-seed`) carry the seed pair, the op's `stream` and, in the seed state, how
-often that kernel ran before (probes.tf.stateful_random). In graph mode they are listed from the graph.
+often that kernel ran before (repro_audit.probes.tf.stateful_random). In graph mode they are listed from the graph.
 A `tf.random.Generator` draw carries the generator's state before it.
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from probes.common.hashing import hash_array
-from probes.tf.capture import RandomCall
+from repro_audit.probes.common.hashing import hash_array
+from repro_audit.probes.tf.capture import RandomCall
 
 
 def next_state(state: np.ndarray, ordered: bool) -> np.ndarray:

@@ -8,7 +8,7 @@ Modes, chosen by the recipe in `Recipe.extras["mode"]` (default `eager`):
   int and is traced once per value of `extras["trace_key"](step)` (default: every step), seeing the first
   step of its key; with `extras["step_as_tensor"] = True` it gets a scalar int64 tensor and one trace.
 - `graph`: tf.compat.v1. `extras["graph"]` is the tf.Graph the recipe built its model in (make it with
-  `probes.tf.graph_mode.seeded_graph()` or set `graph.seed`: op seeds derive from it); `extras["inputs"]`
+  `repro_audit.probes.tf.graph_mode.seeded_graph()` or set `graph.seed`: op seeds derive from it); `extras["inputs"]`
   maps input names to placeholders; `loss(model, inputs)` is called once inside the graph and returns term
   tensors; `batches` yields feed dicts keyed by input name (or tensor name); the optimizer is a
   tf.compat.v1.train optimizer; `extras["module_outputs"]` optionally names tensors to record as layer
@@ -22,12 +22,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from audit.config import RunConfig
-from audit.errors import RunFailed
-from audit.recipe import as_recipe, call_recipe, resolve_recipe, step_batches
-from audit.trace import TraceWriter
-from audit.trace import format as fmt
-from probes.tf import require_tensorflow
+from repro_audit.audit.config import RunConfig
+from repro_audit.audit.errors import RunFailed
+from repro_audit.audit.recipe import as_recipe, call_recipe, resolve_recipe, step_batches
+from repro_audit.audit.trace import TraceWriter
+from repro_audit.audit.trace import format as fmt
+from repro_audit.probes.tf import require_tensorflow
 
 MODES = ("eager", "function", "graph")
 
@@ -46,9 +46,9 @@ def open_recording(config: RunConfig, writer: TraceWriter) -> Iterator[Any]:
     """Seed, build the recipe under capture and set up its mode; yields an object with `recipe` and
     `step(step, batch)`. The environment is written again on the way out, with what training imported."""
     require_tensorflow()
-    from probes.tf.capture import Capture
-    from probes.tf.environment import tf_environment
-    from probes.tf.initialisation import CreationLedger
+    from repro_audit.probes.tf.capture import Capture
+    from repro_audit.probes.tf.environment import tf_environment
+    from repro_audit.probes.tf.initialisation import CreationLedger
 
     _seed(config.seed)
     build = resolve_recipe(config.recipe, config_dir=Path(config.config_dir) if config.config_dir else None)
@@ -71,11 +71,11 @@ def open_recording(config: RunConfig, writer: TraceWriter) -> Iterator[Any]:
         if mode not in MODES:
             raise RunFailed(f"recipe {config.recipe}: extras['mode'] must be one of {', '.join(MODES)}, got {mode!r}")
         if mode == "graph":
-            from probes.tf.graph_loop import GraphRecording
+            from repro_audit.probes.tf.graph_loop import GraphRecording
 
             recording = GraphRecording(config, writer, recipe, capture)
         else:
-            from probes.tf.tf2_loop import Tf2Recording
+            from repro_audit.probes.tf.tf2_loop import Tf2Recording
 
             recording = Tf2Recording(config, writer, recipe, capture, ledger, mode=mode)
         yield recording

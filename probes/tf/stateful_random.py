@@ -24,12 +24,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from probes.tf.capture import Capture, RandomCall, result_count
+from repro_audit.probes.tf.capture import Capture, RandomCall, result_count
 
 OP_SEED = "tf-op-seed"
 GENERATOR = "tf-random-generator"
 
-# gen_random_ops wrapper -> the op type it creates (the STATEFUL_RANDOM_OPS of probes.tf.graph_record).
+# gen_random_ops wrapper -> the op type it creates (the STATEFUL_RANDOM_OPS of repro_audit.probes.tf.graph_record).
 STATEFUL_OP_FUNCTIONS = {"random_standard_normal": "RandomStandardNormal", "random_uniform": "RandomUniform",
                          "random_uniform_int": "RandomUniformInt", "truncated_normal": "TruncatedNormal",
                          "multinomial": "Multinomial", "random_shuffle": "RandomShuffle",

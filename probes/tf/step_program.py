@@ -2,7 +2,7 @@
 
 The step body is the same Python code in both modes: forward under a GradientTape, the weighted total,
 gradients, the optimizer update, then the statistics of gradients, parameters after the update, optimizer
-state and layer outputs, packed by `probes.tf.tensors.pack`. In `function` mode that body is one
+state and layer outputs, packed by `repro_audit.probes.tf.tensors.pack`. In `function` mode that body is one
 tf.function, so recording keeps it a graph step: the statistics are extra graph outputs, nothing runs
 eagerly in between. In `eager` mode the body runs op by op and the op graph is traced once for the record
 (not executed) at step 1 and whenever the trace key or the loss terms change.
@@ -18,14 +18,29 @@ from typing import Any
 
 import numpy as np
 
-from audit.errors import RunFailed
-from audit.recipe import Recipe, loss_takes_step
-from probes.tf.capture import Capture, LayerCall, RandomCall, graph_mark
-from probes.tf.graph_record import STATEFUL_RANDOM_OPS, TracedStep, graph_record, label_ops, trainable_sources
-from probes.tf.health import ActivationOutput, activation_counts, activation_outputs
-from probes.tf.model_tree import ModelTree
-from probes.tf.optimizer_state import KerasOptimizerView
-from probes.tf.tensors import FLOAT_NAMES, LARGE_NUMEL, Layout, hash_only, pack, plan_layout, to_numpy, unpack
+from repro_audit.audit.errors import RunFailed
+from repro_audit.audit.recipe import Recipe, loss_takes_step
+from repro_audit.probes.tf.capture import Capture, LayerCall, RandomCall, graph_mark
+from repro_audit.probes.tf.graph_record import (
+    STATEFUL_RANDOM_OPS,
+    TracedStep,
+    graph_record,
+    label_ops,
+    trainable_sources,
+)
+from repro_audit.probes.tf.health import ActivationOutput, activation_counts, activation_outputs
+from repro_audit.probes.tf.model_tree import ModelTree
+from repro_audit.probes.tf.optimizer_state import KerasOptimizerView
+from repro_audit.probes.tf.tensors import (
+    FLOAT_NAMES,
+    LARGE_NUMEL,
+    Layout,
+    hash_only,
+    pack,
+    plan_layout,
+    to_numpy,
+    unpack,
+)
 
 GLOBAL_GENERATOR = "keras-global-seed-generator"
 
@@ -81,7 +96,7 @@ class StepResult:
     meta: TraceMeta
     summaries: dict[str, dict[str, Any]]
     values: dict[str, np.ndarray]
-    activation_counts: np.ndarray | None = None  # probes.tf.health.activation_counts of the step
+    activation_counts: np.ndarray | None = None  # repro_audit.probes.tf.health.activation_counts of the step
 
 
 class StepProgram:
@@ -242,7 +257,7 @@ class StepProgram:
         return self._converted_loss
 
     def _function_for(self, step: int) -> tuple[Any, Any]:
-        """The tf.function for this step: one per trace key (see probes.tf.recorder for the rules)."""
+        """The tf.function for this step: one per trace key (see repro_audit.probes.tf.recorder for the rules)."""
         tf = self.tf
         if not self.pass_step:
             key: Any = None

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from probes.common.hashing import hash_text, summarize_array
-from probes.tf.tensors import named_tensors, to_numpy
+from repro_audit.probes.common.hashing import hash_text, summarize_array
+from repro_audit.probes.tf.tensors import named_tensors, to_numpy
 
 
 def batch_record(batch: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

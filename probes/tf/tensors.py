@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from probes.common.hashing import content_hash, hash_array, summarize_array
-from probes.common.native_summary import Summary, kernel
-from probes.tf.bundle_hashes import hashes_and_stats, raw_prefix
+from repro_audit.probes.common.hashing import content_hash, hash_array, summarize_array
+from repro_audit.probes.common.native_summary import Summary, kernel
+from repro_audit.probes.tf.bundle_hashes import hashes_and_stats, raw_prefix
 
 
 def dtype_name(dtype: Any) -> str:

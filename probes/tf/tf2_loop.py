@@ -7,24 +7,24 @@ from typing import Any
 
 import numpy as np
 
-from audit.config import RunConfig
-from audit.errors import RunFailed
-from audit.recipe import Recipe
-from audit.trace import TraceWriter
-from audit.trace import format as fmt
-from probes.common.collector import CollectorPause
-from probes.tf.capture import Capture
-from probes.tf.environment import tf_environment
-from probes.tf.health import step_health
-from probes.tf.initialisation import CreationLedger, initialisation_record
-from probes.tf.model_tree import ModelTree
-from probes.tf.nan_provenance import attribute_terms, find_origins
-from probes.tf.optimizer_state import is_keras_optimizer
-from probes.tf.random_draws import DrawLedger
-from probes.tf.recorder import keep_values
-from probes.tf.interventions import TfInterventions, generator_states
-from probes.tf.step_program import StepProgram, TraceMeta
-from probes.tf.step_record import assemble, batch_record, kept_values, nonfinite_parameters
+from repro_audit.audit.config import RunConfig
+from repro_audit.audit.errors import RunFailed
+from repro_audit.audit.recipe import Recipe
+from repro_audit.audit.trace import TraceWriter
+from repro_audit.audit.trace import format as fmt
+from repro_audit.probes.common.collector import CollectorPause
+from repro_audit.probes.tf.capture import Capture
+from repro_audit.probes.tf.environment import tf_environment
+from repro_audit.probes.tf.health import step_health
+from repro_audit.probes.tf.initialisation import CreationLedger, initialisation_record
+from repro_audit.probes.tf.model_tree import ModelTree
+from repro_audit.probes.tf.nan_provenance import attribute_terms, find_origins
+from repro_audit.probes.tf.optimizer_state import is_keras_optimizer
+from repro_audit.probes.tf.random_draws import DrawLedger
+from repro_audit.probes.tf.recorder import keep_values
+from repro_audit.probes.tf.interventions import TfInterventions, generator_states
+from repro_audit.probes.tf.step_program import StepProgram, TraceMeta
+from repro_audit.probes.tf.step_record import assemble, batch_record, kept_values, nonfinite_parameters
 
 
 class Tf2Recording:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from audit.errors import FrameworkMissing
+from repro_audit.audit.errors import FrameworkMissing
 
 
 def require_torch() -> None:

@@ -13,15 +13,15 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from audit.trace import TraceWriter
-from audit.trace import format as fmt
-from probes.torch.compiled import refuse_compiled_model
-from probes.torch.dispatch_capture import DispatchCapture
-from probes.torch.environment import torch_environment
-from probes.torch.initialisation import initialisation_record
-from probes.torch.modules import module_tree
-from probes.torch.random_ledger import RandomLedger
-from probes.torch.step_recorder import TorchStepRecorder
+from repro_audit.audit.trace import TraceWriter
+from repro_audit.audit.trace import format as fmt
+from repro_audit.probes.torch.compiled import refuse_compiled_model
+from repro_audit.probes.torch.dispatch_capture import DispatchCapture
+from repro_audit.probes.torch.environment import torch_environment
+from repro_audit.probes.torch.initialisation import initialisation_record
+from repro_audit.probes.torch.modules import module_tree
+from repro_audit.probes.torch.random_ledger import RandomLedger
+from repro_audit.probes.torch.step_recorder import TorchStepRecorder
 
 
 class AttachedRun:
@@ -31,7 +31,7 @@ class AttachedRun:
                  build: Callable[[], tuple[torch.nn.Module, torch.optim.Optimizer]] | None, label: str,
                  loss_weights: Mapping[str, float] | None, capture: Mapping[str, Any] | None, seed: int | None
                  ) -> None:
-        from audit.config import CAPTURE_DEFAULTS
+        from repro_audit.audit.config import CAPTURE_DEFAULTS
 
         self.capture = {**CAPTURE_DEFAULTS, **(capture or {})}
         self.loss_weights = dict(loss_weights or {})
@@ -65,7 +65,7 @@ class AttachedRun:
         self.steps = 0
 
     def weight_for(self, term: str) -> float:
-        from audit.config import term_weight
+        from repro_audit.audit.config import term_weight
 
         return term_weight(self.loss_weights, term)
 

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from probes.common.hashing import hash_text
+from repro_audit.probes.common.hashing import hash_text
 
 ACCUMULATE_GRAD = "torch::autograd::AccumulateGrad"
 

@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from audit.errors import RunFailed
+from repro_audit.audit.errors import RunFailed
 
 UNSUPPORTED = ("recording torch.compile'd code is not supported (the probes observe eager execution): "
                "record the model without torch.compile")

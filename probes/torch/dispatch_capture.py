@@ -13,9 +13,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-from probes.torch.generator_states import torch_state
-from probes.torch.random_ledger import RandomLedger
-from probes.torch.storage_origins import StorageOrigins
+from repro_audit.probes.torch.generator_states import torch_state
+from repro_audit.probes.torch.random_ledger import RandomLedger
+from repro_audit.probes.torch.storage_origins import StorageOrigins
 
 class DispatchCapture(TorchDispatchMode):
     """Records ops (with module, phase and producers) and/or storage events while active."""

@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from probes.common.environment import base_environment
-from probes.common.native_summary import kernel
+from repro_audit.probes.common.environment import base_environment
+from repro_audit.probes.common.native_summary import kernel
 
 
 def torch_environment(*, recipe_dir: str | None) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Assembled at the end of a step from what the output probe counted as each module returned (output_probe):
 activation kinds and saturated/dead-unit counts, which need the tensors, plus memory readings. Statistics
 that the step record already implies (per-layer gradient norms, per-output moments) are derived when the
-trace is read (`audit.trace.health_fill`). The rules that judge these numbers live in `audit.health`; this
+trace is read (`repro_audit.audit.trace.health_fill`). The rules that judge these numbers live in `repro_audit.audit.health`; this
 module only measures.
 """
 
@@ -14,14 +14,14 @@ from typing import Any
 
 import torch
 
-from probes.common.health_numbers import (
+from repro_audit.probes.common.health_numbers import (
     SIGMOID_SATURATION,
     TANH_SATURATION,
     current_rss,
     heap_in_use,
     initial_loss,
 )
-from probes.common.native_summary import kernel
+from repro_audit.probes.common.native_summary import kernel
 
 # Output kinds whose statistics have a meaning beyond min/max/mean/std.
 TANH, SIGMOID, RELU = "tanh", "sigmoid", "relu"
@@ -51,7 +51,7 @@ def step_health(calls: Sequence[Any], *, step: int, loss_terms: Mapping[str, flo
     `calls` are the tracker's `ModuleCall`s, their outputs described by an OutputProbe with health on (no
     probe: no activations, and a note). Per-layer and per-output statistics are not written: the trace
     reader derives them from the step's gradients, parameters and module outputs
-    (`audit.trace.health_fill`). What only this moment knows is written: which outputs health describes
+    (`repro_audit.audit.trace.health_fill`). What only this moment knows is written: which outputs health describes
     (positions in the step's `module_outputs`), their activation kind and saturated/dead counts.
     `loss_terms` ({term: value}) and `num_classes` (an int for every term, or {term: int}, from
     `Recipe.extras["num_classes"]`) are used at step 1 only.

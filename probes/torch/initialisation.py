@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from probes.torch.dispatch_capture import DispatchCapture
-from probes.torch.storage_origins import storage_key
-from probes.torch.tensors import dtype_name, summarize
+from repro_audit.probes.torch.dispatch_capture import DispatchCapture
+from repro_audit.probes.torch.storage_origins import storage_key
+from repro_audit.probes.torch.tensors import dtype_name, summarize
 
 
 def named_tensors(model: torch.nn.Module) -> list[tuple[str, str, torch.Tensor]]:

@@ -14,8 +14,8 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 
-from audit.errors import RunFailed
-from audit.trace import Trace
+from repro_audit.audit.errors import RunFailed
+from repro_audit.audit.trace import Trace
 
 RNG_KEY = "rng_after_build/"  # values file 0 of a run that keeps values: its generator states after build
 PRIVATE_SEED = 0x5EED  # where the private generator of run-B-only modules starts
@@ -119,7 +119,7 @@ class TorchInterventions:
 
 
 def _replaced(value: Any, prefix: str, values: Any) -> Any:
-    """`value` with each tensor replaced by the kept one at its path (as probes.torch.tensors names it)."""
+    """`value` with each tensor replaced by the kept one at its path (as repro_audit.probes.torch.tensors names it)."""
     if isinstance(value, torch.Tensor):
         kept = values.get(f"batch/{prefix or '0'}")
         if kept is None or tuple(kept.shape) != tuple(value.shape):

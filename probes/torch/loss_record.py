@@ -12,8 +12,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from probes.common.hashing import hash_array
-from probes.torch.tensors import as_numpy
+from repro_audit.probes.common.hashing import hash_array
+from repro_audit.probes.torch.tensors import as_numpy
 
 
 class LossTermRecord:

@@ -16,7 +16,7 @@ import torch
 from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils.hooks import RemovableHandle
 
-from probes.torch.tensors import dtype_name, flatten_tensors, tensors_in
+from repro_audit.probes.torch.tensors import dtype_name, flatten_tensors, tensors_in
 
 
 _NN = torch.nn

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from probes.torch.autograd_graph import (
+from repro_audit.probes.torch.autograd_graph import (
     ACCUMULATE_GRAD,
     forward_op_name,
     module_of_node,

@@ -14,9 +14,9 @@ import xxhash
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from probes.torch.op_recheck import UNINITIALISED, _bits
-from probes.torch.op_sites import user_stack
-from probes.torch.tensors import dtype_name
+from repro_audit.probes.torch.op_recheck import UNINITIALISED, _bits
+from repro_audit.probes.torch.op_sites import user_stack
+from repro_audit.probes.torch.tensors import dtype_name
 
 MAX_OPS = 20_000  # a region larger than this is cut, and says so
 

@@ -18,10 +18,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
-from probes.torch.dispatch_capture import _source_generator
-from probes.torch.known_nondeterministic import known_nondeterministic
-from probes.torch.op_sites import user_frame
-from probes.torch.tensors import dtype_name
+from repro_audit.probes.torch.dispatch_capture import _source_generator
+from repro_audit.probes.torch.known_nondeterministic import known_nondeterministic
+from repro_audit.probes.torch.op_sites import user_frame
+from repro_audit.probes.torch.tensors import dtype_name
 
 # Ops whose output is uninitialised memory: two executions differ by design, never by kernel.
 UNINITIALISED = frozenset({"aten::empty", "aten::empty_like", "aten::empty_strided", "aten::new_empty",

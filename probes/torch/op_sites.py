@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from probes.common.source_lines import user_frame, user_stack
+from repro_audit.probes.common.source_lines import user_frame, user_stack
 
 __all__ = ["ModuleStack", "user_frame", "user_stack"]
 

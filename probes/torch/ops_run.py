@@ -12,8 +12,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from audit.config import RunConfig
-from audit.trace import TraceWriter
+from repro_audit.audit.config import RunConfig
+from repro_audit.audit.trace import TraceWriter
 
 OPS_FILE = "ops.json"
 
@@ -42,9 +42,9 @@ class _Recheck:
 
 
 def record_ops(config: RunConfig, writer: TraceWriter, *, progress: Callable[[int], None]) -> None:
-    from probes.torch.op_recheck import OpRecheckMode
-    from probes.torch.op_sites import ModuleStack
-    from probes.torch.plain_loop import build_recipe, run_steps
+    from repro_audit.probes.torch.op_recheck import OpRecheckMode
+    from repro_audit.probes.torch.op_sites import ModuleStack
+    from repro_audit.probes.torch.plain_loop import build_recipe, run_steps
 
     recipe = build_recipe(config)
     modules = ModuleStack(recipe.model)

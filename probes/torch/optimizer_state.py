@@ -7,8 +7,8 @@ from typing import Any, Mapping
 
 import torch
 
-from probes.torch.repeated_summaries import RepeatedSummaries
-from probes.torch.tensors import tensor_hashes
+from repro_audit.probes.torch.repeated_summaries import RepeatedSummaries
+from repro_audit.probes.torch.tensors import tensor_hashes
 
 
 def param_groups(optimizer: torch.optim.Optimizer, names: Mapping[int, str]) -> list[dict[str, Any]]:

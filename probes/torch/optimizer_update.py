@@ -12,8 +12,8 @@ from typing import Any, Mapping
 
 import torch
 
-from audit.errors import RunFailed
-from audit.recipe import Recipe
+from repro_audit.audit.errors import RunFailed
+from repro_audit.audit.recipe import Recipe
 
 
 def scaled_for_backward(recipe: Recipe, total: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from probes.torch.health import ACTIVATION_TYPES, activation_counts, output_kind
-from probes.torch.tensors import FLOAT_DTYPES, NATIVE_KINDS, SummaryBatch
+from repro_audit.probes.torch.health import ACTIVATION_TYPES, activation_counts, output_kind
+from repro_audit.probes.torch.tensors import FLOAT_DTYPES, NATIVE_KINDS, SummaryBatch
 
 
 @dataclass(slots=True)

@@ -12,10 +12,10 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
-from audit.config import RunConfig
-from audit.errors import RunFailed
-from audit.recipe import Recipe, as_recipe, loss_takes_step, resolve_recipe, step_batches
-from probes.torch import require_torch
+from repro_audit.audit.config import RunConfig
+from repro_audit.audit.errors import RunFailed
+from repro_audit.audit.recipe import Recipe, as_recipe, loss_takes_step, resolve_recipe, step_batches
+from repro_audit.probes.torch import require_torch
 
 
 class StepWatcher(Protocol):
@@ -44,7 +44,7 @@ def build_recipe(config: RunConfig) -> Recipe:
 def run_steps(config: RunConfig, recipe: Recipe, *, steps: int, watcher: StepWatcher | None,
               progress: Callable[[int], None]) -> int:
     """Train `steps` steps; returns how many finished."""
-    from probes.torch.optimizer_update import optimizer_step, prepare_update, scaled_for_backward
+    from repro_audit.probes.torch.optimizer_update import optimizer_step, prepare_update, scaled_for_backward
 
     model, optimizer = recipe.model, recipe.optimizer
     batches = step_batches(recipe.batches, steps=steps, spec=config.recipe, per_step=recipe.micro_batches)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from probes.common.hashing import hash_bytes
+from repro_audit.probes.common.hashing import hash_bytes
 
 
 class RandomLedger:

@@ -19,8 +19,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from probes.torch.generator_states import StateReader, numpy_reader, python_reader, torch_reader
-from probes.torch.random_ledger import RandomLedger
+from repro_audit.probes.torch.generator_states import StateReader, numpy_reader, python_reader, torch_reader
+from repro_audit.probes.torch.random_ledger import RandomLedger
 
 _SEEDED = torch.Tag.nondeterministic_seeded
 # Draws of numpy's and Python's generators are seen only as a moved state: no op names them.

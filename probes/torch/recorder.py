@@ -7,19 +7,26 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from audit.config import RunConfig
-from audit.errors import RunFailed
-from audit.recipe import Recipe, as_recipe, call_recipe, loss_takes_step, resolve_recipe, step_batches
-from audit.trace import TraceWriter
-from audit.trace import format as fmt
-from probes.torch import require_torch
+from repro_audit.audit.config import RunConfig
+from repro_audit.audit.errors import RunFailed
+from repro_audit.audit.recipe import (
+    Recipe,
+    as_recipe,
+    call_recipe,
+    loss_takes_step,
+    resolve_recipe,
+    step_batches,
+)
+from repro_audit.audit.trace import TraceWriter
+from repro_audit.audit.trace import format as fmt
+from repro_audit.probes.torch import require_torch
 
 
 def record_run(config: RunConfig, writer: TraceWriter, *, progress: Callable[..., None]) -> None:
     """The runner's loop: the recipe builds, repro-audit trains and records."""
     require_torch()
     if config.nproc:
-        from probes.torch.distributed import join_process_group, leave_process_group
+        from repro_audit.probes.torch.distributed import join_process_group, leave_process_group
 
         ranks = join_process_group()  # before the build: the recipe may shard its data by rank
         try:
@@ -34,15 +41,15 @@ def _record(config: RunConfig, writer: TraceWriter, *, progress: Callable[..., N
             ranks: dict[str, Any] | None) -> None:
     import torch
 
-    from probes.torch.compiled import compiled_frames, refuse_compiled_model, refuse_compiled_step
-    from probes.torch.dispatch_capture import DispatchCapture
-    from probes.torch.initialisation import initialisation_record
-    from probes.torch.interventions import TorchInterventions, generator_states
-    from probes.torch.modules import module_tree
-    from probes.torch.optimizer_update import optimizer_step, prepare_update, scaled_for_backward
-    from probes.torch.random_ledger import RandomLedger
-    from probes.torch.step_recorder import TorchStepRecorder
-    from probes.torch.tensors import values_for_file
+    from repro_audit.probes.torch.compiled import compiled_frames, refuse_compiled_model, refuse_compiled_step
+    from repro_audit.probes.torch.dispatch_capture import DispatchCapture
+    from repro_audit.probes.torch.initialisation import initialisation_record
+    from repro_audit.probes.torch.interventions import TorchInterventions, generator_states
+    from repro_audit.probes.torch.modules import module_tree
+    from repro_audit.probes.torch.optimizer_update import optimizer_step, prepare_update, scaled_for_backward
+    from repro_audit.probes.torch.random_ledger import RandomLedger
+    from repro_audit.probes.torch.step_recorder import TorchStepRecorder
+    from repro_audit.probes.torch.tensors import values_for_file
 
     torch.manual_seed(config.seed)  # the same seed on every rank, as DDP's users do
     build = resolve_recipe(config.recipe, config_dir=Path(config.config_dir) if config.config_dir else None)
@@ -78,7 +85,7 @@ def _record(config: RunConfig, writer: TraceWriter, *, progress: Callable[..., N
                                  dropped_terms=interventions.dropped_terms)
     batches = step_batches(recipe.batches, steps=config.steps, spec=config.recipe, per_step=recipe.micro_batches)
     if ranks is not None:  # the recorder watches the inner module; forward and backward go through DDP
-        from probes.torch.distributed import wrap_in_ddp
+        from repro_audit.probes.torch.distributed import wrap_in_ddp
 
         recipe.model = wrap_in_ddp(model)
     # The step's forward goes through DDP (its all-reduce is the step); a NaN replay through the inner module
@@ -142,7 +149,7 @@ def _phases(progress: Callable[..., None], step: int, *, ranked: bool) -> Callab
 
 def _environment(config: RunConfig, ranks: dict[str, Any] | None) -> Callable[[], dict[str, Any]]:
     """The environment fingerprint, with the rank's facts under "distributed" when launched by torchrun."""
-    from probes.torch.environment import torch_environment
+    from repro_audit.probes.torch.environment import torch_environment
 
     def environment() -> dict[str, Any]:
         found = torch_environment(recipe_dir=config.config_dir)

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from probes.common.native_summary import BYTES, PreparedBatch, kernel
-from probes.torch.tensors import (
+from repro_audit.probes.common.native_summary import BYTES, PreparedBatch, kernel
+from repro_audit.probes.torch.tensors import (
     NATIVE_KINDS,
     NUMPY_NAMES,
     dtype_name,

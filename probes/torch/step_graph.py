@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from probes.common.hashing import hash_text
-from probes.torch.autograd_graph import term_label
-from probes.torch.dispatch_capture import DispatchCapture
+from repro_audit.probes.common.hashing import hash_text
+from repro_audit.probes.torch.autograd_graph import term_label
+from repro_audit.probes.torch.dispatch_capture import DispatchCapture
 
 
 def label_ops(dispatch: DispatchCapture, membership: Mapping[Any, list[str]], labelled: set[Any],

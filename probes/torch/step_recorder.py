@@ -13,29 +13,29 @@ from typing import Any, Callable, Mapping
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
-from probes.common.collector import CollectorPause
-from probes.common.hashing import hash_array, hash_text
-from probes.torch.autograd_graph import (
+from repro_audit.probes.common.collector import CollectorPause
+from repro_audit.probes.common.hashing import hash_array, hash_text
+from repro_audit.probes.torch.autograd_graph import (
     graph_digest,
     modules_of_nodes,
     ordered_nodes,
     term_membership,
 )
-from probes.torch.dispatch_capture import DispatchCapture
-from probes.torch.health import step_health
-from probes.torch.initialisation import named_tensors
-from probes.torch.loss_record import LossTermRecord
-from probes.torch.modules import ModuleTracker
-from probes.torch.nan_provenance import attribute_terms, find_origins
-from probes.torch.optimizer_state import StateHashes, param_groups
-from probes.torch.output_probe import OutputProbe
-from probes.torch.random_ledger import RandomLedger
-from probes.torch.random_watch import RandomWatch
-from probes.torch.repeated_summaries import RepeatedSummaries
-from probes.torch.step_graph import autograd_graph, completed_graph, label_ops
-from probes.torch.step_replay import RandomState, replay_forward
-from probes.torch.tensors import as_numpy, flatten_tensors, summarize, values_for_file
-from probes.torch.update_record import GradientChanges
+from repro_audit.probes.torch.dispatch_capture import DispatchCapture
+from repro_audit.probes.torch.health import step_health
+from repro_audit.probes.torch.initialisation import named_tensors
+from repro_audit.probes.torch.loss_record import LossTermRecord
+from repro_audit.probes.torch.modules import ModuleTracker
+from repro_audit.probes.torch.nan_provenance import attribute_terms, find_origins
+from repro_audit.probes.torch.optimizer_state import StateHashes, param_groups
+from repro_audit.probes.torch.output_probe import OutputProbe
+from repro_audit.probes.torch.random_ledger import RandomLedger
+from repro_audit.probes.torch.random_watch import RandomWatch
+from repro_audit.probes.torch.repeated_summaries import RepeatedSummaries
+from repro_audit.probes.torch.step_graph import autograd_graph, completed_graph, label_ops
+from repro_audit.probes.torch.step_replay import RandomState, replay_forward
+from repro_audit.probes.torch.tensors import as_numpy, flatten_tensors, summarize, values_for_file
+from repro_audit.probes.torch.update_record import GradientChanges
 
 WeightOf = Callable[[str], float]
 

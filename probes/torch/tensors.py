@@ -20,8 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from probes.common.hashing import hash_array, hash_numeric, summarize_array
-from probes.common.native_summary import BYTES, FLOAT32, FLOAT64, PreparedBatch, SummarySlots, kernel
+from repro_audit.probes.common.hashing import hash_array, hash_numeric, summarize_array
+from repro_audit.probes.common.native_summary import (
+    BYTES,
+    FLOAT32,
+    FLOAT64,
+    PreparedBatch,
+    SummarySlots,
+    kernel,
+)
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _NUMERIC_DTYPES = frozenset({torch.float16, torch.float32, torch.float64, torch.int8, torch.uint8,

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from probes.torch.attach import AttachedRun, AttachedStep
+from repro_audit.probes.torch.attach import AttachedRun, AttachedStep
 
 
 class TrainerBridge:
@@ -42,15 +42,15 @@ class TrainerBridge:
         if self.config is not None:  # to compare with a recipe run, whose config is compared too
             self.run.writer.manifest["config"] = dict(self.config)
         if ranks is not None:  # the rank's facts, as a run under `launch` records them
-            from probes.torch.attach import _script_folder
-            from probes.torch.environment import torch_environment
+            from repro_audit.probes.torch.attach import _script_folder
+            from repro_audit.probes.torch.environment import torch_environment
 
             self.run.writer.write_json("environment.json", {**torch_environment(recipe_dir=_script_folder()),
                                                             "distributed": ranks})
 
     def _write_ranks(self, ranks: Mapping[str, Any], *, complete: bool) -> None:
         """Rank 0 says how many ranks the run has (ranks.json), so `compare` reads it rank by rank."""
-        from audit.trace.ranks import RANKS_FORMAT, write_ranks_file
+        from repro_audit.audit.trace.ranks import RANKS_FORMAT, write_ranks_file
 
         self.path.mkdir(parents=True, exist_ok=True)
         write_ranks_file(self.path, {"format": RANKS_FORMAT, "nproc": ranks["world_size"], "label": self.label,
@@ -93,6 +93,6 @@ def _ranks() -> dict[str, Any] | None:
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
         return None
-    from probes.torch.distributed import distributed_facts
+    from repro_audit.probes.torch.distributed import distributed_facts
 
     return distributed_facts()

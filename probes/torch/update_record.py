@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
-from probes.torch.tensors import tensor_hash
+from repro_audit.probes.torch.tensors import tensor_hash
 
 
 class GradientChanges:

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from audit.config import RunConfig
-from audit.errors import ConfigError
-from audit.trace import TraceWriter
+from repro_audit.audit.config import RunConfig
+from repro_audit.audit.errors import ConfigError
+from repro_audit.audit.trace import TraceWriter
 
 ZOOM_FILE = "zoom.json"
 
@@ -43,9 +43,9 @@ class _Zoom:
 
 def record_zoom(config: RunConfig, writer: TraceWriter, *, progress: Callable[[int], None],
                 zoom: dict[str, Any]) -> None:
-    from probes.torch.op_hashes import ModuleRegion, OpHashMode
-    from probes.torch.op_sites import ModuleStack
-    from probes.torch.plain_loop import build_recipe, run_steps
+    from repro_audit.probes.torch.op_hashes import ModuleRegion, OpHashMode
+    from repro_audit.probes.torch.op_sites import ModuleStack
+    from repro_audit.probes.torch.plain_loop import build_recipe, run_steps
 
     step, module = int(zoom["step"]), zoom.get("module")
     recipe = build_recipe(config)

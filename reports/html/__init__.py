@@ -6,6 +6,6 @@
 
 from __future__ import annotations
 
-from reports.html.render import render_html, write_html
+from repro_audit.reports.html.render import render_html, write_html
 
 __all__ = ["render_html", "write_html"]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reports.html.svg_titles import add_titles
+from repro_audit.reports.html.svg_titles import add_titles
 
 MAX_LOSS_PANELS = 12
 MAX_LABELLED_ROWS = 40  # parameter names written on an axis; beyond this the axis shows positions

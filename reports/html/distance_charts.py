@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from reports.html.charts import (
+from repro_audit.reports.html.charts import (
     FONT,
     NAN_COLOR,
     SMALL_FONT,

@@ -1,7 +1,7 @@
 """Training health as HTML: the page of one run (`repro-audit health --html`) and the views the divergence
 report's Health section shows for both runs.
 
-The rules in `audit.health` decided what is anomalous; this only lays their findings out and draws what the
+The rules in `repro_audit.audit.health` decided what is anomalous; this only lays their findings out and draws what the
 trace recorded per step (gradient norm per layer, activation saturation and dead units, memory). Which lines
 a chart draws first (the flagged ones) and where it cuts is presentation, and the chart says what it cut.
 """
@@ -16,13 +16,13 @@ from typing import Any
 
 from markupsafe import Markup
 
-from audit.divergence import Comparison
-from audit.health import RULE_TITLES, HealthReport, format_value
-from audit.health.findings import format_extent
-from audit.health.rules import output_name
-from audit.trace import Trace
-from reports.html.charts import SeriesPanel, series_chart
-from reports.html.page import environment, page_assets, write_atomically
+from repro_audit.audit.divergence import Comparison
+from repro_audit.audit.health import RULE_TITLES, HealthReport, format_value
+from repro_audit.audit.health.findings import format_extent
+from repro_audit.audit.health.rules import output_name
+from repro_audit.audit.trace import Trace
+from repro_audit.reports.html.charts import SeriesPanel, series_chart
+from repro_audit.reports.html.page import environment, page_assets, write_atomically
 
 MAX_PAGE_ROWS = 2000  # findings listed on the health page
 MAX_SIDE_ROWS = 50  # findings listed per run in the divergence report's Health section

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from audit.divergence import display_module
-from reports.html.distance_charts import number
+from repro_audit.audit.divergence import display_module
+from repro_audit.reports.html.distance_charts import number
 
 MAX_STEP_COLUMNS = 12  # steps shown side by side; with more, the first and last ones
 

@@ -9,11 +9,11 @@ from typing import Any
 
 from markupsafe import Markup
 
-from audit.noise import NoiseResult
-from audit.noise.series import metric_title
-from audit.noise.stats import TEST_NAME, p_text
-from reports.html.charts import BandPanel, band_chart
-from reports.html.page import environment, page_assets
+from repro_audit.audit.noise import NoiseResult
+from repro_audit.audit.noise.series import metric_title
+from repro_audit.audit.noise.stats import TEST_NAME, p_text
+from repro_audit.reports.html.charts import BandPanel, band_chart
+from repro_audit.reports.html.page import environment, page_assets
 
 MAX_PANELS = 8  # metrics charted; the tables list every one
 

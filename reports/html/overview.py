@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from audit.divergence import Comparison
-from audit.mechanisms import chain, input_summary
-from reports.html.tree import TreeView, format_value, node_fields
+from repro_audit.audit.divergence import Comparison
+from repro_audit.audit.mechanisms import chain, input_summary
+from repro_audit.reports.html.tree import TreeView, format_value, node_fields
 
 MAX_INSTANCE_NAMES = 3  # other divergences a mechanism was named on, listed by name; the rest counted
 SHARED_WORDS = {True: "changes numbers both runs share", False: "changes no shared number",
@@ -48,7 +48,7 @@ def verdict(comparison: Comparison, tree: TreeView) -> dict[str, Any]:
 
 def headline(comparison: Comparison) -> str:
     """The chain `the config (3 keys) -> NaN through a zero-weighted loss term; ...` when an input changed
-    (audit.mechanisms.chain, as the terminal says it), else where the first divergence is; empty when the
+    (repro_audit.audit.mechanisms.chain, as the terminal says it), else where the first divergence is; empty when the
     runs are identical."""
     first = comparison.first_divergence
     if first is None:

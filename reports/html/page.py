@@ -26,7 +26,7 @@ _BREAK_AFTER = re.compile(r"([./_:\[])")
 def environment() -> jinja2.Environment:
     """Autoescape on: every name from the user's model is text, never markup."""
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("reports.html", "templates"),
+        loader=jinja2.PackageLoader("repro_audit.reports.html", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -46,7 +46,7 @@ def breakable(value: Any) -> Markup:
 
 @cache
 def asset(name: str) -> str:
-    return resources.files("reports.html").joinpath(name).read_text(encoding="utf-8")
+    return resources.files("repro_audit.reports.html").joinpath(name).read_text(encoding="utf-8")
 
 
 def page_assets() -> dict[str, Any]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from audit.divergence import Comparison
+from repro_audit.audit.divergence import Comparison
 
 STATES = {True: "same", False: "differs"}
 

@@ -13,12 +13,21 @@ from typing import Any
 
 from markupsafe import Markup
 
-from audit.diff.distance import DISTANCE_CATEGORIES
-from audit.divergence import Comparison
-from audit.trace import Trace
-from reports.html import charts, distance_charts, health_page, overview, proof, steps, structure, tree
-from reports.html.modules_table import modules_view
-from reports.html.page import environment, page_assets, write_atomically
+from repro_audit.audit.diff.distance import DISTANCE_CATEGORIES
+from repro_audit.audit.divergence import Comparison
+from repro_audit.audit.trace import Trace
+from repro_audit.reports.html import (
+    charts,
+    distance_charts,
+    health_page,
+    overview,
+    proof,
+    steps,
+    structure,
+    tree,
+)
+from repro_audit.reports.html.modules_table import modules_view
+from repro_audit.reports.html.page import environment, page_assets, write_atomically
 
 
 def render_html(comparison: Comparison, *, trace_a: Trace | None = None, trace_b: Trace | None = None,

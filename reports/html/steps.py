@@ -9,9 +9,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from audit.divergence import Comparison
-from audit.trace import Trace
-from reports.html.tree import format_value, is_nonfinite
+from repro_audit.audit.divergence import Comparison
+from repro_audit.audit.trace import Trace
+from repro_audit.reports.html.tree import format_value, is_nonfinite
 
 GRADIENT_STATS = ("norm", "max_abs", "mean", "nan", "inf")
 MAX_DETAIL_STEPS = 5  # steps shown for NaN provenance and term attribution, per run

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from itertools import zip_longest
 from typing import Any
 
-from audit.divergence import Comparison, Divergence, display_module
-from audit.trace import Trace
-from reports.html.tree import format_value
+from repro_audit.audit.divergence import Comparison, Divergence, display_module
+from repro_audit.audit.trace import Trace
+from repro_audit.reports.html.tree import format_value
 
 MAX_INIT_ROWS = 5000
 MAX_GRAPH_ROWS = 3000

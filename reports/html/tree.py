@@ -11,8 +11,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from audit.divergence import CATEGORIES, RUN_CATEGORIES, STEP_CATEGORIES, Comparison, Divergence
-from reports.html.evidence import evidence_rows, readable
+from repro_audit.audit.divergence import CATEGORIES, RUN_CATEGORIES, STEP_CATEGORIES, Comparison, Divergence
+from repro_audit.reports.html.evidence import evidence_rows, readable
 
 MAX_CHILDREN = 50  # consequences shown under one cause; the rest are counted
 MAX_TREE_NODES = 2000  # nodes rendered in the whole tree

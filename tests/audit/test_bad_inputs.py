@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from audit.cli import cli
+from repro_audit.audit.cli import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "tests" / "recipes"
@@ -282,7 +282,7 @@ RECIPE_CASES = [
     ("missing-module", "recipe: no_such_module:build\n", "cannot import recipe module 'no_such_module'"),
     ("missing-function", "recipe: tiny_mlp:missing\n", "has no function 'missing'"),
     ("import-error", "recipe: broken_module:build\n", "recipe module 'broken_module' failed to import"),
-    ("wrong-return", "recipe: tiny_mlp:build_wrong_return\n", "returned list; expected audit.Recipe"),
+    ("wrong-return", "recipe: tiny_mlp:build_wrong_return\n", "returned list; expected repro_audit.Recipe"),
     ("non-scalar-loss", "recipe: tiny_mlp:build_non_scalar_loss\n", "loss term 'ce' must be a scalar tensor"),
     ("batches-run-out", "recipe: tiny_mlp:build\nsteps: 50\n", "batches ran out after 10 steps"),
     ("crash", "recipe: tiny_mlp:build_crashing\nsteps: 3\n", "failed at step 2: RuntimeError: synthetic failure"),
@@ -373,7 +373,7 @@ def _live_workers() -> list[int]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if b"audit.worker" in words and str(os.getpid()).encode() in words and state not in ("Z", "X"):
+        if b"repro_audit.audit.worker" in words and str(os.getpid()).encode() in words and state not in ("Z", "X"):
             pids.append(int(entry.name))
     return pids
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from audit.bisect import Bisection, apply_changes, config_changes, ddmin
-from audit.config import load_config
-from audit.executors import LocalPool
+from repro_audit.audit.bisect import Bisection, apply_changes, config_changes, ddmin
+from repro_audit.audit.config import load_config
+from repro_audit.audit.executors import LocalPool
 
 TORCH = Path(__file__).parent.parent.parent / "fixtures" / "configs" / "torch"
 
@@ -61,7 +61,7 @@ def test_bisect_of_five_changed_keys_returns_the_one_that_diverges(five_key_bise
 
 
 def test_bisect_report_names_the_change_with_its_divergence(five_key_bisection) -> None:
-    from reports.text_bisect import render_bisect_text
+    from repro_audit.reports.text_bisect import render_bisect_text
 
     text = render_bisect_text(five_key_bisection)
     assert text.startswith("FOUND: 1 of 5 changes")

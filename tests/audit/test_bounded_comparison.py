@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from audit.config import load_config
-from audit.diff import compare_traces, registry
-from audit.runner import record_all
-from audit.trace import Trace
-from reports.json_report import render_json
-from reports.text import render_text
+from repro_audit.audit.config import load_config
+from repro_audit.audit.diff import compare_traces, registry
+from repro_audit.audit.runner import record_all
+from repro_audit.audit.trace import Trace
+from repro_audit.reports.json_report import render_json
+from repro_audit.reports.text import render_text
 
 
 def test_divergences_past_the_cap_are_counted_not_kept(write_config, tmp_path: Path, monkeypatch) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from audit.cli import cli
+from repro_audit.audit.cli import cli
 
 TORCH = Path(__file__).resolve().parents[2] / "fixtures" / "configs" / "torch"
 
@@ -161,10 +161,10 @@ def test_failed_run_keeps_the_other_trace_and_exits_2(tiny_traces: dict[str, Pat
 
 
 def test_real_process_compare_and_tolerance(tiny_traces: dict[str, Path]) -> None:
-    result = subprocess.run([sys.executable, "-m", "audit.cli_main", "compare", str(tiny_traces["ok"]),
+    result = subprocess.run([sys.executable, "-m", "repro_audit.audit.cli_main", "compare", str(tiny_traces["ok"]),
                              str(tiny_traces["ok"]), "--rtol", "-1"], capture_output=True, text=True, check=False)
     assert result.returncode == 2 and "tolerances must be >= 0" in result.stderr
-    result = subprocess.run([sys.executable, "-m", "audit.cli_main", "compare", str(tiny_traces["ok"]),
+    result = subprocess.run([sys.executable, "-m", "repro_audit.audit.cli_main", "compare", str(tiny_traces["ok"]),
                              str(tiny_traces["ok"])], capture_output=True, text=True, check=False)
     assert result.returncode == 0 and result.stdout.startswith("IDENTICAL")
 

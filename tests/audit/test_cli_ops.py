@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from audit.cli import cli
+from repro_audit.audit.cli import cli
 
 OPS_FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "configs" / "torch" / "ops"
 
@@ -43,7 +43,7 @@ def test_bad_config_is_one_line_exit_2(tmp_path: Path) -> None:
 
 
 def test_known_op_with_its_deterministic_kernel_selected_is_clean() -> None:
-    from audit.ops.report import ops_report
+    from repro_audit.audit.ops.report import ops_report
 
     known = {"op": "aten::index_add_", "device": "cuda", "module": "m", "phase": "forward", "alternative": True,
              "note": "atomic adds", "calls": 1}

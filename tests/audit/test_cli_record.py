@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from audit.cli import cli
+from repro_audit.audit.cli import cli
 
 
 def run_cli(*args: str) -> tuple[int, str]:
@@ -27,7 +27,7 @@ def test_record_writes_a_trace(write_config, tmp_path: Path) -> None:
 @pytest.mark.parametrize("fields, message", [
     ({"recipe": "no_such_module:build"}, "cannot import recipe module 'no_such_module'"),
     ({"recipe": "tiny_mlp:missing"}, "has no function 'missing'"),
-    ({"recipe": "tiny_mlp:build_wrong_return"}, "returned list; expected audit.Recipe"),
+    ({"recipe": "tiny_mlp:build_wrong_return"}, "returned list; expected repro_audit.Recipe"),
     ({"recipe": "tiny_mlp:build_non_scalar_loss"}, "loss term 'ce' must be a scalar tensor"),
     ({"recipe": "tiny_mlp:build", "stepz": 2}, "unknown key 'stepz'"),
     ({"recipe": "tiny_mlp:build", "steps": 50}, "batches ran out after 10 steps"),
@@ -48,12 +48,12 @@ def test_missing_config_and_unknown_option(tmp_path: Path) -> None:
 
 
 def test_real_process_help_and_error(tmp_path: Path) -> None:
-    help_run = subprocess.run([sys.executable, "-m", "audit.cli_main", "record", "--help"], capture_output=True,
+    help_run = subprocess.run([sys.executable, "-m", "repro_audit.audit.cli_main", "record", "--help"], capture_output=True,
                               text=True)
     assert help_run.returncode == 0 and "Example:" in help_run.stdout
     bad = tmp_path / "m.yaml"
     bad.write_text("recipe: [oops\n")
-    run = subprocess.run([sys.executable, "-m", "audit.cli_main", "record", str(bad), "-o", str(tmp_path / "t")],
+    run = subprocess.run([sys.executable, "-m", "repro_audit.audit.cli_main", "record", str(bad), "-o", str(tmp_path / "t")],
                          capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "malformed config" in run.stderr
 

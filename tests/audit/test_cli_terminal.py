@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from audit.cli_progress import Progress
+from repro_audit.audit.cli_progress import Progress
 from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,7 +67,7 @@ def test_at_a_terminal_colour_width_and_no_color(traces: tuple[Path, Path]) -> N
     def at_terminal(*extra: str, **env: str) -> str:
         leader, follower = os.openpty()
         try:
-            run = subprocess.run([sys.executable, "-m", "audit.cli_main", "compare", *map(str, traces), *extra],
+            run = subprocess.run([sys.executable, "-m", "repro_audit.audit.cli_main", "compare", *map(str, traces), *extra],
                                  stdout=follower, stderr=subprocess.PIPE, cwd=ROOT, check=False,
                                  env={**base, "COLUMNS": "60", "TERM": "xterm", **env})
             os.close(follower)

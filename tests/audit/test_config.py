@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from audit.config import load_config
-from audit.errors import ConfigError
+from repro_audit.audit.config import load_config
+from repro_audit.audit.errors import ConfigError
 
 
 def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:

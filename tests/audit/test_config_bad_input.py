@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from audit.cli import cli
-from audit.config import load_config
-from audit.errors import ConfigError
+from repro_audit.audit.cli import cli
+from repro_audit.audit.config import load_config
+from repro_audit.audit.errors import ConfigError
 
 BOMB = "".join(f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]\n"
                for previous, name in zip("abcdefgh", "bcdefghi"))

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from audit.config import load_config
-from audit.diff import compare_check, compare_traces
-from audit.divergence import Comparison, Divergence
-from audit.runner import record_all
-from audit.trace import Trace
+from repro_audit.audit.config import load_config
+from repro_audit.audit.diff import compare_check, compare_traces
+from repro_audit.audit.divergence import Comparison, Divergence
+from repro_audit.audit.runner import record_all
+from repro_audit.audit.trace import Trace
 
 TORCH = Path(__file__).resolve().parents[2] / "fixtures" / "configs" / "torch"
 CASES = TORCH / "cases"
@@ -203,8 +203,8 @@ def test_comparison_is_deterministic(traces: dict[str, Trace]) -> None:
 def test_counts_agree_table_tree_and_text(traces: dict[str, Trace], pair: tuple[str, str]) -> None:
     """Issue 20: the category table, the tree and the text's consequences count the same items, and no
     category has diverged more than it compared."""
-    from audit.divergence import count_diverged
-    from reports.text import render_text
+    from repro_audit.audit.divergence import count_diverged
+    from repro_audit.reports.text import render_text
 
     comparison = compare_traces(traces[pair[0]], traces[pair[1]])
     counts = comparison.category_counts
@@ -229,7 +229,7 @@ def test_counts_agree_table_tree_and_text(traces: dict[str, Trace], pair: tuple[
         assert not first.counted and sum(told.values()) == sum(n["diverged"] for n in counts.values())
     else:
         assert "the table also counts the first divergence itself" in header or not first.counted
-    from reports.html.tree import build_tree, timeline
+    from repro_audit.reports.html.tree import build_tree, timeline
 
     tree = build_tree(comparison)  # the HTML's "N divergences" and its timeline count the same items
     assert tree.total == sum(n["diverged"] for n in counts.values())

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from audit.config import RunConfig, load_config
-from audit.diff import compare_traces
-from audit.runner import record_all
-from audit.trace import Trace
+from repro_audit.audit.config import RunConfig, load_config
+from repro_audit.audit.diff import compare_traces
+from repro_audit.audit.runner import record_all
+from repro_audit.audit.trace import Trace
 
 TF_RECIPES = Path(__file__).resolve().parents[1] / "probes" / "tf" / "recipes"
 

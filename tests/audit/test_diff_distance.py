@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from audit.diff import compare_traces
-from audit.diff.array_stats import ordered_ints
-from audit.diff.distance import first_differing
-from audit.diff.tensor_distance import tensor_distance, value_distance
-from audit.trace import Trace, TraceWriter
+from repro_audit.audit.diff import compare_traces
+from repro_audit.audit.diff.array_stats import ordered_ints
+from repro_audit.audit.diff.distance import first_differing
+from repro_audit.audit.diff.tensor_distance import tensor_distance, value_distance
+from repro_audit.audit.trace import Trace, TraceWriter
 
 OUTPUTS = ["", "encoder", "encoder.embed", "encoder.dropout", "decoder", "decoder.out"]
 PARAMETERS = ["encoder.embed.weight", "decoder.out.weight"]

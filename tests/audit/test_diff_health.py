@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from audit.diff import compare_traces
-from audit.health import check_trace
-from audit.trace import Trace, TraceWriter
+from repro_audit.audit.diff import compare_traces
+from repro_audit.audit.health import check_trace
+from repro_audit.audit.trace import Trace, TraceWriter
 
 
 def layer_health(grad_norm: float) -> dict[str, Any]:
@@ -59,7 +59,7 @@ def test_compare_takes_the_health_thresholds_of_repro_audit_health(tmp_path: Pat
 
     from click.testing import CliRunner
 
-    from audit.cli import cli
+    from repro_audit.audit.cli import cli
 
     write_trace(tmp_path / "a.trace", label="a", grad_norm=0.4)
     write_trace(tmp_path / "b.trace", label="b", grad_norm=5e4)

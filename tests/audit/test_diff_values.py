@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from audit.diff.matching import match_names
-from audit.diff.values import Tolerance, array_evidence, max_ulp_distance, summaries_equal
+from repro_audit.audit.diff.matching import match_names
+from repro_audit.audit.diff.values import Tolerance, array_evidence, max_ulp_distance, summaries_equal
 
 
 def test_ulp_distance_counts_representable_floats_between_values() -> None:

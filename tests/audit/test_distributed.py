@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from audit.config import load_config
-from audit.diff.compare_ranks import compare_ranks
-from audit.errors import ConfigError
-from audit.runner import record
-from audit.trace.ranks import open_ranks
-from reports.json_report import render_json
-from reports.text import render_text
+from repro_audit.audit.config import load_config
+from repro_audit.audit.diff.compare_ranks import compare_ranks
+from repro_audit.audit.errors import ConfigError
+from repro_audit.audit.runner import record
+from repro_audit.audit.trace.ranks import open_ranks
+from repro_audit.reports.json_report import render_json
+from repro_audit.reports.text import render_text
 from tests.helpers import one_line, run_cli
 
 DDP = Path(__file__).resolve().parents[2] / "fixtures" / "configs" / "torch" / "ddp"

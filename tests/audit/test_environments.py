@@ -24,7 +24,7 @@ SOURCE = 'SCALE = 1.0\n\n\ndef scaled(x):\n    """The loss scale the recipe uses
 RECIPE = '''
 import torch
 import tinyops
-from audit import Recipe
+from repro_audit import Recipe
 
 
 def build(params):

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from audit.config import load_config
-from audit.errors import RunFailed
-from audit.executors import LocalPool, RunJob, make_executor
-from audit.executors.base import thread_env
-from audit.runner import raise_for_failures
-from audit.trace import Trace
+from repro_audit.audit.config import load_config
+from repro_audit.audit.errors import RunFailed
+from repro_audit.audit.executors import LocalPool, RunJob, make_executor
+from repro_audit.audit.executors.base import thread_env
+from repro_audit.audit.runner import raise_for_failures
+from repro_audit.audit.trace import Trace
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_progress_counts_runs_done_out_of_all(pool_results) -> None:
 
 
 def test_unknown_executor_is_a_user_error() -> None:
-    from audit.errors import UserError
+    from repro_audit.audit.errors import UserError
 
     with pytest.raises(UserError, match="unknown executor 'slurm'"):
         make_executor("slurm")

@@ -67,11 +67,11 @@ def test_a_multi_line_recipe_error_is_one_line(write_config, tmp_path: Path) -> 
 def test_an_internal_error_exits_3_with_a_saved_traceback(tmp_path: Path) -> None:
     """A bug of ours (here: the differ raising) must not exit 1, the code that means "diverged"."""
     trace = tmp_path / "x.trace"
-    script = ("import audit.diff\n"
+    script = ("import repro_audit.audit.diff\n"
               "def broken(*args, **kwargs):\n"
               "    raise RuntimeError('no such category\\nsecond line')\n"
-              "audit.diff.compare_traces = broken\n"
-              "from audit.cli import main\n"
+              "repro_audit.audit.diff.compare_traces = broken\n"
+              "from repro_audit.audit.cli import main\n"
               "main()\n")
     trace.mkdir()
     (trace / "manifest.json").write_text(json.dumps({"format": "repro-audit-trace", "schema_version": 3,

@@ -1,6 +1,6 @@
 """`repro-audit health` through click and as a real process: exit 0 healthy, 1 flagged, 2 bad input.
 
-The end-to-end cases need the step recorder to write `health` (probes.torch.health.step_health wired into
+The end-to-end cases need the step recorder to write `health` (repro_audit.probes.torch.health.step_health wired into
 end_step); until it does they are skipped, and tests/audit/test_health_rules.py covers the same cases
 in-process.
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from audit.cli import cli
-from audit.cli_health import health_command  # noqa: F401  (registers `health` until audit.cli imports it)
+from repro_audit.audit.cli import cli
+from repro_audit.audit.cli_health import health_command  # noqa: F401  (registers `health` until repro_audit.audit.cli imports it)
 
 ROOT = Path(__file__).resolve().parents[2]
 HEALTH = ROOT / "fixtures" / "configs" / "torch" / "health"
@@ -80,7 +80,7 @@ def test_thresholds_and_overrides_are_options(tmp_path: Path) -> None:
 
 @needs_wiring
 def test_real_process_flags_and_exits_1() -> None:
-    run = subprocess.run([sys.executable, "-m", "audit.cli_main", "health", str(HEALTH / "wrong_initial_loss.yaml"),
+    run = subprocess.run([sys.executable, "-m", "repro_audit.audit.cli_main", "health", str(HEALTH / "wrong_initial_loss.yaml"),
                           "-q"], capture_output=True, text=True, cwd=ROOT, check=False)
     assert run.returncode == 1, run.stderr
     assert max(map(len, run.stdout.splitlines())) <= 100, "piped: wrapped to 100 columns"
@@ -134,7 +134,7 @@ def test_a_health_record_that_does_not_match_its_summaries_is_one_line(write_con
 
 
 def test_help_in_a_real_process() -> None:
-    run = subprocess.run([sys.executable, "-c", "import audit.cli_health; from audit.cli import main; main()",
+    run = subprocess.run([sys.executable, "-c", "import repro_audit.audit.cli_health; from repro_audit.audit.cli import main; main()",
                           "health", "--help"], capture_output=True, text=True, cwd=ROOT, check=False)
     assert run.returncode == 0 and "--max-grad-norm" in run.stdout and "Examples:" in run.stdout
     # The thresholds come last, under their own heading, after the command's own options.

@@ -15,16 +15,16 @@ from typing import Any
 import pytest
 import torch
 
-from audit.cli_health import render_text
-from audit.config import load_config
-from audit.errors import TraceError
-from audit.health import Finding, HealthReport, Thresholds, check_steps, infer_num_classes
-from audit.recipe import as_recipe, resolve_recipe
-from audit.trace.health_fill import complete_health, module_types
-from probes.torch.health import step_health
-from probes.torch.modules import module_tree
-from probes.torch.random_ledger import RandomLedger
-from probes.torch.step_recorder import TorchStepRecorder
+from repro_audit.audit.cli_health import render_text
+from repro_audit.audit.config import load_config
+from repro_audit.audit.errors import TraceError
+from repro_audit.audit.health import Finding, HealthReport, Thresholds, check_steps, infer_num_classes
+from repro_audit.audit.recipe import as_recipe, resolve_recipe
+from repro_audit.audit.trace.health_fill import complete_health, module_types
+from repro_audit.probes.torch.health import step_health
+from repro_audit.probes.torch.modules import module_tree
+from repro_audit.probes.torch.random_ledger import RandomLedger
+from repro_audit.probes.torch.step_recorder import TorchStepRecorder
 
 HEALTH = Path(__file__).resolve().parents[2] / "fixtures" / "configs" / "torch" / "health"
 BASELINE = HEALTH.parent / "baseline.yaml"

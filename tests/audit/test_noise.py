@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from audit.config import load_config
-from audit.errors import ConfigError
-from audit.executors import LocalPool
-from audit.noise import noise_result, record_noise, seeded_configs
-from audit.noise.series import DISTANCE_FROM_INIT, GRADIENT_NORM, PARAMETER_DISTANCE, TOTAL_LOSS
-from audit.noise.stats import curve_test
+from repro_audit.audit.config import load_config
+from repro_audit.audit.errors import ConfigError
+from repro_audit.audit.executors import LocalPool
+from repro_audit.audit.noise import noise_result, record_noise, seeded_configs
+from repro_audit.audit.noise.series import DISTANCE_FROM_INIT, GRADIENT_NORM, PARAMETER_DISTANCE, TOTAL_LOSS
+from repro_audit.audit.noise.stats import curve_test
 
 BASELINE = Path(__file__).parent.parent.parent / "fixtures" / "configs" / "torch" / "baseline.yaml"
 SEEDS, STEPS = 3, 3
@@ -76,11 +76,11 @@ def test_learning_rate_x10_lies_outside_the_band(recorded: dict) -> None:
 
 
 def test_json_text_and_html_present_the_same_result(recorded: dict) -> None:
-    from reports.html.noise_page import render_noise_html
-    from reports.text_noise import render_noise_text
+    from repro_audit.reports.html.noise_page import render_noise_html
+    from repro_audit.reports.text_noise import render_noise_text
 
     result = compared(recorded, "lr_x10")
-    from reports.json_report import render_document
+    from repro_audit.reports.json_report import render_document
 
     document = json.loads(render_document(result.to_dict()))
     assert document["kind"] == "noise" and document["outside"] is True

@@ -129,7 +129,7 @@ def test_a_full_disk_leaves_the_old_report_whole(recorded: dict[str, Path], tmp_
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
 
-    run = subprocess.run([sys.executable, "-m", "audit.cli_main", "compare", str(recorded["trace"]),
+    run = subprocess.run([sys.executable, "-m", "repro_audit.audit.cli_main", "compare", str(recorded["trace"]),
                           str(recorded["trace"]), "--json", str(report)], capture_output=True, text=True,
                          cwd=ROOT, preexec_fn=small_files, check=False)
     assert run.returncode == 2
@@ -154,7 +154,7 @@ def test_report_paths_that_cannot_be_written(recorded: dict[str, Path], tmp_path
 
 @pytest.mark.parametrize("target", ["-", "/dev/stdout"])
 def test_json_to_stdout_is_json_only(recorded: dict[str, Path], target: str) -> None:
-    run = subprocess.run([sys.executable, "-m", "audit.cli_main", "compare", str(recorded["trace"]),
+    run = subprocess.run([sys.executable, "-m", "repro_audit.audit.cli_main", "compare", str(recorded["trace"]),
                           str(recorded["trace"]), "--json", target], capture_output=True, text=True, cwd=ROOT,
                          check=False)
     assert run.returncode == 0, run.stderr

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from audit.assertions import Auditor, ignored_categories, recipe_spec
-from audit.divergence import CATEGORIES
-from audit.errors import ConfigError
-from audit.pytest_plugin import report_name
+from repro_audit.audit.assertions import Auditor, ignored_categories, recipe_spec
+from repro_audit.audit.divergence import CATEGORIES
+from repro_audit.audit.errors import ConfigError
+from repro_audit.audit.pytest_plugin import report_name
 
 pytest_plugins = ["pytester"]
 
@@ -33,7 +33,7 @@ MAX_MESSAGE_LINES = 12
 RECIPES = '''
 import torch
 
-from audit import Recipe
+from repro_audit import Recipe
 
 
 def _batches():
@@ -69,7 +69,7 @@ FORMS = '''
 import pytest
 
 import pp_recipes
-from audit.config import load_config
+from repro_audit.audit.config import load_config
 
 TORCH = {torch!r}
 
@@ -146,7 +146,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from audit import Recipe
+from repro_audit import Recipe
 
 BATCH = (np.linspace(-1.0, 1.0, 32, dtype=np.float32).reshape(8, 4), np.arange(8, dtype=np.int64) % 3)
 
@@ -203,8 +203,8 @@ def test_recipes_identical_fails(repro_audit):
 
 def plugin_args() -> list[str]:
     """Load the plugin by name until the `pytest11` entry point is installed (twice would be an error)."""
-    installed = any(ep.value == "audit.pytest_plugin" for ep in entry_points(group="pytest11"))
-    return [] if installed else ["-p", "audit.pytest_plugin"]
+    installed = any(ep.value == "repro_audit.audit.pytest_plugin" for ep in entry_points(group="pytest11"))
+    return [] if installed else ["-p", "repro_audit.audit.pytest_plugin"]
 
 
 @pytest.fixture(scope="session")
@@ -286,7 +286,7 @@ def test_every_form_under_xdist_writes_reports_of_failures(inner: pytest.Pyteste
         assert lines[1].startswith("runs: ") and "bitwise" in lines[1], lines
     # The verdict first: the chain "what you changed -> mechanisms", or where the runs first differ and why;
     # the short summary line names it, for an assertion in the body and for the marker alike.
-    assert message_lines(nan)[0].startswith("audit.assertions.RunsDiverged: not identical: the config (3 keys) -> "
+    assert message_lines(nan)[0].startswith("repro_audit.audit.assertions.RunsDiverged: not identical: the config (3 keys) -> "
                                             "NaN through a zero-weighted loss term"), nan
     assert " - not identical: the config (3 keys) -> NaN through a zero-weighted loss term" in \
         summary_line(output, "test_forms.py::test_identical_fails_on_nan")
@@ -382,9 +382,9 @@ def test_bad_input_fails_at_the_test_line_with_one_error_line(pytester: pytest.P
     result = pytester.runpytest_inprocess(*plugin_args())
     result.assert_outcomes(failed=3)
     sections = failure_sections(result.stdout.str())
-    expected = {"test_missing_config": "E       audit.errors.ConfigError: config file not found: ",
+    expected = {"test_missing_config": "E       repro_audit.audit.errors.ConfigError: config file not found: ",
                 "test_unknown_category": "E       ValueError: unknown category 'graphs' in ignore (did you mean 'graph'?",
-                "test_golden_is_not_a_path": "E       audit.errors.ConfigError: golden must be a path such as "}
+                "test_golden_is_not_a_path": "E       repro_audit.audit.errors.ConfigError: golden must be a path such as "}
     for name, words in expected.items():
         lines = [line for line in sections[name].splitlines() if line.strip()]
         assert lines[-3].startswith(">       repro_audit.") and lines[-2].startswith(words), sections[name]

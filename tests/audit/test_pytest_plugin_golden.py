@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from audit.divergence import Comparison, Divergence, RunInfo
-from audit.pytest_golden import without_git_state
+from repro_audit.audit.divergence import Comparison, Divergence, RunInfo
+from repro_audit.audit.pytest_golden import without_git_state
 from tests.audit.test_pytest_plugin import (
     assert_short_message,
     failure_sections,
@@ -88,14 +88,14 @@ def test_golden_trace_is_created_compared_failed_and_updated(project: pytest.Pyt
                                    "1 step)*")])
     assert _manifest(golden / "tiny.trace")["steps_recorded"] == 1
     refused = message_lines(failure_sections(output)["test_nan_is_not_written_as_golden"])
-    assert refused[0].startswith("audit.assertions.NonFiniteRun: golden trace not written: the run has NaN/Inf: "
+    assert refused[0].startswith("repro_audit.audit.assertions.NonFiniteRun: golden trace not written: the run has NaN/Inf: "
                                  "gradients 0.weight has "), refused
     assert sorted(path.name for path in golden.iterdir()) == ["nan.trace", "tiny.trace"], "nothing half-written"
 
     compared = project.runpytest_subprocess(*plugin_args(), "test_golden.py", "test_nan_compare.py")
     compared.assert_outcomes(passed=1, failed=1)
     both = assert_short_message(failure_sections(compared.stdout.str())["test_nan_in_both_runs_fails"])
-    assert both[0].startswith("audit.assertions.NonFiniteRun: matches the golden trace, but both runs have NaN/Inf: "
+    assert both[0].startswith("repro_audit.audit.assertions.NonFiniteRun: matches the golden trace, but both runs have NaN/Inf: "
                               "gradients 0.weight has "), both
     assert "repro-audit golden traces" not in compared.stdout.str(), "comparing writes nothing"
 
@@ -105,7 +105,7 @@ def test_golden_trace_is_created_compared_failed_and_updated(project: pytest.Pyt
     changed.assert_outcomes(failed=1)
     lines = assert_short_message(failure_sections(changed.stdout.str())["test_golden"])
     cause = "differs from golden: the code (1 difference) -> hyper-parameter change"
-    assert lines[0] == f"audit.assertions.RunsDiverged: {cause}", lines
+    assert lines[0] == f"repro_audit.audit.assertions.RunsDiverged: {cause}", lines
     assert lines[1].startswith("runs: golden tests/golden/tiny.trace (A) vs a fresh run of 'build' (B)"), lines
     assert summary_line(changed.stdout.str(), "test_golden.py::test_golden").endswith(f" - {cause}")
     report = project.path / "cli_reports" / "test_golden.py_test_golden.html"
@@ -118,7 +118,7 @@ def test_golden_trace_is_created_compared_failed_and_updated(project: pytest.Pyt
     updated.stdout.fnmatch_lines([("test_golden.py::test_golden: tests/golden/tiny.trace: updated (the code "
                                    "(1 difference) -> hyper-parameter change)*")])
     broken = message_lines(failure_sections(updated.stdout.str())["test_failed_update_keeps_the_golden"])
-    assert broken[0].startswith("audit.errors.RunFailed: run 'build_wrong_return'"), broken
+    assert broken[0].startswith("repro_audit.audit.errors.RunFailed: run 'build_wrong_return'"), broken
     after = {path.name: _manifest(path) for path in golden.iterdir()}
     assert sorted(after) == ["nan.trace", "tiny.trace"], "no staging folder left behind"
     assert after["nan.trace"] == before["nan.trace"], "a failed run leaves the golden trace as it was"

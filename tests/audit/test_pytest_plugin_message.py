@@ -11,9 +11,9 @@ import math
 
 import pytest
 
-from audit.divergence import Comparison, Divergence, RunInfo
-from audit.mechanisms import MECHANISM_TITLES
-from reports.pytest_message import MAX_LINES, cause_line, evidence_text, failure_message
+from repro_audit.audit.divergence import Comparison, Divergence, RunInfo
+from repro_audit.audit.mechanisms import MECHANISM_TITLES
+from repro_audit.reports.pytest_message import MAX_LINES, cause_line, evidence_text, failure_message
 
 
 def comparison(*roots: Divergence, steps: int = 2) -> Comparison:

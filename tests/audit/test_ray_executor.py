@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from audit.config import load_config
-from audit.executors import RunJob, make_executor
-from audit.executors.base import thread_env
-from audit.noise import noise_result, record_noise
-from audit.noise.series import DISTANCE_FROM_INIT
-from audit.trace import Trace
+from repro_audit.audit.config import load_config
+from repro_audit.audit.executors import RunJob, make_executor
+from repro_audit.audit.executors.base import thread_env
+from repro_audit.audit.noise import noise_result, record_noise
+from repro_audit.audit.noise.series import DISTANCE_FROM_INIT
+from repro_audit.audit.trace import Trace
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'repro-audit[ray]'): the Ray executor "
                                         "is not tested")
@@ -60,7 +60,7 @@ def test_noise_through_ray_puts_learning_rate_x10_outside(ray_pool, tmp_path: Pa
 def test_bisect_over_code_through_ray(ray_pool) -> None:
     """code_change/a and /b differ only in helper_ops.py; B also gets a harmless timeout. The mixed copy of
     a/ with B's helper_ops.py sits beside a/ while the Ray tasks run, and is gone after."""
-    from audit.bisect import Bisection
+    from repro_audit.audit.bisect import Bisection
 
     folders = BASELINE.parent / "cases" / "code_change"
     a = load_config(folders / "a" / "code_change.yaml", steps=1)

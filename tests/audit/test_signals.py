@@ -24,7 +24,7 @@ POLL_S = 0.2
 PATIENCE_S = 900  # how long a busy machine may take to start the workers and run step 1; never hit otherwise
 # SIGINT as an interactive shell delivers it: a child started in the background of a script may inherit it
 # ignored, and repro-audit leaves an ignored SIGINT ignored.
-CLI = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); from audit.cli import main; main()"
+CLI = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); from repro_audit.audit.cli import main; main()"
 
 
 class Started:
@@ -70,7 +70,7 @@ def _workers_of(parent: int) -> dict[int, Path]:
         except OSError:
             continue
         words = [word.decode("utf-8", "replace") for word in argv]
-        if "audit.worker" in words and "--parent-pid" in words and words[words.index("--parent-pid") + 1] == str(parent):
+        if "repro_audit.audit.worker" in words and "--parent-pid" in words and words[words.index("--parent-pid") + 1] == str(parent):
             found[int(entry.name)] = Path(words[words.index("--trace") + 1])
     return found
 

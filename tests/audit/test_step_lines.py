@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from audit.trace import step_lines
-from audit.trace.format import json_default
-from audit.trace.step_lines import dumps_step
+from repro_audit.audit.trace import step_lines
+from repro_audit.audit.trace.format import json_default
+from repro_audit.audit.trace.step_lines import dumps_step
 
 
 @pytest.mark.parametrize("odd", [float("nan"), float("inf"), -float("inf"), np.float64("nan"), np.float32("-inf")],

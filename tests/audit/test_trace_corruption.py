@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from audit.diff.compare import compare_traces
-from audit.diff.compare_run import CONFIG_IGNORED
-from audit.divergence import Comparison
-from audit.errors import TraceError
-from audit.trace import Trace
-from reports.text import render_text
-from reports.trace_summary import render_trace_summary
+from repro_audit.audit.diff.compare import compare_traces
+from repro_audit.audit.diff.compare_run import CONFIG_IGNORED
+from repro_audit.audit.divergence import Comparison
+from repro_audit.audit.errors import TraceError
+from repro_audit.audit.trace import Trace
+from repro_audit.reports.text import render_text
+from repro_audit.reports.trace_summary import render_trace_summary
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 

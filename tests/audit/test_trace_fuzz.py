@@ -21,14 +21,14 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from audit.config import ConfigError, RunConfig, load_config
-from audit.diff.compare import compare_traces
-from audit.errors import UserError
-from audit.health import check_trace
-from audit.trace import Trace
-from audit.trace.integrity import member_files
-from reports.text import render_text
-from reports.trace_summary import render_trace_summary
+from repro_audit.audit.config import ConfigError, RunConfig, load_config
+from repro_audit.audit.diff.compare import compare_traces
+from repro_audit.audit.errors import UserError
+from repro_audit.audit.health import check_trace
+from repro_audit.audit.trace import Trace
+from repro_audit.audit.trace.integrity import member_files
+from repro_audit.reports.text import render_text
+from repro_audit.reports.trace_summary import render_trace_summary
 from tests.helpers import paths_in
 
 RECIPES = Path(__file__).parents[1] / "recipes"

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from audit.config import load_config
-from audit.diff.compare import compare_traces
-from audit.errors import OutputError, TraceError, UserError
-from audit.runner import record
-from audit.trace import Trace, TraceWriter, finalize_partial
-from audit.trace import format as fmt
+from repro_audit.audit.config import load_config
+from repro_audit.audit.diff.compare import compare_traces
+from repro_audit.audit.errors import OutputError, TraceError, UserError
+from repro_audit.audit.runner import record
+from repro_audit.audit.trace import Trace, TraceWriter, finalize_partial
+from repro_audit.audit.trace import format as fmt
 
 ROOT = Path(__file__).parents[2]
 RECIPES = ROOT / "tests" / "recipes"
@@ -120,7 +120,7 @@ def test_a_changed_values_file_is_refused_before_its_tensors_are_used(copy: Path
 def crash_mid_line(path: Path) -> None:
     """A real process writes two steps and dies writing the third: its lock dies with it."""
     script = ("import os, sys\n"
-              "from audit.trace import TraceWriter\n"
+              "from repro_audit.audit.trace import TraceWriter\n"
               "writer = TraceWriter(sys.argv[1], framework='torch', config={}, label='crashed')\n"
               "writer.write_json('environment.json', {'python': {'version': '3'}})\n"
               "for step in (1, 2):\n"

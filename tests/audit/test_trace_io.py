@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audit.errors import TraceError
-from audit.trace import Trace, TraceWriter, finalize_partial
+from repro_audit.audit.errors import TraceError
+from repro_audit.audit.trace import Trace, TraceWriter, finalize_partial
 
 
 def test_round_trip_with_values(tmp_path: Path) -> None:
@@ -32,7 +32,7 @@ def test_round_trip_with_values(tmp_path: Path) -> None:
 def test_crash_keeps_earlier_steps(tmp_path: Path) -> None:
     # A real process that dies mid-line: its lock on the staging folder dies with it.
     script = ("import os, sys\n"
-              "from audit.trace import TraceWriter\n"
+              "from repro_audit.audit.trace import TraceWriter\n"
               "writer = TraceWriter(sys.argv[1], framework='torch', config={}, label='b')\n"
               "writer.append_step({'step': 1})\n"
               "writer.append_step({'step': 2})\n"

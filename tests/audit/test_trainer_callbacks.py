@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from audit.config import load_config
-from audit.diff import compare_traces
-from audit.diff.compare_ranks import compare_ranks
-from audit.runner import record
-from audit.trace import Trace
-from audit.trace.ranks import open_ranks
+from repro_audit.audit.config import load_config
+from repro_audit.audit.diff import compare_traces
+from repro_audit.audit.diff.compare_ranks import compare_ranks
+from repro_audit.audit.runner import record
+from repro_audit.audit.trace import Trace
+from repro_audit.audit.trace.ranks import open_ranks
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "configs" / "torch" / "ddp"
 # What the trainers' own loops change, and the inputs that differ by construction (config, script, packages):
@@ -59,7 +59,7 @@ def test_huggingface_trainer_callback_records_what_the_recipe_records(recipe_tra
     transformers = pytest.importorskip("transformers", reason="pip install 'repro-audit[trainers]'")
     import torch
 
-    from audit.hf import AuditTrainerCallback
+    from repro_audit.audit.hf import AuditTrainerCallback
 
     torch.manual_seed(0)
     model = trainer_models.MlpWithLoss()
@@ -85,7 +85,7 @@ def test_lightning_callback_records_what_the_recipe_records(recipe_trace, traine
     pl = pytest.importorskip("lightning.pytorch", reason="pip install 'repro-audit[trainers]'")
     import torch
 
-    from audit.lightning import AuditLightningCallback
+    from repro_audit.audit.lightning import AuditLightningCallback
 
     class Lit(pl.LightningModule):
         def __init__(self) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from audit.trace import Trace
+from repro_audit.audit.trace import Trace
 from tests.helpers import one_line, run_cli
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "configs"
@@ -143,9 +143,9 @@ def test_the_html_report_leads_with_the_mechanisms_and_their_proof(torch_verifie
     (3, 5, "still differs (the output differs.): a cause no intervention here explains"),
 ])
 def test_what_remains_is_reordering_only_within_a_few_ulp_of_finite_values(ulp: int, nan_b: int, said: str) -> None:
-    from audit.divergence import Divergence
-    from audit.verify.effect import Effect
-    from audit.verify.result import Row, Verification
+    from repro_audit.audit.divergence import Divergence
+    from repro_audit.audit.verify.effect import Effect
+    from repro_audit.audit.verify.result import Row, Verification
 
     remaining = Divergence("module_outputs", "decoder#0", "changed", step=2, explanation="the output differs.",
                            evidence={"max_ulp": ulp, "max_abs_error": 1e-7, "nan_a": 0, "nan_b": nan_b})

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from audit.cli import cli
-from audit.divergence import Comparison, Divergence, RunInfo
-from audit.ops.zoom import first_diverging_op, zoom_target
+from repro_audit.audit.cli import cli
+from repro_audit.audit.divergence import Comparison, Divergence, RunInfo
+from repro_audit.audit.ops.zoom import first_diverging_op, zoom_target
 
 OPS_FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "configs" / "torch" / "ops"
 

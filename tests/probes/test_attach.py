@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-import audit
-from audit.trace import Trace
+import repro_audit
+from repro_audit.audit.trace import Trace
 
 
 def _build() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -19,7 +19,7 @@ def _train(path: Path, *, aux_weight: float) -> Trace:
     generator = torch.Generator().manual_seed(0)
     batches = [(torch.randn(8, 4, generator=generator), torch.randint(0, 3, (8,), generator=generator))
                for _ in range(3)]
-    with audit.attach(path, build=_build, seed=0, label="mine", loss_weights={"aux": aux_weight}) as run:
+    with repro_audit.attach(path, build=_build, seed=0, label="mine", loss_weights={"aux": aux_weight}) as run:
         model, optimizer = run.model, run.optimizer
         for x, y in batches:
             with run.step((x, y)) as step:
@@ -55,7 +55,7 @@ def test_attach_is_deterministic_and_sees_weights(tmp_path: Path) -> None:
 def test_attach_marks_a_crash_incomplete(tmp_path: Path) -> None:
     model, optimizer = _build()
     try:
-        with audit.attach(tmp_path / "x.trace", model=model, optimizer=optimizer) as run:
+        with repro_audit.attach(tmp_path / "x.trace", model=model, optimizer=optimizer) as run:
             with run.step(torch.zeros(1)) as step:
                 step.loss({"ce": model(torch.zeros(2, 4)).sum()})
             raise ValueError("user loop broke")

@@ -7,10 +7,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from audit.config import CAPTURE_DEFAULTS
-from probes.torch.autograd_graph import module_of_node, ordered_nodes, reachable
-from probes.torch.random_ledger import RandomLedger
-from probes.torch.step_recorder import TorchStepRecorder
+from repro_audit.audit.config import CAPTURE_DEFAULTS
+from repro_audit.probes.torch.autograd_graph import module_of_node, ordered_nodes, reachable
+from repro_audit.probes.torch.random_ledger import RandomLedger
+from repro_audit.probes.torch.step_recorder import TorchStepRecorder
 
 
 class Block(nn.Module):

@@ -6,8 +6,8 @@ import dataclasses
 
 import torch
 
-from probes.torch.random_ledger import RandomLedger
-from probes.torch.step_recorder import TorchStepRecorder
+from repro_audit.probes.torch.random_ledger import RandomLedger
+from repro_audit.probes.torch.step_recorder import TorchStepRecorder
 
 
 @dataclasses.dataclass

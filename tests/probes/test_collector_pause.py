@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import torch
 
-import audit
-from audit.config import CAPTURE_DEFAULTS
-from audit.trace import Trace
-from probes.torch.random_ledger import RandomLedger
-from probes.torch.step_recorder import TorchStepRecorder
+import repro_audit
+from repro_audit.audit.config import CAPTURE_DEFAULTS
+from repro_audit.audit.trace import Trace
+from repro_audit.probes.torch.random_ledger import RandomLedger
+from repro_audit.probes.torch.step_recorder import TorchStepRecorder
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def test_a_collector_turned_off_by_the_user_stays_off() -> None:
 def test_attach_mode_turns_the_collector_on_again_when_the_users_step_raises(tmp_path: Path,
                                                                             collector_on: None) -> None:
     model, optimizer = _model()
-    with audit.attach(tmp_path / "x.trace", model=model, optimizer=optimizer) as run:
+    with repro_audit.attach(tmp_path / "x.trace", model=model, optimizer=optimizer) as run:
         with pytest.raises(RuntimeError, match="user's step"), run.step(None):
             assert not gc.isenabled()
             raise RuntimeError("the user's step failed")
@@ -118,7 +118,7 @@ def test_attach_mode_turns_the_collector_on_again_when_the_users_step_raises(tmp
 def test_attach_mode_collector_between_steps(tmp_path: Path, collector_on: None) -> None:
     model, optimizer = _model()
     states = []
-    with audit.attach(tmp_path / "y.trace", model=model, optimizer=optimizer) as run:
+    with repro_audit.attach(tmp_path / "y.trace", model=model, optimizer=optimizer) as run:
         for _ in range(2):
             with run.step(None) as step:
                 states.append(gc.isenabled())

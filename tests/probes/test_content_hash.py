@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import xxhash
 
-from probes.common.hashing import CHUNK_BYTES, content_hash, hash_array, hash_numeric
+from repro_audit.probes.common.hashing import CHUNK_BYTES, content_hash, hash_array, hash_numeric
 
 
 def test_an_array_of_at_most_one_chunk_hashes_its_bytes_after_dtype_and_shape() -> None:
@@ -41,7 +41,7 @@ def test_a_change_in_any_chunk_changes_the_hash() -> None:
 
 def test_a_segment_of_a_tf_bundle_hashes_like_the_array_it_holds() -> None:
     """The TF probes hash slices of one flat buffer per dtype (`hash_raw`); large and small segments."""
-    from probes.tf.tensors import hash_raw
+    from repro_audit.probes.tf.tensors import hash_raw
 
     rng = np.random.default_rng(2)
     segments = [rng.standard_normal((3, 5)).astype(np.float32), rng.standard_normal((160, 130)).astype(np.float32),

@@ -1,7 +1,7 @@
 """`step_health` on real small torch models: the numbers of the `health` key, checked against plain torch.
 
 The probe writes a compact record; the trace reader completes it from the step's summaries
-(`audit.trace.health_fill`). `health_of` does both, as a recorded and read trace would.
+(`repro_audit.audit.trace.health_fill`). `health_of` does both, as a recorded and read trace would.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ import pytest
 import torch
 from torch import nn
 
-from audit.trace.health_fill import complete_health, layer_of, module_types
-from audit.trace.step_lines import dumps_step
-from probes.torch.health import memory_usage, step_health
-from probes.torch.modules import ModuleTracker, module_tree
-from probes.torch.output_probe import OutputProbe
-from probes.torch.random_ledger import RandomLedger
-from probes.torch.step_recorder import TorchStepRecorder
-from probes.torch.tensors import summarize
+from repro_audit.audit.trace.health_fill import complete_health, layer_of, module_types
+from repro_audit.audit.trace.step_lines import dumps_step
+from repro_audit.probes.torch.health import memory_usage, step_health
+from repro_audit.probes.torch.modules import ModuleTracker, module_tree
+from repro_audit.probes.torch.output_probe import OutputProbe
+from repro_audit.probes.torch.random_ledger import RandomLedger
+from repro_audit.probes.torch.step_recorder import TorchStepRecorder
+from repro_audit.probes.torch.tensors import summarize
 
 
 def one_step(model: nn.Module, x: torch.Tensor, *, probe_outputs: bool = True,

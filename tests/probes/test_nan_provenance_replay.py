@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from audit.config import load_config
-from audit.runner import record_all
-from audit.trace import Trace
-from probes.torch.step_replay import RandomState, replay_forward
+from repro_audit.audit.config import load_config
+from repro_audit.audit.runner import record_all
+from repro_audit.audit.trace import Trace
+from repro_audit.probes.torch.step_replay import RandomState, replay_forward
 
 TORCH = Path(__file__).resolve().parents[2] / "fixtures" / "configs" / "torch"
 LATE_ENTROPY = ["params.extra_losses_from_step=3"]

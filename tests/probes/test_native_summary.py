@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from audit.config import load_config
-from audit.runner import record
-from audit.trace import Trace
-from probes.common import native_summary
-from probes.common.hashing import CHUNK_BYTES, hash_numeric
-from probes.torch.tensors import SummaryBatch, summarize, tensor_hash, tensor_hashes
+from repro_audit.audit.config import load_config
+from repro_audit.audit.runner import record
+from repro_audit.audit.trace import Trace
+from repro_audit.probes.common import native_summary
+from repro_audit.probes.common.hashing import CHUNK_BYTES, hash_numeric
+from repro_audit.probes.torch.tensors import SummaryBatch, summarize, tensor_hash, tensor_hashes
 
 needs_compiler = pytest.mark.skipif(native_summary._find_compiler() is None, reason="no C compiler here")
 
@@ -212,8 +212,8 @@ def test_recordings_with_and_without_kernel_have_the_same_hashes(write_config, t
 @needs_compiler
 @pytest.mark.parametrize("kind", ["tanh", "sigmoid", "relu"])
 def test_activation_counts_equal_the_torch_ops(kind: str, kernel_off: object) -> None:
-    from probes.common.health_numbers import SIGMOID_SATURATION, TANH_SATURATION
-    from probes.torch.health import activation_counts
+    from repro_audit.probes.common.health_numbers import SIGMOID_SATURATION, TANH_SATURATION
+    from repro_audit.probes.torch.health import activation_counts
 
     generator = torch.Generator().manual_seed(5)
     relu = torch.relu(torch.randn(64, 33, generator=generator) - 1.5)  # some units never positive

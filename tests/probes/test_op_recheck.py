@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import torch
 
-from audit.config import RunConfig
-from probes.torch.op_recheck import OpRecheckMode, bitwise_equal
-from probes.torch.ops_run import record_ops
+from repro_audit.audit.config import RunConfig
+from repro_audit.probes.torch.op_recheck import OpRecheckMode, bitwise_equal
+from repro_audit.probes.torch.ops_run import record_ops
 
 OPS_FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "configs" / "torch" / "ops"
 RECIPE_FILE = OPS_FIXTURES / "ops_recipes.py"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from probes.torch.optimizer_state import StateHashes
-from probes.torch.tensors import tensor_hash
+from repro_audit.probes.torch.optimizer_state import StateHashes
+from repro_audit.probes.torch.tensors import tensor_hash
 
 
 def reference(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict:

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from audit.trace.health_fill import complete_health
-from probes.torch.health import memory_usage
-from probes.torch.random_ledger import RandomLedger
-from probes.torch.step_recorder import TorchStepRecorder
-from probes.torch.tensors import SummaryBatch, summarize
+from repro_audit.audit.trace.health_fill import complete_health
+from repro_audit.probes.torch.health import memory_usage
+from repro_audit.probes.torch.random_ledger import RandomLedger
+from repro_audit.probes.torch.step_recorder import TorchStepRecorder
+from repro_audit.probes.torch.tensors import SummaryBatch, summarize
 
 
 def recorder_for(model: nn.Module, **capture: object) -> TorchStepRecorder:
@@ -92,7 +92,7 @@ def test_outputs_in_containers_are_all_summarised_in_order() -> None:
     """A module returning a dict, a tuple and a dataclass: every tensor in it, as `flatten_tensors` orders them."""
     import dataclasses
 
-    from probes.torch.tensors import flatten_tensors, tensors_in
+    from repro_audit.probes.torch.tensors import flatten_tensors, tensors_in
 
     @dataclasses.dataclass
     class Pair:

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.functional import dropout as imported_dropout  # bound before any recording starts
 
-from probes.torch.random_ledger import RandomLedger
-from probes.torch.step_recorder import TorchStepRecorder
+from repro_audit.probes.torch.random_ledger import RandomLedger
+from repro_audit.probes.torch.step_recorder import TorchStepRecorder
 
 CAPTURE = {"values": "none", "graph": True, "module_outputs": True, "random_draws": True,
            "nan_provenance": True, "term_attribution": True, "health": False}

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from probes.common import native_summary
-from probes.torch.repeated_summaries import RepeatedSummaries
-from probes.torch.tensors import summarize, tensor_hashes
+from repro_audit.probes.common import native_summary
+from repro_audit.probes.torch.repeated_summaries import RepeatedSummaries
+from repro_audit.probes.torch.tensors import summarize, tensor_hashes
 
 needs_compiler = pytest.mark.skipif(native_summary._find_compiler() is None, reason="no C compiler here")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from probes.torch.dispatch_capture import DispatchCapture
-from probes.torch.initialisation import initialisation_record
-from probes.torch.random_ledger import RandomLedger
+from repro_audit.probes.torch.dispatch_capture import DispatchCapture
+from repro_audit.probes.torch.initialisation import initialisation_record
+from repro_audit.probes.torch.random_ledger import RandomLedger
 
 
 class PositionIds(torch.nn.Module):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from audit.config import load_config
-from audit.runner import record_all
-from audit.trace import Trace
+from repro_audit.audit.config import load_config
+from repro_audit.audit.runner import record_all
+from repro_audit.audit.trace import Trace
 
 TORCH = Path(__file__).resolve().parents[2] / "fixtures" / "configs" / "torch"
 

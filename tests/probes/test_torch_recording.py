@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audit.config import load_config
-from audit.runner import record
-from audit.trace import Trace
+from repro_audit.audit.config import load_config
+from repro_audit.audit.runner import record
+from repro_audit.audit.trace import Trace
 
 
 def recorded(write_config, tmp_path: Path, name: str, **fields) -> Trace:  # type: ignore[no-untyped-def]
@@ -136,9 +136,9 @@ def test_summaries_match_numpy_on_every_path(kernel: str, monkeypatch: pytest.Mo
     by the native kernel where it can be built, and by torch reductions."""
     import torch
 
-    from probes.common import native_summary
-    from probes.common.hashing import summarize_array
-    from probes.torch.tensors import SMALL_NUMEL, as_numpy, summarize
+    from repro_audit.probes.common import native_summary
+    from repro_audit.probes.common.hashing import summarize_array
+    from repro_audit.probes.torch.tensors import SMALL_NUMEL, as_numpy, summarize
 
     if kernel == "native" and native_summary.kernel() is None:
         pytest.skip("no C compiler here")

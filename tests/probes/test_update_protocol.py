@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from audit.config import load_config
-from audit.diff import compare_traces
-from audit.runner import record_all
-from audit.trace import Trace
+from repro_audit.audit.config import load_config
+from repro_audit.audit.diff import compare_traces
+from repro_audit.audit.runner import record_all
+from repro_audit.audit.trace import Trace
 
 
 def test_update_settings_are_recorded_and_a_changed_one_is_a_hyperparameter_change(write_config, tmp_path: Path) -> None:
@@ -45,7 +45,7 @@ def test_update_settings_are_recorded_and_a_changed_one_is_a_hyperparameter_chan
 
 def test_a_compiled_model_is_refused_in_one_line(write_config) -> None:
     config = write_config("compiled", recipe="update_recipes:compiled", steps=1)
-    completed = subprocess.run([sys.executable, "-m", "audit.cli_main", "record", str(config), "-o",
+    completed = subprocess.run([sys.executable, "-m", "repro_audit.audit.cli_main", "record", str(config), "-o",
                                 str(config.with_suffix(".trace")), "-q"], capture_output=True, text=True)
     assert completed.returncode == 2
     lines = completed.stderr.strip().splitlines()

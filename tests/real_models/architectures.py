@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from audit import Recipe
+from repro_audit import Recipe
 
 # -- ResNet with BatchNorm -------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import clip_grad_norm_
 
-import audit
+import repro_audit
 
 
 def main() -> None:
@@ -31,9 +31,9 @@ def main() -> None:
     if args.given_model:
         torch.manual_seed(0)
         model, optimizer = build()
-        run = audit.attach(args.trace, model=model, optimizer=optimizer, seed=0, loss_weights={"aux": 0.0})
+        run = repro_audit.attach(args.trace, model=model, optimizer=optimizer, seed=0, loss_weights={"aux": 0.0})
     else:
-        run = audit.attach(args.trace, build=build, seed=0, loss_weights={"aux": 0.0})
+        run = repro_audit.attach(args.trace, build=build, seed=0, loss_weights={"aux": 0.0})
     with run:
         for step in range(3):
             micro_batches = data[2 * step:2 * step + 2]

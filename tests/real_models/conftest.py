@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
-from audit.config import load_config
-from audit.runner import record_all
-from audit.trace import Trace
+from repro_audit.audit.config import load_config
+from repro_audit.audit.runner import record_all
+from repro_audit.audit.trace import Trace
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
@@ -94,7 +94,7 @@ def checked(architecture_folder: Path) -> Callable[[str], tuple[subprocess.Compl
             config = write_config(architecture_folder, recipe, recipe, {}, {})
             keep = architecture_folder / f"{recipe}-check"
             completed = subprocess.run(
-                [sys.executable, "-m", "audit.cli_main", "check", str(config), "--runs", str(CHECK_RUNS), "-q",
+                [sys.executable, "-m", "repro_audit.audit.cli_main", "check", str(config), "--runs", str(CHECK_RUNS), "-q",
                  "--keep", str(keep)], capture_output=True, text=True, cwd=architecture_folder, env=_env())
             done[recipe] = (completed, sorted(keep.glob("*.trace"), key=lambda p: int(p.name.split("-")[0])))
         return done[recipe]
@@ -120,7 +120,7 @@ def keras_checked(architecture_folder: Path) -> Callable[[str, str], tuple[subpr
                 extra = []
             keep = architecture_folder / f"keras-{recipe}-{mode}-check"
             completed = subprocess.run(
-                [sys.executable, "-m", "audit.cli_main", "check", str(config), "--runs",
+                [sys.executable, "-m", "repro_audit.audit.cli_main", "check", str(config), "--runs",
                  str(KERAS_CHECKS[recipe, mode]), "-q", "--keep", str(keep), *extra],
                 capture_output=True, text=True, cwd=architecture_folder, env=_env())
             done[recipe, mode] = (completed, sorted(keep.glob("*.trace"), key=lambda p: int(p.name.split("-")[0])))

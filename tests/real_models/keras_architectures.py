@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from audit.recipe import Recipe
+from repro_audit.audit.recipe import Recipe
 
 IMAGES = {"x": np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32),
           "y": np.array([1, 3, 5, 7], dtype=np.int64)}

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from audit.diff import compare_traces
-from audit.trace import Trace
-from reports.text import render_text
+from repro_audit.audit.diff import compare_traces
+from repro_audit.audit.trace import Trace
+from repro_audit.reports.text import render_text
 
 from .conftest import KERAS_CHECKS
 from .verdicts import cause_named

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from audit.diff import compare_traces
-from audit.trace import Trace
-from reports.text import render_text
+from repro_audit.audit.diff import compare_traces
+from repro_audit.audit.trace import Trace
+from repro_audit.reports.text import render_text
 
 from .verdicts import cause_named, causes
 
@@ -189,7 +189,7 @@ def test_no_traceback_from_any_real_trace(baseline: Any, variant_traces: Any, tm
 
     traces = list(variant_traces.values())
     for trace in traces:
-        shown = subprocess.run([sys.executable, "-m", "audit.cli_main", "show", str(trace.path)],
+        shown = subprocess.run([sys.executable, "-m", "repro_audit.audit.cli_main", "show", str(trace.path)],
                                capture_output=True, text=True)
         assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr[-2000:]
     pairs = [(traces[i], traces[j]) for i in range(len(traces)) for j in range(len(traces)) if i != j][:12]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from audit.divergence import Comparison, Divergence
+from repro_audit.audit.divergence import Comparison, Divergence
 
 
 def causes(comparison: Comparison) -> list[Divergence]:

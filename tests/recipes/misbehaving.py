@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from tiny_mlp import build
 
-from audit import Recipe
+from repro_audit import Recipe
 
 
 def build_exiting(params: dict) -> Recipe:

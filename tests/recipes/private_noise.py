@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from audit import Recipe
+from repro_audit import Recipe
 
 
 class Noisy(torch.nn.Module):

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from audit import Recipe
+from repro_audit import Recipe
 
 
 def _data(n: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from audit import Recipe
+from repro_audit import Recipe
 
 
 def build(params: dict[str, Any]) -> Recipe:

@@ -18,15 +18,15 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from audit.cli import cli
-from audit.diff import compare_traces
-from audit.divergence import Comparison, RunInfo
-from audit.health import check_trace
-from audit.trace import Trace
-from reports.html import render_html
-from reports.html.health_page import render_health_html
-from reports.json_report import comparison_from_json, render_json
-from reports.text import render_text
+from repro_audit.audit.cli import cli
+from repro_audit.audit.diff import compare_traces
+from repro_audit.audit.divergence import Comparison, RunInfo
+from repro_audit.audit.health import check_trace
+from repro_audit.audit.trace import Trace
+from repro_audit.reports.html import render_html
+from repro_audit.reports.html.health_page import render_health_html
+from repro_audit.reports.json_report import comparison_from_json, render_json
+from repro_audit.reports.text import render_text
 
 HEALTH = Path(__file__).resolve().parents[2] / "fixtures" / "configs" / "torch" / "health"
 EVIL_LAYER = "<script>alert(1)</script>"
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audit import Recipe
+from repro_audit import Recipe
 
 
 def build(params):

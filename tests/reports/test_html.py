@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from audit.diff.context import CompareContext
-from audit.diff.distance import step_distances
-from audit.divergence import Comparison, Divergence, RunInfo
-from audit.trace import Trace, TraceWriter
-from reports.html import render_html, write_html
+from repro_audit.audit.diff.context import CompareContext
+from repro_audit.audit.diff.distance import step_distances
+from repro_audit.audit.divergence import Comparison, Divergence, RunInfo
+from repro_audit.audit.trace import Trace, TraceWriter
+from repro_audit.reports.html import render_html, write_html
 
 EVIL_PARAM = "<script>alert(1)</script>"
 EVIL_VALUE = "<img src=x onerror=alert(3)>"
@@ -391,9 +391,9 @@ def test_graph_without_alignment_highlights_named_ops(tmp_path: Path) -> None:
 
 
 def test_proof_by_intervention_sits_right_under_the_mechanisms(case: dict[str, Any]) -> None:
-    from audit.verify.effect import Effect
-    from audit.verify.plan import Untested
-    from audit.verify.result import Row, Verification
+    from repro_audit.audit.verify.effect import Effect
+    from repro_audit.audit.verify.plan import Untested
+    from repro_audit.audit.verify.result import Row, Verification
 
     remaining = Divergence("gradients", EVIL_PARAM, "changed", step=1, evidence={"max_ulp": 3, "max_abs_error": 1e-7})
     case["comparison"].verification = Verification(rows=[

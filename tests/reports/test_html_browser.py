@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from audit.cli import cli
+from repro_audit.audit.cli import cli
 
 
 def _sibling(name: str) -> ModuleType:
@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.browser, browser.requires_chromium]
 
 
 def write_report(case: dict[str, Any], path: Path) -> Path:
-    from reports.html import write_html
+    from repro_audit.reports.html import write_html
 
     return write_html(path, case["comparison"], trace_a=case["trace_a"], trace_b=case["trace_b"],
                       check=case["check"])
@@ -123,13 +123,13 @@ def proven_report(real_report: tuple[str, Path]) -> Path:
     more runs: its rows are real Effects (audit/verify/effect.py) measured on real traces: run B as recorded,
     each planned intervention standing in with run B as recorded, and run A against itself as "all of them
     together" (so the changed graph is confirmed); plan() gives the labels and what it cannot test."""
-    from audit.diff import compare_traces
-    from audit.trace import Trace
-    from audit.verify.effect import measure
-    from audit.verify.plan import plan
-    from audit.verify.result import Row, Verification
-    from audit.verify.run import _confirm_graph_change
-    from reports.html import write_html
+    from repro_audit.audit.diff import compare_traces
+    from repro_audit.audit.trace import Trace
+    from repro_audit.audit.verify.effect import measure
+    from repro_audit.audit.verify.plan import plan
+    from repro_audit.audit.verify.result import Row, Verification
+    from repro_audit.audit.verify.run import _confirm_graph_change
+    from repro_audit.reports.html import write_html
 
     _, report = real_report
     trace_a, trace_b = Trace(report.parent / "1-baseline.trace"), Trace(report.parent / "2-zero_entropy_loss.trace")

@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from audit.divergence import Comparison, Divergence, RunInfo
-from audit.errors import TraceError
-from audit.health import Finding, HealthReport
-from reports.json_report import comparison_from_json, render_json
-from reports.text import render_text
+from repro_audit.audit.divergence import Comparison, Divergence, RunInfo
+from repro_audit.audit.errors import TraceError
+from repro_audit.audit.health import Finding, HealthReport
+from repro_audit.reports.json_report import comparison_from_json, render_json
+from repro_audit.reports.text import render_text
 from tests.helpers import paths_in
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from audit.divergence import Comparison, Divergence, RunInfo, count_diverged
-from audit.errors import TraceError, UserError
-from reports.json_report import SCHEMA, SCHEMA_VERSION, comparison_from_json, render_json
-from reports.text import render_text
+from repro_audit.audit.divergence import Comparison, Divergence, RunInfo, count_diverged
+from repro_audit.audit.errors import TraceError, UserError
+from repro_audit.reports.json_report import SCHEMA, SCHEMA_VERSION, comparison_from_json, render_json
+from repro_audit.reports.text import render_text
 
 KEY = "loss.terms.att_entropy_l0.weight"
 ENTROPY = "decoder.layers.0.cross_attn.entropy"

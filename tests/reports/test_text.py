@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from audit.divergence import Comparison, Divergence, RunInfo, count_diverged
-from reports.text import render_text
+from repro_audit.audit.divergence import Comparison, Divergence, RunInfo, count_diverged
+from repro_audit.reports.text import render_text
 
 KEY = "loss.terms.att_entropy_l0.weight"
 ENTROPY = "decoder.layers.0.cross_attn.entropy"

@@ -75,7 +75,7 @@ def test_layer_created_earlier_shifts_op_seeds(recorded: dict[str, Path], tmp_pa
 
 
 def test_recorded_variables_equal_returnns_checkpoint_bitwise(recorded: dict[str, Path]) -> None:
-    from audit.trace import Trace
+    from repro_audit.audit.trace import Trace
 
     trace = Trace(recorded["baseline"])
     last = trace.steps[-1]

@@ -77,7 +77,7 @@ def test_layer_created_earlier_shifts_seed_offsets(recorded: dict[str, Path], tm
 def test_recorded_parameters_equal_returnns_checkpoint_bitwise(recorded: dict[str, Path]) -> None:
     import torch
 
-    from audit.trace import Trace
+    from repro_audit.audit.trace import Trace
 
     trace = Trace(recorded["baseline"])
     last = trace.steps[-1]["step"]
@@ -96,7 +96,7 @@ def test_recorded_parameters_equal_returnns_checkpoint_bitwise(recorded: dict[st
 
 
 def test_returnn_config_and_its_imports_are_in_the_code_fingerprint(recorded: dict[str, Path]) -> None:
-    from audit.trace import Trace
+    from repro_audit.audit.trace import Trace
 
     environment = Trace(recorded["baseline"]).environment
     config_file = (FIXTURES / "tiny_lstm_torch.config").read_text(encoding="utf-8")

@@ -1,4 +1,4 @@
-"""Record TensorFlow runs in this process, straight through `probes.tf.recorder.record_run`.
+"""Record TensorFlow runs in this process, straight through `repro_audit.probes.tf.recorder.record_run`.
 
 Each run is seeded and gets a fresh Keras state (record_run clears the session), so two recordings in one
 process compare as two processes would. TensorFlow is imported by the tests that need it, not here.
@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
-from audit.config import RunConfig, load_config
-from audit.trace import Trace, TraceWriter
+from repro_audit.audit.config import RunConfig, load_config
+from repro_audit.audit.trace import Trace, TraceWriter
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "configs" / "tf"
 RECIPES = Path(__file__).resolve().parent / "recipes"
 
 
 def record_config(config: RunConfig, path: Path) -> Trace:
-    from probes.tf.recorder import record_run
+    from repro_audit.probes.tf.recorder import record_run
 
     writer = TraceWriter(path, framework="tensorflow", config=config.to_dict(), label=config.label)
     steps: list[int] = []

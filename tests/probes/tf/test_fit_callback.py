@@ -1,4 +1,4 @@
-"""The Keras fit callback (audit.keras.AuditCallback) on a tiny two-output model: what its traces hold and
+"""The Keras fit callback (repro_audit.keras.AuditCallback) on a tiny two-output model: what its traces hold and
 how they compare, with each other and with the runner's trace of the same model built by a recipe."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from audit.config import RunConfig
-from audit.errors import ConfigError, OutputError
-from audit.trace import Trace
+from repro_audit.audit.config import RunConfig
+from repro_audit.audit.errors import ConfigError, OutputError
+from repro_audit.audit.trace import Trace
 from tests.probes.tf.conftest import RECIPES, record_config
 
 tf = pytest.importorskip("tensorflow")
@@ -22,8 +22,8 @@ keras = pytest.importorskip("keras")
 sys.path.insert(0, str(RECIPES))
 import tf_fit
 
-from audit.diff.compare import compare_traces
-from audit.keras import AuditCallback
+from repro_audit.audit.diff.compare import compare_traces
+from repro_audit.keras import AuditCallback
 
 SEED = 3
 EPOCHS = 2
@@ -105,7 +105,7 @@ def test_two_fit_runs_of_one_seed_compare_identical(traces: dict[str, Trace], mo
 
 
 def test_the_cli_compares_two_fit_traces(traces: dict[str, Trace]) -> None:
-    same = subprocess.run([sys.executable, "-m", "audit.cli_main", "compare", str(traces["compiled"].path),
+    same = subprocess.run([sys.executable, "-m", "repro_audit.audit.cli_main", "compare", str(traces["compiled"].path),
                            str(traces["compiled_again"].path)], check=False, capture_output=True, text=True)
     assert same.returncode == 0, same.stdout + same.stderr
     assert same.stdout.startswith("IDENTICAL")

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from audit.cli import cli
+from repro_audit.audit.cli import cli
 
 pytestmark = pytest.mark.tensorflow
 pytest.importorskip("tensorflow")

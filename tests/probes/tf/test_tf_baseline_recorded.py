@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from audit.trace import Trace
+from repro_audit.audit.trace import Trace
 
 pytestmark = pytest.mark.tensorflow
 pytest.importorskip("tensorflow")

@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-import probes.tf.tensors as tf_tensors
-from audit.trace import Trace
-from probes.common.hashing import hash_array, summarize_array
-from probes.common.native_summary import kernel
-from probes.tf import bundle_hashes
-from probes.tf.tensors import hash_raw
+import repro_audit.probes.tf.tensors as tf_tensors
+from repro_audit.audit.trace import Trace
+from repro_audit.probes.common.hashing import hash_array, summarize_array
+from repro_audit.probes.common.native_summary import kernel
+from repro_audit.probes.tf import bundle_hashes
+from repro_audit.probes.tf.tensors import hash_raw
 
 pytestmark = pytest.mark.tensorflow
 pytest.importorskip("tensorflow")

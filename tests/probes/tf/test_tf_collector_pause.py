@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from audit.config import load_config
-from audit.recipe import step_batches
-from audit.trace import TraceWriter
+from repro_audit.audit.config import load_config
+from repro_audit.audit.recipe import step_batches
+from repro_audit.audit.trace import TraceWriter
 
 from .conftest import FIXTURES
 
@@ -36,7 +36,7 @@ def eager_collector() -> Iterator[None]:
 def _record_steps(tmp_path: Path, config_name: str, *overrides: str) -> tuple[list[bool], list[bool]]:
     """Two real recorded steps; returns, per collection, whether it ran inside a step, and whether the
     collector was on after each step."""
-    from probes.tf.recorder import open_recording
+    from repro_audit.probes.tf.recorder import open_recording
 
     config = load_config(FIXTURES / f"{config_name}.yaml", overrides=list(overrides), steps=2)
     writer = TraceWriter(tmp_path / "run.trace", framework="tensorflow", config=config.to_dict(), label="run")

@@ -1,4 +1,4 @@
-"""The `health` key of TensorFlow step records (probes.tf.health) and `repro-audit health` on TF runs.
+"""The `health` key of TensorFlow step records (repro_audit.probes.tf.health) and `repro-audit health` on TF runs.
 
 Numbers are checked against a plain TF step (GradientTape on the recorded initial values and batch) and
 numpy; every fixture case of fixtures/configs/tf/health is recorded in eager and function mode and judged
@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from audit.cli import cli
-from audit.cli_health import health_command  # noqa: F401  (registers `health`)
-from audit.trace import Trace
+from repro_audit.audit.cli import cli
+from repro_audit.audit.cli_health import health_command  # noqa: F401  (registers `health`)
+from repro_audit.audit.trace import Trace
 
 pytest.importorskip("tensorflow")
 
@@ -137,8 +137,8 @@ def test_kinds_from_ops_layer_functions_and_pass_through() -> None:
     import keras
     import tensorflow as tf
 
-    from probes.tf.capture import Capture
-    from probes.tf.health import activation_counts, activation_outputs
+    from repro_audit.probes.tf.capture import Capture
+    from repro_audit.probes.tf.health import activation_counts, activation_outputs
 
     class Block(keras.layers.Layer):
         def call(self, x: Any) -> Any:

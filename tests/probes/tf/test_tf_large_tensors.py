@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from probes.common.hashing import summarize_array
+from repro_audit.probes.common.hashing import summarize_array
 
 pytestmark = pytest.mark.tensorflow
 pytest.importorskip("tensorflow")

@@ -9,7 +9,7 @@ tf = pytest.importorskip("tensorflow")
 
 from tensorflow.python.ops import script_ops
 
-from probes.tf.op_recheck import TfOpRecheck
+from repro_audit.probes.tf.op_recheck import TfOpRecheck
 
 CALLS = [0]
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from audit.config import RunConfig
-from audit.diff import compare_traces
-from audit.divergence import Comparison, Divergence
-from audit.runner import record_all
-from audit.trace import Trace
+from repro_audit.audit.config import RunConfig
+from repro_audit.audit.diff import compare_traces
+from repro_audit.audit.divergence import Comparison, Divergence
+from repro_audit.audit.runner import record_all
+from repro_audit.audit.trace import Trace
 
 pytestmark = pytest.mark.tensorflow
 pytest.importorskip("tensorflow")

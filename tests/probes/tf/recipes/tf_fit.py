@@ -11,7 +11,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from audit.recipe import Recipe
+from repro_audit.audit.recipe import Recipe
 
 BATCH_SIZE = 4
 SAMPLES = 16

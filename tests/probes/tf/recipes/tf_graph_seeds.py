@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from audit.recipe import Recipe
-from probes.tf.graph_mode import seeded_graph
+from repro_audit.audit.recipe import Recipe
+from repro_audit.probes.tf.graph_mode import seeded_graph
 
 v1 = tf.compat.v1
 

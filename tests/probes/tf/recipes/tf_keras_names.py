@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from audit.recipe import Recipe
+from repro_audit.audit.recipe import Recipe
 
 BATCH = {"x": np.linspace(-1.0, 1.0, 8, dtype=np.float32).reshape(4, 2),
          "y": np.linspace(0.0, 1.0, 4, dtype=np.float32).reshape(4, 1)}

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from audit.recipe import Recipe
+from repro_audit.audit.recipe import Recipe
 
 BATCH = {"x": np.linspace(-1.0, 1.0, 12, dtype=np.float32).reshape(4, 3),
          "y": np.linspace(0.0, 1.0, 4, dtype=np.float32).reshape(4, 1)}

@@ -1,5 +1,5 @@
 """A model with tensors of 16384 elements and more, whose statistics the recorded step reduces in the graph
-and whose state a replay restores from the step program's shadows (probes.tf.tensors.LARGE_NUMEL).
+and whose state a replay restores from the step program's shadows (repro_audit.probes.tf.tensors.LARGE_NUMEL).
 
 From `nan_from_step` on, a term `sqrt(sum(0 * kernel))` joins: its value is 0 and its gradient infinite, so
 NaN provenance replays that step from the state it started from. (Weighted 0.0 it would not: TF's SqrtGrad
@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from audit.recipe import Recipe
+from repro_audit.audit.recipe import Recipe
 
 WIDTH = 128  # a 128 x 128 kernel and a [128, 128] layer output: 16384 elements each
 
