@@ -135,6 +135,8 @@ def gradient_flow(measured: Measured, steps: Sequence[int]) -> dict[str, Any]:
                  if any(d is not None and d.differs for _, d in measured.items("gradients", step))]
     chosen = list(dict.fromkeys([steps[0], *(differing[:1]), steps[-1]]))
     names = [name_b for _, name_b in measured.context.parameters.pairs]
+    if not names:  # no parameter both runs have (another model): nothing to place along the network
+        return {"names": [], "panels": []}
     panels = []
     for step in chosen:
         by_name = dict(measured.items("gradients", step))

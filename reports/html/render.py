@@ -140,7 +140,7 @@ def _gradient_flow(comparison: Comparison, trace_a: Trace | None, trace_b: Trace
     """How far the gradients are apart per parameter at a few steps, with both runs' recorded norms on hover;
     "identical" instead of a chart of identical points when no gradient differs at those steps."""
     flow = (comparison.distances or {}).get("gradient_flow")
-    if not flow:
+    if not flow or not flow["names"]:
         return None
     if not any(differs for panel in flow["panels"] for differs in panel["differs"]):
         return "identical"

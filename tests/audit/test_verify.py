@@ -7,6 +7,7 @@ and the text report of one `diff --verify` per framework, shared by the tests of
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,8 @@ def test_the_html_report_leads_with_the_mechanisms_and_their_proof(torch_verifie
     assert verdict.index('id="why"') < verdict.index('id="verification"') < verdict.index("What you changed")
     table = verdict.split('id="verification"', 1)[1]
     assert table.count("<tr class=") == len(result["verification"]["rows"])
-    assert '<tr class="same"><td>all of them together</td>' in table
+    assert re.search(r'<tr class="same"><td class="causes">(<a href="#mechanism-\d">\d</a> ?)+</td>'
+                     r'<td class="intervention">all of them together</td>', table), table
     assert "What remains after every intervention: nothing; every shared number matches run A." in table
 
 

@@ -228,7 +228,7 @@ def test_divergence_report_shows_both_runs_health_side_by_side(diffed: dict[str,
 def test_compare_escapes_hostile_layer_names(diffed: dict[str, Any], hostile: dict[str, Any]) -> None:
     report = hostile["folder"] / "compare.html"
     code, output = invoke("compare", diffed["healthy"].path, hostile["trace"].path, "-q", "--html", report)
-    assert code == 1
+    assert code == 1, output
     assert f"run B (hostile): 2 anomalies: vanishing gradients at {EVIL_LAYER} (step 1); dead units at {EVIL_RELU}" \
         in " ".join(line.strip() for line in output.splitlines())  # the line is wrapped to 100 columns
     health = section(report.read_text(encoding="utf-8"), "health")
