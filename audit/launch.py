@@ -34,6 +34,7 @@ from repro_audit.audit.runner import (
     _has_exited,
     _interrupted_error,
 )
+from repro_audit.audit.tool_path import worker_environment
 from repro_audit.audit.trace import finalize_partial
 from repro_audit.audit.trace.ranks import RANKS_FORMAT, rank_folder, start_ranked_run, write_ranks_file
 
@@ -67,9 +68,7 @@ class _Ranks:
         self.stacks: dict[int, str | None] = {}
 
     def run(self, stop: Stop | None) -> RunResult:
-        env = dict(os.environ)
-        project_root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = project_root + os.pathsep + env.get("PYTHONPATH", "")
+        env = worker_environment(os.environ)  # this repro_audit first, as for a single run (audit/tool_path.py)
         env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default, said here so it is not a warning
         command = [self.config.python or sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc-per-node={self.config.nproc}", "-m", "repro_audit.audit.worker", "--trace", str(self.run_folder),
