@@ -136,7 +136,7 @@ def test_the_html_report_leads_with_the_mechanisms_and_their_proof(torch_verifie
     assert table.count("<tr class=") == len(result["verification"]["rows"])
     assert re.search(r'<tr class="same"><td class="causes">(<a href="#mechanism-\d">\d</a> ?)+</td>'
                      r'<td class="intervention">all of them together</td>', table), table
-    assert "What remains after every intervention: nothing; every shared number matches run A." in table
+    assert "What remains after every intervention together: nothing; every shared number matches run A." in table
 
 
 @pytest.mark.parametrize(("ulp", "nan_b", "said"), [
