@@ -363,16 +363,23 @@ def _trace_paths(configs: Sequence[RunConfig], folder: Path) -> list[Path]:
 
 
 def _record(configs: Sequence[RunConfig], *, folder: Path, kept: bool, quiet: bool) -> list[Trace]:
+    return [Trace(path) for path in record_paths(configs, folder=folder, kept=kept, quiet=quiet)]
+
+
+def record_paths(configs: Sequence[RunConfig], *, folder: Path, kept: bool, quiet: bool,
+                 parallel: bool | None = None) -> list[Path]:
+    """Record the configs into `folder`, with progress; a failed run is one line that says how to keep what
+    the runs recorded (`--keep DIR`) where they were not kept."""
     jobs = list(zip(configs, _trace_paths(configs, folder)))
     with Progress(quiet=quiet) as progress:
-        results = record_all(jobs, progress=progress.update)
+        results = record_all(jobs, progress=progress.update, parallel=parallel)
     try:
         raise_for_failures(results, traces_kept=kept)
     except RunFailed as exc:
         if kept:
             raise
         raise RunFailed(f"{exc} (--keep DIR keeps what they recorded)") from None
-    return [Trace(path) for _, path in jobs]
+    return [path for _, path in jobs]
 
 
 def _compare_and_report(trace_a: Trace, trace_b: Trace, reports: list[ReportTarget], *,

@@ -14,31 +14,21 @@ from typing import Any
 import click
 
 from repro_audit.audit.cli import EXIT_DIFFERENT, EXIT_SAME
-from repro_audit.audit.cli_progress import Progress
 from repro_audit.audit.cli_thresholds import thresholds_from
 from repro_audit.audit.config import RunConfig
 from repro_audit.audit.diff.compare_ranked import RankedResult, compare_ranked_runs
 from repro_audit.audit.divergence import Comparison
-from repro_audit.audit.errors import RunFailed
-from repro_audit.audit.outputs import ReportTarget, trace_file_name, write_report
-from repro_audit.audit.runner import raise_for_failures, record_all
+from repro_audit.audit.outputs import ReportTarget, write_report
 from repro_audit.audit.trace import Trace
 from repro_audit.audit.trace.ranks import open_ranks
 
 
 def record_ranked(configs: Sequence[RunConfig], *, folder: Path, kept: bool, quiet: bool) -> list[list[Trace]]:
     """Record each config's ranks, one run after the other: each run already takes N processes."""
-    jobs = [(config, folder / trace_file_name(config.label, prefix=f"{index}-"))
-            for index, config in enumerate(configs, 1)]
-    with Progress(quiet=quiet) as progress:
-        results = record_all(jobs, progress=progress.update, parallel=False)
-    try:
-        raise_for_failures(results, traces_kept=kept)
-    except RunFailed as exc:
-        if kept:
-            raise
-        raise RunFailed(f"{exc} (--keep DIR keeps what they recorded)") from None
-    return [open_ranks(path) for _, path in jobs]
+    from repro_audit.audit.cli_compare import record_paths
+
+    paths = record_paths(configs, folder=folder, kept=kept, quiet=quiet, parallel=False)
+    return [open_ranks(path) for path in paths]
 
 
 def report_ranked(runs: list[list[Trace]], *, labels: Sequence[str], name: str, reports: Sequence[ReportTarget],
