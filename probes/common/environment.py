@@ -10,7 +10,6 @@ import os
 import platform
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -90,11 +89,11 @@ def cpu_model() -> str:
 
 
 def installed_packages() -> dict[str, str]:
+    from repro_audit.probes.common.distributions import installed_distributions
+
     packages: dict[str, str] = {}
-    for dist in metadata.distributions():
-        name = (dist.metadata.get_all("Name") or [None])[0]  # a broken install may have none
-        if name:
-            packages[name.lower()] = dist.version
+    for installed in installed_distributions():
+        packages.setdefault(installed.name, installed.version)  # the first on sys.path is the one imported
     return dict(sorted(packages.items()))
 
 
@@ -133,7 +132,9 @@ def imported_module_hashes(*, recipe_dir: str | None) -> dict[str, dict[str, str
 
 
 def _display_path(path: Path, root: Path | None) -> str:
-    resolved = path.resolve()
+    from repro_audit.probes.common.distributions import real_path
+
+    resolved = Path(real_path(str(path)))
     if root is not None:
         try:
             return str(resolved.relative_to(root))

@@ -14,10 +14,10 @@ import json
 import os
 import sys
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from repro_audit.probes.common.distributions import installed_distributions, real_path
 from repro_audit.probes.common.environment import git_state
 
 MAX_SOURCE_BYTES = 256 * 1024
@@ -58,7 +58,7 @@ def modified_sources(changes: dict[str, dict[str, Any]]) -> dict[str, str]:
         file = getattr(module, "__file__", None)
         if not isinstance(file, str):
             continue
-        resolved = str(Path(file).resolve())
+        resolved = real_path(file)
         entry = _recorded_hashes().get(resolved)
         if entry is None or (entry[0].name, _relative(entry[0], resolved)) not in modified:
             continue
@@ -79,13 +79,12 @@ def _recorded_hashes() -> dict[str, tuple[_Dist, str]]:
     """Absolute path of every .py file a RECORD lists -> (its distribution, its recorded sha256). RECORD is
     read as text: building importlib's PackagePath objects for torch's 10,000 lines costs a second."""
     found: dict[str, tuple[_Dist, str]] = {}
-    for dist in metadata.distributions():
-        name = (dist.metadata.get_all("Name") or [None])[0]
-        text = dist.read_text("RECORD")
-        if not name or not text:
+    for installed in installed_distributions():
+        text = installed.dist.read_text("RECORD")
+        if not text:
             continue
-        root = Path(str(dist.locate_file(""))).resolve()
-        record = _Dist(name.lower(), dist.version, root)
+        root = Path(real_path(str(installed.dist.locate_file(""))))
+        record = _Dist(installed.name, installed.version, root)
         for line in text.splitlines():
             parts = line.split(",")  # path,sha256=<urlsafe base64>,size (a path with a comma is quoted: skipped)
             if len(parts) != 3 or not parts[0].endswith(".py") or not parts[1].startswith("sha256="):
@@ -100,15 +99,16 @@ def _imported_files() -> list[str]:
     for module in list(sys.modules.values()):
         file = getattr(module, "__file__", None)
         if file and file.endswith(".py"):
-            files.add(str(Path(file).resolve()))
+            files.add(real_path(file))
     return sorted(files)
 
 
 def _editable_distributions() -> list[dict[str, Any]]:
     """Distributions installed in editable mode (PEP 610 direct_url.json) whose modules are imported."""
-    imported = {name.split(".")[0] for name in sys.modules}
+    imported = {name.split(".")[0].lower() for name in sys.modules}
     found = []
-    for dist in metadata.distributions():
+    for installed in installed_distributions():
+        dist = installed.dist
         text = dist.read_text("direct_url.json")
         if not text:
             continue
@@ -118,14 +118,14 @@ def _editable_distributions() -> list[dict[str, Any]]:
             continue
         if not (direct.get("dir_info") or {}).get("editable"):
             continue
-        top = {line.strip() for line in (dist.read_text("top_level.txt") or "").splitlines() if line.strip()}
-        name = (dist.metadata.get_all("Name") or [""])[0] or ""
+        top = {line.strip().lower() for line in (dist.read_text("top_level.txt") or "").splitlines() if line.strip()}
+        name = installed.name
         if top and not top & imported and name.replace("-", "_") not in imported:
             continue
         path = str(direct.get("url", "")).removeprefix("file://")
-        if name.lower() == OWN_DISTRIBUTION or Path(path).resolve() == OWN_CHECKOUT:
+        if name == OWN_DISTRIBUTION or Path(path).resolve() == OWN_CHECKOUT:
             continue  # repro-audit itself: the tool, not the code under audit
-        found.append({"name": name.lower(), "version": dist.version, "path": path})
+        found.append({"name": name, "version": installed.version, "path": path})
     return found
 
 
