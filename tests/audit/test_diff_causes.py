@@ -10,8 +10,8 @@ import pytest
 from repro_audit.audit.config import load_config
 from repro_audit.audit.diff import compare_check, compare_traces
 from repro_audit.audit.divergence import Comparison, Divergence
-from repro_audit.audit.runner import record_all
 from repro_audit.audit.trace import Trace
+from tests.shared_runs import shared_traces
 
 TORCH = Path(__file__).resolve().parents[2] / "fixtures" / "configs" / "torch"
 CASES = TORCH / "cases"
@@ -31,18 +31,14 @@ RUNS: dict[str, tuple[Path, tuple[str, ...]]] = {
     "zero_weight_dropout": (CASES / "zero_weight_dropout.yaml", ()),
     "summed_ce": (CASES / "summed_ce.yaml", ()),
 }
+REPLICAS = {"baseline_again": 1, "shuffle_2": 1}  # a second, separate run of the same config
 
 
 @pytest.fixture(scope="module")
 def traces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Trace]:
-    folder = tmp_path_factory.mktemp("cause-traces")
-    jobs = []
-    for name, (path, overrides) in RUNS.items():
-        config = load_config(path, overrides=overrides, steps=STEPS, values="first")
-        jobs.append((config, folder / f"{name}.trace"))
-    results = record_all(jobs)
-    assert all(result.ok for result in results), [result.failure_line() for result in results if not result.ok]
-    return {name: Trace(path) for name, (_, path) in zip(RUNS, jobs)}
+    return shared_traces(tmp_path_factory, {
+        name: (load_config(path, overrides=overrides, steps=STEPS, values="first"), REPLICAS.get(name, 0))
+        for name, (path, overrides) in RUNS.items()})
 
 
 def _with_cause(comparison: Comparison, cause: str) -> list[Divergence]:

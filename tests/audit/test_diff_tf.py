@@ -12,8 +12,8 @@ import pytest
 from repro_audit.audit.config import RunConfig, load_config
 from repro_audit.audit.diff import compare_check, compare_traces
 from repro_audit.audit.divergence import Comparison, Divergence
-from repro_audit.audit.runner import record_all
 from repro_audit.audit.trace import Trace
+from tests.shared_runs import shared_traces
 
 pytestmark = pytest.mark.tensorflow
 pytest.importorskip("tensorflow")
@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 TF = ROOT / "fixtures" / "configs" / "tf"
 RECIPES = ROOT / "tests" / "probes" / "tf" / "recipes"
 STEPS = 2  # NaN shows at step 1, seed offsets before it; the second step shows what a step changes
-STEPS_OF = {"pretrain": 3, "baseline": 3, "baseline_again": 3}  # pretrain's losses join at step 3
+# pretrain's losses join at step 3; baseline and zero_entropy_loss are shared with tests/probes/tf and the
+# HTML report's tests (tests/shared_runs.py), which read the same three steps.
+STEPS_OF = {"pretrain": 3, "baseline": 3, "baseline_again": 3, "zero_entropy_loss": 3}
 
 FIXTURE_RUNS: dict[str, str] = {
     "baseline": "baseline",
@@ -47,16 +49,12 @@ RECIPE_RUNS: dict[str, tuple[str, dict[str, Any]]] = {
 
 @pytest.fixture(scope="module")
 def traces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Trace]:
-    folder = tmp_path_factory.mktemp("tf-diff-traces")
-    jobs = [(load_config(TF / f"{config}.yaml", steps=STEPS_OF.get(name, STEPS)), folder / f"{name}.trace")
-            for name, config in FIXTURE_RUNS.items()]
+    runs = {name: (load_config(TF / f"{config}.yaml", steps=STEPS_OF.get(name, STEPS)), int(name.endswith("_again")))
+            for name, config in FIXTURE_RUNS.items()}
     for name, (recipe, fields) in RECIPE_RUNS.items():
-        config = RunConfig.from_dict({"recipe": recipe, "framework": "tensorflow", "label": name, "steps": 1,
-                                      **fields}, config_dir=str(RECIPES))
-        jobs.append((config, folder / f"{name}.trace"))
-    results = record_all(jobs)
-    assert all(result.ok for result in results), [result.failure_line() for result in results if not result.ok]
-    return {name: Trace(path) for name, (_, path) in zip([*FIXTURE_RUNS, *RECIPE_RUNS], jobs)}
+        runs[name] = (RunConfig.from_dict({"recipe": recipe, "framework": "tensorflow", "label": name, "steps": 1,
+                                           **fields}, config_dir=str(RECIPES)), 0)
+    return shared_traces(tmp_path_factory, runs)
 
 
 def _with_cause(comparison: Comparison, cause: str) -> list[Divergence]:

@@ -7,23 +7,20 @@ from pathlib import Path
 import pytest
 
 from repro_audit.audit.config import load_config
-from repro_audit.audit.runner import record_all
 from repro_audit.audit.trace import Trace
+from tests.shared_runs import shared_traces
 
 TORCH = Path(__file__).resolve().parents[2] / "fixtures" / "configs" / "torch"
 
 
 @pytest.fixture(scope="module")
 def traces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Trace]:
-    folder = tmp_path_factory.mktemp("fixture-traces")
+    """The same runs as tests/audit/test_diff_causes.py records (3 steps, step 1's values): made once."""
     names = ["baseline", "baseline_again", "zero_att_loss_simplified", "zero_entropy_loss"]
-    jobs = []
-    for name in names:
-        config = load_config(TORCH / f"{name.replace('_again', '')}.yaml", steps=2)
-        jobs.append((config, folder / f"{name}.trace"))
-    results = record_all(jobs)
-    assert all(result.ok for result in results), [result.failure_line() for result in results if not result.ok]
-    return {name: Trace(path) for name, (_, path) in zip(names, jobs)}
+    return shared_traces(tmp_path_factory, {
+        name: (load_config(TORCH / f"{name.replace('_again', '')}.yaml", steps=3, values="first"),
+               int(name.endswith("_again")))
+        for name in names})
 
 
 def _hashes(trace: Trace) -> list[dict[str, str]]:

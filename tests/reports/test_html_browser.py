@@ -103,18 +103,28 @@ def test_thousand_parameters_stay_small_and_usable(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="session", params=["torch", pytest.param("tf", marks=pytest.mark.tensorflow)])
 def real_report(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
-    """`repro-audit diff baseline zero_entropy_loss --html` on real runs of either framework, recorded once
-    for every test of this module (2 steps: the page has the same sections and rows as with 4)."""
+    """`repro-audit compare baseline zero_entropy_loss --html` on real runs of either framework: the three-step
+    runs tests/audit/test_diff_causes.py and test_diff_tf.py record too (tests/shared_runs.py)."""
+    from repro_audit.audit.config import load_config
+    from tests.shared_runs import shared_traces
+
     framework = request.param
     if framework == "tf":
         pytest.importorskip("tensorflow")
     configs = CONFIGS / framework
-    folder = tmp_path_factory.mktemp(f"real-{framework}")
-    report = folder / "report.html"
-    result = CliRunner().invoke(cli, ["diff", str(configs / "baseline.yaml"), str(configs / "zero_entropy_loss.yaml"),
-                                      "--steps", "2", "-q", "--html", str(report), "--keep", str(folder)])
+    values = "first" if framework == "torch" else None  # as the torch cause tests record them
+    traces = shared_traces(tmp_path_factory, {
+        name: (load_config(configs / f"{name}.yaml", steps=3, values=values), 0)
+        for name in ("baseline", "zero_entropy_loss")})
+    report = tmp_path_factory.mktemp(f"real-{framework}") / "report.html"
+    result = CliRunner().invoke(cli, ["compare", str(traces["baseline"].path), str(traces["zero_entropy_loss"].path),
+                                      "-q", "--html", str(report)])
     assert result.exit_code == 1, result.output
+    REAL_TRACES[report] = (traces["baseline"], traces["zero_entropy_loss"])
     return framework, report
+
+
+REAL_TRACES: dict[Path, tuple[Any, Any]] = {}  # report -> the traces (A, B) it compares
 
 
 @pytest.fixture(scope="session")
@@ -124,7 +134,6 @@ def proven_report(real_report: tuple[str, Path]) -> Path:
     each planned intervention standing in with run B as recorded, and run A against itself as "all of them
     together" (so the changed graph is confirmed); plan() gives the labels and what it cannot test."""
     from repro_audit.audit.diff import compare_traces
-    from repro_audit.audit.trace import Trace
     from repro_audit.audit.verify.effect import measure
     from repro_audit.audit.verify.plan import plan
     from repro_audit.audit.verify.result import Row, Verification
@@ -132,7 +141,7 @@ def proven_report(real_report: tuple[str, Path]) -> Path:
     from repro_audit.reports.html import write_html
 
     _, report = real_report
-    trace_a, trace_b = Trace(report.parent / "1-baseline.trace"), Trace(report.parent / "2-zero_entropy_loss.trace")
+    trace_a, trace_b = REAL_TRACES[report]
     comparison = compare_traces(trace_a, trace_b)
     interventions, untested = plan(comparison, trace_a)
     as_recorded, matching = measure(trace_a, trace_b), measure(trace_a, trace_a)

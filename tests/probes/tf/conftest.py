@@ -54,12 +54,15 @@ def record_recipe(tmp_path: Path) -> Callable[..., Trace]:
     return record
 
 
-BASELINE_STEPS = 2
+BASELINE_STEPS = 3
 
 
 @pytest.fixture(scope="module")
 def baseline_twice(tmp_path_factory: pytest.TempPathFactory) -> tuple[Trace, Trace]:
-    """fixtures/configs/tf/baseline.yaml recorded twice, BASELINE_STEPS steps each (about 10 s a run)."""
-    folder = tmp_path_factory.mktemp("baseline")
+    """fixtures/configs/tf/baseline.yaml recorded twice in worker processes, as `check` does, BASELINE_STEPS
+    steps each: the same two runs tests/audit/test_diff_tf.py compares (tests/shared_runs.py)."""
+    from tests.shared_runs import shared_traces
+
     config = load_config(FIXTURES / "baseline.yaml", steps=BASELINE_STEPS)
-    return record_config(config, folder / "a.trace"), record_config(config, folder / "b.trace")
+    traces = shared_traces(tmp_path_factory, {"a": (config, 0), "b": (config, 1)})
+    return traces["a"], traces["b"]
