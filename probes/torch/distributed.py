@@ -53,3 +53,20 @@ def leave_process_group() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def example_hashes(tensors: list[tuple[str, Any]]) -> list[str] | None:
+    """One fingerprint per example of a rank's batch (row i of every batch tensor), sorted: the union of the
+    ranks' examples at a step can then be compared across world sizes. None outside a process group or
+    where the batch's tensors do not share a first dimension."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or not tensors:
+        return None
+    from repro_audit.probes.common.hashing import hash_bytes
+    from repro_audit.probes.torch.tensors import as_numpy
+
+    arrays = [as_numpy(tensor) for _, tensor in tensors]
+    if any(array.ndim == 0 for array in arrays) or len({array.shape[0] for array in arrays}) != 1:
+        return None
+    return sorted(hash_bytes(b"".join(array[row].tobytes() for array in arrays)) for row in range(len(arrays[0])))
