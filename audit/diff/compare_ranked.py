@@ -2,7 +2,8 @@
 
 The verdict is the first divergence in (step, rank) order over every comparison, so the report leads with
 what went wrong first, whichever rank it was on. Two runs with another world size are compared over the
-ranks both have; the change of world size is said, with what it does to DDP's reduction.
+ranks both have, and the facts that tell reduction reordering from other data (audit/diff/world_size.py)
+are gathered across all their ranks and worded by a rule.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class RankedResult:
     cross_rank: list[Comparison]  # one per run, rank 0 against the others
     rank_by_rank: list[RankComparison]
     world_sizes: list[int]
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # kept for the JSON schema; the world size has its own field
     # Runs of another world size: audit/diff/world_size.py's facts, with the cause and sentence of its rule.
     world_size: dict[str, Any] | None = None
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+_SHARDED = False  # set once this rank's model is sharded with FSDP: only then can a tensor be a DTensor
+
 
 def join_process_group() -> dict[str, Any]:
     """Init the default process group from torchrun's environment: gloo on CPU, nccl where CUDA is."""
@@ -46,6 +48,34 @@ def wrap_in_ddp(model: Any) -> Any:
         model.to(device)
         return DistributedDataParallel(model, device_ids=[device.index])
     return DistributedDataParallel(model)
+
+
+def shard_with_fsdp(model: Any, optimizer: Any) -> Any:
+    """FULL_SHARD with FSDP2 (`fully_shard`, the API that runs on CPU with gloo): every child module that
+    holds parameters, then the root. Returns the recipe's optimizer rebuilt over the sharded parameters,
+    group by group with the same hyperparameters (FSDP2 replaces the parameter objects)."""
+    from torch.distributed.fsdp import fully_shard
+
+    global _SHARDED
+    _SHARDED = True
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    groups = [{**{key: value for key, value in group.items() if key != "params"},
+               "params": [names[id(parameter)] for parameter in group["params"]]} for group in optimizer.param_groups]
+    for child in model.children():
+        if any(True for _ in child.parameters()):
+            fully_shard(child)
+    fully_shard(model)
+    sharded = dict(model.named_parameters())
+    return type(optimizer)([{**group, "params": [sharded[name] for name in group["params"]]} for group in groups])
+
+
+def gathered(tensor: Any) -> Any:
+    """A sharded tensor (FSDP2's DTensor) as the whole tensor every rank would hold without sharding; an
+    all-gather, so every rank must ask for the same tensors in the same order (the recorder does)."""
+    if not _SHARDED:
+        return tensor
+    full = getattr(tensor, "full_tensor", None)
+    return full() if callable(full) else tensor
 
 
 def leave_process_group() -> None:

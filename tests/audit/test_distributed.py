@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from repro_audit.audit.config import load_config
+from repro_audit.audit.diff import compare_traces
 from repro_audit.audit.diff.compare_ranked import compare_ranked_runs
 from repro_audit.audit.diff.compare_ranks import compare_ranks
 from repro_audit.audit.errors import ConfigError
@@ -190,9 +191,26 @@ def test_a_world_size_change_that_changes_the_data_says_so() -> None:
                         "order")
 
 
+def test_fsdp_records_its_sharded_parameters_whole_and_matches_ddp(checked, tmp_path_factory) -> None:
+    """FSDP2 (fully_shard) on CPU with gloo: each rank holds half of each parameter, the trace the gathered
+    whole, so the run compares with the DDP run of the same config, step by step and bitwise."""
+    fsdp = _ranked(tmp_path_factory, "fsdp")
+    assert compare_ranks(fsdp, label="fsdp").identical
+    assert fsdp[0].steps[0]["parameters"]["0.weight"]["shape"] == [8, 4]
+    ddp = open_ranks(next(checked[3].glob("1-*")))
+    for rank in (0, 1):
+        comparison = compare_traces(ddp[rank], fsdp[rank], ignore=("environment", "code", "config"))
+        for category in ("data", "loss_terms", "gradients", "optimizer", "parameters"):
+            counts = comparison.category_counts[category]
+            assert counts["compared"] > 0 and counts["diverged"] == 0, (rank, category, counts)
+        # FSDP's all-gather and reduce-scatter are other ops than DDP's all-reduce: only the op graph differs
+        assert {d.category for d in comparison.divergences} == {"graph"}
+
+
 @pytest.mark.parametrize(("launch", "message"), [
     ("{nproc: 0}", "launch.nproc must be an integer from 1 to 64, got 0"),
-    ("{ranks: 2}", "unknown launch option 'ranks' (known: nproc)"),
+    ("{ranks: 2}", "unknown launch option 'ranks' (known: nproc, wrap)"),
+    ("{nproc: 2, wrap: zero}", "launch.wrap must be one of ddp, fsdp, got 'zero'"),
     ("{}", None),
     ("2", "'launch' must be a mapping like {nproc: 2}, got int"),
 ])
