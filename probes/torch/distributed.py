@@ -54,8 +54,11 @@ def shard_with_fsdp(model: Any, optimizer: Any) -> Any:
     """FULL_SHARD with FSDP2 (`fully_shard`, the API that runs on CPU with gloo): every child module that
     holds parameters, then the root. Returns the recipe's optimizer rebuilt over the sharded parameters,
     group by group with the same hyperparameters (FSDP2 replaces the parameter objects)."""
+    import torch
     from torch.distributed.fsdp import fully_shard
 
+    if torch.cuda.is_available():  # as wrap_in_ddp: each rank on the GPU of its LOCAL_RANK
+        model.to(torch.device("cuda", torch.cuda.current_device()))
     global _SHARDED
     _SHARDED = True
     names = {id(parameter): name for name, parameter in model.named_parameters()}
