@@ -7,8 +7,9 @@ mode calls them around the user's own loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack, nullcontext
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
