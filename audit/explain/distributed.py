@@ -72,8 +72,8 @@ def world_size_change(evidence: Mapping[str, Any]) -> tuple[str, str]:
         return "world_size_start", (f"{head}. Both train on the same examples at every step, but start from "
                                     "other initial parameters")
     grads = evidence["gradients"]
-    same = (f"{head}. Every one of {data['steps']} steps trains on the same {data['examples'][0]} examples (the "
-            "union of the ranks' batches) from the same initial parameters")
+    same = (f"{head}. At each of {data['steps']} steps both runs train on the same examples ({data['examples'][0]} "
+            "a step, the union of the ranks' batches), from the same initial parameters")
     loss = evidence.get("loss")
     loss_words = (f"; step 1's loss of the global batch, recombined from the ranks' losses in float64, differs by "
                   f"relative {loss['max_rel']:.1e}" if loss and loss["max_rel"] else "")
