@@ -49,7 +49,7 @@ def report_ranked(runs: list[list[Trace]], *, labels: Sequence[str], name: str, 
             from repro_audit.reports.html import render_html
 
             shown, trace_a, trace_b = _shown(result, runs)
-            write_report(report, render_html(shown, trace_a=trace_a, trace_b=trace_b))
+            write_report(report, render_html(shown, trace_a=trace_a, trace_b=trace_b, ranks=result))
     return EXIT_SAME if result.identical else EXIT_DIFFERENT
 
 

@@ -25,7 +25,8 @@ FRAMEWORKS = ("torch", "tensorflow", "returnn")
 VALUE_MODES = ("none", "first", "all")
 TOP_LEVEL_KEYS = {"recipe", "framework", "seed", "steps", "params", "loss_weights", "capture", "timeout", "label",
                   "interventions", "data_order_seed", "launch", "returnn_config"}
-LAUNCH_KEYS = ("nproc",)
+LAUNCH_KEYS = ("nproc", "wrap")
+WRAPS = ("ddp", "fsdp")  # what the runner wraps the recipe's model in
 MAX_NPROC = 64  # ranks on one machine: more is a typo, not a run
 CAPTURE_DEFAULTS: dict[str, Any] = {
     "values": "none",  # keep tensor values: none, first (step 1), all
@@ -235,7 +236,10 @@ def _launch(raw: dict[str, Any], where: str, framework: str) -> dict[str, Any]:
     nproc = _int(raw["nproc"], "launch.nproc", where, minimum=1, maximum=MAX_NPROC)
     if framework != "torch":
         raise ConfigError(f"{where}: launch (torchrun) is for framework torch, not {framework}")
-    return {"nproc": nproc}
+    wrap = raw.get("wrap", "ddp")
+    if wrap not in WRAPS:
+        raise ConfigError(f"{where}: launch.wrap must be one of {', '.join(WRAPS)}, got {wrap!r}")
+    return {"nproc": nproc, **({"wrap": wrap} if wrap != "ddp" else {})}
 
 
 def _returnn_config(raw: Mapping[str, Any], framework: str, where: str) -> str | None:

@@ -25,15 +25,8 @@ from typing import Any
 from repro_audit.audit.config import RunConfig
 from repro_audit.audit.errors import UserError
 from repro_audit.audit.rank_stacks import in_library, innermost_frame, request_stacks
-from repro_audit.audit.runner import (
-    POLL_S,
-    ProgressCallback,
-    RunResult,
-    Stop,
-    _end_group,
-    _has_exited,
-    _interrupted_error,
-)
+from repro_audit.audit.run_process import end_group, has_exited, interrupted_error
+from repro_audit.audit.runner import POLL_S, ProgressCallback, RunResult, Stop
 from repro_audit.audit.tool_path import worker_environment
 from repro_audit.audit.trace import finalize_partial
 from repro_audit.audit.trace.ranks import RANKS_FORMAT, rank_folder, start_ranked_run, write_ranks_file
@@ -80,7 +73,7 @@ class _Ranks:
             ending = self._wait(process, stop)
         except BaseException as exc:
             self._end(process)
-            self._keep_partials(_interrupted_error(exc, self._last_step()), failed_rank=None)
+            self._keep_partials(interrupted_error(exc, self._last_step()), failed_rank=None)
             raise
         self._end(process)
         self._poll()
@@ -88,7 +81,7 @@ class _Ranks:
 
     def _wait(self, process: subprocess.Popen[bytes], stop: Stop | None) -> str:
         deadline = time.monotonic() + self.config.timeout
-        while not _has_exited(process):
+        while not has_exited(process):
             self._poll()
             if stop is not None and stop.is_set():
                 return "interrupted"
@@ -130,7 +123,7 @@ class _Ranks:
 
     def _end(self, process: subprocess.Popen[bytes]) -> None:
         """Kill torchrun's group, then every rank's own group (torchrun starts each in a session of its own)."""
-        _end_group(process)
+        end_group(process)
         self._poll()
         for events in self.events.values():
             for event in events:
@@ -143,7 +136,7 @@ class _Ranks:
     def _result(self, ending: str, returncode: int, cause: BaseException | None) -> RunResult:
         label = self.config.label
         if ending == "interrupted":
-            return self._failed(_interrupted_error(cause, self._last_step()), failed_rank=None)
+            return self._failed(interrupted_error(cause, self._last_step()), failed_rank=None)
         if ending == "timeout":
             return self._timed_out()
         done = [rank for rank, events in self.events.items() if any(e.get("event") == "done" for e in events)]

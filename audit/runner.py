@@ -17,13 +17,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from repro_audit.audit.config import RunConfig
-from repro_audit.audit.errors import Interrupted, RunFailed
+from repro_audit.audit.errors import RunFailed
+from repro_audit.audit.run_process import end_group, has_exited, interrupted_error
 from repro_audit.audit.tool_path import worker_environment
 from repro_audit.audit.trace import finalize_partial
 from repro_audit.audit.trace import format as fmt
@@ -169,14 +171,14 @@ class _Worker:
             _send(process, payload)
             ending = self._wait(process, stop)
         except BaseException as exc:
-            _end_group(process)
+            end_group(process)
             reader.join(timeout=5)
             try:
-                self._keep_partial(_interrupted_error(exc, self._last_step()))
+                self._keep_partial(interrupted_error(exc, self._last_step()))
             except Exception:
                 pass
             raise
-        _end_group(process)
+        end_group(process)
         # The group is dead, so the pipe is at its end unless something escaped the group (setsid) and
         # holds it; wait long enough for a starved reader thread on a busy machine, not forever.
         reader.join(timeout=READER_WAIT_S)
@@ -187,7 +189,7 @@ class _Worker:
 
     def _wait(self, process: subprocess.Popen[bytes], stop: Stop | None) -> str:
         deadline = time.monotonic() + self.config.timeout
-        while not _has_exited(process):
+        while not has_exited(process):
             if stop is not None and stop.is_set():
                 return "interrupted"
             if time.monotonic() > deadline:
@@ -198,7 +200,7 @@ class _Worker:
     def _result(self, ending: str, returncode: int, stderr: str, cause: BaseException | None) -> RunResult:
         label, step = self.config.label, self._last_step() + 1
         if ending == "interrupted":
-            return self._failed(_interrupted_error(cause, step - 1))
+            return self._failed(interrupted_error(cause, step - 1))
         if ending == "timeout":
             return self._failed({"kind": "timeout", "type": "Timeout", "step": step, "traceback": "",
                                  "message": f"no end after {self.config.timeout:g} s (config 'timeout'); "
@@ -255,57 +257,12 @@ def _send(process: subprocess.Popen[bytes], payload: str) -> None:
         pass
 
 
-def _has_exited(process: subprocess.Popen[bytes]) -> bool:
-    """Whether the worker has ended, without reaping it: while its pid stays a zombie it cannot be reused, so
-    the killpg that follows can only reach the worker's own group."""
-    if process.returncode is not None:
-        return True
-    if hasattr(os, "waitid"):
-        try:
-            return os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-        except ChildProcessError:
-            return True
-    return process.poll() is not None
-
-
-def _end_group(process: subprocess.Popen[bytes]) -> None:
-    """Kill the worker's process group (the worker if it still runs, and whatever the recipe forked), then
-    reap the worker."""
-    if process.stdin is not None and not process.stdin.closed:
-        try:
-            process.stdin.close()
-        except OSError:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        if process.returncode is None:
-            try:
-                process.kill()
-            except ProcessLookupError:
-                pass
-    process.wait()
-
-
 def _is_complete(trace_path: Path) -> bool:
     try:
         manifest = json.loads((trace_path / fmt.MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(manifest, dict) and manifest.get("complete") is True
-
-
-def _interrupted_error(exc: BaseException | None, last_step: int) -> dict[str, Any]:
-    if isinstance(exc, Interrupted):
-        cause = f" by {exc.signal_name}"
-    elif isinstance(exc, KeyboardInterrupt):
-        cause = " by Ctrl-C"
-    elif exc is not None:
-        cause = f" ({type(exc).__name__})"
-    else:
-        cause = ""
-    return {"kind": "interrupted", "type": "Interrupted", "step": last_step + 1, "traceback": "",
-            "message": f"repro-audit was interrupted{cause} during step {last_step + 1}; the run was killed"}
 
 
 def _death_message(returncode: int, stderr: str) -> str:

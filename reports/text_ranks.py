@@ -25,6 +25,8 @@ def render_ranked_text(result: RankedResult, *, name: str) -> str:
                  f"run every rank holds the same parameters and optimizer state ({steps} steps each)")]
     else:
         lines = [f"first divergence in (step, rank) order, {name!r} on {ranks} ranks:", "", render_text(first), ""]
+    if result.world_size is not None:
+        lines += ["World size:", f"  {result.world_size['explanation']} ({result.world_size['cause']})", ""]
     lines += ["Ranks:"] + [f"  {_cross_line(index, c)}" for index, c in enumerate(result.cross_rank, start=1)]
     lines += [f"  rank {entry.rank}, run {entry.run} against run 1: {_pair_line(entry.comparison)}"
               for entry in result.rank_by_rank]

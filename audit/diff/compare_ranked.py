@@ -2,7 +2,8 @@
 
 The verdict is the first divergence in (step, rank) order over every comparison, so the report leads with
 what went wrong first, whichever rank it was on. Two runs with another world size are compared over the
-ranks both have; the change of world size is said, with what it does to DDP's reduction.
+ranks both have, and the facts that tell reduction reordering from other data (audit/diff/world_size.py)
+are gathered across all their ranks and worded by a rule.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Any
 
 from repro_audit.audit.diff.compare import compare_traces
 from repro_audit.audit.diff.compare_ranks import compare_ranks
-from repro_audit.audit.divergence import Comparison
+from repro_audit.audit.diff.world_size import world_size_evidence
+from repro_audit.audit.divergence import Comparison, Divergence
+from repro_audit.audit.explain.distributed import world_size_change
 from repro_audit.audit.trace import Trace
 
 
@@ -26,6 +29,17 @@ class RankComparison:
     comparison: Comparison
 
 
+@dataclass(frozen=True)
+class RankRow:
+    """One line of the per-rank table: which comparison, and where its first divergence is (if any)."""
+
+    scope: str  # "run 1 across its ranks" or "rank 1, run 2 against run 1"
+    rank: int | None  # the rank of the first divergence (cross-rank: the rank that differs from rank 0)
+    run: int
+    first: Divergence | None
+    leads: bool  # holds the first divergence in (step, rank) order of the whole result
+
+
 @dataclass
 class RankedResult:
     """Every comparison of ranked runs, and which one holds the first divergence."""
@@ -33,7 +47,9 @@ class RankedResult:
     cross_rank: list[Comparison]  # one per run, rank 0 against the others
     rank_by_rank: list[RankComparison]
     world_sizes: list[int]
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # kept for the JSON schema; the world size has its own field
+    # Runs of another world size: audit/diff/world_size.py's facts, with the cause and sentence of its rule.
+    world_size: dict[str, Any] | None = None
 
     @property
     def identical(self) -> bool:
@@ -54,9 +70,24 @@ class RankedResult:
                 candidates.append(((-1 if first.step is None else first.step, entry.rank, 1), entry.comparison))
         return min(candidates, key=lambda item: item[0])[1] if candidates else None
 
+    def rank_rows(self) -> list[RankRow]:
+        """Every comparison as a row, each run's cross-rank check first, then run against run rank by rank."""
+        lead = self.first()
+        rows = []
+        for run, comparison in enumerate(self.cross_rank, start=1):
+            first = comparison.first_divergence
+            rank = int(first.evidence.get("rank", 0)) if first is not None else None
+            rows.append(RankRow(f"run {run} across its ranks", rank, run, first,
+                                lead is not None and comparison is lead))
+        for entry in self.rank_by_rank:
+            rows.append(RankRow(f"rank {entry.rank}, run {entry.run} against run 1", entry.rank, entry.run,
+                                entry.comparison.first_divergence, lead is not None and entry.comparison is lead))
+        return rows
+
     def to_dict(self) -> dict[str, Any]:
         first = self.first()
         return {"identical": self.identical, "world_sizes": self.world_sizes, "notes": list(self.notes),
+                "world_size": self.world_size,
                 "first": first.to_dict() if first is not None else None,
                 "cross_rank": [c.to_dict() for c in self.cross_rank],
                 "rank_by_rank": [{"rank": r.rank, "run": r.run, "comparison": r.comparison.to_dict()}
@@ -72,14 +103,9 @@ def compare_ranked_runs(runs: Sequence[Sequence[Trace]], *, labels: Sequence[str
             pairs.append(RankComparison(rank, index, compare_traces(runs[0][rank], ranks[rank], **options)))
     sizes = [len(ranks) for ranks in runs]
     result = RankedResult(cross, pairs, sizes)
-    if len(set(sizes)) > 1:
-        result.notes.append(world_size_note(sizes))
+    changed = next((ranks for ranks in runs[1:] if len(ranks) != len(runs[0])), None)
+    if changed is not None:
+        evidence = world_size_evidence(runs[0], changed)
+        cause, sentence = world_size_change(evidence)
+        result.world_size = {**evidence, "cause": cause, "explanation": sentence}
     return result
-
-
-def world_size_note(sizes: Sequence[int]) -> str:
-    """What another world size changes, said once: the ranks compared are those both runs have."""
-    return (f"world size {sizes[0]} against {sizes[1]}: ranks 0-{min(sizes) - 1} are compared. With another world "
-            "size DDP averages the gradients of another number of shards, summed in another order (ring "
-            "all-reduce), so even the same global batch gives parameters that differ by floating-point reordering; "
-            "each rank also sees another shard of the data")

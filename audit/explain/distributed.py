@@ -6,7 +6,8 @@ writes the cause and the sentence a report shows; nothing here compares.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from repro_audit.audit.divergence import Divergence
 
@@ -44,6 +45,54 @@ def epoch_repeat(divergence: Divergence) -> None:
     divergence.explanation = (f"Rank {facts['rank']}'s batch at step {divergence.step} repeats its batch of step "
                               f"{facts['repeats_step']}: its data comes in the same order every epoch, as from a "
                               "DistributedSampler without set_epoch(epoch), or data that is not shuffled at all.")
+
+
+# Relative to the tensor's largest magnitude: about 84 float32 epsilons, what summing a few shards in another
+# order gives; a change of data or model moves gradients by far more.
+ROUNDING_REL = 1e-5
+
+
+def world_size_change(evidence: Mapping[str, Any]) -> tuple[str, str]:
+    """The cause and sentence for two runs of another world size, from audit/diff/world_size.py's facts:
+    `reduction_reordering` only where the data and the start are the same and step 1's all-reduced gradients
+    differ by rounding, measured element by element."""
+    a, b = evidence["sizes"]
+    both = "rank 0 is" if min(a, b) == 1 else f"ranks 0-{min(a, b) - 1} are"
+    head = f"world size {a} against {b}: {both} compared rank by rank"
+    data = evidence["data"]
+    if data["union"] == "unknown":
+        return "world_size", (f"{head}. The ranks' examples were not fingerprinted, so whether both runs train on "
+                              "the same data is not known; DDP sums another number of shards in another order")
+    if data["union"] == "differs":
+        return "world_size_data", (
+            f"{head}. The union of the ranks' examples differs at step {data['step']} ({data['only_a']} examples "
+            f"only in A, {data['only_b']} only in B; {data['examples'][0]} against {data['examples'][1]} in all): "
+            "the runs train on other data (another global batch or sharding), not only in another reduction order")
+    if not evidence["initialisation_same"]:
+        return "world_size_start", (f"{head}. Both train on the same examples at every step, but start from "
+                                    "other initial parameters")
+    grads = evidence["gradients"]
+    same = (f"{head}. At each of {data['steps']} steps both runs train on the same examples ({data['examples'][0]} "
+            "a step, the union of the ranks' batches), from the same initial parameters")
+    loss = evidence.get("loss")
+    loss_words = (f"; step 1's loss of the global batch, recombined from the ranks' losses in float64, differs by "
+                  f"relative {loss['max_rel']:.1e}" if loss and loss["max_rel"] else "")
+    if grads["compared"] and grads["identical"]:
+        return "world_size_same", f"{same}, and step 1's gradients are bitwise the same{loss_words}"
+    if not grads["compared"]:
+        return "world_size", f"{same}; step 1's gradients could not be compared{loss_words}"
+    measured = (f"step 1's all-reduced gradients differ from the other run's by at most {grads['max_ulp']} ULP "
+                f"(max relative error {grads['max_rel']:.1e})")
+    if not grads["exact"]:
+        return "world_size", (f"{same}; {measured.replace('at most', 'at least')}, from the summaries' extremes: "
+                              f"store values (--values first) to tell rounding from a real change{loss_words}")
+    if grads["max_rel"] > ROUNDING_REL:
+        return "world_size_change", (f"{same}, but {measured}, more than rounding (relative {ROUNDING_REL:g}): "
+                                     f"something besides the reduction order changes with the world size{loss_words}")
+    return "reduction_reordering", (
+        f"{same}, so the first value that differs is the all-reduced gradient: {measured}, rounding-level"
+        f"{loss_words}. That is reduction reordering: DDP averages each rank's mean gradient over the ranks, "
+        "the same floating-point sum in another order; later steps drift from it")
 
 
 RULES: dict[str, Callable[[Divergence], None]] = {

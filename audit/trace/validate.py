@@ -113,7 +113,8 @@ _ATTRIBUTION = Fields({"weight": NUM_OR_NULL, "nonfinite": MapOf(COUNT_OR_NULL, 
                       nullable=True)
 STEP = Fields({
     "step": Int(),
-    "batch": Fields({"hash": STR_OR_NULL, "tensors": MapOf(SUMMARY, nullable=True)}, nullable=True),
+    "batch": Fields({"hash": STR_OR_NULL, "tensors": MapOf(SUMMARY, nullable=True),
+                     "examples": ListOf(STR, nullable=True)}, nullable=True),
     # `repro-audit show` prints every term as f"{value:.6g} (x{weight:g})", and the total the same way.
     "loss_terms": MapOf(Fields({"weight": NUM, "value": NUM, "hash": STR_OR_NULL}, required=("weight", "value"))),
     "total_loss": NUM,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+_SHARDED = False  # set once this rank's model is sharded with FSDP: only then can a tensor be a DTensor
+
 
 def join_process_group() -> dict[str, Any]:
     """Init the default process group from torchrun's environment: gloo on CPU, nccl where CUDA is."""
@@ -48,8 +50,56 @@ def wrap_in_ddp(model: Any) -> Any:
     return DistributedDataParallel(model)
 
 
+def shard_with_fsdp(model: Any, optimizer: Any) -> Any:
+    """FULL_SHARD with FSDP2 (`fully_shard`, the API that runs on CPU with gloo): every child module that
+    holds parameters, then the root. Returns the recipe's optimizer rebuilt over the sharded parameters,
+    group by group with the same hyperparameters (FSDP2 replaces the parameter objects)."""
+    import torch
+    from torch.distributed.fsdp import fully_shard
+
+    if torch.cuda.is_available():  # as wrap_in_ddp: each rank on the GPU of its LOCAL_RANK
+        model.to(torch.device("cuda", torch.cuda.current_device()))
+    global _SHARDED
+    _SHARDED = True
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    groups = [{**{key: value for key, value in group.items() if key != "params"},
+               "params": [names[id(parameter)] for parameter in group["params"]]} for group in optimizer.param_groups]
+    for child in model.children():
+        if any(True for _ in child.parameters()):
+            fully_shard(child)
+    fully_shard(model)
+    sharded = dict(model.named_parameters())
+    return type(optimizer)([{**group, "params": [sharded[name] for name in group["params"]]} for group in groups])
+
+
+def gathered(tensor: Any) -> Any:
+    """A sharded tensor (FSDP2's DTensor) as the whole tensor every rank would hold without sharding; an
+    all-gather, so every rank must ask for the same tensors in the same order (the recorder does)."""
+    if not _SHARDED:
+        return tensor
+    full = getattr(tensor, "full_tensor", None)
+    return full() if callable(full) else tensor
+
+
 def leave_process_group() -> None:
     import torch.distributed as dist
 
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def example_hashes(tensors: list[tuple[str, Any]]) -> list[str] | None:
+    """One fingerprint per example of a rank's batch (row i of every batch tensor), sorted: the union of the
+    ranks' examples at a step can then be compared across world sizes. None outside a process group or
+    where the batch's tensors do not share a first dimension."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or not tensors:
+        return None
+    from repro_audit.probes.common.hashing import hash_bytes
+    from repro_audit.probes.torch.tensors import as_numpy
+
+    arrays = [as_numpy(tensor) for _, tensor in tensors]
+    if any(array.ndim == 0 for array in arrays) or len({array.shape[0] for array in arrays}) != 1:
+        return None
+    return sorted(hash_bytes(b"".join(array[row].tobytes() for array in arrays)) for row in range(len(arrays[0])))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
+from repro_audit.probes.torch.distributed import gathered
 from repro_audit.probes.torch.repeated_summaries import RepeatedSummaries
 from repro_audit.probes.torch.tensors import tensor_hashes
 
@@ -45,7 +47,7 @@ class StateHashes:
                 elif isinstance(value, (list, tuple, dict)):
                     _collect_tensors(value, tensors)
         shown: dict[int, Any] = dict(zip(map(id, tensors), self._hashes.hashes(tensors)))
-        shown.update((id(t), _finite_or_text(t.item())) for t in scalars)
+        shown.update((id(t), _finite_or_text(gathered(t).item())) for t in scalars)
         return {name: {str(key): shown[id(value)] if id(value) in shown else _plain(value, shown)
                        for key, value in state.items()} for name, state in named}
 

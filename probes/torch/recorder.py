@@ -80,11 +80,16 @@ def _record(config: RunConfig, writer: TraceWriter, *, progress: Callable[..., N
                                 **generator_states()})
     interventions.set_generators()
 
+    sharded = ranks is not None and config.launch.get("wrap") == "fsdp"
+    if sharded:  # FSDP2 swaps the parameters for sharded ones: the optimizer is rebuilt over those
+        from repro_audit.probes.torch.distributed import shard_with_fsdp
+
+        optimizer = recipe.optimizer = shard_with_fsdp(model, optimizer)
     recorder = TorchStepRecorder(model, optimizer, capture=config.capture, weight_of=config.weight_for,
                                  ledger=ledger, num_classes=recipe.extras.get("num_classes"),
                                  dropped_terms=interventions.dropped_terms)
     batches = step_batches(recipe.batches, steps=config.steps, spec=config.recipe, per_step=recipe.micro_batches)
-    if ranks is not None:  # the recorder watches the inner module; forward and backward go through DDP
+    if ranks is not None and not sharded:  # the recorder watches the inner module; forward and backward go through DDP
         from repro_audit.probes.torch.distributed import wrap_in_ddp
 
         recipe.model = wrap_in_ddp(model)

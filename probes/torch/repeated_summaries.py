@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from repro_audit.probes.common.native_summary import BYTES, PreparedBatch, kernel
+from repro_audit.probes.torch.distributed import gathered
 from repro_audit.probes.torch.tensors import (
     NATIVE_KINDS,
     NUMPY_NAMES,
@@ -45,6 +46,7 @@ class RepeatedSummaries:
 
     def summaries(self, tensors: Sequence[torch.Tensor]) -> list[dict[str, Any]]:
         """The trace's summary record of each tensor, as `summarize` makes it."""
+        tensors = [gathered(tensor) for tensor in tensors]
         batch = self._prepared(tensors)
         if batch is None:
             return summarize(tensors, count_zeros=self.count_zeros)
@@ -61,6 +63,7 @@ class RepeatedSummaries:
 
     def hashes(self, tensors: Sequence[torch.Tensor]) -> list[str]:
         """`tensor_hash` of each tensor."""
+        tensors = [gathered(tensor) for tensor in tensors]
         batch = self._prepared(tensors)
         if batch is None:
             return tensor_hashes(tensors)

@@ -7,8 +7,9 @@ mode calls them around the user's own loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack, nullcontext
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
@@ -22,6 +23,7 @@ from repro_audit.probes.torch.autograd_graph import (
     term_membership,
 )
 from repro_audit.probes.torch.dispatch_capture import DispatchCapture
+from repro_audit.probes.torch.distributed import example_hashes
 from repro_audit.probes.torch.health import step_health
 from repro_audit.probes.torch.initialisation import named_tensors
 from repro_audit.probes.torch.loss_record import LossTermRecord
@@ -365,7 +367,9 @@ class TorchStepRecorder:
             return {"hash": hash_text(repr(batch)), "tensors": {}}
         summaries = summarize([t for _, t in tensors])
         combined = hash_text("|".join(f"{name}={s['hash']}" for (name, _), s in zip(tensors, summaries)))
-        return {"hash": combined, "tensors": {name: s for (name, _), s in zip(tensors, summaries)}}
+        record = {"hash": combined, "tensors": {name: s for (name, _), s in zip(tensors, summaries)}}
+        examples = example_hashes(tensors)  # ranked runs only: the ranks' union compares across world sizes
+        return record if examples is None else {**record, "examples": examples}
 
     def _finish_forward(self) -> None:
         """End of the forward pass: label ops with loss terms, fingerprint the graph, store it if new."""

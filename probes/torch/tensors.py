@@ -29,6 +29,7 @@ from repro_audit.probes.common.native_summary import (
     SummarySlots,
     kernel,
 )
+from repro_audit.probes.torch.distributed import gathered
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _NUMERIC_DTYPES = frozenset({torch.float16, torch.float32, torch.float64, torch.int8, torch.uint8,
@@ -48,7 +49,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def as_numpy(tensor: torch.Tensor) -> np.ndarray:
     """Raw values as numpy without a copy where possible; bfloat16 travels as its int16 bit pattern."""
-    tensor = tensor.detach()
+    tensor = gathered(tensor.detach())
     if tensor.device.type != "cpu":
         tensor = tensor.cpu()
     if tensor.dtype == torch.bfloat16:
@@ -60,7 +61,7 @@ def as_numpy(tensor: torch.Tensor) -> np.ndarray:
 
 def values_for_file(tensor: torch.Tensor) -> np.ndarray:
     """Values as kept in safetensors files: numpy cannot hold bfloat16, so it is widened to float32."""
-    tensor = tensor.detach()
+    tensor = gathered(tensor.detach())
     if tensor.dtype == torch.bfloat16:
         tensor = tensor.float()
     return np.ascontiguousarray(tensor.cpu().numpy())
@@ -81,6 +82,7 @@ def summarize(tensors: Sequence[torch.Tensor], *, count_zeros: bool = True) -> l
     (dead units are measured by the health probe).
     """
     summaries: list[dict[str, Any]] = [{}] * len(tensors)
+    tensors = [gathered(tensor) for tensor in tensors]  # FSDP's shards, whole: what the trace compares
     native = _native_summaries(tensors, count_zeros=count_zeros)
     float_index = []
     for i, tensor in enumerate(tensors):
@@ -124,6 +126,7 @@ class SummaryBatch:
 
     def add(self, tensor: torch.Tensor) -> int:
         """Position of the tensor's summary in the list `finish` returns."""
+        tensor = gathered(tensor)
         if self.native and tensor.dtype in NATIVE_KINDS and native_layout(tensor):
             return self.add_native(tensor.data_ptr(), tensor.numel(), tensor.dtype, tensor.shape)
         position = len(self._done)

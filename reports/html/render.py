@@ -13,6 +13,7 @@ from typing import Any
 
 from markupsafe import Markup
 
+from repro_audit.audit.diff.compare_ranked import RankedResult
 from repro_audit.audit.diff.distance import DISTANCE_CATEGORIES
 from repro_audit.audit.divergence import Comparison
 from repro_audit.audit.trace import Trace
@@ -28,12 +29,14 @@ from repro_audit.reports.html import (
 )
 from repro_audit.reports.html.modules_table import modules_view
 from repro_audit.reports.html.page import environment, page_assets, write_atomically
+from repro_audit.reports.html.ranks import ranks_view
 
 
 def render_html(comparison: Comparison, *, trace_a: Trace | None = None, trace_b: Trace | None = None,
-                check: Sequence[Comparison] | None = None) -> str:
-    """The report as one HTML document; traces add the per-step detail the comparison does not carry."""
-    context = build_context(comparison, trace_a=trace_a, trace_b=trace_b, check=check)
+                check: Sequence[Comparison] | None = None, ranks: RankedResult | None = None) -> str:
+    """The report as one HTML document; traces add the per-step detail the comparison does not carry, and
+    `ranks` (runs of N ranks) the table of every comparison made rank by rank."""
+    context = build_context(comparison, trace_a=trace_a, trace_b=trace_b, check=check, ranks=ranks)
     template = environment().get_template("report.html.j2")
     return template.render(**context)
 
@@ -45,7 +48,7 @@ def write_html(path: str | os.PathLike[str], comparison: Comparison, *, trace_a:
 
 
 def build_context(comparison: Comparison, *, trace_a: Trace | None, trace_b: Trace | None,
-                  check: Sequence[Comparison] | None) -> dict[str, Any]:
+                  check: Sequence[Comparison] | None, ranks: RankedResult | None = None) -> dict[str, Any]:
     labels = (f"A · {comparison.run_a.label}", f"B · {comparison.run_b.label}")
     divergence_tree = tree.build_tree(comparison)
     names = steps.parameter_order(trace_a, trace_b)
@@ -81,6 +84,7 @@ def build_context(comparison: Comparison, *, trace_a: Trace | None, trace_b: Tra
         "loss_chart": _loss_chart(loss, labels),
         "gradient_flow": _gradient_flow(comparison, trace_a, trace_b, labels),
         "check": tree.check_view(comparison, check),
+        "ranks": ranks_view(ranks),
         "health": health_page.comparison_view(comparison),
     }
 

@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 
 from repro_audit.audit.config import load_config
+from repro_audit.audit.diff import compare_traces
+from repro_audit.audit.diff.compare_ranked import compare_ranked_runs
 from repro_audit.audit.diff.compare_ranks import compare_ranks
 from repro_audit.audit.errors import ConfigError
+from repro_audit.audit.explain.distributed import world_size_change
 from repro_audit.audit.runner import record
 from repro_audit.audit.trace.ranks import open_ranks
 from repro_audit.reports.json_report import render_json
@@ -128,17 +131,86 @@ def test_a_hung_rank_times_out_with_one_line_naming_it(tmp_path: Path) -> None:
     assert "rank 0 in step 2" in line and "waits in torch" in line
 
 
-def test_diff_across_world_sizes_compares_rank_by_rank_and_says_so(tmp_path: Path) -> None:
-    code, out, _ = run_cli("diff", str(DDP / "deterministic.yaml"), "--set-b", "launch.nproc=1", "-q")
-    assert code == 1
-    assert "world size 2 against 1" in out and "another order (ring all-reduce)" in out
-    assert "rank 0, run 2 against run 1: first divergence" in out
-    assert "(step, rank) order" in out
+@pytest.fixture(scope="module")
+def world_sizes(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, dict, str, Path]:
+    """2 ranks of 4 examples against 1 rank of 8: the same global batch, values of step 1 kept."""
+    keep = tmp_path_factory.mktemp("world_sizes")
+    report, page = keep.parent / "world_sizes.json", keep.parent / "world_sizes.html"
+    code, out, _ = run_cli("diff", str(DDP / "deterministic.yaml"), "--set-b", "launch.nproc=1",
+                           "--set-b", "params.global_batch=8", "--values", "first", "--keep", str(keep),
+                           "--json", str(report), "--html", str(page), "-q")
+    return code, out, json.loads(report.read_text()), page.read_text(), keep
+
+
+def test_a_world_size_change_with_the_same_global_batch_is_reduction_reordering(world_sizes) -> None:
+    code, out, document, _, _ = world_sizes
+    assert code == 1 and document["world_sizes"] == [2, 1]
+    change = document["world_size"]
+    assert change["cause"] == "reduction_reordering"
+    # the same 8 examples at each of the 3 steps, split over 2 ranks or not, from the same start ...
+    assert change["data"] == {"union": "same", "steps": 3, "examples": [8, 8]} and change["initialisation_same"]
+    # ... and step 1's all-reduced gradients differ by rounding only, measured element by element
+    gradients = change["gradients"]
+    assert gradients["exact"] and gradients["compared"] == 4 and not gradients["identical"]
+    assert 0 < gradients["max_ulp"] <= 64 and gradients["max_rel"] < 1e-5
+    assert change["loss"]["max_rel"] < 1e-6
+    assert "World size:" in out and "the first value that differs is the all-reduced gradient" in out
+    assert "rank 0, run 2 against run 1: first divergence" in out and "(step, rank) order" in out
+
+
+def test_a_world_size_change_without_values_is_not_called_rounding(checked, world_sizes) -> None:
+    """The same data and start, but one run kept no values: the summaries only bound the gradients below."""
+    two_ranks = open_ranks(next(checked[3].glob("1-*")))
+    one_rank = next(run for run in world_sizes[4].iterdir() if len(open_ranks(run)) == 1)
+    result = compare_ranked_runs([two_ranks, open_ranks(one_rank)], labels=["two", "one"])
+    assert result.world_size is not None and result.world_size["cause"] == "world_size"
+    assert result.world_size["data"]["union"] == "same" and result.world_size["gradients"]["exact"] is False
+    assert "store values (--values first)" in result.world_size["explanation"]
+
+
+def test_the_html_report_of_ranked_runs_has_a_row_per_rank(world_sizes) -> None:
+    page = world_sizes[3]
+    table = page[page.index('id="ranks-table"'):page.index("</table>", page.index('id="ranks-table"'))]
+    rows = [(kind, scope.strip()) for kind, scope in
+            re.findall(r"<tr class=\"(r-same|r-changed)\">\s*<td class=\"name\">([^<]*)", table)]
+    assert rows == [("r-same", "run 1 across its ranks"), ("r-same", "run 2 across its ranks"),
+                    ("r-changed", "rank 0, run 2 against run 1")]
+    assert "rank 0, run 2 against run 1 <b>shown</b>" in table and "config change" in table
+    assert 'id="world-size"' in page and "reduction reordering" in page
+
+
+def test_a_world_size_change_that_changes_the_data_says_so() -> None:
+    evidence = {"sizes": [2, 4], "initialisation_same": True, "loss": None,
+                "data": {"union": "differs", "step": 1, "steps": 3, "only_a": 8, "only_b": 24, "examples": [8, 24]},
+                "gradients": {"compared": 0}}
+    cause, sentence = world_size_change(evidence)
+    assert cause == "world_size_data"
+    assert sentence == ("world size 2 against 4: ranks 0-1 are compared rank by rank. The union of the ranks' "
+                        "examples differs at step 1 (8 examples only in A, 24 only in B; 8 against 24 in all): the "
+                        "runs train on other data (another global batch or sharding), not only in another reduction "
+                        "order")
+
+
+def test_fsdp_records_its_sharded_parameters_whole_and_matches_ddp(checked, tmp_path_factory) -> None:
+    """FSDP2 (fully_shard) on CPU with gloo: each rank holds half of each parameter, the trace the gathered
+    whole, so the run compares with the DDP run of the same config, step by step and bitwise."""
+    fsdp = _ranked(tmp_path_factory, "fsdp")
+    assert compare_ranks(fsdp, label="fsdp").identical
+    assert fsdp[0].steps[0]["parameters"]["0.weight"]["shape"] == [8, 4]
+    ddp = open_ranks(next(checked[3].glob("1-*")))
+    for rank in (0, 1):
+        comparison = compare_traces(ddp[rank], fsdp[rank], ignore=("environment", "code", "config"))
+        for category in ("data", "loss_terms", "gradients", "optimizer", "parameters"):
+            counts = comparison.category_counts[category]
+            assert counts["compared"] > 0 and counts["diverged"] == 0, (rank, category, counts)
+        # FSDP's all-gather and reduce-scatter are other ops than DDP's all-reduce: only the op graph differs
+        assert {d.category for d in comparison.divergences} == {"graph"}
 
 
 @pytest.mark.parametrize(("launch", "message"), [
     ("{nproc: 0}", "launch.nproc must be an integer from 1 to 64, got 0"),
-    ("{ranks: 2}", "unknown launch option 'ranks' (known: nproc)"),
+    ("{ranks: 2}", "unknown launch option 'ranks' (known: nproc, wrap)"),
+    ("{nproc: 2, wrap: zero}", "launch.wrap must be one of ddp, fsdp, got 'zero'"),
     ("{}", None),
     ("2", "'launch' must be a mapping like {nproc: 2}, got int"),
 ])
