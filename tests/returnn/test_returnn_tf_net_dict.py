@@ -36,14 +36,17 @@ def _compare(a: Path, b: Path, report: Path) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The two-epoch baseline (with values and RETURNN's own checkpoints kept), its pretrain variant and the
+    early-layer run: one recording each, shared by the tests."""
     folder = tmp_path_factory.mktemp("returnn_tf")
     traces = {"baseline": folder / "baseline.trace", "early": folder / "early.trace",
-              "checkpoint": folder / "model" / "model"}
-    code, out, err = run_cli("record", str(FIXTURES / "tf_baseline.yaml"), "-o", str(traces["baseline"]),
+              "pretrain": folder / "pretrain.trace", "checkpoint": folder / "model" / "model"}
+    code, out, err = run_cli("record", str(FIXTURES / "tf_baseline_two_epochs.yaml"), "-o", str(traces["baseline"]),
                              "--values", "all", "--set", f"params.model={traces['checkpoint']}", "-q")
     assert code == 0, out + err
-    code, out, err = run_cli("record", str(FIXTURES / "tf_early_layer.yaml"), "-o", str(traces["early"]), "-q")
-    assert code == 0, out + err
+    for name, config in (("early", "tf_early_layer.yaml"), ("pretrain", "tf_pretrain.yaml")):
+        code, out, err = run_cli("record", str(FIXTURES / config), "-o", str(traces[name]), "-q")
+        assert code == 0, out + err
     return traces
 
 
@@ -74,6 +77,26 @@ def test_layer_created_earlier_shifts_op_seeds(recorded: dict[str, Path], tmp_pa
         embed["explanation"]
 
 
+def test_pretrain_construction_algo_is_the_baseline_until_the_losses_come_back(recorded: dict[str, Path],
+                                                                               tmp_path: Path) -> None:
+    """The seed's pretrain variant: RETURNN's `pretrain` with a `construction_algo` that deletes the
+    zero-scaled auxiliary losses from the network of epoch 1. That epoch (steps 1-3) is bitwise the baseline
+    in every category; at epoch 2 RETURNN builds the full network: a changed graph and the losses."""
+    from repro_audit.audit.trace import Trace
+
+    found = _walk(_compare(recorded["baseline"], recorded["pretrain"], tmp_path / "r.json"))
+    in_training = [d for d in found if d["category"] not in ("config", "code", "environment")]
+    assert in_training and min(d["step"] for d in in_training) == 4
+    assert not [d for d in found if d["category"] == "initialisation"]
+    graph = next(d for d in found if d["category"] == "graph")
+    assert graph["step"] == 4 and "None of them feeds the model's shared forward pass" in graph["explanation"]
+    terms = {d["name"].split()[-1] for d in found if d["category"] == "loss_terms"}
+    assert {"aux_l0_h0", "aux_l0_h1", "aux_l1_h0", "aux_l1_h1"} <= terms
+    # The pretrain network of epoch 1 and the full one of epoch 2: the graph is stored for both.
+    assert Trace(recorded["pretrain"]).structure["graph_steps"] == [1, 4]
+    assert Trace(recorded["baseline"]).structure["graph_steps"] == [1]
+
+
 def test_recorded_variables_equal_returnns_checkpoint_bitwise(recorded: dict[str, Path]) -> None:
     from repro_audit.audit.trace import Trace
 
@@ -81,7 +104,7 @@ def test_recorded_variables_equal_returnns_checkpoint_bitwise(recorded: dict[str
     last = trace.steps[-1]
     values = trace.values(last["step"])
     assert values is not None
-    reader = tf.train.load_checkpoint(str(recorded["checkpoint"]) + ".001")
+    reader = tf.train.load_checkpoint(str(recorded["checkpoint"]) + ".002")
     assert set(last["parameters"]) == {"embed.W", "embed.b", "l0.W", "l0.b", "l1.W", "l1.b", "output.W",
                                        "output.b"}
     for name in last["parameters"]:
