@@ -15,6 +15,7 @@ from repro_audit.audit.explain.data import data_change
 from repro_audit.audit.explain.decay import decay_through_zero_gradient
 from repro_audit.audit.explain.finding import Claims, Finding
 from repro_audit.audit.explain.inputs import code_change, config_change, environment_change
+from repro_audit.audit.explain.lr_control import lr_control_change
 from repro_audit.audit.explain.nondeterminism import fp_reordering, nondeterminism
 from repro_audit.audit.explain.structure import build_stream_shift, graph_change, seed_offset_shift
 from repro_audit.audit.explain.training import hyperparameter_change, nan_through_term, random_stream_shift
@@ -33,6 +34,7 @@ RULES: tuple[Rule, ...] = (
     random_stream_shift,
     nan_through_term,
     decay_through_zero_gradient,
+    lr_control_change,  # before the generic rule: RETURNN's learning-rate control state
     hyperparameter_change,
     fp_reordering,
 )

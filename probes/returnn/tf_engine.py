@@ -7,6 +7,8 @@ attaches where it meets them, in this worker process only:
   rate), and variables and optimizer slots are read right after the update;
 - the updater's `_compute_gradients` hands back the gradients it computed (before RETURNN clips them);
 - the Runner's fetches get the recorder's, and its data stops after the config's `steps` per epoch.
+The step's random draws are its stateful random ops (RETURNN's dropout), each with its op seed pair and
+how often its kernel ran in this session before: the ledger of graph-mode runs.
 Every loss layer is a named loss term, its weight RETURNN's `loss_scale` (zero-scaled ones too).
 """
 
@@ -23,6 +25,9 @@ from repro_audit.audit.trace import TraceWriter
 from repro_audit.audit.trace import format as fmt
 from repro_audit.probes.common.hashing import summarize_array
 from repro_audit.probes.returnn.environment import returnn_environment
+from repro_audit.probes.returnn.lr_control import lr_control_state
+from repro_audit.probes.tf.graph_record import STATEFUL_RANDOM_OPS
+from repro_audit.probes.tf.random_draws import DrawLedger
 
 FETCH_KEY = "repro_audit"
 
@@ -98,10 +103,14 @@ class NetDictSteps:
         self.structure: dict[str, Any] = {"modules": [], "graph_steps": [], "mode": "graph"}
         self.graph_pending = False
         self.seq_tags: Any = None
+        self.draws = DrawLedger()
+        self.random_ops: list[Any] = []
 
     def wrap_session(self, session: Any) -> Any:
+        """RETURNN makes a session per network; random op kernels (their streams) start anew with it."""
         self.run = RecordingRun(session.run, self)
         session.run = self.run
+        self.draws.executions.clear()
         return session
 
     def _read(self, fetches: Any) -> Any:
@@ -168,7 +177,23 @@ class NetDictSteps:
             self.state.update({f"optimizer/{param}/{key}": slot for param, key, slot in self.optimizer_view.slots()})
             self.state.update({f"optimizer/{key}": v for key, v in self.optimizer_view.scalars()})
         self.optim_op = fetches.get("optim_op")
+        self.labels = self._labels()
+        self.random_ops = sorted((op for op in self.labels.ops if op.type in STATEFUL_RANDOM_OPS),
+                                 key=lambda op: op._id)
+        with graph.as_default(), tf.name_scope("repro_audit"):
+            self.fetches["random_counts"] = [tf.size(op.outputs[0]) for op in self.random_ops]
         self._write_build(graph)
+
+    def _labels(self) -> Any:
+        """The ops one step executes, labelled forward/backward/optimizer, by module and by loss term."""
+        from repro_audit.probes.tf.graph_record import TracedStep, ancestors, label_ops
+
+        heads = [*([self.optim_op] if self.optim_op is not None else []), *[t.op for t in self.terms.values()]]
+        executed = ancestors(heads, control=True)
+        sources = {t.variable.op._id for t in self.tree.parameters()}
+        traced = TracedStep(self.graph, 0, self.forward_end, self.backward_end, _last_op_id(self.graph),
+                            self.terms, self.weights, sources, only=executed, module_of_name=self.tree.module_of_name)
+        return label_ops(traced)
 
     def _write_build(self, graph: Any) -> None:
         from repro_audit.probes.tf.graph_init import graph_initialisation
@@ -199,8 +224,10 @@ class NetDictSteps:
         record = assemble(self.steps, batch=_batch_record(feed_dict, self.seq_tags), summaries=summaries, values=values,
                           term_names=list(self.terms), weights=self.weights, parameter_names=self.parameters,
                           optimizer=self.optimizer_view)
-        record["update"] = {"epoch": int(self.engine.epoch), "learning_rate": float(values["optimizer_lr"])}
-        record["random_draws"], record["nan_provenance"], record["term_attribution"] = [], None, None
+        record["update"] = {"epoch": int(self.engine.epoch), "learning_rate": float(values["optimizer_lr"]),
+                            **lr_control_state(self.engine)}
+        record["random_draws"] = self._random_draws(found["random_counts"])
+        record["nan_provenance"], record["term_attribution"] = None, None
         record["graph"] = self._graph_record()
         record["values"] = None
         if self.config.capture.get("values", "none") == "all" or (
@@ -211,20 +238,23 @@ class NetDictSteps:
         self.writer.append_step(record)
         self.progress(self.steps)
 
+    def _random_draws(self, counts: list[Any]) -> list[dict[str, Any]]:
+        if not self.config.capture.get("random_draws", True):
+            return []
+        labels = self.labels
+        ops = [(op, labels.module.get(op._id), labels.phase.get(op._id, "forward"), int(count))
+               for op, count in zip(self.random_ops, counts)]
+        return self.draws.stateful_entries(ops, start_index=0)
+
     def _graph_record(self) -> dict[str, Any] | None:
         """The executed ops of the step, labelled forward/backward/optimizer and by loss term (stored when
         the network is new: step 1, and after pretrain rebuilds it)."""
         if not self.config.capture.get("graph", True) or self.optim_op is None:
             return None
-        from repro_audit.probes.tf.graph_record import TracedStep, ancestors, graph_record, label_ops
+        from repro_audit.probes.tf.graph_record import graph_record
 
         if self.graph_pending:
-            executed = ancestors([self.optim_op, *[t.op for t in self.terms.values()]], control=True)
-            sources = {t.variable.op._id for t in self.tree.parameters()}
-            traced = TracedStep(self.graph, 0, self.forward_end, self.backward_end, _last_op_id(self.graph),
-                                self.terms, self.weights, sources, only=executed,
-                                module_of_name=self.tree.module_of_name)
-            self.graph_data = graph_record(self.steps, label_ops(traced))
+            self.graph_data = graph_record(self.steps, self.labels)
             self.writer.write_graph(self.steps, self.graph_data)
             self.structure["graph_steps"].append(self.steps)
             self.writer.write_json(fmt.STRUCTURE, self.structure)

@@ -18,6 +18,7 @@ from repro_audit.audit.config import RunConfig
 from repro_audit.audit.trace import TraceWriter
 from repro_audit.audit.trace import format as fmt
 from repro_audit.probes.returnn.environment import returnn_environment
+from repro_audit.probes.returnn.lr_control import lr_control_state
 
 
 def record_torch_engine(config: RunConfig, writer: TraceWriter, *, config_file: Path,
@@ -138,7 +139,8 @@ class EngineSteps:
         self.recorder.after_backward()
         self.recorder.note_update({"learning_rate": float(updater.get_effective_learning_rate()),
                                    "epoch": int(self.engine.epoch),
-                                   "global_train_step": int(self.engine.global_train_step)})
+                                   "global_train_step": int(self.engine.global_train_step),
+                                   **lr_control_state(self.engine)})
         self._update(**kwargs)
         graph = self.recorder.finish_graph()
         record = self.recorder.end_step()

@@ -41,7 +41,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("returnn_tf")
     traces = {"baseline": folder / "baseline.trace", "early": folder / "early.trace",
               "pretrain": folder / "pretrain.trace", "checkpoint": folder / "model" / "model"}
-    code, out, err = run_cli("record", str(FIXTURES / "tf_baseline_two_epochs.yaml"), "-o", str(traces["baseline"]),
+    code, out, err = run_cli("record", str(FIXTURES / "tf_baseline_epochs.yaml"), "-o", str(traces["baseline"]),
                              "--values", "all", "--set", f"params.model={traces['checkpoint']}", "-q")
     assert code == 0, out + err
     for name, config in (("early", "tf_early_layer.yaml"), ("pretrain", "tf_pretrain.yaml")):
@@ -77,6 +77,23 @@ def test_layer_created_earlier_shifts_op_seeds(recorded: dict[str, Path], tmp_pa
         embed["explanation"]
 
 
+def test_dropout_draws_are_in_the_step_ledger_with_their_op_seeds(recorded: dict[str, Path], tmp_path: Path) -> None:
+    """RETURNN's dropout is a stateful RandomUniform per layer, seeded by RETURNN in creation order: each
+    step's ledger lists it with its op seed pair and how often its kernel ran before; a layer created
+    earlier moves those seeds, so the masks differ from step 1."""
+    from repro_audit.audit.trace import Trace
+
+    steps = Trace(recorded["baseline"]).steps
+    draws = steps[0]["random_draws"]
+    assert [(d["op"], d["module"], d["phase"], d["generator"]) for d in draws] == [
+        ("RandomUniform", "embed", "forward", "tf-op-seed"), ("RandomUniform", "l0", "forward", "tf-op-seed")]
+    assert all("dropout" in d["stream"] and d["count"] > 0 for d in draws)
+    assert [d["seed_state"][2] for d in steps[1]["random_draws"]] == [1, 1]  # each kernel ran once before
+    found = _walk(_compare(recorded["baseline"], recorded["early"], tmp_path / "r.json"))
+    shifted = [d for d in found if d["category"] == "random_draws"]
+    assert shifted and min(d["step"] for d in shifted) == 1
+
+
 def test_pretrain_construction_algo_is_the_baseline_until_the_losses_come_back(recorded: dict[str, Path],
                                                                                tmp_path: Path) -> None:
     """The seed's pretrain variant: RETURNN's `pretrain` with a `construction_algo` that deletes the
@@ -92,6 +109,13 @@ def test_pretrain_construction_algo_is_the_baseline_until_the_losses_come_back(r
     assert graph["step"] == 4 and "None of them feeds the model's shared forward pass" in graph["explanation"]
     terms = {d["name"].split()[-1] for d in found if d["category"] == "loss_terms"}
     assert {"aux_l0_h0", "aux_l0_h1", "aux_l1_h0", "aux_l1_h1"} <= terms
+    # From epoch 3, RETURNN's learning-rate control decides by other scores: epoch 2 had the auxiliary ones.
+    control = next(d for d in found if d["cause"] == "lr_control_change")
+    assert control["step"] == 7
+    assert control["explanation"].startswith("RETURNN's learning-rate control holds other state from step 7: it "
+                                             "decides by the score train_score in run A and train_score_output in "
+                                             "run B; epoch 2's score ")
+    assert "epoch 2's score train_score_aux_l0_h0 is absent in run A and " in control["explanation"]
     # The pretrain network of epoch 1 and the full one of epoch 2: the graph is stored for both.
     assert Trace(recorded["pretrain"]).structure["graph_steps"] == [1, 4]
     assert Trace(recorded["baseline"]).structure["graph_steps"] == [1]
@@ -104,7 +128,7 @@ def test_recorded_variables_equal_returnns_checkpoint_bitwise(recorded: dict[str
     last = trace.steps[-1]
     values = trace.values(last["step"])
     assert values is not None
-    reader = tf.train.load_checkpoint(str(recorded["checkpoint"]) + ".002")
+    reader = tf.train.load_checkpoint(str(recorded["checkpoint"]) + ".003")
     assert set(last["parameters"]) == {"embed.W", "embed.b", "l0.W", "l0.b", "l1.W", "l1.b", "output.W",
                                        "output.b"}
     for name in last["parameters"]:

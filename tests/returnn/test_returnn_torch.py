@@ -95,6 +95,19 @@ def test_recorded_parameters_equal_returnns_checkpoint_bitwise(recorded: dict[st
                               trace.values(1).get("parameters/embed.weight"))  # type: ignore[union-attr]
 
 
+def test_learning_rate_control_state_is_in_every_step(recorded: dict[str, Path]) -> None:
+    """RETURNN's learning-rate control, its score key and its per-epoch rates and scores, as the update's
+    facts of each step (compared like any update setting)."""
+    from repro_audit.audit.trace import Trace
+
+    steps = Trace(recorded["baseline"]).steps
+    update = steps[0]["update"]
+    assert update["lr_control"].startswith("ConstantLearningRate(default_learning_rate=0.01, ")  # the default
+    assert update["lr_control_error_key"] is None  # no epoch has scores yet
+    assert update["lr_control_epochs"] == {"1": {"learning_rate": 0.01, "scores": {}}}
+    assert all(step["update"]["lr_control_epochs"] == update["lr_control_epochs"] for step in steps)
+
+
 def test_returnn_config_and_its_imports_are_in_the_code_fingerprint(recorded: dict[str, Path]) -> None:
     from repro_audit.audit.trace import Trace
 
