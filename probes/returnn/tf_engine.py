@@ -15,8 +15,9 @@ Every loss layer is a named loss term, its weight RETURNN's `loss_scale` (zero-s
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from repro_audit.probes.tf.graph_record import STATEFUL_RANDOM_OPS
 from repro_audit.probes.tf.random_draws import DrawLedger
 
 FETCH_KEY = "repro_audit"
+LAYER_SEED = "returnn-layer-seed"  # audit/explain/returnn_seeds.py
 
 
 def record_tf_engine(config: RunConfig, writer: TraceWriter, *, config_file: Path,
@@ -203,8 +205,8 @@ class NetDictSteps:
         build_end = min(build_end, self.forward_end) if self.forward_end else build_end
         initial = self._read({t.name: t.variable for t in self.tree.variables})
         if self.steps == 0:
-            self.writer.write_json(fmt.INITIALISATION, graph_initialisation(
-                graph, self.tree, initial, build_end=build_end, seed=graph.seed))
+            self.writer.write_json(fmt.INITIALISATION, returnn_layer_seeds(graph_initialisation(
+                graph, self.tree, initial, build_end=build_end, seed=graph.seed)))
         self.structure["modules"] = self.tree.structure()
         self.writer.write_json(fmt.STRUCTURE, self.structure)
         self.graph_pending = True
@@ -261,6 +263,19 @@ class NetDictSteps:
             self.graph_pending = False
             return {"digest": self.graph_data["digest"], "ops": len(self.graph_data["ops"]), "stored": True}
         return {"digest": self.graph_data["digest"], "ops": len(self.graph_data["ops"]), "stored": False}
+
+
+def returnn_layer_seeds(initialisation: dict[str, Any]) -> dict[str, Any]:
+    """RETURNN gives each layer's random ops their op seeds from the network's own random state, in creation
+    order (not TF's per-graph counter): the tensors' op seeds are marked as RETURNN's layer seeds."""
+    for entry in (initialisation.get("tensors") or []) + (initialisation.get("draws") or []):
+        if entry.get("generator") == "tf-op-seed":
+            entry["generator"] = LAYER_SEED
+    initialisation.setdefault("generators", {}).pop("tf-op-seed", None)
+    initialisation["generators"][LAYER_SEED] = {
+        "rule": "RETURNN seeds each layer's random ops from its network's random state, in creation order: a "
+                "layer created earlier moves the op seeds of every layer after it"}
+    return initialisation
 
 
 def _batch_record(feed_dict: dict[Any, Any], seq_tags: Any) -> dict[str, Any]:

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import itertools
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from repro_audit.audit.config import RunConfig
 from repro_audit.audit.trace import TraceWriter
 from repro_audit.audit.trace import format as fmt
 from repro_audit.probes.returnn.environment import returnn_environment
 from repro_audit.probes.returnn.lr_control import lr_control_state
+
+SEED_SEQUENCE = "returnn-seed-sequence"  # audit/explain/returnn_seeds.py
 
 
 def record_torch_engine(config: RunConfig, writer: TraceWriter, *, config_file: Path,
@@ -76,6 +79,10 @@ def per_op_seed_offsets(initialisation: dict[str, Any]) -> dict[str, Any]:
     for tensor in initialisation.get("tensors") or []:
         if tensor.get("generator") in position and tensor.get("seed_offset") == 0:
             tensor["seed_offset"] = position[tensor["generator"]]
+            tensor["generator"] = SEED_SEQUENCE
+    initialisation.setdefault("generators", {})[SEED_SEQUENCE] = {
+        "rule": "RETURNN seeds a fresh generator for every random op with the next seed of one sequence, in "
+                "creation order: a tensor's seed offset is its position in that sequence"}
     return initialisation
 
 
