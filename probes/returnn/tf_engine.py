@@ -62,6 +62,7 @@ def record_tf_engine(config: RunConfig, writer: TraceWriter, *, config_file: Pat
                    "log": None, "wrap_tf_session": steps.wrap_session, **config.params}
         rnn.init(config_filename=str(config_file), config_updates=updates, extra_greeting="repro-audit")
         steps.engine = rnn.engine
+        steps.accum = max(1, rnn.config.int("accum_grad_multiple_step", 1))
         try:
             rnn.engine.init_train_from_config(rnn.config, rnn.train_data, rnn.dev_data, rnn.eval_data)
             writer.write_json(fmt.ENVIRONMENT, returnn_environment(config, config_file=config_file,
@@ -107,6 +108,7 @@ class NetDictSteps:
         self.seq_tags: Any = None
         self.draws = DrawLedger()
         self.random_ops: list[Any] = []
+        self.accum = 1  # accum_grad_multiple_step: session runs per optimizer update
 
     def wrap_session(self, session: Any) -> Any:
         """RETURNN makes a session per network; random op kernels (their streams) start anew with it."""
@@ -132,7 +134,8 @@ class NetDictSteps:
         self.epoch_steps = 0
         provider = runner.data_provider
         more, feed_dict = provider.have_more_data, provider.get_feed_dict
-        provider.have_more_data = lambda session: self.epoch_steps < self.config.steps and more(session=session)
+        runs = self.config.steps * self.accum  # an epoch ends on an update
+        provider.have_more_data = lambda session: self.epoch_steps < runs and more(session=session)
 
         def feed_with_tags(*args: Any, **kwargs: Any) -> Any:
             feed, meta = feed_dict(*args, **kwargs)
@@ -227,7 +230,7 @@ class NetDictSteps:
                           term_names=list(self.terms), weights=self.weights, parameter_names=self.parameters,
                           optimizer=self.optimizer_view)
         record["update"] = {"epoch": int(self.engine.epoch), "learning_rate": float(values["optimizer_lr"]),
-                            **lr_control_state(self.engine)}
+                            **lr_control_state(self.engine), **self._accumulation()}
         record["random_draws"] = self._random_draws(found["random_counts"])
         record["nan_provenance"], record["term_attribution"] = None, None
         record["graph"] = self._graph_record()
@@ -239,6 +242,15 @@ class NetDictSteps:
             record["values"] = self.writer.write_values(self.steps, kept_values(self.steps, values, {}))
         self.writer.append_step(record)
         self.progress(self.steps)
+
+    def _accumulation(self) -> dict[str, Any]:
+        """With accum_grad_multiple_step N, RETURNN's updater adds each run's gradients up and applies them
+        in every N-th run only (counted by its global train step, from 0 in a fresh run like ours)."""
+        if self.accum == 1:
+            return {}
+        position = (self.steps - 1) % self.accum
+        return {"accum_grad_multiple_step": self.accum, "micro_batch": position + 1,
+                "update_applied": position == self.accum - 1}
 
     def _random_draws(self, counts: list[Any]) -> list[dict[str, Any]]:
         if not self.config.capture.get("random_draws", True):

@@ -59,7 +59,7 @@ def record_torch_engine(config: RunConfig, writer: TraceWriter, *, config_file: 
         writer.write_json(fmt.ENVIRONMENT, returnn_environment(config, config_file=config_file))
         attached = EngineSteps(engine, config, writer, structure, ledger=ledger, progress=progress)
         loader = engine._train_dataloader
-        engine._train_dataloader = FirstBatches(loader, config.steps)
+        engine._train_dataloader = FirstBatches(loader, config.steps * _micro_batches(rnn.config))
         try:
             engine.train()
         finally:
@@ -86,8 +86,15 @@ def per_op_seed_offsets(initialisation: dict[str, Any]) -> dict[str, Any]:
     return initialisation
 
 
+def _micro_batches(returnn_config: Any) -> int:
+    """Batches per optimizer update: `accum_grad_multiple_step` (a callable one is only known per step: 1)."""
+    value = returnn_config.typed_dict.get("accum_grad_multiple_step", 1)
+    return value if isinstance(value, int) and value > 1 else 1
+
+
 class FirstBatches:
-    """The engine's data loader, cut to the config's `steps` batches per epoch (RETURNN's epochs are long)."""
+    """The engine's data loader, cut to the config's `steps` updates per epoch (RETURNN's epochs are long):
+    with `accum_grad_multiple_step` N, N batches make one step, so the epoch ends on an update."""
 
     def __init__(self, loader: Any, steps: int) -> None:
         self.loader, self.steps = loader, steps
@@ -111,6 +118,7 @@ class EngineSteps:
                                           weight_of=lambda term: self.scales.get(term, 1.0), ledger=ledger,
                                           watch_gradient_changes=True)
         self.steps = 0
+        self.micro_batch = 0
         self.open = False
         self._run_step, self._update = engine._run_step, engine._updater.step
         engine._run_step = self.run_step
@@ -120,10 +128,13 @@ class EngineSteps:
         if not (kwargs.get("train_func") and kwargs.get("train_flag")):  # evaluation: not a training step
             self._run_step(extern_data, **kwargs)
             return
-        if self.open:
-            self.recorder.next_micro_batch()  # accum_grad_multiple_step: another forward before the update
+        if self.open:  # accum_grad_multiple_step: another forward and backward before the update
+            self.micro_batch += 1
+            self.recorder.next_micro_batch()
+            self.recorder.add_batch(_batch(extern_data), micro_batch=self.micro_batch)
         else:
             self.steps += 1
+            self.micro_batch = 1
             self.recorder.begin_step(self.steps, _batch(extern_data))
             self.open = True
         self._run_step(extern_data, **kwargs)

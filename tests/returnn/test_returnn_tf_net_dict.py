@@ -132,6 +132,28 @@ def test_pretrain_construction_algo_is_the_baseline_until_the_losses_come_back(r
     assert Trace(recorded["baseline"]).structure["graph_steps"] == [1]
 
 
+def test_accumulated_gradients_apply_in_every_second_run(tmp_path: Path) -> None:
+    """accum_grad_multiple_step 2: RETURNN's updater adds two runs' gradients up and applies them in the
+    second. Each run is a recorded step saying which micro-batch it is and whether the update applied: the
+    variables after the first are the initial ones, after the second RETURNN's checkpoint."""
+    from repro_audit.audit.trace import Trace
+
+    trace_path, checkpoint = tmp_path / "accum.trace", tmp_path / "model" / "model"
+    code, out, err = run_cli("record", str(FIXTURES / "tf_baseline.yaml"), "-o", str(trace_path), "--steps", "1",
+                             "--values", "all", "--set", "params.accum_grad_multiple_step=2",
+                             "--set", f"params.model={checkpoint}", "-q")
+    assert code == 0, out + err
+    trace = Trace(trace_path)
+    assert [(s["update"]["micro_batch"], s["update"]["update_applied"]) for s in trace.steps] == [(1, False), (2, True)]
+    initial = {t["name"]: t["summary"]["hash"] for t in trace.initialisation["tensors"]}
+    assert {name: p["hash"] for name, p in trace.steps[0]["parameters"].items()} == initial
+    values = trace.values(2)
+    assert values is not None
+    reader = tf.train.load_checkpoint(str(checkpoint) + ".001")
+    for name in trace.steps[1]["parameters"]:
+        assert values.get(f"parameters/{name}").tobytes() == reader.get_tensor(name.replace(".", "/")).tobytes()
+
+
 def test_recorded_variables_equal_returnns_checkpoint_bitwise(recorded: dict[str, Path]) -> None:
     from repro_audit.audit.trace import Trace
 

@@ -99,6 +99,30 @@ def test_recorded_parameters_equal_returnns_checkpoint_bitwise(recorded: dict[st
                               trace.values(1).get("parameters/embed.weight"))  # type: ignore[union-attr]
 
 
+def test_accumulated_micro_batches_are_one_step_and_match_returnns_checkpoint(tmp_path: Path) -> None:
+    """accum_grad_multiple_step 2: RETURNN runs two forwards and backwards per optimizer update. A recorded
+    step is one update with both micro-batches' data; after the last, the parameters are RETURNN's saved ones."""
+    import torch
+
+    from repro_audit.audit.trace import Trace
+
+    trace_path, checkpoint = tmp_path / "accum.trace", tmp_path / "model" / "model"
+    code, out, err = run_cli("record", str(FIXTURES / "torch_baseline.yaml"), "-o", str(trace_path), "--steps", "2",
+                             "--values", "all", "--set", "params.accum_grad_multiple_step=2",
+                             "--set", f"params.model={checkpoint}", "-q")
+    assert code == 0, out + err
+    trace = Trace(trace_path)
+    assert [(s["step"], s["micro_batches"], s["update"]["global_train_step"]) for s in trace.steps] == [(1, 2, 1),
+                                                                                                       (2, 2, 3)]
+    tensors = trace.steps[0]["batch"]["tensors"]
+    assert tensors["seq_tags"]["hash"] != tensors["micro_batch2/seq_tags"]["hash"]  # two batches, other sequences
+    values = trace.values(2)
+    assert values is not None
+    state = torch.load(str(checkpoint) + ".001.pt", map_location="cpu", weights_only=True)["model"]
+    for name, tensor in state.items():
+        assert values.get(f"parameters/{name}").tobytes() == tensor.numpy().tobytes(), name  # type: ignore[union-attr]
+
+
 def test_learning_rate_control_state_is_in_every_step(recorded: dict[str, Path]) -> None:
     """RETURNN's learning-rate control, its score key and its per-epoch rates and scores, as the update's
     facts of each step (compared like any update setting)."""
