@@ -187,7 +187,22 @@ class NetDictSteps:
                                  key=lambda op: op._id)
         with graph.as_default(), tf.name_scope("repro_audit"):
             self.fetches["random_counts"] = [tf.size(op.outputs[0]) for op in self.random_ops]
+        self.fetches["module_outputs"] = self._layer_outputs(network)
         self._write_build(graph)
+
+    def _layer_outputs(self, network: Any) -> dict[str, Any]:
+        """Each layer's output that the step computes anyway: fetching one it does not compute would run
+        its ops (and their random kernels) and change the run."""
+        if not self.config.capture.get("module_outputs", True):
+            return {}
+        executed = {op._id for op in self.labels.ops}
+        outputs = {}
+        for name, layer in sorted(network.layers.items()):
+            tensor = getattr(getattr(layer, "output", None), "placeholder", None)
+            if tensor is not None and not name.startswith("data") and tensor.op._id in executed \
+                    and tensor.dtype.is_floating:
+                outputs[name] = tensor
+        return outputs
 
     def _labels(self) -> Any:
         """The ops one step executes, labelled forward/backward/optimizer, by module and by loss term."""
@@ -225,6 +240,7 @@ class NetDictSteps:
         values.update({f"gradients/{n}": np.asarray(g) for n, g in found["gradients"].items()})
         values.update({key: np.asarray(v) for key, v in state.items()})
         values["optimizer_lr"] = np.asarray(found["optimizer_lr"])
+        values.update({f"module_outputs/{n}#0": np.asarray(v) for n, v in found["module_outputs"].items()})
         summaries = {key: summarize_array(v) for key, v in values.items()}
         record = assemble(self.steps, batch=_batch_record(feed_dict, self.seq_tags), summaries=summaries, values=values,
                           term_names=list(self.terms), weights=self.weights, parameter_names=self.parameters,

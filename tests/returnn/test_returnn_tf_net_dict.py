@@ -105,6 +105,17 @@ def test_dropout_draws_are_in_the_step_ledger_with_their_op_seeds(recorded: dict
     assert shifted and min(d["step"] for d in shifted) == 1
 
 
+def test_layer_outputs_the_step_computes_are_recorded(recorded: dict[str, Path]) -> None:
+    """Every layer output the training step computes, as a module output; the softmax of `output` is not
+    computed in training (its loss takes the logits), and fetching it would add ops to the run."""
+    from repro_audit.audit.trace import Trace
+
+    for step in Trace(recorded["baseline"]).steps:
+        outputs = {entry["module"]: entry["summary"] for entry in step["module_outputs"]}
+        assert sorted(outputs) == ["embed", "l0", "l1"], step["step"]
+        assert all(summary["shape"][-1] == 8 and summary["nan"] == 0 for summary in outputs.values())
+
+
 def test_pretrain_construction_algo_is_the_baseline_until_the_losses_come_back(recorded: dict[str, Path],
                                                                                tmp_path: Path) -> None:
     """The seed's pretrain variant: RETURNN's `pretrain` with a `construction_algo` that deletes the
