@@ -34,15 +34,17 @@ def _walk(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The baseline (with values and RETURNN's own checkpoint kept) and the early-layer run."""
+    """The two-epoch baseline (with values and RETURNN's own checkpoints kept), the early-layer run and the
+    pretrain-like variant: one recording each, shared by the tests."""
     folder = tmp_path_factory.mktemp("returnn")
     traces = {"baseline": folder / "baseline.trace", "early": folder / "early.trace",
-              "checkpoint": folder / "model" / "model"}
-    code, out, err = run_cli("record", str(FIXTURES / "torch_baseline.yaml"), "-o", str(traces["baseline"]),
+              "pretrain": folder / "pretrain.trace", "checkpoint": folder / "model" / "model"}
+    code, out, err = run_cli("record", str(FIXTURES / "torch_baseline_epochs.yaml"), "-o", str(traces["baseline"]),
                              "--values", "all", "--set", f"params.model={traces['checkpoint']}", "-q")
     assert code == 0, out + err
-    code, out, err = run_cli("record", str(FIXTURES / "torch_early_layer.yaml"), "-o", str(traces["early"]), "-q")
-    assert code == 0, out + err
+    for name, config in (("early", "torch_early_layer.yaml"), ("pretrain", "torch_pretrain.yaml")):
+        code, out, err = run_cli("record", str(FIXTURES / config), "-o", str(traces[name]), "-q")
+        assert code == 0, out + err
     return traces
 
 
@@ -87,7 +89,7 @@ def test_recorded_parameters_equal_returnns_checkpoint_bitwise(recorded: dict[st
     last = trace.steps[-1]["step"]
     values = trace.values(last)
     assert values is not None
-    checkpoint = torch.load(str(recorded["checkpoint"]) + ".001.pt", map_location="cpu", weights_only=True)
+    checkpoint = torch.load(str(recorded["checkpoint"]) + ".002.pt", map_location="cpu", weights_only=True)
     state = checkpoint["model"]
     assert set(state) == set(trace.steps[-1]["parameters"])
     for name, tensor in state.items():
@@ -123,6 +125,24 @@ def test_accumulated_micro_batches_are_one_step_and_match_returnns_checkpoint(tm
         assert values.get(f"parameters/{name}").tobytes() == tensor.numpy().tobytes(), name  # type: ignore[union-attr]
 
 
+def test_losses_added_after_a_pretrain_epoch_change_the_graph_from_then_on_and_no_shared_number(
+        recorded: dict[str, Path], tmp_path: Path) -> None:
+    """Like the seed's pretrain construction_algo: the zero-scaled losses per head come in at epoch 2 (step 4).
+    Epoch 1 is bitwise the baseline; from epoch 2 the graph and the loss terms differ, and since RETURNN leaves
+    zero-scaled losses out of its total, no gradient, update or parameter does."""
+    report = tmp_path / "r.json"
+    code, out, err = run_cli("compare", str(recorded["baseline"]), str(recorded["pretrain"]), "-q", "--json",
+                             str(report))
+    assert code == 1, out + err
+    found = [d for d in _walk(_divergences(report)) if d["category"] not in ("config", "code", "environment")]
+    assert found and min(d["step"] for d in found if d["step"] is not None) == 4
+    categories = {d["category"] for d in found}
+    assert "graph" in categories
+    assert not categories & {"gradients", "optimizer", "parameters", "initialisation", "random_draws", "data"}
+    terms = {d["name"].split()[-1] for d in found if d["category"] == "loss_terms"}
+    assert {"aux_l0_h0", "aux_l0_h1", "aux_l1_h0", "aux_l1_h1"} <= terms
+
+
 def test_learning_rate_control_state_is_in_every_step(recorded: dict[str, Path]) -> None:
     """RETURNN's learning-rate control, its score key and its per-epoch rates and scores, as the update's
     facts of each step (compared like any update setting)."""
@@ -133,7 +153,11 @@ def test_learning_rate_control_state_is_in_every_step(recorded: dict[str, Path])
     assert update["lr_control"].startswith("ConstantLearningRate(default_learning_rate=0.01, ")  # the default
     assert update["lr_control_error_key"] is None  # no epoch has scores yet
     assert update["lr_control_epochs"] == {"1": {"learning_rate": 0.01, "scores": {}}}
-    assert all(step["update"]["lr_control_epochs"] == update["lr_control_epochs"] for step in steps)
+    assert all(step["update"]["lr_control_epochs"] == update["lr_control_epochs"] for step in steps[:3])
+    # Epoch 2 knows epoch 1's train score of its one loss, ce, and decides by it.
+    second = steps[3]["update"]
+    assert second["lr_control_error_key"] == "train_loss_ce"
+    assert set(second["lr_control_epochs"]["1"]["scores"]) == {"train_loss_ce"}
 
 
 def test_returnn_config_and_its_imports_are_in_the_code_fingerprint(recorded: dict[str, Path]) -> None:
