@@ -97,3 +97,38 @@ def _layers_text(layers: list[dict[str, Any]]) -> str:
              for layer in layers]
     noun = "the layer" if len(layers) == 1 else "the layers"
     return f"{noun} {'; '.join(parts)}"
+
+
+def returnn_session_restart(divergences: list[Divergence], context: CompareContext, claims: Claims
+                            ) -> list[Finding]:
+    """RETURNN builds a new network in a new session when the net dict changes (a pretrain's next network):
+    every stateful random op's kernel, and so its stream, starts anew there, in that run only."""
+    moved = sorted((d for d in claims.free(divergences) if d.category == "random_draws" and d.kind == "changed"
+                    and d.evidence.get("generator") == "tf-op-seed"), key=lambda d: d.sort_key())
+    if not moved or moved[0].step is None:
+        return []
+    first, step = moved[0], moved[0].step
+    built = {side: step in (trace.structure.get("graph_steps") or [])
+             for side, trace in (("a", context.trace_a), ("b", context.trace_b))}
+    runs = {side: _kernel_runs(trace, first) for side, trace in (("a", context.trace_a), ("b", context.trace_b))}
+    rebuilt = [side for side in "ab" if built[side] and runs[side] == 0]
+    if step == 1 or len(rebuilt) != 1:
+        return []
+    run = f"run {rebuilt[0].upper()}"
+    first.cause = "random_stream_shift"
+    first.explanation = (
+        f"At step {step} RETURNN built a new network in a new session in {run} only, and a new session starts "
+        f"every random op's stream anew: {first.name} ran {runs['a']} times before in run A and {runs['b']} in "
+        f"run B, so its draws (dropout masks) differ from step {step}; {len(moved) - 1} later draws as well.")
+    first.evidence.update(kernel_runs=runs, new_session=rebuilt[0], changes_shared=True)
+    return [Finding(first, moved[1:])]
+
+
+def _kernel_runs(trace: Any, draw: Divergence) -> int | None:
+    """How often the draw's kernel ran before, from its ledger entry (`seed_state`: seed, seed2, runs)."""
+    record = trace.step(draw.step) if draw.step else None
+    for entry in (record or {}).get("random_draws") or []:
+        if isinstance(entry, dict) and entry.get("module") == draw.evidence.get("module") \
+                and entry.get("op") == draw.evidence.get("op") and len(entry.get("seed_state") or []) == 3:
+            return int(entry["seed_state"][2])
+    return None

@@ -131,6 +131,11 @@ def test_pretrain_construction_algo_is_the_baseline_until_the_losses_come_back(r
     assert graph["step"] == 4 and "None of them feeds the model's shared forward pass" in graph["explanation"]
     terms = {d["name"].split()[-1] for d in found if d["category"] == "loss_terms"}
     assert {"aux_l0_h0", "aux_l0_h1", "aux_l1_h0", "aux_l1_h1"} <= terms
+    # RETURNN builds the full network in a new session: every dropout stream starts anew, in run B only.
+    restart = next(d for d in found if d["cause"] == "random_stream_shift")
+    assert restart["step"] == 4 and restart["explanation"].startswith(
+        "At step 4 RETURNN built a new network in a new session in run B only, and a new session starts every "
+        "random op's stream anew: RandomUniform in embed ran 3 times before in run A and 0 in run B")
     # From epoch 3, RETURNN's learning-rate control decides by other scores: epoch 2 had the auxiliary ones.
     control = next(d for d in found if d["cause"] == "lr_control_change")
     assert control["step"] == 7
