@@ -67,6 +67,7 @@ CAUSE_SEVERITY: tuple[str, ...] = (
     "random_stream_shift",
     "seed_offset_shift",
     "hyperparameter_change",
+    "lr_control_change",
     "decay_through_zero_gradient",
     "environment_change",
     "graph_change",

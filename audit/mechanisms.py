@@ -26,6 +26,7 @@ MECHANISM_TITLES: dict[str, str] = {
     "seed_offset_shift": "seed-offset shift of shared parameters",
     "random_stream_shift": "random stream shift",
     "hyperparameter_change": "hyper-parameter change",
+    "lr_control_change": "learning-rate control state",
     "data_change": "other training batches",
     "decay_through_zero_gradient": "weight decay through a zero gradient",
     "graph_change": "changed graph",

@@ -225,7 +225,10 @@ def _update(step: int, update_a: dict[str, Any], update_b: dict[str, Any]) -> li
 
 def _update_noun(key: str) -> str:
     nouns = {"micro_batches": "the number of micro-batches per step", "clip_grad_norm": "the gradient clip norm",
-             "clip_grad_value": "the gradient clip value", "grad_scale": "the GradScaler's loss scale"}
+             "clip_grad_value": "the gradient clip value", "grad_scale": "the GradScaler's loss scale",
+             "lr_control": "RETURNN's learning-rate control",
+             "lr_control_error_key": "the score RETURNN's learning-rate control decides by",
+             "lr_control_epochs": "RETURNN's learning-rate control state (learning rates and scores per epoch)"}
     if key in nouns:
         return nouns[key]
     return f"the recipe's before_optimizer_step fact {key}" if key == "hook" else f"update setting {key}"

@@ -15,7 +15,9 @@ from repro_audit.audit.explain.data import data_change
 from repro_audit.audit.explain.decay import decay_through_zero_gradient
 from repro_audit.audit.explain.finding import Claims, Finding
 from repro_audit.audit.explain.inputs import code_change, config_change, environment_change
+from repro_audit.audit.explain.lr_control import lr_control_change
 from repro_audit.audit.explain.nondeterminism import fp_reordering, nondeterminism
+from repro_audit.audit.explain.returnn_seeds import returnn_seed_shift, returnn_session_restart
 from repro_audit.audit.explain.structure import build_stream_shift, graph_change, seed_offset_shift
 from repro_audit.audit.explain.training import hyperparameter_change, nan_through_term, random_stream_shift
 
@@ -28,11 +30,14 @@ RULES: tuple[Rule, ...] = (
     nondeterminism,
     data_change,
     graph_change,
+    returnn_seed_shift,  # before the general rule: RETURNN's seeds are no offsets into a stream
     seed_offset_shift,
+    returnn_session_restart,
     build_stream_shift,  # before the training-time rule: build-time draws shift even the draws before it
     random_stream_shift,
     nan_through_term,
     decay_through_zero_gradient,
+    lr_control_change,  # before the generic rule: RETURNN's learning-rate control state
     hyperparameter_change,
     fp_reordering,
 )

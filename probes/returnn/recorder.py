@@ -8,8 +8,8 @@ its train step and its updater step (torch), or its session, updater and runner 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from repro_audit.audit.config import RunConfig
 from repro_audit.audit.errors import ConfigError

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import itertools
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from repro_audit.audit.config import RunConfig
 from repro_audit.audit.trace import TraceWriter
 from repro_audit.audit.trace import format as fmt
 from repro_audit.probes.returnn.environment import returnn_environment
+from repro_audit.probes.returnn.lr_control import lr_control_state
+
+SEED_SEQUENCE = "returnn-seed-sequence"  # audit/explain/returnn_seeds.py
 
 
 def record_torch_engine(config: RunConfig, writer: TraceWriter, *, config_file: Path,
@@ -55,7 +59,7 @@ def record_torch_engine(config: RunConfig, writer: TraceWriter, *, config_file: 
         writer.write_json(fmt.ENVIRONMENT, returnn_environment(config, config_file=config_file))
         attached = EngineSteps(engine, config, writer, structure, ledger=ledger, progress=progress)
         loader = engine._train_dataloader
-        engine._train_dataloader = FirstBatches(loader, config.steps)
+        engine._train_dataloader = FirstBatches(loader, config.steps * _micro_batches(rnn.config))
         try:
             engine.train()
         finally:
@@ -75,11 +79,22 @@ def per_op_seed_offsets(initialisation: dict[str, Any]) -> dict[str, Any]:
     for tensor in initialisation.get("tensors") or []:
         if tensor.get("generator") in position and tensor.get("seed_offset") == 0:
             tensor["seed_offset"] = position[tensor["generator"]]
+            tensor["generator"] = SEED_SEQUENCE
+    initialisation.setdefault("generators", {})[SEED_SEQUENCE] = {
+        "rule": "RETURNN seeds a fresh generator for every random op with the next seed of one sequence, in "
+                "creation order: a tensor's seed offset is its position in that sequence"}
     return initialisation
 
 
+def _micro_batches(returnn_config: Any) -> int:
+    """Batches per optimizer update: `accum_grad_multiple_step` (a callable one is only known per step: 1)."""
+    value = returnn_config.typed_dict.get("accum_grad_multiple_step", 1)
+    return value if isinstance(value, int) and value > 1 else 1
+
+
 class FirstBatches:
-    """The engine's data loader, cut to the config's `steps` batches per epoch (RETURNN's epochs are long)."""
+    """The engine's data loader, cut to the config's `steps` updates per epoch (RETURNN's epochs are long):
+    with `accum_grad_multiple_step` N, N batches make one step, so the epoch ends on an update."""
 
     def __init__(self, loader: Any, steps: int) -> None:
         self.loader, self.steps = loader, steps
@@ -103,6 +118,7 @@ class EngineSteps:
                                           weight_of=lambda term: self.scales.get(term, 1.0), ledger=ledger,
                                           watch_gradient_changes=True)
         self.steps = 0
+        self.micro_batch = 0
         self.open = False
         self._run_step, self._update = engine._run_step, engine._updater.step
         engine._run_step = self.run_step
@@ -112,10 +128,13 @@ class EngineSteps:
         if not (kwargs.get("train_func") and kwargs.get("train_flag")):  # evaluation: not a training step
             self._run_step(extern_data, **kwargs)
             return
-        if self.open:
-            self.recorder.next_micro_batch()  # accum_grad_multiple_step: another forward before the update
+        if self.open:  # accum_grad_multiple_step: another forward and backward before the update
+            self.micro_batch += 1
+            self.recorder.next_micro_batch()
+            self.recorder.add_batch(_batch(extern_data), micro_batch=self.micro_batch)
         else:
             self.steps += 1
+            self.micro_batch = 1
             self.recorder.begin_step(self.steps, _batch(extern_data))
             self.open = True
         self._run_step(extern_data, **kwargs)
@@ -138,7 +157,8 @@ class EngineSteps:
         self.recorder.after_backward()
         self.recorder.note_update({"learning_rate": float(updater.get_effective_learning_rate()),
                                    "epoch": int(self.engine.epoch),
-                                   "global_train_step": int(self.engine.global_train_step)})
+                                   "global_train_step": int(self.engine.global_train_step),
+                                   **lr_control_state(self.engine)})
         self._update(**kwargs)
         graph = self.recorder.finish_graph()
         record = self.recorder.end_step()

@@ -361,6 +361,14 @@ class TorchStepRecorder:
         mode = self.capture.get("values", "none")
         return mode == "all" or (mode == "first" and self.step == 1)
 
+    def add_batch(self, batch: Any, *, micro_batch: int) -> None:
+        """A later micro-batch's data joins the step's batch record (under `micro_batch{n}/`), so a diff sees
+        every batch one update trained on; the record's hash covers them all."""
+        found = self._batch_record(batch)
+        record = self.record["batch"]
+        record["tensors"].update({f"micro_batch{micro_batch}/{name}": s for name, s in found["tensors"].items()})
+        record["hash"] = hash_text(f"{record['hash']}|micro_batch{micro_batch}={found['hash']}")
+
     def _batch_record(self, batch: Any) -> dict[str, Any]:
         tensors = flatten_tensors(batch)
         if not tensors:
