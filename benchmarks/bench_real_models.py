@@ -37,7 +37,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.process_memory import can_measure, reset_peak, status_bytes  # noqa: E402
+from benchmarks.process_memory import can_measure, reset_peak, status_bytes
 
 VARIANTS = ("plain", "recorded", "detect_anomaly", "debug_mode_hash")
 WARMUP_ROUNDS = 3
