@@ -118,15 +118,12 @@ def recipe(params: dict[str, Any]) -> Any:
 def measure_runner(*, rounds: int, steps: int, batch: int) -> dict[str, Any]:
     """The runner's recorded function-mode step of the same architecture against a plain `fit` step, rounds
     alternating in one process (the recording stays open between its rounds, as in a run)."""
-    from repro_audit.audit.config import RunConfig
     from repro_audit.audit.trace import TraceWriter
     from repro_audit.probes.tf.recorder import open_recording
 
     model, x, y = build(batch)
     timed_fit(model, x, y, batch=batch, steps=WARMUP_STEPS + 1, trace=None)
-    config = RunConfig.from_dict({"recipe": "bench_keras_fit:recipe", "framework": "tensorflow", "label": "runner",
-                                  "steps": 1_000_000, "params": {"batch": batch}},
-                                 config_dir=str(Path(__file__).resolve().parent))
+    config = _runner_config(batch)
     plain, recorded, ratios = [], [], []
     with tempfile.TemporaryDirectory() as folder:
         writer = TraceWriter(Path(folder) / "runner.trace", framework="tensorflow", config=config.to_dict(),
@@ -154,6 +151,118 @@ def measure_runner(*, rounds: int, steps: int, batch: int) -> dict[str, Any]:
             "variables": len(model.variables), "parameters": model.count_params()}
 
 
+def _runner_config(batch: int) -> Any:
+    from repro_audit.audit.config import RunConfig
+
+    return RunConfig.from_dict({"recipe": "bench_keras_fit:recipe", "framework": "tensorflow", "label": "runner",
+                                "steps": 1_000_000, "params": {"batch": batch}},
+                               config_dir=str(Path(__file__).resolve().parent))
+
+
+def first_step_runner(*, batch: int, repeats: int = 3) -> dict[str, float]:
+    """Step 1 of fresh models: the runner's recorded step (tracing of the recorded function and the full
+    first-step capture included) against the first batch of a plain `fit` (tracing of Keras's train
+    function included). One plain fit of another copy first pays TF's own first-use costs, untimed."""
+    from repro_audit.audit.trace import TraceWriter
+    from repro_audit.probes.tf.recorder import open_recording
+
+    model, x, y = build(batch)
+    timed_fit(model, x, y, batch=batch, steps=WARMUP_STEPS + 1, trace=None)
+    plain, recorded = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        for index in range(repeats):
+            model, x, y = build(batch)
+            timer = step_timer()
+            model.fit(x, y, batch_size=batch, epochs=1, steps_per_epoch=1, shuffle=False, verbose=0,
+                      callbacks=[timer])
+            plain.append(timer.times[0])
+            config = _runner_config(batch)
+            writer = TraceWriter(Path(folder) / f"first{index}.trace", framework="tensorflow",
+                                 config=config.to_dict(), label="runner")
+            with open_recording(config, writer) as recording:
+                data = next(iter(recording.recipe.batches))
+                start = time.perf_counter()
+                recording.step(1, data)
+                recorded.append(time.perf_counter() - start)
+            writer.finish(complete=True)
+    return {"plain_first_ms": round(1000 * statistics.median(plain), 1),
+            "first_step_ratio": round(statistics.median(recorded) / statistics.median(plain), 2)}
+
+
+def peak_runner(variant: str, *, batch: int, steps: int = 4) -> dict[str, int]:
+    """In a fresh process: the resident peak of `steps` steps (plain `fit` batches, or the runner's recorded
+    function-mode steps) above the resident size before them, after two untimed steps."""
+    from benchmarks.process_memory import reset_peak, status_bytes
+
+    if variant == "plain":
+        model, x, y = build(batch)
+        timed_fit(model, x, y, batch=batch, steps=WARMUP_STEPS + 1, trace=None)
+        reset_peak()
+        before = status_bytes("VmRSS")
+        timed_fit(model, x, y, batch=batch, steps=steps, trace=None)
+        return {"step_peak": status_bytes("VmHWM") - before}
+    from repro_audit.audit.trace import TraceWriter
+    from repro_audit.probes.tf.recorder import open_recording
+
+    with tempfile.TemporaryDirectory() as folder:
+        config = _runner_config(batch)
+        writer = TraceWriter(Path(folder) / "peak.trace", framework="tensorflow", config=config.to_dict(),
+                             label="runner")
+        with open_recording(config, writer) as recording:
+            batches = iter(recording.recipe.batches)
+            for step in range(1, WARMUP_STEPS + 2):
+                recording.step(step, next(batches))
+            reset_peak()
+            before = status_bytes("VmRSS")
+            for step in range(WARMUP_STEPS + 2, WARMUP_STEPS + 2 + steps):
+                recording.step(step, next(batches))
+            peak = status_bytes("VmHWM") - before
+        writer.finish(complete=True)
+    return {"step_peak": peak}
+
+
+def largest_tensor_bytes(batch: int) -> int:
+    """The largest variable or layer output of a step (outputs at the batch size)."""
+    import math
+
+    model, _, _ = build(batch)
+    sizes = [math.prod(v.shape) * 4 for v in model.variables]
+    for layer in model.layers:
+        for output in (layer.output if isinstance(layer.output, (list, tuple)) else [layer.output]):
+            sizes.append(math.prod(batch if n is None else n for n in output.shape) * 4)
+    return max(sizes)
+
+
+def row(*, rounds: int, steps: int, batch: int, memory: bool) -> dict[str, Any]:
+    """bench_real_models.py's row for this model: steady state (the runner's function-mode step), first
+    step and, with `memory`, the peak a recorded step adds (fresh processes, as for the torch models)."""
+    steady = measure_runner(rounds=rounds, steps=steps, batch=batch)
+    found: dict[str, Any] = {"plain_step_ms": round(steady["plain_ms"], 1),
+                             "ratios": {"recorded": round(steady["ratio"], 3)},
+                             "fastest_ratio": round(steady["fastest_ratio"], 3),
+                             **first_step_runner(batch=batch)}
+    from benchmarks.process_memory import can_measure
+
+    if memory and can_measure():
+        import json
+        import subprocess
+
+        peaks = {}
+        for variant in ("plain", "recorded"):
+            runs = []
+            for _ in range(3):
+                out = subprocess.run([sys.executable, __file__, "--peak", variant, "--batch", str(batch)],
+                                     capture_output=True, text=True, check=True,
+                                     env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
+                runs.append(json.loads(out.stdout.strip().splitlines()[-1])["step_peak"])
+            peaks[variant] = statistics.median(runs)
+        largest = largest_tensor_bytes(batch)
+        extra = peaks["recorded"] - peaks["plain"]
+        found.update(extra_peak_mib=round(extra / 2**20, 2), largest_tensor_mib=round(largest / 2**20, 2),
+                     extra_in_largest_tensors=round(extra / largest, 2))
+    return found
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -161,7 +270,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--runner", action="store_true",
                         help="time the runner's recorded function-mode step instead of the fit callback")
+    parser.add_argument("--row", action="store_true", help="print bench_real_models.py's row as one JSON line")
+    parser.add_argument("--no-memory", action="store_true", help="with --row: leave out the peak memory")
+    parser.add_argument("--peak", choices=("plain", "recorded"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.peak or args.row:
+        import json
+
+        found = (peak_runner(args.peak, batch=args.batch) if args.peak else
+                 row(rounds=args.rounds, steps=args.steps, batch=args.batch, memory=not args.no_memory))
+        print(json.dumps(found))
+        return
     measure_variant = measure_runner if args.runner else measure
     found = measure_variant(rounds=args.rounds, steps=args.steps, batch=args.batch)
     if args.runner:

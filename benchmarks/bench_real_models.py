@@ -1,16 +1,23 @@
 """Recording cost on real architectures, as ratios against each model's plain step in the same process.
 
-    python benchmarks/bench_real_models.py [--models resnet,vit,lstm,gpt2,bert] [--rounds 8] [--no-memory]
+    python benchmarks/bench_real_models.py [--models resnet,vit,lstm,gpt2,bert,keras] [--rounds 8] [--no-memory]
                                            [--no-end-to-end]
 
 For each model of benchmarks/real_architectures.py: the steady-state step (default recording, torch's
 anomaly mode and PyTorch's prototype DebugMode with tensor hashes beside it, each variant training its own
-copy of the model, the order rotating every round; median over rounds), the first step (fresh models,
+copy of the model, the order rotating every round, after three untimed rounds that pay each variant's
+first-use costs (DebugMode's and the dispatch modes' imports, allocator growth); median over rounds), the
+first step (fresh models,
 after one warm-up step of another copy so torch's own first-use costs are paid; median of three), and the
 peak memory a recorded step adds over a plain one (fresh processes; VmHWM reset before the timed steps),
 against the largest tensor of a step. End to end: `repro-audit diff` of the fixture's two configs against
 running the same two recipes plainly, each in its own process, steps alike. Prints a table and JSON; no
-timed assertion anywhere. TensorFlow: benchmarks/bench_keras_fit.py (`--runner` for function mode).
+timed assertion anywhere.
+
+`keras`: keras.applications.MobileNetV2 (weights=None, 64x64) recorded by the runner in function mode
+against its plain `fit` step (benchmarks/bench_keras_fit.py `--row`), in its own process so TensorFlow's
+and torch's thread pools do not share one; TF has no anomaly mode or DebugMode to set beside it. The
+machine's load average is printed with the table: on a shared machine, read the ratios with it.
 """
 
 from __future__ import annotations
@@ -30,7 +37,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.process_memory import can_measure, reset_peak, status_bytes
+
 VARIANTS = ("plain", "recorded", "detect_anomaly", "debug_mode_hash")
+WARMUP_ROUNDS = 3
+KERAS = "keras"  # the TensorFlow row, measured by bench_keras_fit.py in a process of its own
 FIXTURES = ROOT / "fixtures" / "configs" / "torch"
 
 
@@ -99,9 +110,12 @@ def step_function(name: str, variant: str) -> Callable[[int], None]:
 def steady(name: str, rounds: int) -> dict[str, Any]:
     steps = {variant: step_function(name, variant) for variant in VARIANTS}
     number = 1
-    for fn in steps.values():  # step 1 captures the op graph once per run: steady state starts at step 2
-        fn(number)
-    number += 1
+    # Step 1 captures the op graph once per run: steady state starts at step 2. The untimed rounds after it
+    # pay what each variant costs only on first use; a single one left a plain BERT step at 2.4 s.
+    for _ in range(1 + WARMUP_ROUNDS):
+        for fn in steps.values():
+            fn(number)
+        number += 1
     wall: dict[str, list[float]] = {variant: [] for variant in steps}
     names = list(steps)
     for index in range(rounds):
@@ -137,19 +151,11 @@ def peak_in_child(name: str, variant: str, steps: int = 4) -> dict[str, int]:
     fn = step_function(name, variant)
     for number in (1, 2):
         fn(number)
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")  # resets VmHWM to the current resident size
-    before = _status_bytes("VmRSS")
+    reset_peak()
+    before = status_bytes("VmRSS")
     for number in range(3, 3 + steps):
         fn(number)
-    return {"step_peak": _status_bytes("VmHWM") - before}
-
-
-def _status_bytes(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return {"step_peak": status_bytes("VmHWM") - before}
 
 
 def largest_tensor_bytes(name: str) -> int:
@@ -166,7 +172,7 @@ def largest_tensor_bytes(name: str) -> int:
 
 
 def memory(name: str) -> dict[str, Any]:
-    if not Path("/proc/self/clear_refs").exists():
+    if not can_measure():
         return {}
     peaks = {}
     for variant in ("plain", "recorded"):
@@ -180,6 +186,18 @@ def memory(name: str) -> dict[str, Any]:
     extra = peaks["recorded"] - peaks["plain"]
     return {"extra_peak_mib": round(extra / 2**20, 2), "largest_tensor_mib": round(largest / 2**20, 2),
             "extra_in_largest_tensors": round(extra / largest, 2)}
+
+
+def keras_row(rounds: int, *, memory: bool) -> dict[str, Any]:
+    """The Keras model's row, from bench_keras_fit.py run in a process of its own."""
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench_keras_fit.py"), "--row", "--rounds",
+               str(max(3, rounds // 2))] + ([] if memory else ["--no-memory"])
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    if finished.returncode != 0:
+        raise RuntimeError(f"bench_keras_fit.py --row failed: {finished.stderr.strip()[-500:]}")
+    row: dict[str, Any] = json.loads(finished.stdout.strip().splitlines()[-1])
+    return row
 
 
 def end_to_end(steps: int = 4) -> dict[str, Any]:
@@ -216,7 +234,7 @@ def main() -> None:
     from benchmarks.real_architectures import ARCHITECTURES
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default=",".join(ARCHITECTURES))
+    parser.add_argument("--models", default=",".join([*ARCHITECTURES, KERAS]))
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--no-end-to-end", action="store_true")
@@ -225,23 +243,34 @@ def main() -> None:
     if args.peak:
         print(json.dumps(peak_in_child(*args.peak)))
         return
-    results: dict[str, Any] = {"threads": torch.get_num_threads(), "models": {}}
-    header = f"{'model':8} {'plain ms':>9} {'recorded':>9} {'anomaly':>8} {'debugmode':>10} {'1st step':>9} {'+peak MiB':>10} {'largest':>8}"
-    print(header)
+    results: dict[str, Any] = {"threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+                               "load_before": [round(n, 2) for n in os.getloadavg()], "models": {}}
+    print(f"load average before: {' '.join(map(str, results['load_before']))} on {os.cpu_count()} CPUs")
+    print(f"{'model':8} {'plain ms':>9} {'recorded':>9} {'anomaly':>8} {'debugmode':>10} {'1st step':>9} "
+          f"{'+peak MiB':>10} {'largest':>8}")
     for name in args.models.split(","):
-        row = {**steady(name, args.rounds), **first_step(name)}
-        if not args.no_memory:
-            row.update(memory(name))
+        if name == KERAS:
+            row = keras_row(args.rounds, memory=not args.no_memory)
+        else:
+            row = {**steady(name, args.rounds), **first_step(name)}
+            if not args.no_memory:
+                row.update(memory(name))
         results["models"][name] = row
         ratios = row["ratios"]
-        print(f"{name:8} {row['plain_step_ms']:>9} {ratios['recorded']:>8}x {ratios['detect_anomaly']:>7}x "
-              f"{ratios['debug_mode_hash']:>9}x {row['first_step_ratio']:>8}x "
+        print(f"{name:8} {row['plain_step_ms']:>9} {ratios['recorded']:>8}x {_ratio(ratios, 'detect_anomaly'):>8} "
+              f"{_ratio(ratios, 'debug_mode_hash'):>10} {row['first_step_ratio']:>8}x "
               f"{row.get('extra_peak_mib', '-'):>10} {row.get('largest_tensor_mib', '-'):>8}", flush=True)
     if not args.no_end_to_end:
         results["end_to_end"] = end_to_end()
         print(f"end to end: repro-audit diff {results['end_to_end']['diff_s']} s, two plain processes "
               f"{results['end_to_end']['two_plain_processes_s']} s: {results['end_to_end']['ratio']}x")
+    results["load_after"] = [round(n, 2) for n in os.getloadavg()]
+    print(f"load average after: {' '.join(map(str, results['load_after']))}")
     print(json.dumps(results, indent=1))
+
+
+def _ratio(ratios: dict[str, float], variant: str) -> str:
+    return f"{ratios[variant]}x" if variant in ratios else "-"
 
 
 if __name__ == "__main__":
