@@ -87,3 +87,43 @@ def test_diff_zooms_in_where_the_first_divergence_is_inside_a_step(tmp_path: Pat
     assert result.exit_code == 1
     zoom = json.loads(report.read_text())["zoom"]
     assert (zoom["module"], zoom["first_op"]["op"]) == ("block.drift", "repro_fixtures::jitter")
+
+
+class _Folder:
+    """Stands in for the trace writer: keeps what record_zoom writes (zoom.json) in memory."""
+
+    def __init__(self) -> None:
+        self.files: dict = {}
+
+    def write_json(self, name: str, data: dict) -> None:
+        self.files[name] = data
+
+
+def _zoom_ops(module: str | None) -> list[dict]:
+    """One zoom-in run of the fixture whose custom op is exact in forward and jitters in backward, in process."""
+    from repro_audit.audit.config import RunConfig
+    from repro_audit.probes.torch.zoom_run import record_zoom
+
+    config = RunConfig.from_dict({"recipe": "ops_recipes:build", "steps": 1,
+                                  "params": {"drifting": "jitter_backward"}}, config_dir=str(OPS_FIXTURES))
+    folder = _Folder()
+    record_zoom(config, folder, progress=lambda step: None, zoom={"step": 1, "module": module})  # type: ignore[arg-type]
+    return folder.files["zoom.json"]["ops"]
+
+
+@pytest.mark.parametrize("module", ["block.drift", None], ids=["module", "whole-step"])
+def test_zoom_finds_a_divergence_that_first_appears_in_a_backward_op(module: str | None) -> None:
+    """Forward outputs agree bitwise; the custom op's backward jitters. The module zoom hashes the module's
+    backward ops too, and both zooms name the op with the module and line of the forward op behind it."""
+    ops_a, ops_b = _zoom_ops(module), _zoom_ops(module)
+    compared, first = first_diverging_op(ops_a, ops_b)
+    assert first is not None and first["reason"] == "output differs"
+    assert (first["op"], first["phase"], first["module"]) == ("repro_fixtures::jitter", "backward", "block.drift")
+    assert "jittered_gradient" in first["node"]
+    top = first["stack"][0]
+    assert (Path(top["file"]).name, top["line"]) == ("ops_recipes.py", _line_of("# the line whose gradient jitters"))
+    forward = [op for op in ops_a[:compared - 1] if op["phase"] == "forward"]
+    assert "repro_fixtures::jittered_gradient" in [op["op"] for op in forward]  # it ran, and agreed
+    if module is not None:  # only the module's own ops, in both phases
+        assert {op["module"] for op in ops_a} == {"block.drift"}
+        assert {op["phase"] for op in ops_a} == {"forward", "backward"}
