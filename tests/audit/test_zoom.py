@@ -21,15 +21,16 @@ def _line_of(marker: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def checked(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, dict]:
-    report = tmp_path_factory.mktemp("zoom") / "check.json"
+def checked(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, dict, str]:
+    folder = tmp_path_factory.mktemp("zoom")
+    report, page = folder / "check.json", folder / "check.html"
     result = CliRunner().invoke(cli, ["check", str(OPS_FIXTURES / "jitter.yaml"), "--steps", "1", "-q",
-                                      "--json", str(report)], standalone_mode=True)
-    return result.exit_code, result.stdout, json.loads(report.read_text())
+                                      "--json", str(report), "--html", str(page)], standalone_mode=True)
+    return result.exit_code, result.stdout, json.loads(report.read_text()), page.read_text(encoding="utf-8")
 
 
-def test_check_zooms_into_the_first_diverging_op(checked: tuple[int, str, dict]) -> None:
-    code, _, document = checked
+def test_check_zooms_into_the_first_diverging_op(checked: tuple[int, str, dict, str]) -> None:
+    code, _, document, _ = checked
     assert code == 1
     zoom = document["zoom"]
     assert (zoom["step"], zoom["module"]) == (1, "block.drift")
@@ -42,11 +43,24 @@ def test_check_zooms_into_the_first_diverging_op(checked: tuple[int, str, dict])
     assert all("/probes/" not in frame["file"] for frame in first["stack"])
 
 
-def test_text_report_shows_the_zoom_in(checked: tuple[int, str, dict]) -> None:
-    _, text, _ = checked
+def test_text_report_shows_the_zoom_in(checked: tuple[int, str, dict, str]) -> None:
+    _, text, _, _ = checked
     flowing = " ".join(text.split())  # the summary is wrapped to the terminal width
     assert "Zoom-in" in text and "repro_fixtures::jitter (forward) in block.drift gave different bits" in flowing
     assert f"ops_recipes.py:{_line_of('# the jittering line')} in forward" in text
+
+
+def test_html_report_has_the_zoom_in_card(checked: tuple[int, str, dict, str]) -> None:
+    """The page shows what the JSON holds: the op, its module, its source line, the other frames folded."""
+    _, _, document, page = checked
+    card = page[page.index('id="zoom"'):]
+    card = card[:card.index('<section')]
+    first = document["zoom"]["first_op"]
+    top = first["stack"][0]
+    assert "repro_fixtures::jitter" in card and "block.drift" in card
+    assert f"{top['file']}:{top['line']} in {top['function']}" in card
+    assert f"<summary>stack ({len(first['stack'][1:6])} more frames)</summary>" in card
+    assert '<a href="#zoom">zoom-in</a>' in page
 
 
 def _comparison(*divergences: Divergence) -> Comparison:
