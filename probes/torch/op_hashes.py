@@ -17,7 +17,8 @@ import xxhash
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from repro_audit.probes.torch.op_recheck import UNINITIALISED, _bits
+from repro_audit.probes.torch.bit_compare import bits
+from repro_audit.probes.torch.op_recheck import UNINITIALISED
 from repro_audit.probes.torch.op_sites import user_stack
 from repro_audit.probes.torch.tensors import dtype_name
 
@@ -93,8 +94,8 @@ def output_hash(tensor: torch.Tensor) -> str:
     """xxh3 of the output's bit pattern (NaN payloads and signed zeros included)."""
     if tensor.is_sparse or tensor.is_quantized or tensor.device.type == "meta":
         return "uncomparable"
-    bits = _bits(tensor).contiguous().cpu().reshape(-1)  # 0-d tensors cannot be viewed as bytes
-    return xxhash.xxh3_64_hexdigest(bits.view(torch.uint8).numpy().tobytes()) if bits.numel() else "empty"
+    pattern = bits(tensor).contiguous().cpu().reshape(-1)  # 0-d tensors cannot be viewed as bytes
+    return xxhash.xxh3_64_hexdigest(pattern.view(torch.uint8).numpy().tobytes()) if pattern.numel() else "empty"
 
 
 class ModuleRegion:
