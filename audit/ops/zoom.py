@@ -105,7 +105,8 @@ def zoom_in(comparison: Comparison, configs: tuple[RunConfig, RunConfig], *, fol
     if target is None or any(config.framework != "torch" for config in configs):
         return None
     step, module = target
-    from repro_audit.audit.runner import raise_for_failures, record_all
+    from repro_audit.audit.executors.local import record_all
+    from repro_audit.audit.runner import raise_for_failures
 
     spec = {"step": step, "module": module}
     jobs = [(_labelled(config, side), folder / f"zoom-{side}") for side, config in zip("ab", configs)]

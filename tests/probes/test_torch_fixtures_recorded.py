@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from repro_audit.audit.config import load_config
-from repro_audit.audit.runner import record_all
+from repro_audit.audit.executors.local import record_all
 from repro_audit.audit.trace import Trace
 
 TORCH = Path(__file__).resolve().parents[2] / "fixtures" / "configs" / "torch"
