@@ -95,7 +95,7 @@ def output_hash(tensor: torch.Tensor) -> str:
     if tensor.is_sparse or tensor.is_quantized or tensor.device.type == "meta":
         return "uncomparable"
     pattern = bits(tensor).contiguous().cpu().reshape(-1)  # 0-d tensors cannot be viewed as bytes
-    return xxhash.xxh3_64_hexdigest(pattern.view(torch.uint8).numpy().tobytes()) if pattern.numel() else "empty"
+    return xxhash.xxh3_64_hexdigest(pattern.view(torch.uint8).numpy()) if pattern.numel() else "empty"  # no copy
 
 
 class ModuleRegion:
