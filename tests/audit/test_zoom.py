@@ -81,6 +81,9 @@ def test_zoom_target_is_the_earliest_innermost_diverging_module() -> None:
     assert zoom_target(_comparison(data), order) is None
     config = Divergence(category="config", name="lr", kind="changed")
     assert zoom_target(_comparison(config), order) is None
+    # Gradients part while every module output agrees: the whole step, backward included, is hashed.
+    gradient = Divergence(category="gradients", name="block.linear.weight", kind="changed", step=3)
+    assert zoom_target(_comparison(gradient), order) == (3, None)
 
 
 def test_first_diverging_op_by_name_hash_and_length() -> None:
