@@ -23,8 +23,9 @@ from typing import Any, Union
 from repro_audit.audit.config import RunConfig, apply_override, load_config, refuse_launch
 from repro_audit.audit.divergence import CATEGORIES, Comparison
 from repro_audit.audit.errors import RunFailed
+from repro_audit.audit.executors.local import record_all
 from repro_audit.audit.pytest_recipes import RecipeSource, recipe_framework, recipe_spec
-from repro_audit.audit.runner import RunResult, record_all
+from repro_audit.audit.runner import RunResult
 from repro_audit.audit.trace import Trace
 
 ConfigSource = Union[str, "os.PathLike[str]", RunConfig, Mapping[str, Any]]

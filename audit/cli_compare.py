@@ -21,6 +21,7 @@ from repro_audit.audit.cli_thresholds import health_threshold_options, threshold
 from repro_audit.audit.config import RunConfig, load_config
 from repro_audit.audit.divergence import CATEGORIES, Comparison
 from repro_audit.audit.errors import Interrupted, OutputError, RunFailed, UserError
+from repro_audit.audit.executors.local import record_all
 from repro_audit.audit.noise.stats import DEFAULT_ALPHA
 from repro_audit.audit.outputs import (
     ReportTarget,
@@ -30,7 +31,7 @@ from repro_audit.audit.outputs import (
     trace_file_name,
     write_report,
 )
-from repro_audit.audit.runner import raise_for_failures, record_all
+from repro_audit.audit.runner import raise_for_failures
 from repro_audit.audit.trace import Trace
 
 if TYPE_CHECKING:

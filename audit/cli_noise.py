@@ -2,7 +2,8 @@
 
 Records K seeds of each config through an executor (audit/executors), builds the bands and the per-step
 test in audit/noise, and hands the result to the presenters. Exit 0 for `noise`; for `diff --seeds`, 1 when
-B's loss lies outside A's spread at some step, else 0.
+some curve of B (the loss, a loss term, the gradient norm or a parameter distance) lies outside A's spread
+at some step, else 0; the headline names which.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def noise_command(config_path: str, seeds: int, steps: int | None, overrides: tu
 
 def noise_diff(configs: list[RunConfig], inputs: list[Path], *, seeds: int, steps: int | None,
                options: dict[str, Any]) -> int:
-    """`diff A B --seeds K`: both configs with K seeds; exit 1 when B's loss is outside A's spread."""
+    """`diff A B --seeds K`: both configs with K seeds; exit 1 when some curve of B is outside A's spread."""
     result = run_noise(configs, inputs, seeds=seeds, steps=steps, options=options)
     return EXIT_DIFFERENT if result.outside else EXIT_SAME
 

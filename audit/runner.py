@@ -5,7 +5,8 @@ next, a hang is killed at the config's timeout, and a crash in one run never los
 A run counts as recorded only when its worker said "done" and left a complete trace; when it ends, however
 it ends, its whole process group is killed, so nothing the recipe forked outlives it. An interrupt of the
 parent (an exception in the thread that waits, or `stop` set for runs waited on by other threads) kills the
-workers at once and keeps their partial traces with error kind "interrupted".
+workers at once and keeps their partial traces with error kind "interrupted". Several runs at a time go
+through audit/executors (the local pool, or Ray).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -105,29 +105,6 @@ def record(config: RunConfig, trace_path: str | os.PathLike[str], *,
     result = _Worker(config, trace_path, progress, env or {}).run(payload, stop)
     result.seconds = time.monotonic() - started
     return result
-
-
-def record_all(jobs: Sequence[tuple[RunConfig, Path]], *, progress: ProgressCallback | None = None,
-               parallel: bool | None = None, workers: int = 2, mode: str = "record",
-               zoom: dict[str, Any] | None = None) -> list[RunResult]:
-    """Record several configs, `workers` at a time (two by default) where the machine has the cores;
-    `mode` and `zoom` as for `record`."""
-    if parallel is None:
-        parallel = (os.cpu_count() or 1) >= 2 and len(jobs) > 1
-    if not parallel:
-        return [record(config, path, progress=progress, mode=mode, zoom=zoom) for config, path in jobs]
-    stop = Stop()
-    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs), os.cpu_count() or 1)))
-    try:
-        futures = [pool.submit(record, config, path, progress=progress, stop=stop, mode=mode, zoom=zoom)
-                   for config, path in jobs]
-        results = [future.result() for future in futures]
-    except BaseException as exc:
-        stop.set(exc)  # the threads kill their workers and keep the partial traces
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown()
-    return results
 
 
 def raise_for_failures(results: Sequence[RunResult], *, traces_kept: bool = True) -> None:

@@ -41,7 +41,8 @@ RECIPE = textwrap.dedent('''
 
 def record_pair(folder: Path, million: float, steps: int) -> tuple[Path, Path]:
     from repro_audit.audit.config import load_config
-    from repro_audit.audit.runner import raise_for_failures, record_all
+    from repro_audit.audit.executors.local import record_all
+    from repro_audit.audit.runner import raise_for_failures
 
     width, layers = 2048, max(1, round(million * 1e6 / (2048 * 2048)))
     (folder / "big_mlp.py").write_text(RECIPE, encoding="utf-8")

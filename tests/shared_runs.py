@@ -21,7 +21,7 @@ import pytest
 from filelock import FileLock
 
 from repro_audit.audit.config import RunConfig
-from repro_audit.audit.runner import record_all
+from repro_audit.audit.executors.local import record_all
 from repro_audit.audit.trace import Trace
 
 

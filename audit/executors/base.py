@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from repro_audit.audit.config import RunConfig
-from repro_audit.audit.runner import RunResult
+from repro_audit.audit.runner import ProgressCallback, RunResult
 
 RunsDone = Callable[[int, int, RunResult], None]  # (runs done, runs in all, the run that just ended)
 
@@ -36,18 +36,23 @@ def thread_env() -> dict[str, str]:
 
 @dataclass(frozen=True)
 class RunJob:
-    """One run: the config and where its trace must be when the executor returns."""
+    """One run: the config and where its trace must be when the executor returns. `mode` and `zoom` as for
+    runner.record: a recording (default), `ops`, or the zoom-in of check/diff."""
 
     config: RunConfig
     trace_path: Path
+    mode: str = "record"
+    zoom: dict[str, Any] | None = None
 
 
 class Executor(Protocol):
-    """Runs jobs, retrying a failed or lost run once; results in the order of the jobs."""
+    """Runs jobs, retrying a failed or lost run once; results in the order of the jobs. `progress` gets each
+    run's steps where the executor can see them (the local pool; Ray reports runs done only)."""
 
     name: str
 
-    def run(self, jobs: Sequence[RunJob], *, on_done: RunsDone | None = None) -> list[RunResult]: ...
+    def run(self, jobs: Sequence[RunJob], *, on_done: RunsDone | None = None,
+            progress: ProgressCallback | None = None) -> list[RunResult]: ...
 
     def close(self) -> None: ...
 

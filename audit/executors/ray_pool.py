@@ -23,7 +23,7 @@ from repro_audit.audit.executors.base import (
     worth_retrying,
 )
 from repro_audit.audit.executors.ray_task import job_payload, record_packed, unpack
-from repro_audit.audit.runner import RunResult
+from repro_audit.audit.runner import ProgressCallback, RunResult
 
 PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 LOCAL = "local"  # a Ray instance of our own on this machine, started here and shut down in close()
@@ -54,7 +54,9 @@ class RayPool:
                     from None
         self._task = ray.remote(num_cpus=1, max_retries=0)(record_packed)
 
-    def run(self, jobs: Sequence[RunJob], *, on_done: RunsDone | None = None) -> list[RunResult]:
+    def run(self, jobs: Sequence[RunJob], *, on_done: RunsDone | None = None,
+            progress: ProgressCallback | None = None) -> list[RunResult]:
+        """`progress` is not called: a task's steps are not seen from here, only the runs done (`on_done`)."""
         ray = self._ray
         counter = DoneCounter(len(jobs), on_done)
         results: list[RunResult | None] = [None] * len(jobs)
@@ -84,7 +86,7 @@ class RayPool:
             self._ray.shutdown()
 
     def _submit(self, job: RunJob) -> Any:
-        return self._task.remote(job_payload(job.config))
+        return self._task.remote(job_payload(job.config, mode=job.mode, zoom=job.zoom))
 
     def _result(self, job: RunJob, ref: Any) -> RunResult:
         try:

@@ -25,13 +25,15 @@ def record_packed(payload: dict[str, Any]) -> dict[str, Any]:
     config = RunConfig.from_dict(payload["config"], config_dir=payload.get("config_dir"), source=payload.get("source"))
     with tempfile.TemporaryDirectory(prefix="repro-audit-ray-") as scratch:
         trace = Path(scratch) / TRACE_NAME
-        result = record(config, trace, env=payload.get("thread_env"))
+        result = record(config, trace, env=payload.get("thread_env"), mode=payload.get("mode", "record"),
+                        zoom=payload.get("zoom"))
         archive = _pack(trace) if result.trace_path is not None and trace.exists() else None
     return {"ok": result.ok, "error": result.error, "seconds": result.seconds, "archive": archive}
 
 
-def job_payload(config: RunConfig) -> dict[str, Any]:
+def job_payload(config: RunConfig, *, mode: str = "record", zoom: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"config": config.to_dict(), "config_dir": config.config_dir, "source": config.source,
+            "mode": mode, "zoom": zoom,
             # Decided by the caller, so a run has the thread count (and the float reductions) it would have
             # had in the local pool, whatever the node's Ray worker has set.
             "thread_env": thread_env()}

@@ -53,16 +53,19 @@ class NoiseResult:
         return bool(self.outside_metrics)
 
     def headline(self) -> str:
-        """The verdict: which of B's curves leave A's spread, and from which step; else that the loss stays in."""
+        """The verdict, naming the quantities of B that leave A's spread and from which step (the loss can stay
+        inside while the weights have already moved far apart); else that the loss stays in."""
         if self.b is None or not self.outside:
             return self.verdict(TOTAL_LOSS)
         named = []
         for metric in self.outside_metrics:
             curve = self.curve(metric)
             assert curve is not None
-            named.append(f"its {metric_title(metric)} from step {curve.first_outside}")
-        loss = "" if TOTAL_LOSS in self.outside_metrics else f"; {self.verdict(TOTAL_LOSS)}"
-        return f"B lies outside A's seed-to-seed spread: {', '.join(named)}{loss}"
+            named.append(f"{metric_title(metric)} (from step {curve.first_outside})")
+        listed = named[0] if len(named) == 1 else f"{', '.join(named[:-1])} and {named[-1]}"
+        verb = "lies" if len(named) == 1 else "lie"
+        loss = "" if TOTAL_LOSS in self.outside_metrics else f"; not the loss: {self.verdict(TOTAL_LOSS)}"
+        return f"B's {listed} {verb} outside A's seed-to-seed spread{loss}"
 
     def curve(self, metric: str) -> CurveTest | None:
         return next((curve for curve in self.curves if curve.metric == metric), None)

@@ -1,7 +1,7 @@
 """The zoom-in of `check` and `diff`: from the first diverging step down to the first diverging op.
 
-Both sides are re-run up to the diverging step with op-level hashes in the diverging module only (see
-probes/torch/op_hashes.py); their op lists are compared here, in execution order, and the first op whose
+Both sides are re-run up to the diverging step with op-level hashes in the diverging module only, its
+forward ops and the backward ops of the autograd nodes they created (see probes/torch/op_hashes.py); their op lists are compared here, in execution order, and the first op whose
 name or output bits differ is the answer, with the user's stack where it ran. The module is the earliest
 diverging module at that step that holds no other diverging module (the innermost culprit, not the root
 that merely contains it); no module output diverged -> the whole step is watched.
@@ -33,7 +33,9 @@ class OpZoom:
     step: int
     module: str | None
     ops_compared: int
-    first_op: dict[str, Any] | None = None  # index, op, phase, module, dtypes, shapes, stack, reason, hashes
+    # index, op, phase, module, node (backward: the autograd node that ran it), dtypes, shapes, stack, reason,
+    # hashes. In backward, module and stack are those of the forward op that created the node.
+    first_op: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -45,12 +47,13 @@ class OpZoom:
         op = self.first_op
         shape = ", ".join(f"{dtype}{shape}" for dtype, shape in zip(op.get("dtypes") or [], op.get("shapes") or []))
         where = f" in {op['module']}" if op.get("module") else ""
+        phase = f"backward, node {op['node']}" if op.get("node") else op.get("phase")
         if op["reason"] == "other op":
             what = f"run A ran {op['op']} where run B ran {op.get('op_b')}"
         elif op["reason"] == "output differs":
-            what = f"{op['op']} ({op.get('phase')}){where} gave different bits ({shape})"
+            what = f"{op['op']} ({phase}){where} gave different bits ({shape})"
         else:
-            what = f"{op['op']} ({op.get('phase')}){where} ran {op['reason']}"
+            what = f"{op['op']} ({phase}){where} ran {op['reason']}"
         return f"step {self.step}, {region}: the first diverging op is #{op.get('index')}: {what}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,7 +94,7 @@ def first_diverging_op(ops_a: list[dict[str, Any]], ops_b: list[dict[str, Any]])
 
 
 def _shown(op: dict[str, Any]) -> dict[str, Any]:
-    return {key: op.get(key) for key in ("index", "op", "phase", "module", "dtypes", "shapes", "stack")}
+    return {key: op.get(key) for key in ("index", "op", "phase", "module", "node", "dtypes", "shapes", "stack")}
 
 
 def zoom_in(comparison: Comparison, configs: tuple[RunConfig, RunConfig], *, folder: Path,
@@ -102,7 +105,8 @@ def zoom_in(comparison: Comparison, configs: tuple[RunConfig, RunConfig], *, fol
     if target is None or any(config.framework != "torch" for config in configs):
         return None
     step, module = target
-    from repro_audit.audit.runner import raise_for_failures, record_all
+    from repro_audit.audit.executors.local import record_all
+    from repro_audit.audit.runner import raise_for_failures
 
     spec = {"step": step, "module": module}
     jobs = [(_labelled(config, side), folder / f"zoom-{side}") for side, config in zip("ab", configs)]

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from repro_audit.audit.config import RunConfig
 from repro_audit.audit.divergence import Comparison
+from repro_audit.audit.executors.local import record_all
 from repro_audit.audit.outputs import trace_file_name
-from repro_audit.audit.runner import ProgressCallback, RunResult, record_all
+from repro_audit.audit.runner import ProgressCallback, RunResult
 from repro_audit.audit.trace import Trace
 from repro_audit.audit.verify.effect import measure
 from repro_audit.audit.verify.plan import Intervention, merged, plan

@@ -18,6 +18,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
+from repro_audit.probes.torch.bit_compare import bitwise_equal, distance
 from repro_audit.probes.torch.dispatch_capture import _source_generator
 from repro_audit.probes.torch.known_nondeterministic import known_nondeterministic
 from repro_audit.probes.torch.op_sites import user_frame
@@ -27,7 +28,14 @@ from repro_audit.probes.torch.tensors import dtype_name
 UNINITIALISED = frozenset({"aten::empty", "aten::empty_like", "aten::empty_strided", "aten::new_empty",
                            "aten::new_empty_strided", "aten::empty_permuted", "aten::resize_",
                            "aten::set_", "aten::_local_scalar_dense"})
-_BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+# Ops not executed a second time, because their result can depend on nothing but their arguments:
+# - views (`func.is_view`: view, transpose, expand, split, detach...): the output is the input's storage
+#   with new sizes, strides and offset, computed from metadata; no kernel writes a value, so there is
+#   nothing that could differ (and comparing would read the input's memory against itself);
+# - constant fills: every element is set to the one given scalar, with no reduction and no order to vary.
+CONSTANT_FILLS = frozenset({"aten::zeros", "aten::ones", "aten::full", "aten::zeros_like", "aten::ones_like",
+                            "aten::full_like", "aten::fill_", "aten::zero_", "aten::scalar_tensor",
+                            "aten::new_zeros", "aten::new_ones", "aten::new_full"})
 _WRITTEN: dict[Any, list[int]] = {}  # per op overload: the arguments its schema says it writes
 
 
@@ -77,6 +85,7 @@ class OpRecheckMode(TorchDispatchMode):
         self.step = 0
         self.phase = "forward"
         self.ops_checked = 0
+        self.ops_not_rerun = 0  # views and constant fills (CONSTANT_FILLS): nothing in them can differ
         self.disagreements: list[OpDisagreement] = []
         self.known: dict[tuple[str, str, str | None, str], dict[str, Any]] = {}
         # Forward: where each autograd node was created, so a backward op can name its module and line.
@@ -92,6 +101,14 @@ class OpRecheckMode(TorchDispatchMode):
             return func(*args, **kwargs)
         node = torch._C._current_autograd_node()
         phase = "backward" if node is not None else self.phase
+        if func.is_view or name in CONSTANT_FILLS:
+            out = func(*args, **kwargs)
+            self.ops_not_rerun += 1
+            if phase == "forward" and isinstance(out, torch.Tensor) and any(
+                    t.requires_grad for t in tensors_of((args, kwargs))):
+                # Its autograd node (a view's backward) may run ops worth naming: keep where it was made.
+                self._pending.append((out, self.module_of(), user_frame(2)))
+            return out
         written = _WRITTEN.get(func)
         if written is None:
             written = _WRITTEN[func] = _written_arguments(func)
@@ -178,40 +195,6 @@ class OpRecheckMode(TorchDispatchMode):
             if node is not None and node not in self._origins:
                 self._origins[node] = (module, source)
         self._pending = []
-
-
-def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Same shape, dtype and bit pattern (NaN payloads included)."""
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    if a.is_sparse or a.is_quantized or a.device.type == "meta":
-        return True  # not compared: no dense bit pattern to read
-    return bool(torch.equal(_bits(a), _bits(b)))
-
-
-def distance(a: torch.Tensor, b: torch.Tensor) -> dict[str, Any]:
-    """How far apart two results of one op are: elements that differ, largest absolute difference."""
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return {"shapes": [list(a.shape), list(b.shape)], "dtypes": [dtype_name(a.dtype), dtype_name(b.dtype)]}
-    differ = _bits(a) != _bits(b)
-    result: dict[str, Any] = {"elements": a.numel(), "differing": int(differ.sum())}
-    if a.is_floating_point() or a.is_complex():
-        gap = (a.detach().double() - b.detach().double()).abs()[differ]
-        finite = gap[torch.isfinite(gap)]
-        result["max_abs"] = float(finite.max()) if finite.numel() else None
-        result["non_finite"] = int(gap.numel() - finite.numel())
-    elif a.dtype != torch.bool:
-        result["max_abs"] = float((a.long() - b.long()).abs().max()) if a.numel() else 0.0
-    return result
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    t = t.detach()
-    if t.is_complex():
-        t = torch.view_as_real(t)
-    if t.is_floating_point():
-        return t.view(_BITS[t.element_size()])  # same element size: a view, whatever the strides
-    return t
 
 
 def _written_arguments(func: Any) -> list[int]:

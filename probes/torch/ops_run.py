@@ -75,6 +75,7 @@ def ops_record(mode: Any, *, steps: int, device: str) -> dict[str, Any]:
         "device": device,
         "steps": steps,
         "ops_checked": mode.ops_checked,
+        "ops_not_rerun": mode.ops_not_rerun,
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "cudnn": {"enabled": bool(cudnn.enabled), "deterministic": bool(cudnn.deterministic),
                   "benchmark": bool(cudnn.benchmark)} if device == "cuda" else None,

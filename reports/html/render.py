@@ -26,6 +26,7 @@ from repro_audit.reports.html import (
     steps,
     structure,
     tree,
+    zoom,
 )
 from repro_audit.reports.html.modules_table import modules_view
 from repro_audit.reports.html.page import environment, page_assets, write_atomically
@@ -65,6 +66,7 @@ def build_context(comparison: Comparison, *, trace_a: Trace | None, trace_b: Tra
         "divergence": _divergence_view(comparison),
         "modules": modules_view(comparison.distances),
         "verification": proof.proof_view(comparison),
+        "zoom": zoom.zoom_view(comparison),
         "timeline": tree.timeline(comparison, divergence_tree),
         "tree": divergence_tree,
         "environment": tree.category_rows(comparison, ("environment", "code"), divergence_tree),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from repro_audit.audit.config import load_config
 from repro_audit.audit.diff import compare_traces, registry
-from repro_audit.audit.runner import record_all
+from repro_audit.audit.executors.local import record_all
 from repro_audit.audit.trace import Trace
 from repro_audit.reports.json_report import render_json
 from repro_audit.reports.text import render_text

@@ -19,8 +19,7 @@ def test_diff_with_seeds_exits_1_when_b_leaves_the_band(write_config, tmp_path: 
                                    "--seeds", "2", "--json", str(tmp_path / "r.json"), "--html",
                                    str(tmp_path / "r.html"))
     assert code == 1, stderr
-    assert stdout.startswith("OUTSIDE: B lies outside A's seed-to-seed spread: its parameter distance from its "
-                             "initial values from step 1")
+    assert stdout.startswith("OUTSIDE: B's parameter distance from its initial values (from step 1)")
     assert "runs done 4/4" in stderr
     document = json.loads((tmp_path / "r.json").read_text())
     assert document["kind"] == "noise" and document["outside"] and document["b"]["label"] == "fast"

@@ -10,7 +10,7 @@ import pytest
 
 from repro_audit.audit.config import RunConfig, load_config
 from repro_audit.audit.diff import compare_traces
-from repro_audit.audit.runner import record_all
+from repro_audit.audit.executors.local import record_all
 from repro_audit.audit.trace import Trace
 
 TF_RECIPES = Path(__file__).resolve().parents[1] / "probes" / "tf" / "recipes"

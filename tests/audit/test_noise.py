@@ -71,8 +71,12 @@ def test_learning_rate_x10_lies_outside_the_band(recorded: dict) -> None:
     assert first.p_adjusted < 0.05 and first.effect_size > 10  # Adam moves every weight about 10x farther
     assert result.verdict(DISTANCE_FROM_INIT).startswith(
         "B's parameter distance from its initial values is outside A's seed-to-seed spread from step 1: adjusted p")
-    assert result.headline().startswith("B lies outside A's seed-to-seed spread: its parameter distance from its "
-                                        "initial values from step 1")
+    # The words name the quantity that is outside, and say that the loss is not (yet) among them.
+    headline = result.headline()
+    assert headline.startswith("B's parameter distance from its initial values (from step 1)")
+    assert "lie outside A's seed-to-seed spread" in headline or "lies outside A's seed-to-seed spread" in headline
+    if TOTAL_LOSS not in result.outside_metrics:
+        assert "; not the loss: B's loss is within A's seed-to-seed spread at every step" in headline
 
 
 def test_json_text_and_html_present_the_same_result(recorded: dict) -> None:
@@ -87,7 +91,7 @@ def test_json_text_and_html_present_the_same_result(recorded: dict) -> None:
     assert document["headline"] == result.headline()
     assert document["b"]["label"] == "lr x10" and document["a"]["seeds"] == SEEDS
     text = render_noise_text(result)
-    assert text.startswith("OUTSIDE: B lies outside") and "adj. p" in text
+    assert text.startswith("OUTSIDE: B's parameter distance from its initial values") and "adj. p" in text
     from markupsafe import escape
 
     html = render_noise_html(result)

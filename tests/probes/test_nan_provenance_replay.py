@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from repro_audit.audit.config import load_config
-from repro_audit.audit.runner import record_all
+from repro_audit.audit.executors.local import record_all
 from repro_audit.audit.trace import Trace
 from repro_audit.probes.torch.step_replay import RandomState, replay_forward
 

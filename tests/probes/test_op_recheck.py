@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from repro_audit.audit.config import RunConfig
-from repro_audit.probes.torch.op_recheck import OpRecheckMode, bitwise_equal
+from repro_audit.probes.torch.bit_compare import bitwise_equal
+from repro_audit.probes.torch.op_recheck import OpRecheckMode
 from repro_audit.probes.torch.ops_run import record_ops
 
 OPS_FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "configs" / "torch" / "ops"
@@ -56,13 +57,13 @@ def test_drifting_custom_op_is_named_with_module_line_terms_and_distance(driftin
     assert 0 < first["distance"]["differing"] <= first["distance"]["elements"] == 8 * 6 * 16
     assert 0 < first["distance"]["max_abs"] < 0.01
     assert drifting_forward["known"] == []
-    assert drifting_forward["ops_checked"] > 200
+    assert drifting_forward["ops_checked"] > 150 and drifting_forward["ops_not_rerun"] > 50  # views, fills
 
 
 def test_model_without_a_nondeterministic_op_lists_nothing() -> None:
     record = _ops("none")
     assert record["disagreements"] == [] and record["known"] == []
-    assert record["ops_checked"] > 200
+    assert record["ops_checked"] > 150
 
 
 def test_drift_in_backward_is_named_with_the_forward_module_and_line() -> None:
@@ -112,3 +113,11 @@ def test_bitwise_means_bit_patterns() -> None:
     assert bitwise_equal(nan, nan.clone())
     assert not bitwise_equal(torch.tensor([0.0]), torch.tensor([-0.0]))
     assert not bitwise_equal(torch.ones(2), torch.ones(3))
+    # The CPU path reads bytes through numpy; strided, 0-d, odd-sized and conjugate tensors as well.
+    grid = torch.arange(12.0).reshape(3, 4)
+    assert bitwise_equal(grid.t(), grid.clone().t()) and not bitwise_equal(grid.t(), grid.t() + 1e-6)
+    assert bitwise_equal(torch.tensor(2.5), torch.tensor(2.5)) and not bitwise_equal(torch.tensor(2.5), torch.tensor(-2.5))
+    odd = torch.tensor([1, 2, 3], dtype=torch.int8)
+    assert bitwise_equal(odd, odd.clone()) and not bitwise_equal(odd, torch.tensor([1, 2, 4], dtype=torch.int8))
+    complex_values = torch.tensor([1 + 2j])
+    assert not bitwise_equal(complex_values.conj(), complex_values)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from repro_audit.audit.config import load_config
 from repro_audit.audit.diff import compare_traces
-from repro_audit.audit.runner import record_all
+from repro_audit.audit.executors.local import record_all
 from repro_audit.audit.trace import Trace
 
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from repro_audit.audit.config import load_config
-from repro_audit.audit.runner import record_all
+from repro_audit.audit.executors.local import record_all
 from repro_audit.audit.trace import Trace
 
 HERE = Path(__file__).parent

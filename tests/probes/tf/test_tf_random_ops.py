@@ -15,7 +15,7 @@ import pytest
 from repro_audit.audit.config import RunConfig
 from repro_audit.audit.diff import compare_traces
 from repro_audit.audit.divergence import Comparison, Divergence
-from repro_audit.audit.runner import record_all
+from repro_audit.audit.executors.local import record_all
 from repro_audit.audit.trace import Trace
 
 pytestmark = pytest.mark.tensorflow
