@@ -113,11 +113,7 @@ def test_lightning_callback_records_what_the_recipe_records(recipe_trace, traine
 def test_huggingface_trainer_callback_records_each_rank_under_torchrun(tmp_path) -> None:
     pytest.importorskip("accelerate", reason="the Trainer needs accelerate: pip install 'repro-audit[trainers]'")
     pytest.importorskip("transformers", reason="pip install 'repro-audit[trainers]'")
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                    str(FIXTURES / "hf_trainer_ddp.py"), str(tmp_path / "run.trace")], check=True, env=env,
-                   capture_output=True)
+    _torchrun_two_ranks("hf_trainer_ddp.py", tmp_path / "run.trace")
     ranks = open_ranks(tmp_path / "run.trace")
     assert [(t.environment["distributed"]["rank"], t.environment["distributed"]["world_size"]) for t in ranks] \
         == [(0, 2), (1, 2)]
@@ -132,11 +128,7 @@ def test_huggingface_trainer_callback_records_each_rank_under_torchrun(tmp_path)
 
 def test_lightning_callback_records_each_rank_under_torchrun(tmp_path) -> None:
     pytest.importorskip("lightning.pytorch", reason="pip install 'repro-audit[trainers]'")
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                    str(FIXTURES / "lightning_ddp.py"), str(tmp_path / "run.trace")], check=True, env=env,
-                   capture_output=True)
+    _torchrun_two_ranks("lightning_ddp.py", tmp_path / "run.trace")
     ranks = open_ranks(tmp_path / "run.trace")
     facts = [trace.environment["distributed"] for trace in ranks]
     assert [(f["rank"], f["world_size"], f["backend"]) for f in facts] == [(0, 2, "gloo"), (1, 2, "gloo")]
@@ -149,3 +141,12 @@ def test_lightning_callback_records_each_rank_under_torchrun(tmp_path) -> None:
     assert comparison.divergences == []
     hashes = [[step["batch"]["hash"] for step in trace.steps] for trace in ranks]
     assert not set(hashes[0]) & set(hashes[1]) and len(set(hashes[0])) == 3
+
+
+def _torchrun_two_ranks(script: str, trace: Path) -> None:
+    """Run a trainer script of fixtures/configs/torch/ddp under torchrun with 2 ranks, as users launch it."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    completed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                                str(FIXTURES / script), str(trace)], env=env, capture_output=True, text=True, check=False)
+    assert completed.returncode == 0, completed.stderr[-3000:]
