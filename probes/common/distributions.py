@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import metadata
 
 
@@ -47,7 +47,7 @@ def _name_and_version(text: str) -> tuple[str, str]:
     return name, version
 
 
-@lru_cache(maxsize=None)
+@cache
 def _real_folder(folder: str) -> str:
     return os.path.realpath(folder)
 
