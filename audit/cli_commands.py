@@ -25,9 +25,12 @@ from repro_audit.audit.runner import record as record_config
               help="Run with this Python interpreter (another virtual environment).")
 @click.option("--nproc", type=click.IntRange(min=1, max=64),
               help="Run N ranks under torchrun (DDP); -o is then a folder with a trace per rank.")
+@click.option("--zoom/--no-zoom", default=True, show_default=True,
+              help="With launch/--nproc: where the ranks drift apart, re-run to the drift step and name the op "
+                   "before the drift in the summary.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def record_command(config_path: str, output: str, overrides: tuple[str, ...], steps: int | None,
-                   values: str | None, python: str | None, nproc: int | None, quiet: bool) -> int:
+                   values: str | None, python: str | None, nproc: int | None, zoom: bool, quiet: bool) -> int:
     """Run CONFIG in a fresh subprocess and write its trace.
 
     \b
@@ -51,7 +54,7 @@ def record_command(config_path: str, output: str, overrides: tuple[str, ...], st
         if not quiet:
             from repro_audit.audit.cli_ranks import summarise_ranked_run
 
-            summarise_ranked_run(target, label=config.label)
+            summarise_ranked_run(target, label=config.label, zoom=config if zoom else None, quiet=quiet)
         return 0
     from repro_audit.audit.trace import Trace
 

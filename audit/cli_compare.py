@@ -51,7 +51,9 @@ def _tolerance(ctx: click.Context, param: click.Parameter, value: float) -> floa
 def _zoom_option(function: Any) -> Any:
     return click.option("--zoom/--no-zoom", default=True, show_default=True,
                         help="Where the first divergence is inside a step (torch): re-run both sides to it with "
-                             "the diverging module hashed op by op, and name the first op that differs.")(function)
+                             "the diverging module hashed op by op, and name the first op that differs; where "
+                             "the ranks of a launch/--nproc run drift apart, re-run it to the drift step and "
+                             "name the op before the drift.")(function)
 
 
 def _tolerance_options(function: Any) -> Any:
@@ -305,7 +307,8 @@ def _ranked(configs: list[RunConfig], keep: str | None, reports: list[ReportTarg
     with _run_folder(keep) as folder:
         runs = record_ranked(configs, folder=folder, kept=keep is not None, quiet=options["quiet"])
         return report_ranked(runs, labels=[config.label for config in configs], name=name, reports=reports,
-                             options=options, temporary=None if keep is not None else folder)
+                             options=options, temporary=None if keep is not None else folder, configs=configs,
+                             folder=folder)
 
 
 def _report_requests(options: dict[str, Any]) -> list[tuple[str, str | None]]:

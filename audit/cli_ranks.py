@@ -32,12 +32,17 @@ def record_ranked(configs: Sequence[RunConfig], *, folder: Path, kept: bool, qui
 
 
 def report_ranked(runs: list[list[Trace]], *, labels: Sequence[str], name: str, reports: Sequence[ReportTarget],
-                  options: dict[str, Any], temporary: Path | None) -> int:
+                  options: dict[str, Any], temporary: Path | None, configs: Sequence[RunConfig] = (),
+                  folder: Path | None = None) -> int:
+    """`configs` and `folder` (check, diff): with --zoom, a run whose ranks drift is re-run to name the op
+    before the drift (audit/ops/drift_zoom.py), into `folder`/zoom."""
     from repro_audit.audit.cli_compare import _stdout_is_free, forget_trace_paths
     from repro_audit.reports.text_ranks import render_ranked_json, render_ranked_text
 
     result = compare_ranked_runs(runs, labels=labels, rtol=options["rtol"], atol=options["atol"],
                                  ignore=tuple(options["ignore"]), health_thresholds=thresholds_from(options))
+    if options.get("zoom") and configs and folder is not None:
+        zoom_ranked(result.cross_rank, configs, folder=folder, kept=temporary is None, quiet=options["quiet"])
     for comparison in _comparisons(result):
         forget_trace_paths(comparison, temporary)
     if _stdout_is_free(reports):
@@ -67,12 +72,33 @@ def _shown(result: RankedResult, runs: list[list[Trace]]) -> tuple[Comparison, T
     return result.cross_rank[index], runs[index][0], runs[index][-1]
 
 
-def summarise_ranked_run(path: Path, *, label: str) -> None:
-    """What `record` and `show` print for a run of N ranks: each rank's steps and the cross-rank verdict."""
+def zoom_ranked(comparisons: Sequence[Comparison], configs: Sequence[RunConfig], *, folder: Path, kept: bool,
+                quiet: bool) -> int:
+    """The op before each run's earliest drift between ranks, its re-runs under `folder`/zoom; how many ran."""
+    from repro_audit.audit.cli_progress import Progress
+    from repro_audit.audit.ops.drift_zoom import zoom_into_drifts
+
+    with Progress(quiet=quiet) as progress:
+        return zoom_into_drifts(comparisons, configs, folder=folder / "zoom", kept=kept, progress=progress.update)
+
+
+def summarise_ranked_run(path: Path, *, label: str, zoom: RunConfig | None = None, quiet: bool = True) -> None:
+    """What `record` and `show` print for a run of N ranks: each rank's steps and the cross-rank verdict.
+    `zoom` (record): the run's config, re-run in a temporary folder to name the op before a drift."""
     from repro_audit.audit.diff.compare_ranks import compare_ranks
     from repro_audit.reports.text import render_text
 
     ranks = open_ranks(path)
     click.echo(f"{len(ranks)} ranks in {path}: " + ", ".join(
         f"rank {rank} {len(trace.steps)} steps" for rank, trace in enumerate(ranks)))
-    click.echo(render_text(compare_ranks(ranks, label=label)))
+    comparison = compare_ranks(ranks, label=label)
+    if zoom is not None:
+        import shutil
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="repro-audit-zoom-"))
+        try:
+            zoom_ranked([comparison], [zoom], folder=folder, kept=False, quiet=quiet)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    click.echo(render_text(comparison))

@@ -38,13 +38,15 @@ CONSEQUENCE_SIGNS = ("Connection closed by peer", "Connection reset by peer", "r
 
 
 def record_ranks(config: RunConfig, run: Path, *, progress: ProgressCallback | None = None,
-                 stop: Stop | None = None) -> RunResult:
-    """Record `config` with `config.nproc` ranks into the run folder `run`; never raises for a failed run."""
+                 stop: Stop | None = None, mode: str = "record", zoom: dict[str, Any] | None = None) -> RunResult:
+    """Record `config` with `config.nproc` ranks into the run folder `run`; never raises for a failed run.
+    `mode` and `zoom` as for runner.record (every rank runs the same mode)."""
     start_ranked_run(run, nproc=config.nproc, label=config.label)
     channel = Path(tempfile.mkdtemp(prefix="repro-audit-launch-"))
     try:
         (channel / "config.json").write_text(json.dumps({"config": config.to_dict(), "config_dir": config.config_dir,
-                                                         "source": config.source}), encoding="utf-8")
+                                                         "source": config.source, "mode": mode, "zoom": zoom}),
+                                             encoding="utf-8")
         return _Ranks(config, run, channel, progress).run(stop)
     finally:
         shutil.rmtree(channel, ignore_errors=True)

@@ -89,7 +89,8 @@ def record(config: RunConfig, trace_path: str | os.PathLike[str], *,
     set for the worker on top of ours (an executor's thread count).
 
     `mode="ops"` runs `repro-audit ops` there instead (every op twice; ops.json in the trace folder);
-    `mode="zoom"` the zoom-in of check/diff, `zoom` saying which step and module (zoom.json).
+    `mode="zoom"` the zoom-in of check/diff, `zoom` saying which step and module (zoom.json); `mode="drift"`
+    (runs of N ranks) the writes to the tensors that drifted between ranks (writers.json in each rank folder).
 
     An exception while waiting (an interrupt) kills the worker, finalises its partial trace and propagates.
     """
@@ -98,7 +99,7 @@ def record(config: RunConfig, trace_path: str | os.PathLike[str], *,
     if config.nproc:
         from repro_audit.audit.launch import record_ranks
 
-        return record_ranks(config, trace_path, progress=progress, stop=stop)
+        return record_ranks(config, trace_path, progress=progress, stop=stop, mode=mode, zoom=zoom)
     payload = json.dumps({"config": config.to_dict(), "config_dir": config.config_dir,
                           "source": config.source, "mode": mode, "zoom": zoom})
     started = time.monotonic()

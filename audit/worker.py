@@ -117,7 +117,14 @@ def _finish(writer: Any, emit: Callable[[dict[str, Any]], None], *, error: dict[
 
 def _recorder_for(framework: str, mode: str, zoom: dict[str, Any] | None) -> Callable[..., None]:
     """`record` writes a trace; `ops` (repro-audit ops) runs every op twice and writes ops.json; `zoom` (the
-    zoom-in of check and diff) hashes the ops of one module at one step and writes zoom.json."""
+    zoom-in of check and diff) hashes the ops of one module at one step and writes zoom.json; `drift` (the
+    cross-rank zoom-in) lists each rank's writes to the tensors that drifted and writes writers.json."""
+    if mode == "drift":
+        from functools import partial
+
+        from repro_audit.probes.torch.drift_run import record_drift
+
+        return partial(record_drift, zoom=zoom or {})
     if mode == "zoom":
         if framework != "torch":
             from repro_audit.audit.errors import ConfigError

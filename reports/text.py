@@ -27,7 +27,7 @@ MAX_ITEMS = 20  # items of one list or dict value formatted before the rest is c
 CUT_SLACK = 40  # a text this little over its limit is kept whole: the note would be as long as the cut
 # Evidence that tells most about a difference comes first; any other key follows in name order.
 EVIDENCE_ORDER = (
-    "mismatched", "numel", "max_abs_error", "max_rel_error", "median_abs_error", "max_ulp", "passes_at_atol",
+    "op_before_drift", "mismatched", "numel", "max_abs_error", "max_rel_error", "median_abs_error", "max_ulp", "passes_at_atol",
     "nan_a", "nan_b", "inf_a", "inf_b", "seed_offset", "creation_index", "shift", "loss_term", "loss_weight",
     "node", "forward_op", "module", "parameters", "ops_added", "ops_removed", "by_group", "hyperparameter",
     "param_group", "first_indices",

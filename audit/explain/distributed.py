@@ -26,9 +26,44 @@ def rank_desync(divergence: Divergence) -> None:
     later = facts.get("later_steps") or []
     after = f"; it stays apart at {len(later)} later step{'s' if len(later) != 1 else ''}" if later else ""
     divergence.cause = "rank_desync"
+    found = facts.get("op_before_drift")
+    op = f" {op_before_drift_sentence(found, rank=rank, step=divergence.step)}" if found else ""
     divergence.explanation = (f"Rank {rank}'s {what} {item!r}{also} differs from rank 0's after step "
                               f"{divergence.step}, though DDP keeps it bitwise equal on every rank. {where}"
-                              f"{after}.")
+                              f"{after}.{op}")
+
+
+def op_before_drift_sentence(found: Mapping[str, Any], *, rank: int, step: int | None) -> str:
+    """The zoom-in's finding (audit/ops/drift_zoom.py) in words: the op, its phase and the user's line."""
+    kind = found.get("found")
+    writes = f"{_writes(found.get('writes_rank_0'))} on rank 0, {_writes(found.get(f'writes_rank_{rank}'))} on rank {rank}"
+    cut = " (only the first writes were kept)" if found.get("cut") else ""
+    if kind == "nothing":
+        return (f"A re-run of step {step} wrote it identically on every rank ({writes}){cut}: the drift did not "
+                "recur there.")
+    op = f"{found.get('op')} in {_phase(found)}" + (f" at {found['at']}" if found.get("at") else "")
+    if kind == "only on rank 0":
+        return f"The op before the drift: {op} writes it on rank 0 but not on rank {rank} ({writes}){cut}."
+    if kind == "other op":
+        return f"The op before the drift: rank {rank} ran {op} where rank 0 ran {found.get('reference_op')}{cut}."
+    if kind == "output differs" and found.get("same_writers"):
+        return (f"Every rank writes it with the same ops at this step ({writes}); the first whose output differs is "
+                f"{op}{cut}: the drift came from what that op read (such as the gradients or the optimizer "
+                "state), not from an op of one rank's own.")
+    if kind == "output differs":
+        return f"The op before the drift: {op} left other bits on rank {rank} than on rank 0{cut}."
+    return f"The op before the drift: {op}, {kind} ({writes}){cut}."
+
+
+def _writes(count: Any) -> str:
+    return f"{count} write{'' if count == 1 else 's'}"
+
+
+def _phase(found: Mapping[str, Any]) -> str:
+    phase = str(found.get("phase"))
+    if phase == "optimizer step":
+        return f"the optimizer step ({found['optimizer']}.step)" if found.get("optimizer") else "the optimizer step"
+    return phase
 
 
 def shard_overlap(divergence: Divergence) -> None:

@@ -14,7 +14,14 @@ from typing import Any, Protocol
 
 from repro_audit.audit.config import RunConfig
 from repro_audit.audit.errors import RunFailed
-from repro_audit.audit.recipe import Recipe, as_recipe, loss_takes_step, resolve_recipe, step_batches
+from repro_audit.audit.recipe import (
+    Recipe,
+    as_recipe,
+    call_recipe,
+    loss_takes_step,
+    resolve_recipe,
+    step_batches,
+)
 from repro_audit.probes.torch import require_torch
 
 
@@ -34,7 +41,8 @@ def build_recipe(config: RunConfig) -> Recipe:
 
     torch.manual_seed(config.seed)
     build = resolve_recipe(config.recipe, config_dir=Path(config.config_dir) if config.config_dir else None)
-    recipe = as_recipe(build(dict(config.params)), spec=config.recipe)
+    recipe = as_recipe(call_recipe(build, config.params, spec=config.recipe, data_order_seed=config.data_order_seed),
+                       spec=config.recipe)
     if not isinstance(recipe.model, torch.nn.Module):
         raise RunFailed(f"recipe {config.recipe}: 'model' must be a torch.nn.Module, got "
                         f"{type(recipe.model).__name__}")
@@ -42,8 +50,9 @@ def build_recipe(config: RunConfig) -> Recipe:
 
 
 def run_steps(config: RunConfig, recipe: Recipe, *, steps: int, watcher: StepWatcher | None,
-              progress: Callable[[int], None]) -> int:
-    """Train `steps` steps; returns how many finished."""
+              progress: Callable[[int], None], trained: Any = None) -> int:
+    """Train `steps` steps; returns how many finished. `trained`: what the forward goes through when it is not
+    the recipe's model itself (its DDP wrapper); hooks and the optimizer still see the recipe's model."""
     from repro_audit.probes.torch.optimizer_update import optimizer_step, prepare_update, scaled_for_backward
 
     model, optimizer = recipe.model, recipe.optimizer
@@ -56,8 +65,9 @@ def run_steps(config: RunConfig, recipe: Recipe, *, steps: int, watcher: StepWat
         optimizer.zero_grad(set_to_none=True)
         with watcher.around_step(step) if watcher is not None else nullcontext():
             for part in micro:
-                terms = recipe.loss(model, part, step=step) if loss_takes_step(recipe.loss) else recipe.loss(
-                    model, part)
+                forward = model if trained is None else trained
+                terms = recipe.loss(forward, part, step=step) if loss_takes_step(recipe.loss) else recipe.loss(
+                    forward, part)
                 total = weighted_total(config, terms, scale=1.0 / len(micro))
                 if watcher is not None:
                     watcher.forward_done(dict(terms))

@@ -14,7 +14,7 @@ from typing import Any
 MAX_VALUE_CHARS = 400  # characters of one value
 MAX_ITEMS = 12  # items of one list or mapping written before the rest is counted
 # Keys that say most about a difference come first; the others follow in name order.
-ORDER = ("mismatched", "numel", "max_abs_error", "max_rel_error", "median_abs_error", "max_ulp", "passes_at_atol",
+ORDER = ("op_before_drift", "mismatched", "numel", "max_abs_error", "max_rel_error", "median_abs_error", "max_ulp", "passes_at_atol",
          "compared_by", "seed_offset", "creation_index", "shift", "loss_term", "loss_weight", "node", "forward_op",
          "module", "parameters", "ops_added", "ops_removed")
 HIDDEN = frozenset({"a", "b", "opcodes", "ops_a", "ops_b"})  # shown elsewhere (A/B columns, the op table)
