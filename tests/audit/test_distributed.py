@@ -15,6 +15,7 @@ from repro_audit.audit.config import load_config
 from repro_audit.audit.diff import compare_traces
 from repro_audit.audit.diff.compare_ranked import compare_ranked_runs
 from repro_audit.audit.diff.compare_ranks import compare_ranks
+from repro_audit.audit.divergence import Divergence
 from repro_audit.audit.errors import ConfigError
 from repro_audit.audit.explain.distributed import world_size_change
 from repro_audit.audit.runner import record
@@ -47,6 +48,7 @@ def checked(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, dict, P
 def test_check_nproc_2_of_a_deterministic_ddp_config_is_identical(checked) -> None:
     code, _, document, keep = checked
     assert code == 0
+    assert not (keep / "zoom").exists()  # no rank drifted: no re-run to look for the op before a drift
     assert document["identical"] is True and document["world_sizes"] == [2, 2]
     assert [(entry["rank"], entry["run"]) for entry in document["rank_by_rank"]] == [(0, 2), (1, 2)]
     assert all(entry["comparison"]["divergences"] == [] for entry in document["rank_by_rank"])
@@ -83,8 +85,103 @@ def test_diff_seeds_refuses_a_run_of_ranks() -> None:
     assert code == 2 and "--seeds runs single processes" in one_line(err), err
 
 
-def test_a_rank_that_perturbs_its_parameters_once_is_named(tmp_path_factory) -> None:
-    comparison = compare_ranks(_ranked(tmp_path_factory, "perturbed_rank"), label="perturbed")
+@pytest.fixture(scope="module")
+def perturbed(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, dict, str, Path]:
+    """`check` of the config whose rank 1 nudges 0.weight before step 2's optimizer step, zoom on (the
+    default): two runs of 2 ranks and one re-run of both ranks to step 2."""
+    keep = tmp_path_factory.mktemp("perturbed")
+    report, page = keep.parent / "perturbed.json", keep.parent / "perturbed.html"
+    code, out, _ = run_cli("check", str(DDP / "perturbed_rank.yaml"), "--keep", str(keep), "--json", str(report),
+                           "--html", str(page), "-q")
+    return code, out, json.loads(report.read_text()), page.read_text(), keep
+
+
+def _nudge_line() -> int:
+    """The fixture's line that nudges the parameter on one rank."""
+    source = (DDP / "ddp_recipes.py").read_text().splitlines()
+    return next(number for number, line in enumerate(source, start=1) if ".add_(1e-3)" in line)
+
+
+def test_the_op_before_a_drift_between_ranks_is_named(perturbed) -> None:
+    code, out, document, page, keep = perturbed
+    assert code == 1 and not document["identical"]
+    at = f"ddp_recipes.py:{_nudge_line()}"
+    for cross in document["cross_rank"]:  # both runs drift alike; one re-run serves them
+        first = cross["divergences"][0]
+        assert (first["step"], first["evidence"]["rank"], first["evidence"]["item"]) == (2, 1, "0.weight")
+        found = first["evidence"]["op_before_drift"]
+        assert {key: found[key] for key in ("op", "phase", "at", "function", "found")} == {
+            "op": "aten::add_", "phase": "before_optimizer_step", "at": at, "function": "nudge",
+            "found": "only on rank 1"}
+        # rank 0 writes 0.weight once in step 2 (Adam's update), rank 1 twice (the nudge, then Adam's)
+        assert (found["writes_rank_0"], found["writes_rank_1"]) == (1, 2)
+        assert first["evidence"]["op_before_drift_stack"][0]["file"].endswith("ddp_recipes.py")
+        assert (f"The op before the drift: aten::add_ in before_optimizer_step at {at}, only on rank 1"
+                in first["explanation"])
+    assert [path.name for path in (keep / "zoom").iterdir()] == ["drift-1"]
+    writers = [json.loads((keep / "zoom" / "drift-1" / f"rank_0{rank}" / "writers.json").read_text())
+               for rank in (0, 1)]
+    assert [(w["op"], w["phase"]) for w in writers[0]["writes"]["parameters:0.weight"]] == [
+        ("aten::addcdiv_", "optimizer step")]
+    assert [(w["op"], w["phase"]) for w in writers[1]["writes"]["parameters:0.weight"]] == [
+        ("aten::add_", "before_optimizer_step"), ("aten::addcdiv_", "optimizer step")]
+    assert f"aten::add_ in before_optimizer_step at {at}, only on rank 1" in " ".join(out.split())
+    row = page[page.index(">op_before_drift<"):]
+    assert "aten::add_" in row[:400] and "only on rank 1" in row[:400]
+
+
+def test_no_zoom_names_no_op(tmp_path: Path) -> None:
+    code, out, err = run_cli("record", str(DDP / "perturbed_rank.yaml"), "-o", str(tmp_path / "run.trace"),
+                             "--steps", "2", "--no-zoom")
+    assert code == 0
+    assert "0.weight on rank 1" in out and "after the all-reduce" in out
+    assert "perturbed_rank: step 2/2" in err and "(zoom)" not in err  # the progress of no re-run
+    assert "op before the drift" not in out and "op_before_drift" not in out
+
+
+def test_a_failed_re_run_of_the_drift_is_one_note(perturbed, tmp_path: Path) -> None:
+    from repro_audit.audit.ops.drift_zoom import zoom_into_drifts
+
+    run = next(perturbed[4].glob("1-*"))
+    comparison = compare_ranks(open_ranks(run), label="perturbed")
+    crashing = load_config(DDP / "perturbed_rank.yaml", overrides=["params.crash={rank: 0, step: 1}"])
+    assert zoom_into_drifts([comparison], [crashing], folder=tmp_path / "zoom", kept=False) == 1
+    note = comparison.notes[-1]
+    assert note.startswith("the op before the drift was not found: its re-run of step 2 ended early: ")
+    assert "rank 0: synthetic failure on rank 0 at step 1" in note
+    assert "\n" not in note and "Traceback" not in note and "partial trace kept" not in note
+    assert "op_before_drift" not in comparison.first_divergence.evidence
+    assert [len(trace.steps) for trace in open_ranks(run)] == [3, 3]  # the recorded run is untouched
+
+
+def test_the_same_writers_with_other_bits_name_what_they_read() -> None:
+    """Every rank ran the same writes, the second left other bits: the drift came from what it read."""
+    from repro_audit.audit.explain.distributed import rank_desync
+    from repro_audit.audit.ops.drift_zoom import op_before_drift
+
+    def write(index: int, op: str, digest: str, phase: str) -> dict:
+        return {"index": index, "op": op, "phase": phase, "hash": digest, "stack": []}
+
+    reference = [write(0, "aten::mul_", "1", "before_optimizer_step"), write(1, "aten::addcdiv_", "2", "optimizer step")]
+    own = [write(0, "aten::mul_", "1", "before_optimizer_step"), write(1, "aten::addcdiv_", "3", "optimizer step")]
+    found = op_before_drift(reference, own, rank=2, optimizer="Adam")
+    assert (found["op"], found["index"], found["found"], found["same_writers"], found["optimizer"]) == (
+        "aten::addcdiv_", 1, "output differs", True, "Adam")
+    divergence = Divergence(category="parameters", name="w on rank 2", kind="desync", step=4, evidence={
+        "rank": 2, "item": "w", "what": "parameter", "drifted": ["w"], "of": 1, "gradients_agree": False,
+        "op_before_drift": found})
+    rank_desync(divergence)
+    assert ("Every rank writes it with the same ops at this step (2 writes on rank 0, 2 writes on rank 2); the "
+            "first whose output differs is aten::addcdiv_ in the optimizer step (Adam.step): the drift came from "
+            "what that op read") in divergence.explanation
+    assert op_before_drift(reference, reference, rank=1)["found"] == "nothing"
+    missing = op_before_drift(reference, own[:1], rank=1)
+    assert (missing["op"], missing["found"], missing["writes_rank_0"], missing["writes_rank_1"]) == (
+        "aten::addcdiv_", "only on rank 0", 2, 1)
+
+
+def test_a_rank_that_perturbs_its_parameters_once_is_named(perturbed) -> None:
+    comparison = compare_ranks(open_ranks(next(perturbed[4].glob("1-*"))), label="perturbed")
     first = comparison.first_divergence
     assert first is not None
     assert (first.step, first.evidence["rank"], first.evidence["item"]) == (2, 1, "0.weight")
