@@ -37,6 +37,9 @@ def zoom_into_drifts(comparisons: Sequence[Comparison], configs: Sequence[RunCon
         if target is None or config.framework != "torch":
             continue
         step, desyncs = target
+        if config.launch.get("wrap") == "fsdp":  # each rank holds a shard: no whole tensor to watch the writes to
+            comparison.notes.append(f"{NOTE}: FSDP runs are not re-run (each rank holds a shard of the parameter)")
+            continue
         items = sorted({(d.category, str(d.evidence["item"])) for d in desyncs})
         key = json.dumps([{**config.to_dict(), "label": None}, step, items], sort_keys=True, default=str)
         if key not in done:
