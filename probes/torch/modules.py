@@ -166,8 +166,11 @@ class ModuleTracker:
         if not self.active:
             self._open.append(None)
             return
-        if self.watch is not None and module not in self.draw_free:
-            self.watch.enter(path)
+        if self.watch is not None:
+            if module in self.draw_free:
+                self.watch.enter_inert()
+            else:
+                self.watch.enter(path)
         count = self._counts.get(path, 0)
         self._counts[path] = count + 1
         call = ModuleCall(path, count, type(module).__name__, len(self.calls), _grad_fns(args, kwargs))
@@ -180,8 +183,11 @@ class ModuleTracker:
         call = self._open.pop() if self._open else None
         if call is None:
             return
-        if self.watch is not None and module not in self.draw_free:
-            self.watch.leave()
+        if self.watch is not None:
+            if module in self.draw_free:
+                self.watch.leave_inert()
+            else:
+                self.watch.leave()
         # Hooks run for every module call: the common single-tensor output skips the generic walk.
         if type(output) is torch.Tensor or isinstance(output, torch.Tensor):
             tensors = [output]

@@ -6,8 +6,11 @@ that moved since the last boundary is a draw of the region that just ran: nothin
 the user imported the function or whichever kernel drew. A region that drew is then watched op by op from
 the next step on, by a light dispatch mode that reads the torch generators around each op of that region
 only, so its later draws carry the op and the count; the rest of the step runs without a dispatch mode,
-which would cost tens of microseconds per op. Step 1 has the full dispatch capture, which names every
-random op itself (and keeps the watch in step through `synced`).
+which would cost tens of microseconds per op. Inside a watched region the mode still steps aside where
+nothing can draw: in torch's own draw-free layers (a Linear inside an attention block that drops out), and
+around every aten op not tagged random (views, matmuls, softmax: every aten op that can move a generator
+carries `nondeterministic_seeded`), whose generators are not read. Step 1 has the full dispatch capture,
+which names every random op itself (and keeps the watch in step through `synced`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class RandomWatch:
         self.ops_enabled = True  # off while a full dispatch capture (step 1) names the ops itself
         self.active = False
         self.stack: list[str | None] = []
+        self.inert_depth = 0  # inside how many draw-free layers the current op runs
         self._known: set[int] = set()
         self._mode = RandomOpMode(self)
         self._mode_on = False
@@ -92,6 +96,7 @@ class RandomWatch:
         self.refresh()
         self.active = True
         self.stack = [None]
+        self.inert_depth = 0
         self.ledger.phase = "data"
         self.boundary()
         self.set_phase("forward")
@@ -121,6 +126,19 @@ class RandomWatch:
         self.boundary()
         self.stack.pop()
         self._update_mode()
+
+    def enter_inert(self) -> None:
+        """A layer that cannot draw starts (modules.DRAW_FREE_TYPES): its ops are not watched. No boundary
+        is read around it; a draw in something it calls is still seen at the next one."""
+        self.inert_depth += 1
+        if self._mode_on:
+            self._set_mode(False)
+
+    def leave_inert(self) -> None:
+        if self.inert_depth:
+            self.inert_depth -= 1
+            if not self.inert_depth:
+                self._update_mode()
 
     @property
     def mode_on(self) -> bool:
@@ -170,7 +188,7 @@ class RandomWatch:
     # -- the op-level mode -----------------------------------------------------------------------------
 
     def _update_mode(self) -> None:
-        self._set_mode(self.active and self.ops_enabled and self.region in self.watched)
+        self._set_mode(self.active and self.ops_enabled and not self.inert_depth and self.region in self.watched)
 
     def _set_mode(self, on: bool) -> None:
         if on == self._mode_on:
@@ -191,15 +209,22 @@ class RandomWatch:
 
 
 class RandomOpMode(TorchDispatchMode):
-    """Reads the torch generators around every op of a watched region; an op that moved one drew."""
+    """Reads the torch generators around every op of a watched region that can draw; an op that moved one
+    drew. Ops of other namespaces (custom and fused kernels) are read around too: they may draw on the side."""
 
     def __init__(self, watch: RandomWatch) -> None:
         super().__init__()
         self.watch = watch
+        self._inert: dict[Any, bool] = {}  # op overload -> cannot move a generator
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
                            kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
+        inert = self._inert.get(func)
+        if inert is None:
+            inert = self._inert[func] = cannot_draw(func)
+        if inert:
+            return func(*args, **kwargs)
         watch = self.watch
         generator = kwargs.get("generator")
         if generator is not None:
@@ -212,6 +237,12 @@ class RandomOpMode(TorchDispatchMode):
             if after != state:
                 watch.op_draw(func, args, out, p, state, after)
         return out
+
+
+def cannot_draw(func: Any) -> bool:
+    """An aten op without the `nondeterministic_seeded` tag: aten tags every op that takes a generator or
+    drops out (their backward ops aside, which draw nothing)."""
+    return getattr(func, "namespace", None) == "aten" and _SEEDED not in func.tags
 
 
 def drawn_count(func: Any, args: tuple[Any, ...], out: Any) -> int | None:

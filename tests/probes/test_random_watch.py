@@ -191,3 +191,63 @@ def test_a_subclass_of_a_draw_free_layer_is_still_watched() -> None:
     records = record_steps(NoisyLinear(8, 8))
     for record in records:
         assert places(record) == [("part", "forward", "cpu", "aten::randn_like", 32)], record["step"]
+
+
+@torch.library.custom_op("repro_audit_tests::noisy_shift", mutates_args=())
+def noisy_shift(x: torch.Tensor) -> torch.Tensor:
+    """A kernel of another namespace that draws on the side, as a fused extension kernel would."""
+    return x + 0.01 * torch.rand(x.shape)
+
+
+@noisy_shift.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+noisy_shift.register_autograd(lambda ctx, grad: grad)
+
+
+class CustomNoise(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return noisy_shift(self.inner(x))
+
+
+def test_a_kernel_of_another_namespace_that_draws_is_named_at_every_step() -> None:
+    records = record_steps(CustomNoise())
+    assert places(records[0])[0][:3] == ("part", "forward", "cpu")
+    for record in records[1:]:
+        assert places(record) == [("part", "forward", "cpu", "repro_audit_tests::noisy_shift", None)], record["step"]
+
+
+def test_a_watched_region_leaves_its_draw_free_layers_and_inert_ops_unread() -> None:
+    """The op-level watch of a region that drew skips the Linear inside it, and reads no generator around
+    an aten op that is not tagged random."""
+    from repro_audit.probes.torch.random_watch import cannot_draw
+
+    torch.manual_seed(0)
+    model = Model(Aliased())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    recorder = TorchStepRecorder(model, optimizer, capture=CAPTURE, weight_of=lambda name: 1.0,
+                                 ledger=RandomLedger(module_of=lambda: None))
+    try:
+        for step in (1, 2):
+            x = torch.randn(4, 8)
+            recorder.begin_step(step, x)
+            recorder.backward(recorder.combine_loss({"mean": model(x).mean()}))
+            recorder.after_backward()
+            optimizer.step()
+            recorder.finish_graph()
+            recorder.end_step()
+        seen = {func._schema.name for func in recorder.watch._mode._inert}
+    finally:
+        recorder.close()
+    assert "aten::bernoulli_" in seen
+    assert not seen & {"aten::addmm", "aten::t", "aten::linear"}  # the Linear ran outside the mode
+    assert cannot_draw(torch.ops.aten.mul.Tensor) and cannot_draw(torch.ops.aten.view.default)
+    assert not cannot_draw(torch.ops.aten.bernoulli_.float)
+    assert not cannot_draw(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default)
+    assert not cannot_draw(torch.ops.repro_audit_tests.noisy_shift.default)
