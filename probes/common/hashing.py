@@ -85,15 +85,22 @@ def summarize_array(array: np.ndarray, *, dtype_name: str | None = None) -> dict
                        zeros=int(contiguous.size - np.count_nonzero(contiguous)) if contiguous.size else 0)
         return summary
     values = contiguous.astype(np.float64, copy=False) if contiguous.dtype.kind in "iub" else contiguous
-    nan = int(np.count_nonzero(np.isnan(values))) if values.dtype.kind == "f" else 0
-    inf = int(np.count_nonzero(np.isinf(values))) if values.dtype.kind == "f" else 0
     with np.errstate(all="ignore"):
+        low, high = float(np.min(values)), float(np.max(values))
+        if math.isfinite(low) and math.isfinite(high):
+            # min and max propagate NaN and are the infinities if any: no NaN or Inf to count, and the
+            # largest magnitude is an extreme's (three passes less over a batch, every step).
+            nan, inf, max_abs = 0, 0, max(abs(low), abs(high))
+        else:
+            nan = int(np.count_nonzero(np.isnan(values))) if values.dtype.kind == "f" else 0
+            inf = int(np.count_nonzero(np.isinf(values))) if values.dtype.kind == "f" else 0
+            max_abs = float(np.max(np.abs(values)))
         summary.update(
             norm=float(np.sqrt(np.sum(np.square(values, dtype=np.float64)))),
-            min=float(np.min(values)),
-            max=float(np.max(values)),
+            min=low,
+            max=high,
             mean=float(np.mean(values, dtype=np.float64)),
-            max_abs=float(np.max(np.abs(values))),
+            max_abs=max_abs,
             nan=nan,
             inf=inf,
             zeros=int(contiguous.size - np.count_nonzero(contiguous)),

@@ -47,13 +47,14 @@ def hashes_and_stats(arrays: Sequence[np.ndarray], wanted: Sequence[bool]
         (array.ctypes.data, array.nbytes if kind is None else array.size, BYTES if kind is None else kind,
          raw_prefix(array.dtype.str, array.shape))
         for array, kind in zip(arrays, kinds)])
-    batch.run(zeros=any(kind is not None for kind in kinds), threads=_threads())
+    batch.run(zeros=any(kind is not None for kind in kinds), threads=kernel_threads())
     found = batch.summaries()
     return [summary.digest for summary in found], [
         None if kind is None else summary for kind, summary in zip(kinds, found)]
 
 
-def _threads() -> int:
+def kernel_threads() -> int:
+    """The CPUs this process may run on: the kernel's threads."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

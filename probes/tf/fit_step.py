@@ -20,7 +20,8 @@ from repro_audit.audit.errors import RunFailed
 from repro_audit.probes.tf.fit_hooks import FitHooks, StepSink
 from repro_audit.probes.tf.model_tree import ModelTree
 from repro_audit.probes.tf.optimizer_state import KerasOptimizerView
-from repro_audit.probes.tf.tensors import Layout, hash_only, pack, plan_layout, to_numpy, unpack
+from repro_audit.probes.tf.repeated_unpack import unpack
+from repro_audit.probes.tf.tensors import Layout, hash_only, pack, plan_layout, to_numpy
 
 
 @dataclass

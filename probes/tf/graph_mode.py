@@ -33,7 +33,8 @@ from repro_audit.probes.tf.graph_record import (
 from repro_audit.probes.tf.health import ActivationOutput, activation_counts, graph_activation_outputs
 from repro_audit.probes.tf.nan_provenance import group_by_dtype, nonfinite_matrix
 from repro_audit.probes.tf.optimizer_state import V1OptimizerView, is_v1_optimizer
-from repro_audit.probes.tf.tensors import hash_only, pack, unpack
+from repro_audit.probes.tf.repeated_unpack import unpack
+from repro_audit.probes.tf.tensors import hash_only, pack
 
 
 def seeded_graph(seed: int | None = None) -> Any:

@@ -31,6 +31,7 @@ from repro_audit.probes.tf.graph_record import (
 from repro_audit.probes.tf.health import ActivationOutput, activation_counts, activation_outputs
 from repro_audit.probes.tf.model_tree import ModelTree
 from repro_audit.probes.tf.optimizer_state import KerasOptimizerView
+from repro_audit.probes.tf.repeated_unpack import unpack
 from repro_audit.probes.tf.tensors import (
     FLOAT_NAMES,
     LARGE_NUMEL,
@@ -39,7 +40,6 @@ from repro_audit.probes.tf.tensors import (
     pack,
     plan_layout,
     to_numpy,
-    unpack,
 )
 
 GLOBAL_GENERATOR = "keras-global-seed-generator"

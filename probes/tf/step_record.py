@@ -39,12 +39,13 @@ def assemble(step: int, *, batch: dict[str, Any], summaries: Mapping[str, dict[s
                                 if key.startswith("module_outputs/")]
     state: dict[str, dict[str, Any]] = {}
     scalars: dict[str, Any] = {}
+    names = set(parameter_names)  # a set: some 300 slots are looked up among some 150 names every step
     for key, summary in summaries.items():
         if not key.startswith("optimizer/"):
             continue
         rest = key[len("optimizer/"):]
         param, _, slot = rest.rpartition("/")
-        if param in parameter_names:
+        if param in names:
             state.setdefault(param, {})[slot] = summary["hash"]
         else:
             scalars[rest] = _number(values[key])

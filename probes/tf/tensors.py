@@ -90,6 +90,8 @@ class Layout:
     graph_stats: list[int] = field(default_factory=list)  # indices whose statistics the graph computed
     # (only where there is no native kernel: elsewhere the kernel reduces large tensors as it hashes them)
     separate: list[int] = field(default_factory=list)  # large indices returned as their own tensors
+    # repeated_unpack's plans for this layout, by run-time shapes: made on a step's first unpack, reused after.
+    plans: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 FLOAT_NAMES = ("float16", "float32", "float64")
@@ -226,9 +228,16 @@ def unpack(layout: Layout, outputs: dict[str, Any], *, keep_values: bool = False
             summaries[item.key] = {"shape": list(array.shape), "dtype": item.dtype, "numel": int(array.size),
                                    "hash": digest}
         elif item.row is None:
-            summaries[item.key] = _summary_of_kernel(stats, array, item.dtype, digest, item.key)
+            summaries[item.key] = summary_of_kernel(stats, array, item.dtype, digest, item.key)
         else:
-            summaries[item.key] = _summary_or_full(item.row, item.finite, array, item.dtype, digest, item.key)
+            summaries[item.key] = summary_or_full(item.row, item.finite, array, item.dtype, digest, item.key)
+    unpack_others(layout, outputs, summaries, values if keep_values else None)
+    return summaries, values
+
+
+def unpack_others(layout: Layout, outputs: dict[str, Any], summaries: dict[str, dict[str, Any]],
+                  values: dict[str, np.ndarray] | None) -> None:
+    """Summaries (and, into `values` if given, the values) of the tensors that are not floating point."""
     for index, tensor in zip(layout.others, outputs["others"]):
         array = _hashable(np.array(to_numpy(tensor)))  # a copy: small, and may alias a variable
         key = layout.keys[index]
@@ -237,9 +246,8 @@ def unpack(layout: Layout, outputs: dict[str, Any], *, keep_values: bool = False
                               "hash": hash_array(array)}
         else:
             summaries[key] = summarize_array(array, dtype_name=layout.dtypes[index])
-        if keep_values:
+        if values is not None:
             values[layout.keys[index]] = array
-    return summaries, values
 
 
 @dataclass(slots=True)
@@ -255,7 +263,7 @@ class _Found:
     hash_only: bool = False
 
 
-def _summary_of_kernel(found: Summary | None, array: np.ndarray, dtype: str, digest: str,
+def summary_of_kernel(found: Summary | None, array: np.ndarray, dtype: str, digest: str,
                        key: str) -> dict[str, Any]:
     """The summary from the kernel's statistics; numpy's where it had none (no kernel, a half type) and
     where it found NaN or Inf, whose exact counts and extremes numpy gives as before."""
@@ -271,7 +279,7 @@ def _summary_of_kernel(found: Summary | None, array: np.ndarray, dtype: str, dig
     return summary
 
 
-def _summary_or_full(row: list[float] | None, finite: bool, array: np.ndarray, dtype: str, digest: str,
+def summary_or_full(row: list[float] | None, finite: bool, array: np.ndarray, dtype: str, digest: str,
                      key: str) -> dict[str, Any]:
     """The summary from reduced statistics; empty or non-finite tensors get numpy's exact NaN/Inf counts."""
     if row is None or array.size == 0 or not finite or not all(math.isfinite(value) for value in row):
@@ -293,21 +301,26 @@ def _segment_stats(flat: np.ndarray, sizes: list[int]) -> tuple[list[list[float]
     present = [i for i, size in enumerate(sizes) if size > 0]
     if not present:
         return stats, finite
-    offsets = starts[present]
-    with np.errstate(all="ignore"):
-        columns = np.stack([
-            np.add.reduceat(flat, offsets, dtype=flat.dtype),
-            np.add.reduceat(np.square(flat), offsets, dtype=flat.dtype),
-            np.minimum.reduceat(flat, offsets),
-            np.maximum.reduceat(flat, offsets),
-            np.add.reduceat(flat != 0, offsets, dtype=np.int64).astype(flat.dtype),
-        ], axis=1).astype(np.float64)
+    columns = segment_columns(flat, starts[present])
     ok = np.isfinite(columns).all(axis=1).tolist()
     for row, i in zip(columns.tolist(), present):
         stats[i] = row
     for flag, i in zip(ok, present):
         finite[i] = flag
     return stats, finite
+
+
+def segment_columns(flat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """(sum, sum of squares, min, max, non-zeros) as float64 rows, one per non-empty segment starting at
+    `offsets` (each running to the next offset, the last to the end of `flat`)."""
+    with np.errstate(all="ignore"):
+        return np.stack([
+            np.add.reduceat(flat, offsets, dtype=flat.dtype),
+            np.add.reduceat(np.square(flat), offsets, dtype=flat.dtype),
+            np.minimum.reduceat(flat, offsets),
+            np.maximum.reduceat(flat, offsets),
+            np.add.reduceat(flat != 0, offsets, dtype=np.int64).astype(flat.dtype),
+        ], axis=1).astype(np.float64)
 
 
 def _summary(row: list[float], shape: tuple[int, ...], dtype: str, numel: int, digest: str) -> dict[str, Any]:
