@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+# One intra-op thread for every run the suite starts (record_all passes the caller's OMP_NUM_THREADS on to
+# its runs, audit/executors/base.py). Two xdist workers, each running two runs at once on two cores, left
+# torch's default thread per core spinning for the others: a 3-step torch fixture run cost 6 to 9 s of CPU
+# so, and 3.5 s with one thread. A count set by the caller (CI, a developer) is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 RECIPES = Path(__file__).parent / "recipes"
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "configs"
