@@ -11,6 +11,7 @@ from repro_audit.audit.recipe import Recipe
 from repro_audit.audit.trace import TraceWriter
 from repro_audit.audit.trace import format as fmt
 from repro_audit.probes.common.collector import CollectorPause
+from repro_audit.probes.common.term_attribution import single_term_attribution
 from repro_audit.probes.tf.capture import Capture
 from repro_audit.probes.tf.environment import tf_environment
 from repro_audit.probes.tf.graph_mode import GraphProgram
@@ -96,8 +97,13 @@ class GraphRecording:
                 "nonfinite_gradients": nonfinite}
         record["term_attribution"] = None
         if config.capture.get("term_attribution", True) and (step == 1 or outbreak):
-            matrix = program.replay(program.attribution_fetch(), **replay)
-            record["term_attribution"] = _attribution(matrix, program, self.params)
+            [term, *others] = program.term_names  # one term: its gradients are the step's (no replay)
+            attribution = None if others else single_term_attribution(term, program.weights[term], self.params,
+                                                                       result.summaries)
+            if attribution is None:
+                matrix = program.replay(program.attribution_fetch(), **replay)
+                attribution = _attribution(matrix, program, self.params)
+            record["term_attribution"] = attribution
         record["values"] = None
         if keep_values(config, step):
             record["values"] = writer.write_values(step, kept_values(step, result.values, batch_values))

@@ -13,6 +13,7 @@ from repro_audit.audit.recipe import Recipe
 from repro_audit.audit.trace import TraceWriter
 from repro_audit.audit.trace import format as fmt
 from repro_audit.probes.common.collector import CollectorPause
+from repro_audit.probes.common.term_attribution import single_term_attribution
 from repro_audit.probes.tf.capture import Capture
 from repro_audit.probes.tf.environment import tf_environment
 from repro_audit.probes.tf.health import step_health
@@ -116,11 +117,13 @@ class Tf2Recording:
                     record["nan_provenance"] = {"origins": origins, "nonfinite_parameters": nonfinite_parameters(
                         result.summaries, "parameters/"), "nonfinite_gradients": nonfinite}
         if capture.get("term_attribution", True) and (step == 1 or outbreak):
-            if replay_blocker:
+            attribution = self._read_off_attribution(meta, result.summaries)
+            if attribution is None and replay_blocker:
                 record["notes"].append(f"term attribution not captured: {replay_blocker}")
-            else:
-                record["term_attribution"] = self._replay(before, record, "term attribution",
-                                                          lambda: attribute_terms(program, batch, step))
+            elif attribution is None:
+                attribution = self._replay(before, record, "term attribution",
+                                           lambda: attribute_terms(program, batch, step))
+            record["term_attribution"] = attribution
         if keep_values(self.config, step):
             record["values"] = self.writer.write_values(step, kept_values(step, result.values, batch_values))
         else:
@@ -135,6 +138,13 @@ class Tf2Recording:
                 loss_terms={name: term["value"] for name, term in record["loss_terms"].items()})
         self.writer.append_step(record)
         return after
+
+    def _read_off_attribution(self, meta: TraceMeta, summaries: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+        """A loss of one term (left in the total): its attribution from the step's own gradients, no replay."""
+        [term, *others] = meta.term_names
+        if others or term in self.program.dropped_terms:
+            return None
+        return single_term_attribution(term, meta.weights[term], self.param_names, summaries)
 
     def _with_created_generators(self, before: dict[str, np.ndarray], values: dict[str, np.ndarray]
                                  ) -> dict[str, np.ndarray]:

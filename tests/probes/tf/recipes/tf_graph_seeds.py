@@ -1,7 +1,8 @@
 """A two-layer tf.compat.v1 graph, optionally with ops added between its two variables.
 
 `extra`: `none`; `gate` (a variable with a random initializer, like the head gate of an attention loss);
-`loss_ops` (deterministic ops only: `0.0 * reduce_sum(...)`, like the seed's simplified loss). The
+`loss_ops` (deterministic ops only: `0.0 * reduce_sum(...)`, like the seed's simplified loss); `constant`
+(a second loss term that reaches no variable, made last, so the graph's seeds and gradients stay). The
 first layer has dropout, a stateful random op whose kernel holds its stream.
 """
 
@@ -38,6 +39,8 @@ def build(params: dict[str, Any]) -> Recipe:
         with v1.variable_scope("second"):
             second = v1.get_variable("kernel", [3, 2], initializer=v1.glorot_uniform_initializer())
         output = tf.matmul(hidden, second)
+        if extra == "constant":  # a second term that reaches no variable, made after every seeded op
+            terms["constant"] = tf.reduce_mean(x)
         terms = {"mse": tf.reduce_mean(tf.square(output - 1.0)), **terms}
         optimizer = v1.train.AdamOptimizer(0.01)
     batches = itertools.repeat({"x": np.linspace(-1.0, 1.0, 8, dtype=np.float32).reshape(2, 4)})

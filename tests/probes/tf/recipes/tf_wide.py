@@ -3,7 +3,7 @@ and whose state a replay restores from the step program's shadows (repro_audit.p
 
 From `nan_from_step` on, a term `sqrt(sum(0 * kernel))` joins: its value is 0 and its gradient infinite, so
 NaN provenance replays that step from the state it started from. (Weighted 0.0 it would not: TF's SqrtGrad
-gives 0 for a zero incoming gradient.)
+gives 0 for a zero incoming gradient.) `constant_term` adds a term that reaches no variable.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ def build(params: dict[str, Any]) -> Recipe:
 
     def loss(model: Any, batch: dict[str, Any], step: int = 1) -> dict[str, Any]:
         terms = {"mse": tf.reduce_mean(tf.square(model(batch["x"]) - batch["y"]))}
+        if params.get("constant_term"):  # a second term that reaches no variable
+            terms["constant"] = tf.reduce_mean(batch["y"])
         if nan_from and step >= nan_from:
             terms["sqrt_zero"] = tf.sqrt(tf.reduce_sum(0.0 * model.layers[0].kernel))
         return terms
