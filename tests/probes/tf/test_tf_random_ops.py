@@ -134,7 +134,9 @@ def test_keras_seed_generator_draws_and_replay_refusal(traces: dict[tuple[str, s
     assert (first["op"], first["generator"], first["count"]) == ("keras.random.dropout",
                                                                  "keras_dropout.seed_generator", 32)
     assert second["seed_state"] == [first["seed_state"][0], first["seed_state"][1] + 1]
-    # A replay would advance the stateful streams, so term attribution is skipped with a note.
-    step = trace.step(1)
+    # One term: its attribution is the step's own gradients. Two: a replay would advance the stateful
+    # streams, so term attribution is skipped with a note.
+    assert trace.step(1)["term_attribution"]["mse"]["params_nonzero"] == 4
+    step = traces[mode, "noise"].step(1)
     assert step["term_attribution"] is None
     assert any("stateful random ops" in note and "replay would advance" in note for note in step["notes"])
