@@ -65,3 +65,30 @@ def resign() -> Any:
 
     return sign
 
+
+
+# The modules that take longest (measured with --durations on 2 cores: the Keras and real-architecture checks
+# 200-290 s, the pytest plugin's inner sessions, the TF differ's shared runs, torchrun, --verify 115-165 s),
+# run first. xdist's loadscope hands whole modules out in collection order, and collected alphabetically these
+# came in the middle: one of them started last left the other worker idle for minutes at the end.
+LONGEST_FIRST = (
+    "tests/real_models/test_keras_models.py",
+    "tests/real_models/test_real_models.py",
+    "tests/audit/test_pytest_plugin.py",
+    "tests/audit/test_diff_tf.py",
+    "tests/audit/test_distributed.py",
+    "tests/audit/test_verify.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(str(config.rootpath))
+
+    def rank(item: pytest.Item) -> int:
+        try:
+            path = Path(str(item.path)).relative_to(root).as_posix()
+        except ValueError:
+            return len(LONGEST_FIRST)
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: every module keeps its own order, the others their collection order
