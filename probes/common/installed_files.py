@@ -19,7 +19,7 @@ from typing import Any
 
 from repro_audit.probes.common.distributions import installed_distributions, real_path
 from repro_audit.probes.common.environment import git_state
-from repro_audit.probes.common.stat_cache import shared_cache
+from repro_audit.probes.common.stat_cache import StatCache, shared_cache
 
 MAX_SOURCE_BYTES = 256 * 1024
 OWN_CHECKOUT = Path(__file__).resolve().parents[2]
@@ -30,13 +30,14 @@ def local_changes() -> dict[str, dict[str, Any]]:
     """{distribution: {"version", "modified": [file...], "editable": {...} or absent}} for each
     distribution of an imported module whose installed files differ from its RECORD, or that is an editable
     install (with its checkout's git state)."""
+    cache = shared_cache()
     found: dict[str, dict[str, Any]] = {}
     for file in _imported_files():
         entry = _recorded(file)
         if entry is None:
             continue
         dist, expected = entry
-        if _sha256(file) not in (expected, None):
+        if _sha256(cache, file) not in (expected, None):
             found.setdefault(dist.name, {"version": dist.version, "modified": []})["modified"].append(
                 _relative(dist, file))
     for editable in _editable_distributions():
@@ -148,9 +149,9 @@ def _editable_distributions() -> list[dict[str, Any]]:
     return found
 
 
-def _sha256(path: str) -> str | None:
+def _sha256(cache: StatCache, path: str) -> str | None:
     """The file's hash as RECORD writes it; None where it cannot be read (never reported as a change)."""
-    digests = shared_cache().file_digests(path)
+    digests = cache.file_digests(path)
     return None if digests is None else digests.sha256
 
 
