@@ -132,7 +132,8 @@ def test_in_place_edit_with_restored_mtime_is_seen(distribution: Path, new_proce
     first = base_environment(recipe_dir=None)
     assert first["modules"][module]["hash"] == hash_bytes(b"SCALE = 1.0\n")
     assert PACKAGE not in first["local_changes"]
-    assert str(distribution) in json.loads(stat_cache.cache_file().read_text())["files"]  # type: ignore[union-attr]
+    cache_file = stat_cache.cache_file()
+    assert cache_file is not None and str(distribution) in json.loads(cache_file.read_text())["files"]
 
     _rewrite_in_place(distribution, b"1.0", b"2.0")
     new_process()
@@ -204,3 +205,24 @@ def test_two_writers_keep_each_others_entries(tmp_path: Path, settled: None) -> 
     other.save()
     assert sorted(json.loads(cache_path.read_text())["files"]) == [str(first), str(second)]
     assert [path.name for path in cache_path.parent.iterdir()] == [stat_cache.FILE_NAME]
+
+
+def test_entries_of_deleted_files_are_dropped_and_the_count_is_capped(tmp_path: Path, settled: None,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    files = [tmp_path / f"module_{index}.py" for index in range(4)]
+    for path in files:
+        path.write_text(f"INDEX = {path.stem!r}\n")
+    cache_path = tmp_path / "cache" / stat_cache.FILE_NAME
+
+    def save_digests_of(*paths: Path) -> list[str]:
+        cache = stat_cache.StatCache(cache_path)
+        for path in paths:
+            cache.file_digests(str(path))
+        cache.save()
+        return sorted(json.loads(cache_path.read_text())["files"])
+
+    assert save_digests_of(files[0], files[1]) == [str(files[0]), str(files[1])]
+    files[0].unlink()
+    assert save_digests_of(files[2]) == [str(files[1]), str(files[2])]
+    monkeypatch.setattr(stat_cache, "MAX_FILES", 2)
+    assert save_digests_of(files[3]) == [str(files[2]), str(files[3])]  # the oldest, module_1, dropped
