@@ -29,7 +29,7 @@ from repro_audit.probes.common.hashing import hash_bytes
 CACHE_ENV = "REPRO_AUDIT_CACHE_DIR"
 OFF_VALUES = ("", "off")
 FILE_NAME = "file-digests.json"
-VERSION = 1
+VERSION = 1  # bump when what is stored changes (a digest's form, what a RECORD parse keeps)
 RACY_SECONDS = 2.0
 MAX_FILES = 20_000  # torch and TensorFlow together import some 4,000 source files
 MAX_RECORDS = 2_000
