@@ -20,6 +20,16 @@ RECIPES = Path(__file__).parent / "recipes"
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "configs"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every run of the session, in every xdist worker and every process they start, keeps its file digests
+    (probes/common/stat_cache.py) and summary kernel in one session folder, never in the user's ~/.cache.
+    Set before any test starts a run, so that the runs inherit it; a folder the caller set is kept."""
+    from tests.shared_runs import shared_folder
+
+    os.environ.setdefault("REPRO_AUDIT_CACHE_DIR", str(shared_folder(tmp_path_factory) / "cache"))
+
+
 @pytest.fixture
 def write_config(tmp_path: Path) -> Any:
     """Write a YAML config into tmp_path; the runner finds the recipes copied beside it."""

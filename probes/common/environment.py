@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from repro_audit.probes.common.hashing import hash_bytes
-
 DETERMINISM_ENV_VARS = (
     "PYTHONHASHSEED",
     "CUBLAS_WORKSPACE_CONFIG",
@@ -34,9 +32,11 @@ DETERMINISM_ENV_VARS = (
 def base_environment(*, recipe_dir: str | None) -> dict[str, Any]:
     """Everything except the framework section; module hashes are taken at the moment of the call."""
     from repro_audit.probes.common.installed_files import local_changes, modified_sources
+    from repro_audit.probes.common.stat_cache import shared_cache
 
     modules = imported_module_hashes(recipe_dir=recipe_dir)
     changes = local_changes()
+    shared_cache().save()
     return {
         "python": {"version": platform.python_version(), "implementation": platform.python_implementation(),
                    "executable_prefix": sys.prefix == sys.base_prefix and "system" or "venv"},
@@ -97,50 +97,37 @@ def installed_packages() -> dict[str, str]:
     return dict(sorted(packages.items()))
 
 
-# Module source hashes are cached by (path, mtime, size): hashing torch's ~2,000 imported files costs about
-# a second the first time, which we pay once per run, not per step.
-_HASH_CACHE: dict[tuple[str, float, int], str] = {}
-
-
 def imported_module_hashes(*, recipe_dir: str | None) -> dict[str, dict[str, str]]:
     """Path and source hash of every imported module that has a source file.
 
     Paths inside the recipe's folder are stored relative to it, so the same code checked out in two places
-    compares equal; everything else keeps its absolute path.
+    compares equal; everything else keeps its absolute path. Hashes come from the stat cache (stat_cache.py):
+    hashing torch's ~1,000 imported files anew cost a tenth of a second of every run.
     """
-    root = Path(recipe_dir).resolve() if recipe_dir else None
+    from repro_audit.probes.common.distributions import real_path
+    from repro_audit.probes.common.stat_cache import shared_cache
+
+    cache = shared_cache()
+    root = str(Path(recipe_dir).resolve()) if recipe_dir else None
     modules: dict[str, dict[str, str]] = {}
     for name, module in sorted(list(sys.modules.items())):
         file = getattr(module, "__file__", None)
         if not file or not file.endswith(".py"):
             continue
-        try:
-            stat = os.stat(file)
-        except OSError:
-            continue
-        key = (file, stat.st_mtime, stat.st_size)
-        digest = _HASH_CACHE.get(key)
-        if digest is None:
-            try:
-                with open(file, "rb") as handle:
-                    digest = hash_bytes(handle.read())
-            except OSError:
-                continue
-            _HASH_CACHE[key] = digest
-        modules[name] = {"path": _display_path(Path(file), root), "hash": digest}
+        resolved = real_path(file)
+        digests = cache.file_digests(resolved)
+        if digests is not None:
+            modules[name] = {"path": _display_path(resolved, root), "hash": digests.xxh3}
     return modules
 
 
-def _display_path(path: Path, root: Path | None) -> str:
-    from repro_audit.probes.common.distributions import real_path
-
-    resolved = Path(real_path(str(path)))
+def _display_path(resolved: str, root: str | None) -> str:
+    """`resolved` relative to `root` where it lies inside it (both are real paths), else as it is."""
     if root is not None:
-        try:
-            return str(resolved.relative_to(root))
-        except ValueError:
-            pass
-    return str(resolved)
+        inside = root.rstrip(os.sep) + os.sep
+        if resolved.startswith(inside):
+            return resolved[len(inside):]
+    return resolved
 
 
 def git_state(folder: str | None) -> dict[str, Any] | None:

@@ -3,22 +3,23 @@
 pip writes a RECORD for every distribution it installs: each file with its sha256. An imported module file
 whose hash no longer matches was edited in place after the install (the seed's real cause: "another RETURNN
 version with local changes"). An editable install has no RECORD for its sources: its checkout's git commit
-and dirty state stand in. Only the files of imported modules are hashed, once per process.
+and dirty state stand in. Only the files of imported modules are hashed, and only when their stat data
+changed since the last run (stat_cache.py).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import sys
-from functools import lru_cache
+from functools import lru_cache, partial
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
 from repro_audit.probes.common.distributions import installed_distributions, real_path
 from repro_audit.probes.common.environment import git_state
+from repro_audit.probes.common.stat_cache import StatCache, shared_cache
 
 MAX_SOURCE_BYTES = 256 * 1024
 OWN_CHECKOUT = Path(__file__).resolve().parents[2]
@@ -29,14 +30,14 @@ def local_changes() -> dict[str, dict[str, Any]]:
     """{distribution: {"version", "modified": [file...], "editable": {...} or absent}} for each
     distribution of an imported module whose installed files differ from its RECORD, or that is an editable
     install (with its checkout's git state)."""
-    recorded = _recorded_hashes()
+    cache = shared_cache()
     found: dict[str, dict[str, Any]] = {}
     for file in _imported_files():
-        entry = recorded.get(file)
+        entry = _recorded(file)
         if entry is None:
             continue
         dist, expected = entry
-        if _sha256(file) not in (expected, None):
+        if _sha256(cache, file) not in (expected, None):
             found.setdefault(dist.name, {"version": dist.version, "modified": []})["modified"].append(
                 _relative(dist, file))
     for editable in _editable_distributions():
@@ -59,7 +60,7 @@ def modified_sources(changes: dict[str, dict[str, Any]]) -> dict[str, str]:
         if not isinstance(file, str):
             continue
         resolved = real_path(file)
-        entry = _recorded_hashes().get(resolved)
+        entry = _recorded(resolved)
         if entry is None or (entry[0].name, _relative(entry[0], resolved)) not in modified:
             continue
         try:
@@ -74,23 +75,42 @@ class _Dist:
         self.name, self.version, self.root = name, version, root
 
 
+def _recorded(file: str) -> tuple[_Dist, str] | None:
+    """(distribution, sha256) of an absolute real path as a RECORD lists it, or None."""
+    dists, digests = _recorded_hashes()
+    dist = dists.get(file)
+    return None if dist is None else (dist, digests[file])
+
+
 @lru_cache(maxsize=1)
-def _recorded_hashes() -> dict[str, tuple[_Dist, str]]:
-    """Absolute path of every .py file a RECORD lists -> (its distribution, its recorded sha256). RECORD is
-    read as text: building importlib's PackagePath objects for torch's 10,000 lines costs a second."""
-    found: dict[str, tuple[_Dist, str]] = {}
+def _recorded_hashes() -> tuple[dict[str, _Dist], dict[str, str]]:
+    """Absolute path of every .py file a RECORD lists -> its distribution, and -> its recorded sha256.
+    RECORD is read as text (building importlib's PackagePath objects for torch's 10,000 lines costs a
+    second), and parsed once per RECORD file's version, in the stat cache."""
+    cache = shared_cache()
+    dists: dict[str, _Dist] = {}
+    digests: dict[str, str] = {}
     for installed in installed_distributions():
-        text = installed.dist.read_text("RECORD")
-        if not text:
+        root = real_path(str(installed.dist.locate_file("")))
+        info = getattr(installed.dist, "_path", None)  # the .dist-info folder of a distribution on disk
+        if isinstance(info, Path):
+            entries = cache.record_entries(str(info / "RECORD"), root, partial(_parse_record, root))
+        else:
+            entries = _parse_record(root, installed.dist.read_text("RECORD") or "")
+        if entries:
+            dists.update(zip(entries, repeat(_Dist(installed.name, installed.version, Path(root)))))
+            digests.update(entries)
+    return dists, digests
+
+
+def _parse_record(root: str, text: str) -> dict[str, str]:
+    """{absolute path: sha256} of the .py files a RECORD's text lists, for a distribution installed at root."""
+    found = {}
+    for line in text.splitlines():
+        parts = line.split(",")  # path,sha256=<urlsafe base64>,size (a path with a comma is quoted: skipped)
+        if len(parts) != 3 or not parts[0].endswith(".py") or not parts[1].startswith("sha256="):
             continue
-        root = Path(real_path(str(installed.dist.locate_file(""))))
-        record = _Dist(installed.name, installed.version, root)
-        for line in text.splitlines():
-            parts = line.split(",")  # path,sha256=<urlsafe base64>,size (a path with a comma is quoted: skipped)
-            if len(parts) != 3 or not parts[0].endswith(".py") or not parts[1].startswith("sha256="):
-                continue
-            path, digest = parts[0], parts[1]
-            found[os.path.normpath(root / path)] = (record, digest[len("sha256="):])
+        found[os.path.normpath(os.path.join(root, parts[0]))] = parts[1][len("sha256="):]
     return found
 
 
@@ -129,14 +149,10 @@ def _editable_distributions() -> list[dict[str, Any]]:
     return found
 
 
-@lru_cache(maxsize=None)
-def _sha256(path: str) -> str | None:
+def _sha256(cache: StatCache, path: str) -> str | None:
     """The file's hash as RECORD writes it; None where it cannot be read (never reported as a change)."""
-    try:
-        digest = hashlib.sha256(Path(path).read_bytes()).digest()
-    except OSError:
-        return None
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    digests = cache.file_digests(path)
+    return None if digests is None else digests.sha256
 
 
 def _relative(dist: _Dist, file: str) -> str:

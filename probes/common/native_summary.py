@@ -320,7 +320,7 @@ def _cpu_identity() -> str:
 
 def _cache_root() -> Path:
     configured = os.environ.get(CACHE_ENV)
-    if configured:
+    if configured and configured.strip().lower() != "off":  # "off" is for the file-digest cache (stat_cache.py)
         return Path(configured) / "native"
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     root = Path(base) / "repro-audit" / "native"

@@ -207,23 +207,16 @@ def plugin_args() -> list[str]:
     return [] if installed else ["-p", "repro_audit.audit.pytest_plugin"]
 
 
-@pytest.fixture(scope="session")
-def kernel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One compiler cache for every inner session, so the summary kernel is built once, not per test."""
-    return tmp_path_factory.mktemp("kernel-cache")
-
-
 @pytest.fixture
 def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
-          tmp_path_factory: pytest.TempPathFactory, kernel_cache: Path) -> pytest.Pytester:
+          tmp_path_factory: pytest.TempPathFactory) -> pytest.Pytester:
     """An inner session folder with the helper recipes; runs use one intra-op thread each."""
     # Two runs at a time per session, two sessions under xdist: more threads only spin on two cores.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("COLUMNS", "400")  # the short summary line shows its whole first line
     # pytester points HOME at the session folder; keep per-user caches out of it: matplotlib's (HTML
-    # charts) and the summary kernel's (which would otherwise land in HOME/.cache, or XDG_CACHE_HOME).
+    # charts) and repro-audit's, which the session's REPRO_AUDIT_CACHE_DIR (tests/conftest.py) keeps.
     monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path_factory.mktemp("mpl")))
-    monkeypatch.setenv("REPRO_AUDIT_CACHE_DIR", str(kernel_cache))
     pytester.makepyfile(pp_recipes=RECIPES)
     return pytester
 

@@ -68,7 +68,6 @@ def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("COLUMNS", "400")  # the short summary line shows its whole first line
     monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path_factory.mktemp("mpl")))
-    monkeypatch.setenv("REPRO_AUDIT_CACHE_DIR", str(tmp_path_factory.mktemp("kernel-cache")))
     pytester.makefile(".py", tiny_mlp=RECIPE.read_text(encoding="utf-8"))
     pytester.makefile(".ini", pytest=INI)
     return pytester

@@ -9,7 +9,6 @@ on the worker's sys.path, as our checkout's probes/ is, would win over it wherev
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -72,8 +71,6 @@ def test_training_is_deterministic(repro_audit):
 
 OWN_MODULES = {"audit.bookkeeping": "audit/bookkeeping.py", "probes.thermometer": "probes/thermometer.py",
                "reports.quarterly": "reports/quarterly.py"}
-# The summary kernel's cache as the outer session has it: pytester moves HOME, which would build it again.
-KERNEL_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "repro-audit"
 
 
 def write_project(folder: Path) -> Path:
@@ -113,9 +110,8 @@ def test_cli_records_and_compares_a_project_with_its_own_packages(tmp_path: Path
         ["module audit.bookkeeping"]
 
 
-def test_pytest_plugin_in_a_project_with_its_own_packages(pytester: pytest.Pytester,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("REPRO_AUDIT_CACHE_DIR", str(KERNEL_CACHE))
+def test_pytest_plugin_in_a_project_with_its_own_packages(pytester: pytest.Pytester) -> None:
+    # pytester moves HOME; the session's REPRO_AUDIT_CACHE_DIR (tests/conftest.py) keeps the summary kernel.
     write_project(pytester.path)
     pytester.makepyprojecttoml('[tool.pytest.ini_options]\npythonpath = ["."]\n')
     (pytester.path / "tests").mkdir()
