@@ -24,10 +24,9 @@ def single_term_attribution(term: str, weight: float, parameter_names: Sequence[
         summary = summaries.get(prefix + name)
         if summary is None:  # no gradient reached this parameter
             continue
-        counts = [summary.get(key) for key in ("numel", "zeros", "nan", "inf")]
-        if not all(isinstance(count, int) for count in counts):
+        numel, zeros, nan, inf = (summary.get(key) for key in ("numel", "zeros", "nan", "inf"))
+        if not (isinstance(numel, int) and isinstance(zeros, int) and isinstance(nan, int) and isinstance(inf, int)):
             return None
-        numel, zeros, nan, inf = counts
         if nan + inf:
             entry["nonfinite"][name] = nan + inf
         if numel - zeros:  # NaN and Inf count as non-zero, as numpy's count_nonzero counts them
