@@ -76,7 +76,6 @@ def resign() -> Any:
     return sign
 
 
-
 # The modules that take longest (measured with --durations on 2 cores: the Keras and real-architecture checks
 # 200-290 s, the pytest plugin's inner sessions, the TF differ's shared runs, torchrun, --verify 115-165 s),
 # run first. xdist's loadscope hands whole modules out in collection order, and collected alphabetically these

@@ -25,7 +25,8 @@ def single_term_attribution(term: str, weight: float, parameter_names: Sequence[
         if summary is None:  # no gradient reached this parameter
             continue
         numel, zeros, nan, inf = (summary.get(key) for key in ("numel", "zeros", "nan", "inf"))
-        if not (isinstance(numel, int) and isinstance(zeros, int) and isinstance(nan, int) and isinstance(inf, int)):
+        if not (isinstance(numel, int) and isinstance(zeros, int) and isinstance(nan, int)
+                and isinstance(inf, int)):
             return None
         if nan + inf:
             entry["nonfinite"][name] = nan + inf

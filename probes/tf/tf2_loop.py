@@ -139,7 +139,8 @@ class Tf2Recording:
         self.writer.append_step(record)
         return after
 
-    def _read_off_attribution(self, meta: TraceMeta, summaries: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    def _read_off_attribution(self, meta: TraceMeta, summaries: dict[str, dict[str, Any]]
+                              ) -> dict[str, Any] | None:
         """A loss of one term (left in the total): its attribution from the step's own gradients, no replay."""
         [term, *others] = meta.term_names
         if others or term in self.program.dropped_terms:
