@@ -42,6 +42,11 @@ def test_runs_of_a_deterministic_keras_model_are_identical(keras_checked: Callab
         assert record["random_draws"], "dropout draws are recorded"
         assert all(draw["rng_fingerprint"] != "unavailable" for draw in record["random_draws"]), record["notes"]
         assert not [note for note in record["notes"] if "not captured" in note or "not readable" in note]
+    # One loss term: step 1's attribution is read off the step's own gradients, every reached parameter named.
+    [entry] = first.steps[0]["term_attribution"].values()
+    gradients = first.steps[0]["gradients"]
+    assert entry["norm"].keys() == {name for name, summary in gradients.items() if summary is not None}
+    assert entry["params_nonzero"] == len(entry["nonzero"]) > 10 and entry["params_nonfinite"] == 0
     if recipe == "mobilenet":  # BatchNorm's moving statistics are training state, recorded every step
         moving = [name for name in first.steps[0]["buffers"] if name.endswith("moving_mean")]
         assert len(moving) > 10
