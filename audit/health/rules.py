@@ -215,7 +215,8 @@ def memory_growth(run: RunHealth, limits: Thresholds) -> list[Finding]:
         heap_flagged = any(finding.layer == HEAP_LABEL for finding in findings)
         if pooled and (heap_flagged or not _grew_on_average(heap, limits)):
             continue
-        deltas = [(b - a) / MIB for (_, a), (_, b) in pairwise(series)]
+        # Per step: the TF heap is read only at some steps after the first few (probes/tf/health.py).
+        deltas = [(b - a) / MIB / (step_b - step_a) for (step_a, a), (step_b, b) in pairwise(series)]
         pauses = sum(delta < limits.memory_growth_mb for delta in deltas)
         allowed = 1 if pooled and len(deltas) >= 4 else 0
         if pauses > allowed or min(deltas) <= -limits.memory_growth_mb:
@@ -247,7 +248,7 @@ def _series(run: RunHealth, key: str) -> list[tuple[int, int]]:
 
 
 def _grew_on_average(series: list[tuple[int, int]], limits: Thresholds) -> bool:
-    steps = len(series) - 1
+    steps = series[-1][0] - series[0][0] if series else 0
     return steps > 0 and (series[-1][1] - series[0][1]) / MIB >= limits.memory_growth_mb * steps
 
 

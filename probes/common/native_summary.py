@@ -60,7 +60,7 @@ class Summary(NamedTuple):
 class NativeSummary:
     """The loaded kernel. Calls release the GIL (ctypes does so for every foreign call)."""
 
-    def __init__(self, library: ctypes.CDLL, path: Path) -> None:
+    def __init__(self, library: ctypes.CDLL, path: Path, *, framework_openmp: bool = True) -> None:
         self.path = path
         self._f32 = self._declare(library.summary_f32)
         self._f64 = self._declare(library.summary_f64)
@@ -73,8 +73,11 @@ class NativeSummary:
         self._many.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 5 + [ctypes.c_int, ctypes.c_int] + \
             [ctypes.c_void_p] * 3
         self._many.restype = ctypes.c_int64
-        # OpenMP threads only where they are the framework's own: see FLAG_SETS.
-        self.openmp = bool(library.summary_openmp()) and _one_openmp_runtime()
+        # OpenMP threads only where they are the framework's own (see FLAG_SETS): mapped before the kernel
+        # loaded, and the only runtime after. In a TensorFlow process the kernel would bring libgomp itself,
+        # whose idle threads spin for milliseconds after each call, taking a core from TF's next step
+        # (about 4 ms of a 45 ms Keras step): there it starts threads of its own, which end with the call.
+        self.openmp = bool(library.summary_openmp()) and framework_openmp and _one_openmp_runtime()
         library.summary_use_openmp.argtypes = [ctypes.c_int]
         library.summary_use_openmp(int(self.openmp))
 
@@ -234,8 +237,9 @@ def load(cache_dir: Path | None = None, compiler: str | None = None) -> NativeSu
             return None
     if not all(_private(path) for path in (root, folder, library_path)):
         return None  # a library someone else could have put there is never loaded
+    framework_openmp = _one_openmp_runtime()  # before the kernel maps one of its own
     try:
-        return NativeSummary(ctypes.CDLL(str(library_path)), library_path)
+        return NativeSummary(ctypes.CDLL(str(library_path)), library_path, framework_openmp=framework_openmp)
     except (OSError, AttributeError):
         return None
 

@@ -8,16 +8,23 @@ from typing import Any
 
 import numpy as np
 
-from repro_audit.probes.common.hashing import hash_text, summarize_array
-from repro_audit.probes.tf.tensors import named_tensors, to_numpy
+from repro_audit.probes.common.hashing import hash_text
+from repro_audit.probes.tf.bundle_hashes import hashes_and_stats
+from repro_audit.probes.tf.tensors import named_tensors, summary_of_kernel, to_numpy
 
 
 def batch_record(batch: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The batch fingerprint and its values (numpy), before the step runs."""
+    """The batch fingerprint and its values (numpy), before the step runs.
+
+    Hashed and reduced by the native kernel in one pass, as the step's own tensors are: numpy's separate
+    passes over a 1.5 MB image batch took 1 ms of a 45 ms Keras step."""
     tensors = [(name, np.asarray(to_numpy(value))) for name, value in named_tensors(batch)]
     if not tensors:
         return {"hash": hash_text(repr(batch)), "tensors": {}}, {}
-    summaries = {name: summarize_array(array) for name, array in tensors}
+    arrays = [np.ascontiguousarray(array) for _, array in tensors]
+    digests, reduced = hashes_and_stats(arrays, [True] * len(arrays))
+    summaries = {name: summary_of_kernel(stats, array, array.dtype.name, digest, name)
+                 for (name, _), array, digest, stats in zip(tensors, arrays, digests, reduced)}
     combined = hash_text("|".join(f"{name}={summaries[name]['hash']}" for name, _ in tensors))
     return {"hash": combined, "tensors": summaries}, dict(tensors)
 

@@ -224,6 +224,24 @@ def test_memory_growth_needs_growth_at_every_step(dead_relu_records: Any) -> Non
     assert any(reason.startswith("memory growth: needs 5 steps") for reason in short.not_checked)
 
 
+def test_memory_growth_is_per_step_where_the_heap_was_read_at_some_steps(dead_relu_records: Any) -> None:
+    """The TF probe reads the heap at steps 1-8, then every 8th step (probes/tf/health.py reads_heap): a heap
+    growing 2 MiB a step grows 16 MiB between later readings, which is growth per step, not a jump."""
+    from repro_audit.probes.tf.health import reads_heap
+
+    def records_of(growth_mib: float) -> list[dict[str, Any]]:
+        rss = [700.0 + step for step in range(1, 33)]  # RSS wanders upward, as it may in a healthy run
+        heap = [100.0 + growth_mib * step if reads_heap(step) else None for step in range(1, 33)]
+        return _memory_records(dead_relu_records, heap, rss)
+
+    assert [step for step in range(1, 33) if reads_heap(step)] == [1, 2, 3, 4, 5, 6, 7, 8, 16, 24, 32]
+    [finding] = [f for f in check_steps(records_of(2.0)).findings if f.rule == "memory_growth"]
+    assert finding.layer == "CPU heap in use" and finding.steps == [3, 4, 5, 6, 7, 8, 16, 24, 32]
+    assert finding.value == pytest.approx(2.0)
+    # 0.5 MiB a step is below the 1 MiB threshold, though each later reading is 4 MiB above the one before.
+    assert not [f for f in check_steps(records_of(0.5)).findings if f.rule == "memory_growth"]
+
+
 def _memory_records(dead_relu_records: Any, heap_mib: list[float | None], rss_mib: list[float]
                     ) -> list[dict[str, Any]]:
     records = [copy.deepcopy(dead_relu_records[0][0]) for _ in heap_mib]

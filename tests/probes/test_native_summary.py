@@ -159,6 +159,27 @@ def test_large_arrays_give_the_same_results_on_any_number_of_threads() -> None:
     assert tensor_hashes(raw) == [tensor_hash(t) for t in raw] == [hash_numeric(t.numpy()) for t in raw]
 
 
+@needs_compiler
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_kernel_uses_threads_of_its_own_where_it_would_bring_the_openmp_runtime() -> None:
+    """Where no framework mapped an OpenMP runtime (a TensorFlow process), the kernel's own libgomp would
+    leave threads spinning after each call, taking a core from the next step: it starts its own threads,
+    and still hashes large arrays on several of them, as with the runtime."""
+    import subprocess
+
+    script = (
+        "import numpy as np\n"
+        "from repro_audit.probes.common import native_summary as n\n"
+        "from repro_audit.probes.common.hashing import hash_numeric\n"
+        "before = n._one_openmp_runtime()\n"
+        "k = n.kernel()\n"
+        "a = np.random.default_rng(0).standard_normal(1 << 20).astype(np.float32)\n"
+        "[s] = k.summarize_many([(a.ctypes.data, a.size, n.FLOAT32, f'{a.dtype.str}{a.shape}'.encode())], threads=2)\n"
+        "print(before, k.openmp, s.digest == hash_numeric(a))\n")
+    found = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert found.stdout.split() == ["False", "False", "True"], found.stdout + found.stderr
+
+
 def test_failed_build_falls_back_and_is_not_retried(tmp_path: Path) -> None:
     log = tmp_path / "calls.log"
     compiler = tmp_path / "broken-cc"

@@ -73,3 +73,31 @@ def test_a_step_recorded_without_the_kernel_summarises_alike(record_recipe: Call
         outputs_a = [o["summary"]["hash"] for o in a["module_outputs"]]
         assert outputs_a == [o["summary"]["hash"] for o in b["module_outputs"]]
         assert a["optimizer"]["state"] == b["optimizer"]["state"]
+
+
+def test_batch_fingerprint_from_the_kernel_is_numpys() -> None:
+    """`batch_record` hashes and reduces a batch in one kernel pass (numpy's where the kernel has no answer:
+    integers, NaN or Inf, a half type, an empty array): the same hashes and, to rounding, the same numbers."""
+    from repro_audit.probes.tf.step_record import batch_record
+
+    rng = np.random.default_rng(5)
+    images = rng.standard_normal((8, 32, 32, 3), dtype=np.float32)
+    images[0, 0, 0, :] = 0.0
+    batch = {"x": images, "y": rng.integers(0, 10, 8), "mask": np.array([1.0, np.nan, -np.inf], np.float32),
+             "empty": np.zeros((0, 3), np.float32), "half": rng.standard_normal(100).astype(np.float16),
+             "weights": rng.standard_normal(3000)}
+    record, values = batch_record(batch)
+    assert list(record["tensors"]) == list(batch) and set(values) == set(batch)
+    for name, array in batch.items():
+        found, expected = record["tensors"][name], summarize_array(array)
+        assert found.keys() == expected.keys() and found["hash"] == expected["hash"], name
+        for key, value in expected.items():
+            if isinstance(value, float) and math.isfinite(value):
+                # The kernel folds float32 lanes into double totals by blocks: sums hold to float32 rounding.
+                scale = abs(expected["max_abs"] or 1.0)
+                assert found[key] == pytest.approx(value, rel=1e-6, abs=1e-6 * scale), (name, key)
+            elif isinstance(value, float):  # NaN or an infinity: numpy's exact answer
+                assert str(found[key]) == str(value), (name, key)
+            else:
+                assert found[key] == value, (name, key)
+    assert record["tensors"]["x"]["zeros"] == 3 and record["tensors"]["mask"]["nan"] == 1
