@@ -76,7 +76,7 @@ class NativeSummary:
         # OpenMP threads only where they are the framework's own (see FLAG_SETS): mapped before the kernel
         # loaded, and the only runtime after. In a TensorFlow process the kernel would bring libgomp itself,
         # whose idle threads spin for milliseconds after each call, taking a core from TF's next step
-        # (about 4 ms of a 45 ms Keras step): there it starts threads of its own, which end with the call.
+        # (up to 4 ms of a 45 ms Keras step): there it starts threads of its own, which end with the call.
         self.openmp = bool(library.summary_openmp()) and framework_openmp and _one_openmp_runtime()
         library.summary_use_openmp.argtypes = [ctypes.c_int]
         library.summary_use_openmp(int(self.openmp))

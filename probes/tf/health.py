@@ -200,9 +200,9 @@ def memory_usage(step: int | None = None) -> dict[str, Any]:
 
     The heap is read at every step up to HEAP_EVERY_STEP_UNTIL, then at every HEAP_EVERY-th (`step`; null
     between): in a TF process glibc's `mallinfo2` walks the free lists of every malloc arena (TF's many
-    threads have many), 3.3 ms of a 45 ms Keras step here, more than the rest of the health record. The memory rule reads growth per
-    step between readings. TF's own CPU allocator counter is no substitute: it counts only tensors of
-    256 KiB and more.
+    threads have many), 3.3 ms of a 45 ms Keras step here, more than the rest of the health record. The
+    memory rule reads growth per step between readings. TF's own CPU allocator counter is no substitute:
+    it counts only tensors of 256 KiB and more.
 
     The keys are torch's: `cuda_allocated` is TF's `current` bytes summed over the GPUs; `cuda_reserved`
     stays null, as TF reports no reserved-but-free figure (its `peak` is not one).

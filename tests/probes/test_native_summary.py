@@ -174,7 +174,8 @@ def test_kernel_uses_threads_of_its_own_where_it_would_bring_the_openmp_runtime(
         "before = n._one_openmp_runtime()\n"
         "k = n.kernel()\n"
         "a = np.random.default_rng(0).standard_normal(1 << 20).astype(np.float32)\n"
-        "[s] = k.summarize_many([(a.ctypes.data, a.size, n.FLOAT32, f'{a.dtype.str}{a.shape}'.encode())], threads=2)\n"
+        "item = (a.ctypes.data, a.size, n.FLOAT32, f'{a.dtype.str}{a.shape}'.encode())\n"
+        "[s] = k.summarize_many([item], threads=2)\n"
         "print(before, k.openmp, s.digest == hash_numeric(a))\n")
     found = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert found.stdout.split() == ["False", "False", "True"], found.stdout + found.stderr
