@@ -183,6 +183,9 @@ class SeriesPanel:
     emphasis: str | None = None  # the name of a line drawn thick and black, e.g. the whole network's
     note: str = ""  # said after the title, in red: lines cut, values a log axis cannot show
     ylim: tuple[float, float] | None = None
+    # Lines drawn through their missing values (NaN): for figures read at some steps only (TF's heap after
+    # step 8), where a gap means "not read", not a value to break the line at.
+    joined: bool = False
 
 
 def series_chart(panels: Sequence[SeriesPanel], *, salt: str) -> str:
@@ -199,7 +202,8 @@ def series_chart(panels: Sequence[SeriesPanel], *, salt: str) -> str:
             ax = row[0]
             for index, (name, values) in enumerate(panel.lines):
                 emphasised = name == panel.emphasis
-                ax.plot(panel.steps, values, color="black" if emphasised else LINE_COLORS[index % len(LINE_COLORS)],
+                steps, values = _read_at(panel.steps, values) if panel.joined else (panel.steps, values)
+                ax.plot(steps, values, color="black" if emphasised else LINE_COLORS[index % len(LINE_COLORS)],
                         linestyle=LINE_STYLES[(index // len(LINE_COLORS)) % len(LINE_STYLES)],
                         linewidth=2.0 if emphasised else 1.1, marker="o", markersize=2.5, label=_plain_text(name))
             for label, value in panel.limits:
@@ -220,6 +224,12 @@ def series_chart(panels: Sequence[SeriesPanel], *, salt: str) -> str:
                 ax.set_xlim(panel.steps[0] - 0.5, panel.steps[-1] + 0.5)
             ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=SMALL_FONT)
         return _svg(figure, salt)
+
+
+def _read_at(steps: Sequence[int], values: Sequence[float]) -> tuple[list[int], list[float]]:
+    """The steps a value was read at, and those values."""
+    kept = [(step, value) for step, value in zip(steps, values) if math.isfinite(value)]
+    return [step for step, _ in kept], [value for _, value in kept]
 
 
 def _mark_zeros(ax: Any, panel: SeriesPanel) -> None:

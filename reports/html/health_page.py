@@ -218,7 +218,8 @@ def _memory_panel(records: list[tuple[int, dict[str, Any]]]) -> SeriesPanel | No
             lines.append((label, [_number(value) / MIB for value in values]))
     if not lines:
         return None
-    return SeriesPanel(title="memory per step", ylabel="MiB", steps=[step for step, _ in records], lines=lines)
+    return SeriesPanel(title="memory per step", ylabel="MiB", steps=[step for step, _ in records], lines=lines,
+                       joined=True)
 
 
 def _choose(first: Sequence[str], every: Sequence[str]) -> tuple[list[str], int]:

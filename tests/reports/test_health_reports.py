@@ -247,3 +247,25 @@ def test_health_not_recorded_or_absent_is_said() -> None:
     comparison.health = None
     assert "Health:" not in render_text(comparison)
     assert "Neither trace recorded health statistics" in section(render_html(comparison), "health")
+
+
+def test_memory_read_at_some_steps_is_one_line_through_its_readings() -> None:
+    """TF reads the heap at steps 1-8, then every 8th (probes/tf/health.py): the chart joins the readings
+    instead of leaving lone points after step 8; a line of values at every step is drawn as before."""
+    from repro_audit.reports.html.charts import LINE_COLORS, SeriesPanel, series_chart
+
+    steps = list(range(1, 25))
+    heap = [100.0 + step if step <= 8 or step % 8 == 0 else float("nan") for step in steps]
+    rss = [500.0 + step for step in steps]
+
+    def heap_line(joined: bool) -> str:
+        svg = series_chart([SeriesPanel(title="memory per step", ylabel="MiB", steps=steps,
+                                        lines=[("CPU heap in use", heap), ("process RSS", rss)], joined=joined)],
+                           salt="memory")
+        paths = re.findall(rf'<path d="([^"]*)"[^>]*style="fill: none; stroke: {LINE_COLORS[0]}', svg)
+        return max(paths, key=len)  # the data line, not the legend's short sample of it
+
+    joined = heap_line(True)
+    assert joined.count("M") == 1 and joined.count("L") == 9  # 10 readings (1-8, 16, 24), one stroke
+    broken = heap_line(False)
+    assert broken.count("M") > 1  # NaN breaks the line: what a value that is not a reading should do
