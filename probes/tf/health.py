@@ -194,7 +194,7 @@ def activation_statistics(outputs: Sequence[ActivationOutput], summaries: Mappin
     return entries
 
 
-def memory_usage(step: int | None = None) -> dict[str, Any]:
+def memory_usage(step: int) -> dict[str, Any]:
     """Memory now: process RSS, bytes malloc has handed out (glibc: TF's CPU allocator mallocs), and the
     accelerator memory TF's allocator holds (`get_memory_info`, on devices that support it).
 
@@ -208,7 +208,7 @@ def memory_usage(step: int | None = None) -> dict[str, Any]:
     stays null, as TF reports no reserved-but-free figure (its `peak` is not one).
     """
     rss, source = current_rss()
-    heap = heap_in_use() if step is None or reads_heap(step) else None
+    heap = heap_in_use() if reads_heap(step) else None
     return {"rss": rss, "rss_source": source, "heap_in_use": heap, "cuda_allocated": _gpu_current(),
             "cuda_reserved": None}
 
