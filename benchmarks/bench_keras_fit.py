@@ -13,8 +13,10 @@ written the step), so the recorded time includes everything the callback does pe
 steps of each fit (tracing) and the per-fit set-up (environment, initial values) are left out. The
 reported ratio is the median over rounds of (median recorded step / median plain step). With `--runner`
 the recorded step is instead the runner's function-mode step (`repro-audit record` of a recipe that builds
-the same model), timed around `step(...)`, which includes reading, hashing and writing the step. No timed
-assertion anywhere: this prints numbers. Target (issue 19): at most 1.3x.
+the same model), timed around `step(...)`, which includes reading, hashing and writing the step; with
+`--without-op` too, each round also times that step with its layer outputs returned whole rather than
+summarised in the graph (probes/tf/summary_op.py). No timed assertion anywhere: this prints numbers.
+Target (issue 19): at most 1.3x.
 """
 
 from __future__ import annotations
@@ -115,40 +117,55 @@ def recipe(params: dict[str, Any]) -> Any:
                   extras={"mode": "function"})
 
 
-def measure_runner(*, rounds: int, steps: int, batch: int) -> dict[str, Any]:
+def measure_runner(*, rounds: int, steps: int, batch: int, without_op: bool = False) -> dict[str, Any]:
     """The runner's recorded function-mode step of the same architecture against a plain `fit` step, rounds
-    alternating in one process (the recording stays open between its rounds, as in a run)."""
+    alternating in one process (the recording stays open between its rounds, as in a run). `without_op`:
+    each round also times the same recording with its layer outputs returned whole instead of summarised
+    in the graph by the summary op (probes/tf/summary_op.py)."""
     from repro_audit.audit.trace import TraceWriter
     from repro_audit.probes.tf.recorder import open_recording
 
     model, x, y = build(batch)
     timed_fit(model, x, y, batch=batch, steps=WARMUP_STEPS + 1, trace=None)
     config = _runner_config(batch)
-    plain, recorded, ratios = [], [], []
+    plain: list[float] = []
+    recorded: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as folder:
         writer = TraceWriter(Path(folder) / "runner.trace", framework="tensorflow", config=config.to_dict(),
                              label="runner")
         with open_recording(config, writer) as recording:
+            program = recording.program
+            variants = {"recorded": program.summary_op}
+            if without_op and program.summary_op is not None:
+                variants["without_op"] = None
             batches = iter(recording.recipe.batches)
             step = 0
-            for _ in range(WARMUP_STEPS):
-                step += 1
-                recording.step(step, next(batches))
+            for op in variants.values():  # each variant's step function traced before timing
+                program.summary_op = op
+                for _ in range(WARMUP_STEPS):
+                    step += 1
+                    recording.step(step, next(batches))
             for _ in range(rounds):
                 plain.append(timed_fit(model, x, y, batch=batch, steps=steps, trace=None))
-                times = []
-                for _ in range(steps - WARMUP_STEPS):
-                    step += 1
-                    data = next(batches)
-                    start = time.perf_counter()
-                    recording.step(step, data)
-                    times.append(time.perf_counter() - start)
-                recorded.append(statistics.median(times))
-                ratios.append(recorded[-1] / plain[-1])
+                for name, op in variants.items():
+                    program.summary_op = op
+                    times = []
+                    for _ in range(steps - WARMUP_STEPS):
+                        step += 1
+                        data = next(batches)
+                        start = time.perf_counter()
+                        recording.step(step, data)
+                        times.append(time.perf_counter() - start)
+                    recorded.setdefault(name, []).append(statistics.median(times))
         writer.finish(complete=True)
-    return {"plain_ms": 1000 * statistics.median(plain), "recorded_ms": 1000 * statistics.median(recorded),
-            "ratio": statistics.median(ratios), "fastest_ratio": min(recorded) / min(plain), "ratios": ratios,
-            "variables": len(model.variables), "parameters": model.count_params()}
+    found = {"plain_ms": 1000 * statistics.median(plain), "recorded_ms": 1000 * statistics.median(recorded["recorded"]),
+             "ratio": statistics.median(r / p for r, p in zip(recorded["recorded"], plain)),
+             "fastest_ratio": min(recorded["recorded"]) / min(plain),
+             "ratios": [r / p for r, p in zip(recorded["recorded"], plain)],
+             "variables": len(model.variables), "parameters": model.count_params()}
+    if "without_op" in recorded:
+        found["ratio_without_op"] = statistics.median(r / p for r, p in zip(recorded["without_op"], plain))
+    return found
 
 
 def _runner_config(batch: int) -> Any:
@@ -270,6 +287,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--runner", action="store_true",
                         help="time the runner's recorded function-mode step instead of the fit callback")
+    parser.add_argument("--without-op", action="store_true",
+                        help="with --runner: also time each round with the layer outputs returned whole, not "
+                             "summarised in the graph")
     parser.add_argument("--row", action="store_true", help="print bench_real_models.py's row as one JSON line")
     parser.add_argument("--no-memory", action="store_true", help="with --row: leave out the peak memory")
     parser.add_argument("--peak", choices=("plain", "recorded"), help=argparse.SUPPRESS)
@@ -281,8 +301,12 @@ def main(argv: list[str] | None = None) -> None:
                  row(rounds=args.rounds, steps=args.steps, batch=args.batch, memory=not args.no_memory))
         print(json.dumps(found))
         return
-    measure_variant = measure_runner if args.runner else measure
-    found = measure_variant(rounds=args.rounds, steps=args.steps, batch=args.batch)
+    if args.without_op and not args.runner:
+        parser.error("--without-op needs --runner")
+    if args.runner:
+        found = measure_runner(rounds=args.rounds, steps=args.steps, batch=args.batch, without_op=args.without_op)
+    else:
+        found = measure(rounds=args.rounds, steps=args.steps, batch=args.batch)
     if args.runner:
         print("recorded: the runner's function-mode step of a recipe building the same model")
     print(f"MobileNetV2(alpha=0.35, 64x64, 10 classes, weights=None): {found['parameters']} parameters, "
@@ -293,6 +317,9 @@ def main(argv: list[str] | None = None) -> None:
           f"{', '.join(f'{r:.2f}' for r in found['ratios'])}); target 1.3x")
     # Machine noise only ever adds time: the fastest rounds of each variant are the least disturbed.
     print(f"fastest rounds:    {found['fastest_ratio']:.2f}x (fastest recorded / fastest plain)")
+    if "ratio_without_op" in found:
+        print(f"without the op:    {found['ratio_without_op']:.2f}x (median; layer outputs returned whole, "
+              f"the same rounds)")
 
 
 if __name__ == "__main__":

@@ -84,7 +84,6 @@ def recording_ratios(rounds: int, params: dict[str, Any]) -> dict[str, Any]:
     from repro_audit.audit.config import load_config
     from repro_audit.audit.trace import TraceWriter
     from repro_audit.probes.tf.recorder import open_recording
-    from repro_audit.probes.tf.tensors import unpack
 
     config = load_config(FIXTURES / "baseline.yaml", steps=rounds + 2,
                          overrides=[f"params.{key}={value}" for key, value in params.items()])
@@ -96,15 +95,13 @@ def recording_ratios(rounds: int, params: dict[str, Any]) -> dict[str, Any]:
             batches = iter(recording.recipe.batches)
             recording.step(1, next(batches))  # traces the recorded step
             program = recording.program
-            function, _ = program._function_for(2)
+            function, _ = program._function_for(2, whole_outputs=False)  # the step's graph as step 1 traced it
             plain = plain_step(recording.recipe, config.weight_for)
             batch = next(batches)
             plain(batch)
 
             def graph_step() -> None:
-                outputs = function(batch)
-                meta = program.metas[int(outputs["trace_id"])]
-                unpack(meta.layout, outputs["packed"], keep_values=True)
+                program.run(2, batch, keep_values=False)  # the tf.function step and its summaries
 
             if program.mode != "function":
                 raise SystemExit(f"the fixture runs in {program.mode} mode; this benchmark times tf.function steps")
@@ -117,8 +114,8 @@ def recording_ratios(rounds: int, params: dict[str, Any]) -> dict[str, Any]:
             retraces = function.experimental_get_tracing_count() - traced
             if retraces or len(program._functions) != 1:
                 raise SystemExit(f"the recorded step was traced again {retraces} times while timed")
-            outputs = function(batch)
-            tensors = len(program.metas[int(outputs["trace_id"])].layout.keys)
+            meta = program.metas[int(function(batch)["trace_id"])]
+            tensors = len(meta.layout.keys) + len(meta.in_graph[0] if meta.in_graph else [])
         writer.finish(complete=True)
     ratios = {name: statistics.median(t / p for t, p in zip(values, times["plain"]))
               for name, values in times.items() if name != "plain"}

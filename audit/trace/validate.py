@@ -53,7 +53,7 @@ MANIFEST = Fields({
 }, required=("format", "schema_version"))
 
 ENVIRONMENT = Fields({
-    **{section: ANY for section in ("python", "platform", "cpu", "threads", "summary_kernel")},
+    **{section: ANY for section in ("python", "platform", "cpu", "threads", "summary_kernel", "summary_op")},
     "framework": Fields({"name": STR_OR_NULL, "devices": ListOf(MapOf(ANY), nullable=True)}, nullable=True,
                         rest=ANY),
     "determinism": MapOf(ANY, nullable=True), "env_vars": MapOf(ANY, nullable=True),

@@ -226,17 +226,10 @@ def load(cache_dir: Path | None = None, compiler: str | None = None) -> NativeSu
     compiler = compiler or _find_compiler()
     if compiler is None:
         return None
-    root = cache_dir or _cache_root()
-    folder = root / _build_key(compiler)
-    library_path = folder / "summary.so"
-    failed = folder / "failed.txt"
-    if not library_path.exists():
-        if failed.exists():
-            return None
-        if not _build(compiler, folder, library_path, failed):
-            return None
-    if not all(_private(path) for path in (root, folder, library_path)):
-        return None  # a library someone else could have put there is never loaded
+    library_path = cached_library(compiler, "summary.so", [SOURCE_DIR / "summary.c"], FLAG_SETS,
+                                  key_extra="", cache_dir=cache_dir)
+    if library_path is None:
+        return None
     framework_openmp = _one_openmp_runtime()  # before the kernel maps one of its own
     try:
         return NativeSummary(ctypes.CDLL(str(library_path)), library_path, framework_openmp=framework_openmp)
@@ -244,20 +237,44 @@ def load(cache_dir: Path | None = None, compiler: str | None = None) -> NativeSu
         return None
 
 
-def _build(compiler: str, folder: Path, library_path: Path, failed: Path) -> bool:
+def cached_library(compiler: str, name: str, sources: Sequence[Path], flag_sets: Sequence[Sequence[str]], *,
+                   key_extra: str, cache_dir: Path | None = None) -> Path | None:
+    """The library `name` built from `sources` (with summary.c's headers) for this machine: from the cache,
+    or built now with the first of `flag_sets` that compiles. None where it cannot be had: a build that
+    failed before (remembered in the cache), or a cache folder that is not this user's alone."""
+    root = cache_dir or _cache_root()
+    folder = root / _build_key(compiler, sources, flag_sets, key_extra)
+    library_path = folder / name
+    failed = folder / "failed.txt"
+    if not library_path.exists():
+        if failed.exists():
+            return None
+        if not _build(compiler, folder, library_path, failed, sources, flag_sets):
+            return None
+    if not all(_private(path) for path in (root, folder, library_path)):
+        return None  # a library someone else could have put there is never loaded
+    return library_path
+
+
+def _build(compiler: str, folder: Path, library_path: Path, failed: Path, sources: Sequence[Path],
+           flag_sets: Sequence[Sequence[str]]) -> bool:
     """Compile into a temporary file, then rename: two runs building at once each get a whole library."""
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError:
         return False
     errors = []
-    for flags in FLAG_SETS:
+    for flags in flag_sets:
         try:
             descriptor, temporary = tempfile.mkstemp(dir=folder, suffix=".so.partial")
         except OSError:
-            return False  # a cache folder we cannot write to: the torch reductions do the work
+            return False  # a cache folder we cannot write to: the framework reductions do the work
         os.close(descriptor)
-        command = [compiler, *flags, "-o", temporary, str(SOURCE_DIR / "summary.c")]
+        # Sources before the flags' libraries (-l...): the linker resolves a library only for what came before.
+        sources_first = [str(path) for path in sources]
+        libraries = [flag for flag in flags if flag.startswith("-l")]
+        command = [compiler, *[flag for flag in flags if not flag.startswith("-l")], "-o", temporary,
+                   *sources_first, *libraries]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
                                   check=False)
@@ -301,14 +318,15 @@ def _find_compiler() -> str | None:
     return None
 
 
-def _build_key(compiler: str) -> str:
-    """Sources, flags, compiler (path, size, date) and CPU: a build made for another machine never loads."""
+def _build_key(compiler: str, sources: Sequence[Path], flag_sets: Sequence[Sequence[str]], extra: str) -> str:
+    """Sources, flags, compiler (path, size, date), CPU and `extra` (what else the library is built
+    against): a build made for another machine or installation never loads."""
     digest = hashlib.sha256()
-    for name in SOURCES:
-        digest.update((SOURCE_DIR / name).read_bytes())
+    for path in (*sources, *(SOURCE_DIR / name for name in SOURCES)):
+        digest.update(path.read_bytes())
     compiler_stat = os.stat(compiler)
-    digest.update(repr((FLAG_SETS, compiler, compiler_stat.st_size, compiler_stat.st_mtime_ns,
-                        platform.machine(), sys.platform, _cpu_identity())).encode())
+    digest.update(repr((tuple(map(tuple, flag_sets)), compiler, compiler_stat.st_size, compiler_stat.st_mtime_ns,
+                        platform.machine(), sys.platform, _cpu_identity(), extra)).encode())
     return digest.hexdigest()[:24]
 
 

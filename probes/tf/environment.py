@@ -6,6 +6,8 @@ import os
 from typing import Any
 
 from repro_audit.probes.common.environment import base_environment
+from repro_audit.probes.common.native_summary import kernel
+from repro_audit.probes.tf.summary_op import loaded as summary_op_loaded
 
 
 def tf_environment(*, recipe_dir: str | None) -> dict[str, Any]:
@@ -36,6 +38,9 @@ def tf_environment(*, recipe_dir: str | None) -> dict[str, Any]:
         "onednn_opts_env": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         "tensor_float_32": _tf32(tf),
     }
+    # Which code summarised the tensors: numbers are the same either way (docs/trace-format.md).
+    environment["summary_kernel"] = "native" if kernel() is not None else "tensorflow"
+    environment["summary_op"] = summary_op_loaded()
     return environment
 
 

@@ -32,6 +32,7 @@ from repro_audit.probes.tf.health import ActivationOutput, activation_counts, ac
 from repro_audit.probes.tf.model_tree import ModelTree
 from repro_audit.probes.tf.optimizer_state import KerasOptimizerView
 from repro_audit.probes.tf.repeated_unpack import unpack
+from repro_audit.probes.tf.summary_op import summaries_of, summarised_in_graph, summary_op
 from repro_audit.probes.tf.tensors import (
     FLOAT_NAMES,
     LARGE_NUMEL,
@@ -60,6 +61,8 @@ class TraceMeta:
     drawn_states: dict[int, str] = field(default_factory=dict)  # traced Generator draw's index -> its state's key
     activations: list[ActivationOutput] | None = None  # layer outputs the health record describes
     traced: TracedStep | None = None
+    key_order: list[str] = field(default_factory=list)  # every output's key, in the step's order
+    in_graph: tuple[list[str], list[str], list[tuple[int, ...]]] | None = None  # keys, dtypes, shapes the op summarised
     _graph: dict[str, Any] | None = None
     _stateful: list[str] | None = None
     _unrecorded: list[str] | None = None
@@ -133,6 +136,8 @@ class StepProgram:
         self._functions: dict[Any, Any] = {}
         self._eager_packers: dict[Any, Any] = {}
         self._trace_counter = 0
+        # Function mode: large layer outputs summarised in the graph at steps whose values are not kept.
+        self.summary_op = summary_op() if mode == "function" and keep_module_outputs else None
         self._converted_loss: Callable[..., Any] | None = None
         self._state: tuple[Any, list[tuple[str, Any]]] | None = None
         self._shadows = self._make_shadows() if keep_pre_step_state else []
@@ -206,7 +211,7 @@ class StepProgram:
 
     def run(self, step: int, batch: Any, *, keep_values: bool) -> StepResult:
         if self.mode == "function":
-            function, step_argument = self._function_for(step)
+            function, step_argument = self._function_for(step, whole_outputs=keep_values)
             outputs = function(batch) if step_argument is None else function(batch, step_argument)
             meta = self.metas[int(outputs["trace_id"])]
             packed = outputs["packed"]
@@ -215,6 +220,11 @@ class StepProgram:
             meta.layout, outputs = self._pack_eagerly(named, meta.activations)
             packed = outputs["packed"]
         summaries, values = unpack(meta.layout, packed, keep_values=True)
+        if meta.in_graph is not None:
+            summaries.update(summaries_of(*meta.in_graph, to_numpy(outputs["in_graph"])))
+        # The step's own order (layer outputs in forward order), which packing by dtype and size does not keep:
+        # the differ takes a step's first differing layer output from it.
+        summaries = {**{key: summaries[key] for key in meta.key_order if key in summaries}, **summaries}
         counts = outputs.get("activation_counts")
         return StepResult(meta, summaries, values, to_numpy(counts) if counts is not None else None)
 
@@ -256,30 +266,44 @@ class StepProgram:
                 self._converted_loss = self.recipe.loss
         return self._converted_loss
 
-    def _function_for(self, step: int) -> tuple[Any, Any]:
-        """The tf.function for this step: one per trace key (see repro_audit.probes.tf.recorder for the rules)."""
+    def _function_for(self, step: int, *, whole_outputs: bool) -> tuple[Any, Any]:
+        """The tf.function for this step: one per trace key (see repro_audit.probes.tf.recorder for the rules),
+        and a second one where a step keeps values and the summary op is used at the others (layer outputs
+        returned whole, `whole_outputs`, or summarised in the graph)."""
         tf = self.tf
+        in_graph = self.summary_op is not None and not whole_outputs
         if not self.pass_step:
             key: Any = None
         elif self.recipe.extras.get("step_as_tensor"):
             key = "tensor"
         else:
             key = self.recipe.extras.get("trace_key", lambda s: s)(step)
-        function = self._functions.get(key)
+        function = self._functions.get((key, in_graph))
         if function is None:
             if key == "tensor":
-                function = tf.function(lambda batch, step: self._traced_body(batch, step), autograph=False)
+                function = tf.function(lambda batch, step: self._traced_body(batch, step, in_graph=in_graph),
+                                       autograph=False)
             else:
-                function = tf.function(functools.partial(self._traced_body, step=step), autograph=False)
-            self._functions[key] = function
+                function = tf.function(functools.partial(self._traced_body, step=step, in_graph=in_graph),
+                                       autograph=False)
+            self._functions[(key, in_graph)] = function
         if key == "tensor":
             return function, tf.constant(step, dtype=tf.int64)
         return function, None
 
-    def _traced_body(self, batch: Any, step: Any) -> dict[str, Any]:
+    def _traced_body(self, batch: Any, step: Any, *, in_graph: bool) -> dict[str, Any]:
         meta, named = self._body(batch, step, eager=False)
-        meta.layout, packed = pack(named, hash_only=hash_only, separate_state=True)
-        outputs = {"trace_id": self.tf.constant(meta.trace_id), "packed": packed}
+        outputs = {"trace_id": self.tf.constant(meta.trace_id)}
+        if in_graph and self.summary_op is not None:
+            summarised = [(key, tensor) for key, tensor in named
+                          if key.startswith("module_outputs/") and summarised_in_graph(tensor)]
+            if summarised:
+                meta.in_graph = ([key for key, _ in summarised], [tensor.dtype.name for _, tensor in summarised],
+                                 [tuple(tensor.shape.as_list()) for _, tensor in summarised])
+                outputs["in_graph"] = self.tf.stack([self.summary_op(tensor) for _, tensor in summarised])
+                taken = set(meta.in_graph[0])
+                named = [(key, tensor) for key, tensor in named if key not in taken]
+        meta.layout, outputs["packed"] = pack(named, hash_only=hash_only, separate_state=True)
         # Saturation and dead-unit counts: a reduction or two per activation output, in the same graph.
         counts = activation_counts(meta.activations) if meta.activations else None
         if counts is not None:
@@ -328,7 +352,9 @@ class StepProgram:
             # Only traces are looked up again (by the trace id a tf.function returns); an eager step's
             # meta holds that step's layer outputs and must not outlive it.
             self.metas[meta.trace_id] = meta
-        return meta, self._named_outputs(meta, names, values, total, grads)
+        named = self._named_outputs(meta, names, values, total, grads)
+        meta.key_order = [key for key, _ in named]
+        return meta, named
 
     def _named_outputs(self, meta: TraceMeta, names: list[str], values: list[Any], total: Any,
                        grads: list[Any]) -> list[tuple[str, Any]]:

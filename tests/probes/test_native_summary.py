@@ -129,7 +129,9 @@ def test_large_arrays_give_the_same_results_on_any_number_of_threads() -> None:
     """Past CHUNK_BYTES each thread reads its own run of chunks (a module output is read half by each core,
     as torch wrote it): hash and statistics are bit for bit those of one thread, and the hash is the one
     `hashing` computes."""
-    kernel = native_summary.kernel()
+    # Loaded again here: a TF test module run first in this process may have loaded the kernel before torch
+    # (and its OpenMP runtime) was imported.
+    kernel = native_summary.load()
     assert kernel is not None
     if sys.platform.startswith("linux") and (Path(torch.__file__).parent / "lib" / "libgomp.so.1").exists():
         assert kernel.openmp  # torch's OpenMP runtime is the only one in the process, and the kernel's

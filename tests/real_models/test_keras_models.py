@@ -13,8 +13,11 @@ from typing import Any
 
 import pytest
 
+from repro_audit.audit.config import load_config
 from repro_audit.audit.diff import compare_traces
+from repro_audit.audit.executors.local import record_all
 from repro_audit.audit.trace import Trace
+from repro_audit.probes.tf.tensors import LARGE_NUMEL
 from repro_audit.reports.text import render_text
 
 from .conftest import KERAS_CHECKS
@@ -112,3 +115,32 @@ def test_keras_traces_compare_identical_across_processes(keras_checked: Callable
     _, traces = keras_checked("transformer", "function")
     assert compare_traces(Trace(traces[0]), Trace(traces[-1])).identical
     assert Path(traces[0]).is_dir()
+
+
+def test_layer_outputs_summarised_in_the_graph_leave_the_trace_unchanged(
+        keras_checked: Callable[[str, str], Any], architecture_folder: Path) -> None:
+    """The check's MobileNet runs summarise their large layer outputs with the summary op. A run that keeps
+    every step's values returns them whole instead, and one that keeps step 1's values does so at step 1 and
+    uses the op at step 2 (two graphs of one step): both train and summarise exactly as the check's runs,
+    in the same order."""
+    baseline_trace = Trace(keras_checked("mobilenet", "function")[1][0])
+    if not baseline_trace.environment.get("summary_op"):
+        pytest.skip("no C compiler here for the summary op")
+    config = architecture_folder / "keras-mobilenet-function.yaml"
+    paths = {values: architecture_folder / f"op-values-{values}.trace" for values in ("first", "all")}
+    results = record_all([(load_config(config, values=values), path) for values, path in paths.items()])
+    assert all(result.ok for result in results), [result.failure_line() for result in results]
+    first, whole = Trace(paths["first"]), Trace(paths["all"])
+    large = [entry for entry in baseline_trace.steps[1]["module_outputs"] if entry["summary"]["numel"] >= LARGE_NUMEL]
+    assert len(large) > 5, "the op summarised some of MobileNet's layer outputs"
+    for other in (whole, first):
+        assert compare_traces(baseline_trace, other).identical
+        for ours, theirs in zip(baseline_trace.steps, other.steps, strict=True):
+            assert ours["module_outputs"] == theirs["module_outputs"]  # every number, in forward order
+            assert ours["parameters"] == theirs["parameters"]
+    assert first.steps[0]["values"] and not first.steps[1]["values"] and whole.steps[1]["values"]
+    # Layer outputs are listed in forward order, small and large alike: the differ reads a step's first
+    # differing output from it.
+    forward = [entry["path"] for entry in whole.structure["modules"]]
+    listed = [entry["module"] for entry in whole.steps[0]["module_outputs"] if entry["module"] in forward]
+    assert len(listed) > 50 and listed == sorted(listed, key=forward.index)
