@@ -30,7 +30,7 @@ from repro_audit.probes.tf.tensors import LARGE_NUMEL
 DISABLE_ENV = "REPRO_AUDIT_TF_SUMMARY_OP"
 SOURCE = native_summary.SOURCE_DIR / "tf_summary_op.c"
 RESULT_BYTES = 72  # float64 min, max, sum, sum of squares; int64 zeros, NaN, Inf; 16-byte digest
-_DTYPES = {"float32": "<f4", "float64": "<f8"}
+_DTYPES = frozenset({"float32", "float64"})  # the kernel's float kinds
 _loaded: list[Callable[[Any], Any] | None] = []
 
 
@@ -79,6 +79,7 @@ def summaries_of(keys: Sequence[str], dtypes: Sequence[str], shapes: Sequence[tu
 
 
 def _load(cache_dir: Path | None = None, compiler: str | None = None) -> Callable[[Any], Any] | None:
+    """The op from the library built for this TensorFlow (built now if the cache has none)."""
     compiler = compiler or native_summary._find_compiler()
     if compiler is None:
         return None
