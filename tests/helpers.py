@@ -1,8 +1,10 @@
 """Small helpers several test modules share: the CLI in-process with its streams apart, the one-line error
-rule, every place in a JSON document."""
+rule, every place in a JSON document, a C compiler that always fails."""
 
 from __future__ import annotations
 
+import stat
+from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
@@ -30,3 +32,12 @@ def paths_in(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     for key, item in items:
         found += paths_in(item, (*prefix, key))
     return found
+
+
+def broken_compiler(folder: Path, error: str) -> tuple[Path, Path]:
+    """A C compiler that fails with `error` and logs each call: (the compiler, its log of calls)."""
+    log = folder / "calls.log"
+    compiler = folder / "broken-cc"
+    compiler.write_text(f"#!/bin/sh\necho called >> {log}\necho '{error}' >&2\nexit 1\n")
+    compiler.chmod(compiler.stat().st_mode | stat.S_IEXEC)
+    return compiler, log

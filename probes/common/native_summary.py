@@ -223,7 +223,7 @@ def kernel() -> NativeSummary | None:
 
 def load(cache_dir: Path | None = None, compiler: str | None = None) -> NativeSummary | None:
     """Load the cached build for this machine, building it first if there is none."""
-    compiler = compiler or _find_compiler()
+    compiler = compiler or find_compiler()
     if compiler is None:
         return None
     library_path = cached_library(compiler, "summary.so", [SOURCE_DIR / "summary.c"], FLAG_SETS,
@@ -311,7 +311,8 @@ def _one_openmp_runtime() -> bool:
     return len(runtimes) == 1
 
 
-def _find_compiler() -> str | None:
+def find_compiler() -> str | None:
+    """The machine's C compiler: `$CC`, else `cc`, `gcc` or `clang` on the PATH."""
     for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
         if name and (found := shutil.which(name)):
             return found
@@ -322,7 +323,7 @@ def _build_key(compiler: str, sources: Sequence[Path], flag_sets: Sequence[Seque
     """Sources, flags, compiler (path, size, date), CPU and `extra` (what else the library is built
     against): a build made for another machine or installation never loads."""
     digest = hashlib.sha256()
-    for path in (*sources, *(SOURCE_DIR / name for name in SOURCES)):
+    for path in dict.fromkeys((*sources, *(SOURCE_DIR / name for name in SOURCES))):
         digest.update(path.read_bytes())
     compiler_stat = os.stat(compiler)
     digest.update(repr((tuple(map(tuple, flag_sets)), compiler, compiler_stat.st_size, compiler_stat.st_mtime_ns,

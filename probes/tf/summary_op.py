@@ -80,7 +80,7 @@ def summaries_of(keys: Sequence[str], dtypes: Sequence[str], shapes: Sequence[tu
 
 def _load(cache_dir: Path | None = None, compiler: str | None = None) -> Callable[[Any], Any] | None:
     """The op from the library built for this TensorFlow (built now if the cache has none)."""
-    compiler = compiler or native_summary._find_compiler()
+    compiler = compiler or native_summary.find_compiler()
     if compiler is None:
         return None
     import tensorflow as tf

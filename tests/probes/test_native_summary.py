@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 import sys
 from pathlib import Path
 
@@ -18,8 +17,9 @@ from repro_audit.audit.trace import Trace
 from repro_audit.probes.common import native_summary
 from repro_audit.probes.common.hashing import CHUNK_BYTES, hash_numeric
 from repro_audit.probes.torch.tensors import SummaryBatch, summarize, tensor_hash, tensor_hashes
+from tests.helpers import broken_compiler
 
-needs_compiler = pytest.mark.skipif(native_summary._find_compiler() is None, reason="no C compiler here")
+needs_compiler = pytest.mark.skipif(native_summary.find_compiler() is None, reason="no C compiler here")
 
 
 @pytest.fixture
@@ -193,10 +193,7 @@ def test_kernel_uses_threads_of_its_own_where_it_would_bring_the_openmp_runtime(
 
 
 def test_failed_build_falls_back_and_is_not_retried(tmp_path: Path) -> None:
-    log = tmp_path / "calls.log"
-    compiler = tmp_path / "broken-cc"
-    compiler.write_text(f"#!/bin/sh\necho called >> {log}\necho 'error: no such thing' >&2\nexit 1\n")
-    compiler.chmod(compiler.stat().st_mode | stat.S_IEXEC)
+    compiler, log = broken_compiler(tmp_path, "error: no such thing")
     assert native_summary.load(tmp_path / "cache", str(compiler)) is None
     assert len(log.read_text().splitlines()) == len(native_summary.FLAG_SETS)  # every flag set was tried
     failure = next((tmp_path / "cache").glob("*/failed.txt")).read_text()

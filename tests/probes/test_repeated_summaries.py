@@ -11,7 +11,7 @@ from repro_audit.probes.common import native_summary
 from repro_audit.probes.torch.repeated_summaries import RepeatedSummaries
 from repro_audit.probes.torch.tensors import summarize, tensor_hashes
 
-needs_compiler = pytest.mark.skipif(native_summary._find_compiler() is None, reason="no C compiler here")
+needs_compiler = pytest.mark.skipif(native_summary.find_compiler() is None, reason="no C compiler here")
 
 
 def same_records(found: list[dict], expected: list[dict]) -> bool:

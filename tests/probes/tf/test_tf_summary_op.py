@@ -4,7 +4,6 @@ and the same trace on a real Keras model with BatchNorm."""
 from __future__ import annotations
 
 import math
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from repro_audit.probes.common.native_summary import kernel
 from repro_audit.probes.tf import summary_op as op_module
 from repro_audit.probes.tf.repeated_unpack import unpack
 from repro_audit.probes.tf.tensors import hash_only, pack
+from tests.helpers import broken_compiler
 
 pytestmark = pytest.mark.tensorflow
 tf = pytest.importorskip("tensorflow")
@@ -95,10 +95,7 @@ def test_the_op_is_turned_off_by_its_variable_and_the_kernels(variable: str, mon
 
 
 def test_a_failed_build_leaves_the_outputs_returned_and_is_not_retried(tmp_path: Path) -> None:
-    log = tmp_path / "calls.log"
-    compiler = tmp_path / "broken-cc"
-    compiler.write_text(f"#!/bin/sh\necho called >> {log}\necho 'error: no TF headers' >&2\nexit 1\n")
-    compiler.chmod(compiler.stat().st_mode | stat.S_IEXEC)
+    compiler, log = broken_compiler(tmp_path, "error: no TF headers")
     assert op_module._load(tmp_path / "cache", str(compiler)) is None
     tries = len(log.read_text().splitlines())
     assert tries >= 1 and "no TF headers" in next((tmp_path / "cache").glob("*/failed.txt")).read_text()
