@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         random.seed(config.seed)
+        _import_framework(config.framework)
         _seed_numpy(config.seed)
         record_run = _recorder_for(config.framework, payload.get("mode", "record"), payload.get("zoom"))
         record_run(config, writer, progress=progress)
@@ -154,6 +155,25 @@ def _recorder_for(framework: str, mode: str, zoom: dict[str, Any] | None) -> Cal
     else:
         from repro_audit.probes.tf.recorder import record_run
     return record_run
+
+
+def _import_framework(framework: str) -> None:
+    """torch or TensorFlow imported first, with the collector off (probes/common/collector.py: a quarter of
+    the import otherwise); the recorders import it again from sys.modules. A missing install is the user's
+    error, raised here as the recorder would. RETURNN picks its backend from its config: imported later."""
+    from repro_audit.probes.common.collector import frozen_imports
+
+    with frozen_imports():
+        import numpy  # noqa: F401 (numpy's objects frozen with the framework's)
+
+        if framework == "torch":
+            from repro_audit.probes.torch import require_torch
+
+            require_torch()
+        elif framework == "tensorflow":
+            from repro_audit.probes.tf import require_tensorflow
+
+            require_tensorflow()
 
 
 def _seed_numpy(seed: int) -> None:

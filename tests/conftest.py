@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 from pathlib import Path
@@ -88,6 +89,15 @@ LONGEST_FIRST = (
     "tests/audit/test_distributed.py",
     "tests/audit/test_verify.py",
 )
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """After collection a worker holds torch, TensorFlow, Keras and the test modules (about 800,000 objects)
+    for the rest of the session. Frozen, they are out of the collector's sight: a full collection during an
+    in-process test then scans what the tests made, not the libraries (measured: in-process TF modules
+    17% faster; before, a full collection took 0.5 to 0.8 s)."""
+    gc.collect()
+    gc.freeze()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from repro_audit.audit.runner import record
 from repro_audit.audit.trace.ranks import open_ranks
 from repro_audit.reports.json_report import render_json
 from repro_audit.reports.text import render_text
-from tests.helpers import one_line, run_cli
+from tests.helpers import in_background, one_line, run_cli, run_cli_process, will_run
 
 DDP = Path(__file__).resolve().parents[2] / "fixtures" / "configs" / "torch" / "ddp"
 
@@ -219,9 +220,23 @@ def test_a_failed_rank_keeps_the_other_ranks_traces(tmp_path: Path) -> None:
     assert [(trace.complete, len(trace.steps)) for trace in ranks] == [(False, 1), (False, 1)]
 
 
-def test_a_hung_rank_times_out_with_one_line_naming_it(tmp_path: Path) -> None:
-    code, _, err = run_cli("record", str(DDP / "deterministic.yaml"), "-o", str(tmp_path / "run.trace"),
-                           "--set", "params.hang={rank: 1, step: 2}", "--set", "timeout=25", "-q")
+@pytest.fixture(scope="module", autouse=True)
+def hung_rank(request: pytest.FixtureRequest,
+              tmp_path_factory: pytest.TempPathFactory) -> Future[tuple[int, str, str]] | None:
+    """A run whose rank 1 hangs at step 2, started in its own process before the module's first test: it
+    waits out its timeout while the other tests run. The timeout is long enough for the start of torchrun
+    and step 1 beside the other tests' runs."""
+    if not will_run(request, "test_a_hung_rank_times_out_with_one_line_naming_it"):
+        return None
+    trace = tmp_path_factory.mktemp("hung") / "run.trace"
+    return in_background(run_cli_process, "record", str(DDP / "deterministic.yaml"), "-o", str(trace),
+                         "--set", "params.hang={rank: 1, step: 2}", "--set", "timeout=45", "-q")
+
+
+def test_a_hung_rank_times_out_with_one_line_naming_it(
+        hung_rank: Future[tuple[int, str, str]] | None) -> None:
+    assert hung_rank is not None
+    code, _, err = hung_rank.result()
     line = one_line(err)
     assert code == 2
     assert "timed out at step 2" in line and "rank 1 hung in step 2" in line and "ddp_recipes.py" in line

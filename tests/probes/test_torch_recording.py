@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from repro_audit.audit.config import load_config
-from repro_audit.audit.runner import record
+from repro_audit.audit.runner import RunResult, record
 from repro_audit.audit.trace import Trace
+from tests.helpers import in_background, will_run
+
+RECIPES = Path(__file__).parents[1] / "recipes"
 
 
 def recorded(write_config, tmp_path: Path, name: str, **fields) -> Trace:  # type: ignore[no-untyped-def]
@@ -112,12 +118,30 @@ def test_crash_keeps_steps_before_it(write_config, tmp_path: Path) -> None:
     assert trace.error["step"] == 2 and "RuntimeError" in trace.error["traceback"]
 
 
-def test_hang_is_killed_at_timeout(write_config, tmp_path: Path) -> None:
-    config = load_config(write_config("hang", recipe="tiny_mlp:build_hanging", steps=4, timeout=20))
-    result = record(config, tmp_path / "hang.trace")
+@pytest.fixture(scope="module", autouse=True)
+def hanging_run(request: pytest.FixtureRequest,
+                tmp_path_factory: pytest.TempPathFactory) -> Future[tuple[RunResult, Path]] | None:
+    """A run that hangs at step 2, started before the module's first test: it waits out its 20 s timeout
+    while the other tests run."""
+    if not will_run(request, "test_hang_is_killed_at_timeout"):
+        return None
+    folder = tmp_path_factory.mktemp("hang")
+    shutil.copy(RECIPES / "tiny_mlp.py", folder / "tiny_mlp.py")
+    config = {"recipe": "tiny_mlp:build_hanging", "steps": 4, "timeout": 20}
+    (folder / "hang.yaml").write_text(yaml.safe_dump(config))
+
+    def run() -> tuple[RunResult, Path]:
+        return record(load_config(folder / "hang.yaml"), folder / "hang.trace"), folder / "hang.trace"
+
+    return in_background(run)
+
+
+def test_hang_is_killed_at_timeout(hanging_run: Future[tuple[RunResult, Path]] | None) -> None:
+    assert hanging_run is not None
+    result, path = hanging_run.result()
     assert not result.ok and result.error["kind"] == "timeout"
     assert "timed out" in result.failure_line()
-    trace = Trace(tmp_path / "hang.trace")
+    trace = Trace(path)
     assert not trace.complete and [s["step"] for s in trace.steps] == [1]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 
 import torch
@@ -84,3 +85,10 @@ def build_non_scalar_loss(params: dict) -> Recipe:
     recipe = build(params)
     recipe.loss = lambda model, batch: {"ce": model.out(model[0](batch[0]))}
     return recipe
+
+
+def build_showing_collector(params: dict) -> Recipe:
+    """`build`, after writing the collector's state to the run's log
+    (tests/probes/test_collector_pause.py)."""
+    print(f"collector enabled={gc.isenabled()} frozen={gc.get_freeze_count()}", flush=True)
+    return build(params)

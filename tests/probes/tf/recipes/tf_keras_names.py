@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 from typing import Any
 
@@ -24,6 +25,13 @@ def sequential(params: dict[str, Any]) -> Recipe:
     model = keras.Sequential([keras.Input((2,))] + [keras.layers.Dense(w) for w in params["widths"]])
     return Recipe(model=model, optimizer=keras.optimizers.SGD(0.1), batches=itertools.repeat(BATCH), loss=_mse,
                   extras={"mode": params.get("mode", "function")})
+
+
+def sequential_showing_collector(params: dict[str, Any]) -> Recipe:
+    """`sequential`, after writing the collector's state to the run's log
+    (tests/probes/test_collector_pause.py)."""
+    print(f"collector enabled={gc.isenabled()} frozen={gc.get_freeze_count()}", flush=True)
+    return sequential(params)
 
 
 class Regressor(keras.Model):
