@@ -121,13 +121,13 @@ def test_crash_keeps_steps_before_it(write_config, tmp_path: Path) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def hanging_run(request: pytest.FixtureRequest,
                 tmp_path_factory: pytest.TempPathFactory) -> Future[tuple[RunResult, Path]] | None:
-    """A run that hangs at step 2, started before the module's first test: it waits out its 20 s timeout
-    while the other tests run."""
+    """A run that hangs at step 2, started before the module's first test: it waits out its timeout while the
+    other tests run (30 s: step 1 must come before it, beside this module's and the other worker's runs)."""
     if not will_run(request, "test_hang_is_killed_at_timeout"):
         return None
     folder = tmp_path_factory.mktemp("hang")
     shutil.copy(RECIPES / "tiny_mlp.py", folder / "tiny_mlp.py")
-    config = {"recipe": "tiny_mlp:build_hanging", "steps": 4, "timeout": 20}
+    config = {"recipe": "tiny_mlp:build_hanging", "steps": 4, "timeout": 30}
     (folder / "hang.yaml").write_text(yaml.safe_dump(config))
 
     def run() -> tuple[RunResult, Path]:
