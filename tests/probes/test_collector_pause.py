@@ -4,6 +4,9 @@ its framework with the collector off and builds the recipe with it on."""
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from repro_audit.audit.trace import Trace
 from repro_audit.probes.common.collector import frozen_imports
 from repro_audit.probes.torch.random_ledger import RandomLedger
 from repro_audit.probes.torch.step_recorder import TorchStepRecorder
+from tests.helpers import one_line
 
 TF_RECIPES = Path(__file__).parent / "tf" / "recipes"
 
@@ -175,3 +179,18 @@ def test_a_worker_imports_its_framework_frozen_and_builds_with_the_collector_on(
     [line] = [line for line in log.splitlines() if line.startswith("collector")]
     enabled, frozen = (field.split("=")[1] for field in line.split()[1:])
     assert enabled == "True" and int(frozen) > 100_000, line
+
+
+def test_a_framework_that_cannot_be_imported_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """The worker imports the framework first now: a missing one is still the user's error, said once."""
+    shadow = tmp_path / "shadow" / "tensorflow"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ImportError("No module named tensorflow (shadowed)")\n')
+    config = Path(__file__).parents[2] / "fixtures" / "configs" / "tf" / "baseline.yaml"
+    command = [sys.executable, "-m", "repro_audit.audit.cli_main", "record", str(config), "--steps", "1",
+               "-o", str(tmp_path / "run.trace"), "-q"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False,
+                          env={**os.environ, "PYTHONPATH": str(shadow.parent)})
+    assert done.returncode == 2
+    line = one_line(done.stderr)
+    assert "TensorFlow is not installed: pip install 'repro-audit[tensorflow]'" in line, line
